@@ -1,0 +1,71 @@
+// nytorch core: the op table and the device-independent job description that
+// every kernel (CPU per-ISA, CUDA multi-tensor-apply) executes.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Scalar.h>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+namespace nyto {
+
+// Every elementwise op of the library. The order is part of the Python fast
+// path ABI (python/nytorch/_optable.py mirrors it): append only.
+enum class Op : int {
+  Neg, Copy, Add, Sub, Mul, Div, Pow,
+  AddS, SubS, MulS, DivS, PowS, RSubS, RDivS, RPowS,
+  Axpby, Lerp, Addcmul, PsoVelocity, Fill,
+  NumOps
+};
+
+struct OpInfo {
+  const char* name;   // registered name (in-place twin has a trailing '_')
+  int n_lists;        // tensor-list operands, self included
+  int n_scalars;      // scalar operands
+};
+const OpInfo& op_info(Op op);
+
+constexpr int kMaxLists = 6;    // pso_velocity: v, x, p, g, r1, r2
+constexpr int kMaxScalars = 3;
+
+// One fast-route job: `n` tensors of one dtype on one device, all contiguous.
+// For tensor i, ptrs[i * (nin + 1)] is the output and the next nin entries are
+// the inputs (an in-place op passes self as both output and input 0).
+struct Job {
+  Op op;
+  at::ScalarType dtype;
+  int nin;
+  std::vector<void*> ptrs;
+  std::vector<int64_t> numels;
+  std::array<double, kMaxScalars> s{};
+  int64_t total = 0;
+  c10::DeviceIndex device_index = -1;
+};
+
+// Kernels. The CPU one is chosen by instruction set at load time; the CUDA
+// one is installed by csrc/cuda/*.cu when the extension is built with CUDA.
+void run_cpu_job(const Job& job);
+using JobRunner = void (*)(const Job&);
+void set_cuda_job_runner(JobRunner runner);
+
+// The front end every registered op and the Python fast path call: checks the
+// operands (raising before anything is written), groups tensors by
+// (device, dtype) for the fast route, runs the rest per tensor with ATen.
+// Out-of-place: returns the results. In-place: writes lists[0], returns {}.
+std::vector<at::Tensor> apply(
+    Op op, bool inplace, const std::vector<at::TensorList>& lists,
+    const std::vector<c10::Scalar>& scalars);
+
+// The slow route for one tensor index: plain ATen, identical to torch.
+at::Tensor slow_out(Op op, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s);
+void slow_inplace(Op op, const at::Tensor& self, const std::vector<at::Tensor>& xs,
+                  const std::vector<c10::Scalar>& s);
+
+// Random fills (not elementwise functors: they draw from torch's generators).
+enum class Dist : int { Normal, Uniform };
+void random_fill_(at::TensorList self, Dist dist, double a, double b,
+                  const std::optional<at::Generator>& gen);
+std::vector<at::Tensor> random_like(at::TensorList self, Dist dist, double a, double b,
+                                    const std::optional<at::Generator>& gen);
+
+}  // namespace nyto

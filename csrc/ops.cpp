@@ -1,0 +1,279 @@
+// The op library: one schema block, one front end (nyto::apply) that checks
+// operands, runs the fast route per (device, dtype) group and the slow route
+// per tensor, and the device registrations (CPU always, CUDA when built; the
+// CUDA kernels live in csrc/cuda/ and install themselves as the job runner).
+#include <ATen/ExpandUtils.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/core/ScalarType.h>
+#include <torch/library.h>
+#include <map>
+#include <sstream>
+#include "nyto.h"
+
+namespace nyto {
+
+const OpInfo& op_info(Op op) {
+  static const OpInfo table[] = {
+      {"neg", 1, 0},        {"copy", 1, 0},         {"add", 2, 0},       {"sub", 2, 0},
+      {"mul", 2, 0},        {"div", 2, 0},          {"pow", 2, 0},       {"add_scalar", 1, 1},
+      {"sub_scalar", 1, 1}, {"mul_scalar", 1, 1},   {"div_scalar", 1, 1}, {"pow_scalar", 1, 1},
+      {"rsub_scalar", 1, 1}, {"rdiv_scalar", 1, 1}, {"rpow_scalar", 1, 1}, {"axpby", 2, 2},
+      {"lerp", 2, 1},       {"addcmul", 3, 1},      {"pso_velocity", 6, 3}, {"fill", 1, 1},
+  };
+  static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(Op::NumOps));
+  return table[static_cast<int>(op)];
+}
+
+namespace {
+
+JobRunner cuda_runner = nullptr;
+
+std::string op_name(Op op, bool inplace) {
+  return std::string("nytorch.") + op_info(op).name + (inplace ? "_" : "");
+}
+
+bool is_fast_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Result dtype of the op at one index, by torch's promotion rules.
+at::ScalarType result_dtype(Op op, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s) {
+  at::ScalarType rt = xs[0].scalar_type();
+  for (size_t k = 1; k < xs.size(); ++k) rt = c10::promoteTypes(rt, xs[k].scalar_type());
+  const bool int_like = c10::isIntegralType(rt, /*includeBool=*/true);
+  for (const auto& sc : s) {
+    if (sc.isFloatingPoint() && int_like) rt = c10::typeMetaToScalarType(c10::get_default_dtype());
+    else if (sc.isIntegral(false) && rt == at::kBool) rt = at::kLong;
+  }
+  if ((op == Op::Div || op == Op::DivS || op == Op::RDivS) && c10::isIntegralType(rt, true))
+    rt = c10::typeMetaToScalarType(c10::get_default_dtype());
+  return rt;
+}
+
+// Everything that could make the op fail is checked here, before any write.
+void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& lists,
+                    const std::vector<c10::Scalar>& scalars) {
+  const auto name = op_name(op, inplace);
+  const size_t n = lists[0].size();
+  for (size_t k = 1; k < lists.size(); ++k) {
+    TORCH_CHECK(lists[k].size() == n, name, ": tensor list arguments must have the same length, "
+                "but argument 0 has ", n, " tensors and argument ", k, " has ", lists[k].size());
+  }
+  for (size_t k = 0; k < scalars.size(); ++k) {
+    TORCH_CHECK(!scalars[k].isComplex(), name, ": scalar argument ", k, " is complex (",
+                scalars[k], "); only real numbers are supported");
+  }
+  std::vector<at::Tensor> xs(lists.size());
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& self = lists[0][i];
+    TORCH_CHECK(self.defined(), name, ": tensor ", i, " of argument 0 is undefined");
+    for (size_t k = 1; k < lists.size(); ++k) {
+      const at::Tensor& t = lists[k][i];
+      TORCH_CHECK(t.defined(), name, ": tensor ", i, " of argument ", k, " is undefined");
+      TORCH_CHECK(t.sizes().equals(self.sizes()), name, ": shape mismatch at index ", i,
+                  ": argument 0 has shape ", self.sizes(), " but argument ", k, " has shape ", t.sizes());
+      TORCH_CHECK(t.device() == self.device(), name, ": device mismatch at index ", i,
+                  ": argument 0 is on ", self.device(), " but argument ", k, " is on ", t.device());
+    }
+    if (!inplace) continue;
+    if (op == Op::Copy || op == Op::Fill) continue;  // copy_/fill_ cast like torch
+    for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
+    if (op == Op::Lerp) {
+      TORCH_CHECK(c10::isFloatingType(self.scalar_type()) && lists[1][i].scalar_type() == self.scalar_type(),
+                  name, ": dtype mismatch at index ", i, ": lerp needs floating tensors of one dtype, got ",
+                  self.scalar_type(), " and ", lists[1][i].scalar_type());
+    }
+    const at::ScalarType rt = result_dtype(op, xs, scalars);
+    TORCH_CHECK(c10::canCast(rt, self.scalar_type()), name, ": dtype mismatch at index ", i,
+                ": the result type ", rt, " can't be cast to the in-place output's dtype ", self.scalar_type());
+    if (op == Op::PowS && c10::isIntegralType(self.scalar_type(), true) && scalars[0].isIntegral(false)) {
+      TORCH_CHECK(scalars[0].toLong() >= 0, name, ": integers to negative integer powers are not allowed (index ", i, ")");
+    }
+    if (op == Op::Addcmul && c10::isIntegralType(rt, true)) {
+      TORCH_CHECK(!scalars[0].isFloatingPoint(), name, ": for integral input tensors, value must not be a floating point number (index ", i, ")");
+    }
+  }
+}
+
+// The fast route takes an index when all its operands share one floating
+// dtype and one device with a kernel, and are contiguous.
+bool fast_index(const std::vector<at::TensorList>& lists, size_t i) {
+  const at::Tensor& self = lists[0][i];
+  const auto dt = self.scalar_type();
+  if (!is_fast_dtype(dt)) return false;
+  const auto dev = self.device().type();
+  if (dev != at::kCPU && !(dev == at::kCUDA && cuda_runner)) return false;
+  for (const auto& l : lists) {
+    const at::Tensor& t = l[i];
+    if (t.scalar_type() != dt || !t.is_contiguous() || t.is_neg() || t.is_conj()) return false;
+  }
+  return true;
+}
+
+void run_job(const Job& job, at::DeviceType dev) {
+  if (job.total == 0) return;
+  if (dev == at::kCPU) run_cpu_job(job);
+  else cuda_runner(job);
+}
+
+}  // namespace
+
+void set_cuda_job_runner(JobRunner runner) { cuda_runner = runner; }
+
+std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorList>& lists,
+                              const std::vector<c10::Scalar>& scalars) {
+  check_operands(op, inplace, lists, scalars);
+  const size_t n = lists[0].size();
+  // Which lists feed the functor: fill only takes its shape from self, and
+  // copy_ writes self from src.
+  const int first_in = (op == Op::Fill || (op == Op::Copy && inplace)) ? 1 : 0;
+  const int nin = static_cast<int>(lists.size()) - first_in;
+  std::vector<at::Tensor> out;
+  if (!inplace) out.resize(n);
+
+  // (device, dtype) -> job; a model usually has one or two groups.
+  std::vector<std::pair<std::pair<c10::Device, at::ScalarType>, Job>> jobs;
+  std::vector<at::Tensor> xs(lists.size());
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& self = lists[0][i];
+    if (!fast_index(lists, i)) {
+      for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
+      if (inplace) {
+        slow_inplace(op, self, std::vector<at::Tensor>(xs.begin() + 1, xs.end()), scalars);
+      } else {
+        out[i] = slow_out(op, xs, scalars);
+      }
+      continue;
+    }
+    if (!inplace) out[i] = at::empty_like(self, at::MemoryFormat::Contiguous);
+    const int64_t numel = self.numel();
+    if (numel == 0) continue;
+    const auto key = std::make_pair(self.device(), self.scalar_type());
+    Job* job = nullptr;
+    for (auto& kv : jobs) if (kv.first == key) job = &kv.second;
+    if (!job) {
+      jobs.emplace_back(key, Job{});
+      job = &jobs.back().second;
+      job->op = op;
+      job->dtype = self.scalar_type();
+      job->nin = nin;
+      job->device_index = self.device().index();
+      for (size_t k = 0; k < scalars.size() && k < kMaxScalars; ++k) job->s[k] = scalars[k].toDouble();
+    }
+    job->ptrs.push_back(inplace ? self.data_ptr() : out[i].data_ptr());
+    for (size_t k = first_in; k < lists.size(); ++k) job->ptrs.push_back(lists[k][i].data_ptr());
+    job->numels.push_back(numel);
+    job->total += numel;
+  }
+  for (auto& kv : jobs) run_job(kv.second, kv.first.first.type());
+  if (inplace) {
+    for (const auto& t : lists[0]) {
+      if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+    }
+  }
+  return out;
+}
+
+}  // namespace nyto
+
+// ---------------------------------------------------------------------------
+// Registration: the schema block (the only one) and the CPU implementations.
+TORCH_LIBRARY(nytorch, m) {
+  m.def("neg(Tensor[] self) -> Tensor[]");
+  m.def("neg_(Tensor(a!)[] self) -> ()");
+  m.def("copy(Tensor[] self) -> Tensor[]");
+  m.def("copy_(Tensor(a!)[] self, Tensor[] src) -> ()");
+  for (const char* name : {"add", "sub", "mul", "div", "pow"}) {
+    m.def((std::string(name) + "(Tensor[] self, Tensor[] other) -> Tensor[]").c_str());
+    m.def((std::string(name) + "_(Tensor(a!)[] self, Tensor[] other) -> ()").c_str());
+  }
+  for (const char* name : {"add_scalar", "sub_scalar", "mul_scalar", "div_scalar", "pow_scalar",
+                           "rsub_scalar", "rdiv_scalar", "rpow_scalar"}) {
+    m.def((std::string(name) + "(Tensor[] self, Scalar scalar) -> Tensor[]").c_str());
+    m.def((std::string(name) + "_(Tensor(a!)[] self, Scalar scalar) -> ()").c_str());
+  }
+  m.def("axpby(Tensor[] self, Tensor[] other, Scalar a, Scalar b) -> Tensor[]");
+  m.def("axpby_(Tensor(a!)[] self, Tensor[] other, Scalar a, Scalar b) -> ()");
+  m.def("lerp(Tensor[] self, Tensor[] end, Scalar weight) -> Tensor[]");
+  m.def("lerp_(Tensor(a!)[] self, Tensor[] end, Scalar weight) -> ()");
+  m.def("addcmul(Tensor[] self, Tensor[] tensor1, Tensor[] tensor2, Scalar value=1) -> Tensor[]");
+  m.def("addcmul_(Tensor(a!)[] self, Tensor[] tensor1, Tensor[] tensor2, Scalar value=1) -> ()");
+  m.def("pso_velocity(Tensor[] v, Tensor[] x, Tensor[] pbest, Tensor[] gbest, Tensor[] r1, "
+        "Tensor[] r2, Scalar w, Scalar c1, Scalar c2) -> Tensor[]");
+  m.def("pso_velocity_(Tensor(a!)[] v, Tensor[] x, Tensor[] pbest, Tensor[] gbest, Tensor[] r1, "
+        "Tensor[] r2, Scalar w, Scalar c1, Scalar c2) -> ()");
+  m.def("fill(Tensor[] self, Scalar value) -> Tensor[]");
+  m.def("fill_(Tensor(a!)[] self, Scalar value) -> ()");
+  m.def("normal(Tensor[] self, float mean=0., float std=1., *, Generator? generator=None) -> Tensor[]");
+  m.def("normal_(Tensor(a!)[] self, float mean=0., float std=1., *, Generator? generator=None) -> ()");
+  m.def("uniform(Tensor[] self, float low=0., float high=1., *, Generator? generator=None) -> Tensor[]");
+  m.def("uniform_(Tensor(a!)[] self, float low=0., float high=1., *, Generator? generator=None) -> ()");
+}
+
+// ---------------------------------------------------------------------------
+// Adapters from the registered schemas to the front end.
+namespace nyto {
+namespace {
+using TL = at::TensorList;
+using S = const c10::Scalar&;
+std::vector<at::Tensor> out_op(Op op, std::vector<TL> l, std::vector<c10::Scalar> s = {}) {
+  return apply(op, false, l, s);
+}
+void in_op(Op op, std::vector<TL> l, std::vector<c10::Scalar> s = {}) { apply(op, true, l, s); }
+
+#define NYTO_LIST_OP(fn, OP)                                                         \
+  std::vector<at::Tensor> fn(TL a, TL b) { return out_op(Op::OP, {a, b}); }        \
+  void fn##_(TL a, TL b) { in_op(Op::OP, {a, b}); }
+#define NYTO_SCALAR_OP(fn, OP)                                                       \
+  std::vector<at::Tensor> fn(TL a, S s) { return out_op(Op::OP, {a}, {s}); }       \
+  void fn##_(TL a, S s) { in_op(Op::OP, {a}, {s}); }
+NYTO_LIST_OP(add, Add) NYTO_LIST_OP(sub, Sub) NYTO_LIST_OP(mul, Mul)
+NYTO_LIST_OP(div, Div) NYTO_LIST_OP(pow, Pow)
+NYTO_SCALAR_OP(add_scalar, AddS) NYTO_SCALAR_OP(sub_scalar, SubS)
+NYTO_SCALAR_OP(mul_scalar, MulS) NYTO_SCALAR_OP(div_scalar, DivS)
+NYTO_SCALAR_OP(pow_scalar, PowS) NYTO_SCALAR_OP(rsub_scalar, RSubS)
+NYTO_SCALAR_OP(rdiv_scalar, RDivS) NYTO_SCALAR_OP(rpow_scalar, RPowS)
+NYTO_SCALAR_OP(fill, Fill)
+#undef NYTO_LIST_OP
+#undef NYTO_SCALAR_OP
+
+std::vector<at::Tensor> neg(TL a) { return out_op(Op::Neg, {a}); }
+void neg_(TL a) { in_op(Op::Neg, {a}); }
+std::vector<at::Tensor> copy(TL a) { return out_op(Op::Copy, {a}); }
+void copy_(TL a, TL src) { in_op(Op::Copy, {a, src}); }
+std::vector<at::Tensor> axpby(TL x, TL y, S a, S b) { return out_op(Op::Axpby, {x, y}, {a, b}); }
+void axpby_(TL x, TL y, S a, S b) { in_op(Op::Axpby, {x, y}, {a, b}); }
+std::vector<at::Tensor> lerp(TL x, TL e, S w) { return out_op(Op::Lerp, {x, e}, {w}); }
+void lerp_(TL x, TL e, S w) { in_op(Op::Lerp, {x, e}, {w}); }
+std::vector<at::Tensor> addcmul(TL x, TL y, TL z, S v) { return out_op(Op::Addcmul, {x, y, z}, {v}); }
+void addcmul_(TL x, TL y, TL z, S v) { in_op(Op::Addcmul, {x, y, z}, {v}); }
+std::vector<at::Tensor> pso_velocity(TL v, TL x, TL p, TL g, TL r1, TL r2, S w, S c1, S c2) {
+  return out_op(Op::PsoVelocity, {v, x, p, g, r1, r2}, {w, c1, c2});
+}
+void pso_velocity_(TL v, TL x, TL p, TL g, TL r1, TL r2, S w, S c1, S c2) {
+  in_op(Op::PsoVelocity, {v, x, p, g, r1, r2}, {w, c1, c2});
+}
+using OptGen = const std::optional<at::Generator>&;
+std::vector<at::Tensor> normal(TL a, double mean, double std, OptGen g) { return random_like(a, Dist::Normal, mean, std, g); }
+void normal_(TL a, double mean, double std, OptGen g) { random_fill_(a, Dist::Normal, mean, std, g); }
+std::vector<at::Tensor> uniform(TL a, double lo, double hi, OptGen g) { return random_like(a, Dist::Uniform, lo, hi, g); }
+void uniform_(TL a, double lo, double hi, OptGen g) { random_fill_(a, Dist::Uniform, lo, hi, g); }
+}  // namespace
+
+void register_kernels(torch::Library& m) {
+#define NYTO_IMPL(fn) m.impl(#fn, &fn); m.impl(#fn "_", &fn##_);
+  NYTO_IMPL(neg) NYTO_IMPL(copy) NYTO_IMPL(add) NYTO_IMPL(sub) NYTO_IMPL(mul) NYTO_IMPL(div)
+  NYTO_IMPL(pow) NYTO_IMPL(add_scalar) NYTO_IMPL(sub_scalar) NYTO_IMPL(mul_scalar)
+  NYTO_IMPL(div_scalar) NYTO_IMPL(pow_scalar) NYTO_IMPL(rsub_scalar) NYTO_IMPL(rdiv_scalar)
+  NYTO_IMPL(rpow_scalar) NYTO_IMPL(axpby) NYTO_IMPL(lerp) NYTO_IMPL(addcmul)
+  NYTO_IMPL(pso_velocity) NYTO_IMPL(fill) NYTO_IMPL(normal) NYTO_IMPL(uniform)
+#undef NYTO_IMPL
+}
+}  // namespace nyto
+
+TORCH_LIBRARY_IMPL(nytorch, CPU, m) { nyto::register_kernels(m); }
+#ifdef NYTO_WITH_CUDA
+TORCH_LIBRARY_IMPL(nytorch, CUDA, m) { nyto::register_kernels(m); }
+#endif

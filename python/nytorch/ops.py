@@ -1,0 +1,229 @@
+"""The multi-tensor op library: ``torch.ops.nytorch.*`` with typed wrappers.
+
+Every op takes lists of tensors (typically a whole parameter list) and runs
+them in one extension call: a fused pass over all elements on the fast route
+(one floating dtype per device group, contiguous tensors), plain per-tensor
+ATen on the slow route (anything else). Out-of-place ops return new tensors;
+in-place ops (trailing ``_``) write their first list and return ``None``.
+
+>>> import torch, nytorch
+>>> xs = [torch.ones(2), torch.zeros(3)]
+>>> nytorch.ops.add_scalar(xs, 1.5)
+[tensor([2.5000, 2.5000]), tensor([1.5000, 1.5000, 1.5000])]
+>>> nytorch.ops.axpby_(xs, xs, 2.0, -1.0); xs[0]
+tensor([1., 1.])
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from . import _C  # noqa: F401  (registers torch.ops.nytorch)
+
+Tensors = Sequence[torch.Tensor]
+Number = Union[int, float, bool]
+
+_ns = torch.ops.nytorch
+
+# name -> (number of tensor lists, number of scalars) of the out-of-place form.
+# copy_ takes one more list (the source); the random ops take floats.
+ELEMENTWISE_OPS = {
+    "neg": (1, 0), "copy": (1, 0),
+    "add": (2, 0), "sub": (2, 0), "mul": (2, 0), "div": (2, 0), "pow": (2, 0),
+    "add_scalar": (1, 1), "sub_scalar": (1, 1), "mul_scalar": (1, 1), "div_scalar": (1, 1),
+    "pow_scalar": (1, 1), "rsub_scalar": (1, 1), "rdiv_scalar": (1, 1), "rpow_scalar": (1, 1),
+    "axpby": (2, 2), "lerp": (2, 1), "addcmul": (3, 1), "pso_velocity": (6, 3), "fill": (1, 1),
+}
+RANDOM_OPS = ("normal", "uniform")
+ALL_OPS = tuple(ELEMENTWISE_OPS) + RANDOM_OPS
+
+
+def _handle(name: str):
+    return getattr(_ns, name).default
+
+
+# ---------------------------------------------------------------------------
+# Fake (meta) kernels, so FakeTensor / torch.compile can trace every op.
+def _promoted(op: str, xs: Sequence[torch.Tensor], scalars: Sequence[Number]) -> torch.dtype:
+    dtype = xs[0].dtype
+    for t in xs[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    probe = torch.empty((), dtype=dtype, device="meta")
+    for s in scalars:
+        dtype = torch.result_type(probe, s)
+        probe = torch.empty((), dtype=dtype, device="meta")
+    if op in ("div", "div_scalar", "rdiv_scalar") and not (dtype.is_floating_point or dtype.is_complex):
+        dtype = torch.get_default_dtype()
+    return dtype
+
+
+def _register_fakes() -> None:
+    for name, (n_lists, _) in ELEMENTWISE_OPS.items():
+        def fake_out(*args, _name=name, _n=n_lists):
+            lists, scalars = args[:_n], args[_n:]
+            if _name in ("copy", "fill"):
+                return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in lists[0]]
+            return [
+                torch.empty_like(xs[0], dtype=_promoted(_name, xs, scalars),
+                                 memory_format=torch.contiguous_format)
+                for xs in zip(*lists)
+            ]
+
+        def fake_in(*args):
+            return None
+
+        torch.library.register_fake(f"nytorch::{name}")(fake_out)
+        torch.library.register_fake(f"nytorch::{name}_")(fake_in)
+    for name in RANDOM_OPS:
+        torch.library.register_fake(f"nytorch::{name}")(
+            lambda xs, a=0.0, b=1.0, *, generator=None:
+            [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs])
+        torch.library.register_fake(f"nytorch::{name}_")(
+            lambda xs, a=0.0, b=1.0, *, generator=None: None)
+
+
+_register_fakes()
+
+
+# ---------------------------------------------------------------------------
+# Typed wrappers. Each calls the op's resolved `.default` overload.
+def neg(xs: Tensors) -> List[torch.Tensor]:
+    """``[-x for x in xs]``."""
+    return _neg(xs)
+
+
+def neg_(xs: Tensors) -> None:
+    """``x.neg_()`` for every x."""
+    _neg_(xs)
+
+
+def copy(xs: Tensors) -> List[torch.Tensor]:
+    """Contiguous clones of every tensor, in fresh storage."""
+    return _copy(xs)
+
+
+def copy_(xs: Tensors, src: Tensors) -> None:
+    """``x.copy_(s)`` for every pair (casts like torch)."""
+    _copy_(xs, src)
+
+
+def _list_op(name: str, sym: str):
+    out_h, in_h = _handle(name), _handle(name + "_")
+
+    def out_of_place(xs: Tensors, ys: Tensors) -> List[torch.Tensor]:
+        return out_h(xs, ys)
+
+    def in_place(xs: Tensors, ys: Tensors) -> None:
+        in_h(xs, ys)
+
+    out_of_place.__name__, in_place.__name__ = name, name + "_"
+    out_of_place.__doc__ = f"``[x {sym} y for x, y in zip(xs, ys)]`` in one call."
+    in_place.__doc__ = f"``x {sym}= y`` for every pair, in one call."
+    return out_of_place, in_place
+
+
+def _scalar_op(name: str, expr: str):
+    out_h, in_h = _handle(name), _handle(name + "_")
+
+    def out_of_place(xs: Tensors, scalar: Number) -> List[torch.Tensor]:
+        return out_h(xs, scalar)
+
+    def in_place(xs: Tensors, scalar: Number) -> None:
+        in_h(xs, scalar)
+
+    out_of_place.__name__, in_place.__name__ = name, name + "_"
+    out_of_place.__doc__ = f"``[{expr} for x in xs]`` in one call (s: a real number)."
+    in_place.__doc__ = f"``x = {expr}`` in place for every x, in one call."
+    return out_of_place, in_place
+
+
+add, add_ = _list_op("add", "+")
+sub, sub_ = _list_op("sub", "-")
+mul, mul_ = _list_op("mul", "*")
+div, div_ = _list_op("div", "/")
+pow, pow_ = _list_op("pow", "**")  # noqa: A001
+add_scalar, add_scalar_ = _scalar_op("add_scalar", "x + s")
+sub_scalar, sub_scalar_ = _scalar_op("sub_scalar", "x - s")
+mul_scalar, mul_scalar_ = _scalar_op("mul_scalar", "x * s")
+div_scalar, div_scalar_ = _scalar_op("div_scalar", "x / s")
+pow_scalar, pow_scalar_ = _scalar_op("pow_scalar", "x ** s")
+rsub_scalar, rsub_scalar_ = _scalar_op("rsub_scalar", "s - x")
+rdiv_scalar, rdiv_scalar_ = _scalar_op("rdiv_scalar", "s / x")
+rpow_scalar, rpow_scalar_ = _scalar_op("rpow_scalar", "s ** x")
+fill, fill_ = _scalar_op("fill", "s (a tensor like x filled with s)")
+
+
+def axpby(xs: Tensors, ys: Tensors, a: Number, b: Number) -> List[torch.Tensor]:
+    """``[a*x + b*y ...]`` in one pass over memory."""
+    return _axpby(xs, ys, a, b)
+
+
+def axpby_(xs: Tensors, ys: Tensors, a: Number, b: Number) -> None:
+    """``x = a*x + b*y`` in place, one pass over memory."""
+    _axpby_(xs, ys, a, b)
+
+
+def lerp(xs: Tensors, ends: Tensors, weight: Number) -> List[torch.Tensor]:
+    """``torch.lerp(x, end, weight)`` for every pair."""
+    return _lerp(xs, ends, weight)
+
+
+def lerp_(xs: Tensors, ends: Tensors, weight: Number) -> None:
+    """``x.lerp_(end, weight)`` for every pair (EMA: ``lerp_(avg, new, 1 - decay)``)."""
+    _lerp_(xs, ends, weight)
+
+
+def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> List[torch.Tensor]:
+    """``torch.addcmul(x, y, z, value=value)``: ``x + value * y * z``."""
+    return _addcmul(xs, ys, zs, value)
+
+
+def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> None:
+    """``x += value * y * z`` in place, one pass over memory."""
+    _addcmul_(xs, ys, zs, value)
+
+
+def pso_velocity(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
+                 r2: Tensors, w: Number, c1: Number, c2: Number) -> List[torch.Tensor]:
+    """PSO velocity ``w*v + c1*r1*(pbest - x) + c2*r2*(gbest - x)`` in one pass."""
+    return _pso_velocity(v, x, pbest, gbest, r1, r2, w, c1, c2)
+
+
+def pso_velocity_(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
+                  r2: Tensors, w: Number, c1: Number, c2: Number) -> None:
+    """The PSO velocity update written into ``v``, one pass over memory."""
+    _pso_velocity_(v, x, pbest, gbest, r1, r2, w, c1, c2)
+
+
+def normal(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
+           generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """New tensors like ``xs`` with N(mean, std^2) samples (honours ``torch.manual_seed``)."""
+    return _normal(xs, mean, std, generator=generator)
+
+
+def normal_(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
+            generator: Optional[torch.Generator] = None) -> None:
+    """Fill every tensor with N(mean, std^2) samples, one generator draw per dtype group."""
+    _normal_(xs, mean, std, generator=generator)
+
+
+def uniform(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
+            generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """New tensors like ``xs`` with U(low, high) samples."""
+    return _uniform(xs, low, high, generator=generator)
+
+
+def uniform_(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
+             generator: Optional[torch.Generator] = None) -> None:
+    """Fill every tensor with U(low, high) samples."""
+    _uniform_(xs, low, high, generator=generator)
+
+
+(_neg, _neg_, _copy, _copy_, _axpby, _axpby_, _lerp, _lerp_, _addcmul, _addcmul_,
+ _pso_velocity, _pso_velocity_, _normal, _normal_, _uniform, _uniform_) = (
+    _handle(n) for n in ("neg", "neg_", "copy", "copy_", "axpby", "axpby_", "lerp", "lerp_",
+                         "addcmul", "addcmul_", "pso_velocity", "pso_velocity_",
+                         "normal", "normal_", "uniform", "uniform_"))
+
+__all__ = [n for n in ALL_OPS] + [n + "_" for n in ALL_OPS]
