@@ -1,0 +1,134 @@
+"""``python -m nytorch``: particle operations in a few seconds, timed against ``torch._foreach_*``."""
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import nytorch
+from nytorch import _C, ops
+
+HAVE_PARTICLES = hasattr(nytorch, "NytoModule")
+DEVICE = "cuda" if torch.cuda.is_available() and _C.has_cuda() else "cpu"
+
+
+class Particle(getattr(nytorch, "NytoModule", nn.Module)):
+    """A whole network as one particle (a plain nn.Module until nytorch.NytoModule exists)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+
+
+def resnetish() -> nn.Module:
+    """The parameter shapes of a ResNet-18 (11.5M parameters, 62 tensors); never run forward."""
+    layers, cin = [nn.Conv2d(3, 64, 7, bias=False), nn.BatchNorm2d(64)], 64
+    for c in (64, 128, 256, 512):
+        for _ in range(4):
+            layers += [nn.Conv2d(cin, c, 3, bias=False), nn.BatchNorm2d(c)]
+            cin = c
+    return nn.Sequential(*layers, nn.Linear(512, 1000))
+
+
+def median_us(fn, budget_s: float = 0.03, max_reps: int = 300) -> float:
+    """Median wall time of ``fn()`` in microseconds (one warm-up call, at least 3 timed)."""
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times, stop = [], time.perf_counter() + budget_s
+    while len(times) < 3 or (len(times) < max_reps and time.perf_counter() < stop):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def show_ops() -> None:
+    torch.manual_seed(0)
+    net = Particle(mlp()).to(DEVICE)
+    first = lambda m: [round(v, 3) for v in m.body[0].weight[0, :3].tolist()]  # noqa: E731
+    n = sum(p.numel() for p in net.parameters())
+    print(f"A small MLP: {n:,} parameters in {len(list(net.parameters()))} tensors. "
+          "First weight row, first 3 values:")
+    if HAVE_PARTICLES:
+        print(f"  {'net':32} {first(net)}")
+        print(f"  {'net + 10':32} {first(net + 10)}")
+        print(f"  {'2 * net':32} {first(2 * net)}")
+        other = net + net.randn()
+        print(f"  {'other = net + net.randn()':32} {first(other)}")
+        w0 = net.body[0].weight
+        net += 0.5 * (other - net)
+        print(f"  {'net += 0.5 * (other - net)':32} {first(net)}"
+              f"  (same Parameter objects: {net.body[0].weight is w0})")
+    print("The same on the op library (nytorch.ops, lists of tensors):" if HAVE_PARTICLES else
+          "nytorch.NytoModule is not there yet; the op library underneath (nytorch.ops):")
+    ps = list(Particle(mlp()).to(DEVICE).parameters())
+    head = lambda xs: [round(v, 3) for v in xs[0][0, :3].tolist()]  # noqa: E731
+    with torch.no_grad():
+        print(f"  {'ps':32} {head(ps)}")
+        print(f"  {'ops.add_scalar(ps, 10)':32} {head(ops.add_scalar(ps, 10))}")
+        print(f"  {'ops.mul_scalar(ps, 2)':32} {head(ops.mul_scalar(ps, 2))}")
+        qs = ops.add(ps, ops.normal(ps))
+        print(f"  {'qs = ops.add(ps, ops.normal(ps))':32} {head(qs)}")
+        ops.lerp_(ps, qs, 0.5)  # ps += 0.5 * (qs - ps)
+        print(f"  {'ops.lerp_(ps, qs, 0.5)':32} {head(ps)}")
+
+
+def pso_foreach(v, x, p, g, r1, r2, w, c1, c2):
+    d1 = torch._foreach_sub(p, x)
+    torch._foreach_mul_(d1, r1)
+    d2 = torch._foreach_sub(g, x)
+    torch._foreach_mul_(d2, r2)
+    torch._foreach_mul_(v, w)
+    torch._foreach_add_(v, d1, alpha=c1)
+    torch._foreach_add_(v, d2, alpha=c2)
+
+
+def time_model(name: str, make) -> None:
+    torch.manual_seed(0)
+    a, b, v, r1, r2, g = (Particle(make()).to(DEVICE) for _ in range(6))
+    A, B, V, R1, R2, G = ([p.detach() for p in m.parameters()] for m in (a, b, v, r1, r2, g))
+    n = sum(p.numel() for p in A)
+    rows = [  # label, torch._foreach_*, nytorch.ops, particle (or None)
+        ("a + b", lambda: torch._foreach_add(A, B), lambda: ops.add(A, B), lambda: a + b),
+        ("a += b", lambda: torch._foreach_add_(A, B), lambda: ops.add_(A, B), lambda: a.__iadd__(b)),
+        ("a * 2", lambda: torch._foreach_mul(A, 2.0), lambda: ops.mul_scalar(A, 2.0), lambda: a * 2),
+        ("a += 0.5 * (b - a)", lambda: torch._foreach_lerp_(A, B, 0.5), lambda: ops.lerp_(A, B, 0.5),
+         lambda: a.__iadd__(0.5 * (b - a))),
+        ("PSO velocity (in place)", lambda: pso_foreach(V, A, B, G, R1, R2, 0.7, 1.5, 1.5),
+         lambda: ops.pso_velocity_(V, A, B, G, R1, R2, 0.7, 1.5, 1.5),
+         lambda: 0.7 * v + 1.5 * r1 * (b - a) + 1.5 * r2 * (g - a)),
+    ]
+    print(f"\n{name}: {n:,} parameters in {len(A)} tensors ({DEVICE}), median us per call")
+    print(f"  {'op':25} {'_foreach':>10} {'nytorch.ops':>12} {'speedup':>8}"
+          + (f" {'particle':>10}" if HAVE_PARTICLES else ""))
+    with torch.no_grad():
+        for label, ref, ours, particle in rows:
+            t_ref, t_ours = median_us(ref), median_us(ours)
+            line = f"  {label:25} {t_ref:10.1f} {t_ours:12.1f} {t_ref / t_ours:7.2f}x"
+            if HAVE_PARTICLES:
+                line += f" {median_us(particle):10.1f}"
+            print(line)
+
+
+def main() -> None:
+    print(f"nytorch {nytorch.__version__}, torch {torch.__version__}, CPU kernels {_C.cpu_isa()}, "
+          f"{torch.get_num_threads()} threads, device {DEVICE}\n")
+    show_ops()
+    time_model("Small MLP", mlp)
+    time_model("ResNet-18-sized", resnetish)
+    if HAVE_PARTICLES:
+        print("\n('particle' is the operator on NytoModules, e.g. `a + b`, including module overhead;"
+              " its PSO row is out of place.)")
+
+
+if __name__ == "__main__":
+    main()
