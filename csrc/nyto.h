@@ -51,10 +51,11 @@ void set_cuda_job_runner(JobRunner runner);
 // The front end every registered op and the Python fast path call: checks the
 // operands (raising before anything is written), groups tensors by
 // (device, dtype) for the fast route, runs the rest per tensor with ATen.
-// Out-of-place: returns the results. In-place: writes lists[0], returns {}.
+// Out-of-place: returns the results (into `preset` outputs where given: the
+// particle layer's reused buffers). In-place: writes lists[0], returns {}.
 std::vector<at::Tensor> apply(
     Op op, bool inplace, const std::vector<at::TensorList>& lists,
-    const std::vector<c10::Scalar>& scalars);
+    const std::vector<c10::Scalar>& scalars, const std::vector<at::Tensor>* preset = nullptr);
 
 // The slow route for one tensor index: plain ATen, identical to torch.
 at::Tensor slow_out(Op op, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s);

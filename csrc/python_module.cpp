@@ -3,7 +3,9 @@
 // particle layer, which calls the same front end without the dispatcher's
 // argument parsing (see docs/design.md, "call overhead").
 #include <Python.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <ATen/ops/empty.h>
 #include "nyto.h"
 
 namespace nyto { const char* cpu_kernel_isa(); }
@@ -67,14 +69,60 @@ PyObject* guarded(F&& f) {
   return nullptr;
 }
 
-// apply(op: int, inplace: bool, lists: tuple[list[Tensor], ...], scalars: tuple[number, ...])
+// A pooled output buffer is free when nothing but the pool holds it: one
+// Python reference (the pool list), one owner of the TensorImpl, and no view
+// of its storage left (the particle whose parameters viewed it is gone).
+bool pooled_free(PyObject* obj, const at::Tensor& t) {
+  return Py_REFCNT(obj) == 1 && t.use_count() == 1 && t.storage().use_count() == 1;
+}
+
+constexpr Py_ssize_t kPoolDepth = 3;  // buffers kept per output slot
+
+// Output i of an out-of-place op on the fast route, taken from pool[i] when a
+// free buffer of the right kind is there, else allocated (and pooled).
+std::vector<at::Tensor> pooled_outputs(PyObject* pool, const std::vector<at::TensorList>& lists) {
+  const size_t n = lists[0].size();
+  std::vector<at::Tensor> outs(n);
+  if (!PyList_Check(pool) || PyList_GET_SIZE(pool) != static_cast<Py_ssize_t>(n))
+    raise_type("nytorch._C.apply: pool must be a list with one list per output");
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& like = lists[0][i];
+    PyObject* slot = PyList_GET_ITEM(pool, i);
+    if (!PyList_Check(slot)) raise_type("nytorch._C.apply: pool entries must be lists");
+    const Py_ssize_t depth = PyList_GET_SIZE(slot);
+    for (Py_ssize_t k = 0; k < depth; ++k) {
+      PyObject* obj = PyList_GET_ITEM(slot, k);
+      const at::Tensor& t = THPVariable_Unpack(obj);
+      if (pooled_free(obj, t) && t.numel() == like.numel() && t.scalar_type() == like.scalar_type() &&
+          t.device() == like.device()) {
+        outs[i] = t;
+        break;
+      }
+    }
+    if (!outs[i].defined()) {
+      outs[i] = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+      if (depth < kPoolDepth) {
+        PyObject* w = THPVariable_Wrap(outs[i]);
+        if (!w) throw std::runtime_error("");
+        PyList_Append(slot, w);
+        Py_DECREF(w);
+      }
+    }
+  }
+  return outs;
+}
+
+// apply(op: int, inplace: bool, lists: tuple[list[Tensor], ...], scalars: tuple[number, ...],
+//       pool: list[list[Tensor]] | None = None)
 //   -> list[Tensor] (out-of-place) or None (in-place)
+// Runs with grad mode off: particle ops are not differentiable updates.
 PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 4) raise_type("nytorch._C.apply(op, inplace, lists, scalars)");
+    if (nargs != 4 && nargs != 5) raise_type("nytorch._C.apply(op, inplace, lists, scalars, pool=None)");
     const long op = PyLong_AsLong(args[0]);
     if (op < 0 || op >= static_cast<long>(Op::NumOps)) raise_type("nytorch._C.apply: bad op code");
     const bool inplace = PyObject_IsTrue(args[1]);
+    if (!PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) raise_type("nytorch._C.apply: lists and scalars must be tuples");
     std::vector<std::vector<at::Tensor>> owned;
     const Py_ssize_t nl = PyTuple_GET_SIZE(args[2]);
     owned.reserve(nl);
@@ -86,15 +134,113 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const auto& info = nyto::op_info(static_cast<Op>(op));
     const int want_lists = info.n_lists + ((static_cast<Op>(op) == Op::Copy && inplace) ? 1 : 0);
     if (nl != want_lists || ns != info.n_scalars) raise_type("nytorch._C.apply: wrong operand count");
+    std::vector<at::Tensor> preset;
+    if (nargs == 5 && args[4] != Py_None && !inplace) preset = pooled_outputs(args[4], lists);
     std::vector<at::Tensor> out;
     {
-      // The particle layer calls this on plain (non-grad) storage tensors.
+      c10::AutoGradMode no_grad(false);
       pybind11::gil_scoped_release no_gil;
-      out = nyto::apply(static_cast<Op>(op), inplace, lists, scalars);
+      out = nyto::apply(static_cast<Op>(op), inplace, lists, scalars, preset.empty() ? nullptr : &preset);
     }
     if (inplace) Py_RETURN_NONE;
     return wrap_list(std::move(out));
   });
+}
+
+// views_ok(params: tuple[Tensor], ptrs: tuple[int]) -> bool: every parameter
+// still starts at the address the particle's storage layout recorded.
+PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) raise_type("views_ok(params, ptrs)");
+    const Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+    if (PyTuple_GET_SIZE(args[1]) != n) Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* obj = PyTuple_GET_ITEM(args[0], i);
+      if (!THPVariable_Check(obj)) Py_RETURN_FALSE;
+      const at::Tensor& t = THPVariable_Unpack(obj);
+      if (t.numel() == 0) continue;  // nothing to read or write
+      const auto want = reinterpret_cast<uintptr_t>(PyLong_AsVoidPtr(PyTuple_GET_ITEM(args[1], i)));
+      if (reinterpret_cast<uintptr_t>(t.unsafeGetTensorImpl()->data()) != want) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+  });
+}
+
+PyObject* parameter_class = nullptr;
+
+// make_params(flats: list[Tensor], spec: tuple[(group, offset, sizes)], like: tuple[Tensor])
+//   -> (list[Parameter], tuple[int]): new leaves viewing the flats, requires_grad
+//   copied from `like`, and their data addresses (for views_ok).
+PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 3 || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) raise_type("make_params(flats, spec, like)");
+    if (!parameter_class) raise_type("nytorch._C.make_params: call set_parameter_class first");
+    const auto flats = unpack_list(args[0]);
+    const Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
+    if (PyTuple_GET_SIZE(args[2]) != n) raise_type("make_params: spec and like differ in length");
+    PyObject* params = PyList_New(n);
+    PyObject* ptrs = PyTuple_New(n);
+    if (!params || !ptrs) { Py_XDECREF(params); Py_XDECREF(ptrs); return nullptr; }
+    try {
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* e = PyTuple_GET_ITEM(args[1], i);
+        const long g = PyLong_AsLong(PyTuple_GET_ITEM(e, 0));
+        const int64_t off = PyLong_AsLongLong(PyTuple_GET_ITEM(e, 1));
+        PyObject* sz = PyTuple_GET_ITEM(e, 2);
+        const Py_ssize_t nd = PyTuple_GET_SIZE(sz);
+        c10::SmallVector<int64_t, 6> sizes(nd), strides(nd);
+        int64_t st = 1;
+        for (Py_ssize_t d = nd - 1; d >= 0; --d) {
+          sizes[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sz, d));
+          strides[d] = st;
+          st *= std::max<int64_t>(sizes[d], 1);
+        }
+        PyObject* like = PyTuple_GET_ITEM(args[2], i);
+        const bool rg = THPVariable_Check(like) ? THPVariable_Unpack(like).requires_grad() : true;
+        const at::Tensor& flat = flats.at(g);
+        at::Tensor v = flat.as_strided(sizes, strides, flat.storage_offset() + off).detach();
+        v.unsafeGetTensorImpl()->set_allow_tensor_metadata_change(true);
+        v.set_requires_grad(rg);
+        PyTuple_SET_ITEM(ptrs, i, PyLong_FromVoidPtr(const_cast<void*>(v.unsafeGetTensorImpl()->data())));
+        PyObject* w = THPVariable_Wrap(std::move(v), reinterpret_cast<PyTypeObject*>(parameter_class));
+        if (!w) throw std::runtime_error("");
+        PyList_SET_ITEM(params, i, w);
+      }
+    } catch (...) { Py_DECREF(params); Py_DECREF(ptrs); throw; }
+    PyObject* res = PyTuple_Pack(2, params, ptrs);
+    Py_DECREF(params); Py_DECREF(ptrs);
+    return res;
+  });
+}
+
+// data_ptrs(tensors) -> tuple[int]: the addresses views_ok compares with.
+PyObject* py_data_ptrs(PyObject*, PyObject* arg) {
+  return guarded([&]() -> PyObject* {
+    const auto ts = unpack_list(arg);
+    PyObject* out = PyTuple_New(static_cast<Py_ssize_t>(ts.size()));
+    if (!out) return nullptr;
+    for (size_t i = 0; i < ts.size(); ++i)
+      PyTuple_SET_ITEM(out, i, PyLong_FromVoidPtr(const_cast<void*>(ts[i].unsafeGetTensorImpl()->data())));
+    return out;
+  });
+}
+
+// bump_versions(tensors): in-place writes made through a storage flat are
+// recorded on each parameter's own version counter too.
+PyObject* py_bump_versions(PyObject*, PyObject* arg) {
+  return guarded([&]() -> PyObject* {
+    for (const auto& t : unpack_list(arg)) {
+      if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+    }
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* py_set_parameter_class(PyObject*, PyObject* cls) {
+  Py_XINCREF(cls);
+  Py_XDECREF(parameter_class);
+  parameter_class = cls;
+  Py_RETURN_NONE;
 }
 
 PyObject* py_torch_version(PyObject*, PyObject*) { return PyUnicode_FromString(NYTO_TORCH_VERSION); }
@@ -110,6 +256,13 @@ PyObject* py_has_cuda(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
+    {"views_ok", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_views_ok)), METH_FASTCALL,
+     "views_ok(params, ptrs): whether each parameter still starts at its recorded address."},
+    {"make_params", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_make_params)), METH_FASTCALL,
+     "make_params(flats, spec, like): new Parameters viewing the flat buffers."},
+    {"data_ptrs", py_data_ptrs, METH_O, "data_ptrs(tensors): their data addresses, as views_ok reads them."},
+    {"bump_versions", py_bump_versions, METH_O, "Bump the version counter of every tensor."},
+    {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
     {"torch_version", py_torch_version, METH_NOARGS, "The torch version this extension was built against."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel build chosen at load time (DEFAULT or AVX2)."},
     {"has_cuda", py_has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},

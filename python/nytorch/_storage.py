@@ -1,0 +1,242 @@
+"""Particle storage: each particle keeps its parameters as views into one flat
+buffer per (device, dtype) group, so a particle op is one kernel call per group.
+
+A :class:`State` is captured lazily the first time a particle takes part in an
+op and cached on the particle's root module. It stays valid while the module
+tree is unchanged (module/parameter/buffer registrations bump a global epoch)
+and every parameter still starts where the layout put it (``_C.views_ok``:
+``.to()``, ``p.data = ...`` and the like move them). An invalid state is simply
+captured again: parameters that still tile one storage are adopted as they
+are (no copy), others are copied into a new flat buffer and re-pointed at it
+with ``p.data = view``, which keeps every Parameter object (optimizers stay
+valid).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module
+
+from . import _C
+
+_C.set_parameter_class(nn.Parameter)
+
+# Op codes of nytorch._C.apply: the order of csrc/nyto.h `enum class Op`.
+(NEG, COPY, ADD, SUB, MUL, DIV, POW, ADD_S, SUB_S, MUL_S, DIV_S, POW_S, RSUB_S, RDIV_S,
+ RPOW_S, AXPBY, LERP, ADDCMUL, PSO_VELOCITY, FILL) = range(20)
+
+# Bumped by any module/parameter/buffer registration anywhere: a cheap signal
+# that some module tree may have changed shape, so cached states re-check.
+_epoch = [0]
+
+
+def _bump_epoch(*_args) -> None:
+    _epoch[0] += 1
+
+
+_module.register_module_parameter_registration_hook(_bump_epoch)
+_module.register_module_buffer_registration_hook(_bump_epoch)
+_module.register_module_module_registration_hook(_bump_epoch)
+
+# nn.Module attributes holding per-module containers: a result module gets its
+# own copy of each (hooks registered on a result never reach its source).
+_CONTAINER_ATTRS = (
+    "_parameters", "_buffers", "_non_persistent_buffers_set", "_backward_pre_hooks",
+    "_backward_hooks", "_is_full_backward_hook", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+class Layout:
+    """The structure of a particle, shared by the particles derived from it.
+
+    ``children``: (parent, name, child or -1) module links; ``param_slots`` and
+    ``buffer_slots``: (module, name, index) places of each unique tensor (tied
+    parameters have several slots); ``view_spec``: (group, offset, shape) of
+    each parameter in the flats; ``groups``: (device, dtype, numel) per flat;
+    ``pool``: recently freed result flats per group, reused by out-of-place ops.
+    """
+
+    __slots__ = ("children", "param_slots", "buffer_slots", "view_spec", "groups", "param_sig",
+                 "pool", "__weakref__")
+
+    def __init__(self, children, param_slots, buffer_slots, view_spec, groups) -> None:
+        self.children = children
+        self.param_slots = param_slots
+        self.buffer_slots = buffer_slots
+        self.view_spec = view_spec
+        self.groups = groups
+        self.param_sig = (groups, view_spec)
+        self.pool: List[List[torch.Tensor]] = [[] for _ in groups]
+
+
+class State:
+    """One particle's view of its storage (cached on its root module).
+
+    ``modules`` are the particle's modules other than the root (no reference
+    back to the root: no cycle), ``params``/``buffers`` its unique tensors in
+    layout order, ``flats`` the storage buffers, ``ptrs`` where each parameter
+    must start for the flats to be valid.
+    """
+
+    __slots__ = ("layout", "modules", "params", "buffers", "flats", "ptrs", "epoch")
+
+    def __init__(self, layout, modules, params, buffers, flats, ptrs) -> None:
+        self.layout = layout
+        self.modules = modules
+        self.params = params
+        self.buffers = buffers
+        self.flats = flats
+        self.ptrs = ptrs
+        self.epoch = _epoch[0]
+
+
+def state_of(root: nn.Module) -> State:
+    """The valid storage state of the particle rooted at ``root``."""
+    st = root.__dict__.get("_nyto_state")
+    if st is not None and st.epoch == _epoch[0] and _C.views_ok(st.params, st.ptrs):
+        return st
+    st = capture(root)
+    root.__dict__["_nyto_state"] = st
+    return st
+
+
+def capture(root: nn.Module) -> State:
+    """Walk the module tree once, fix the layout and adopt the parameters."""
+    modules: List[nn.Module] = []
+    index: Dict[int, int] = {}
+    for m in root.modules():
+        index[id(m)] = len(modules)
+        modules.append(m)
+    children, param_slots, buffer_slots = [], [], []
+    params: List[torch.Tensor] = []
+    buffers: List[torch.Tensor] = []
+    pids: Dict[int, int] = {}
+    bids: Dict[int, int] = {}
+    for mi, m in enumerate(modules):
+        for name, child in m._modules.items():
+            children.append((mi, name, -1 if child is None else index[id(child)]))
+        for name, p in m._parameters.items():
+            if p is not None:
+                param_slots.append((mi, name, _unique(p, pids, params)))
+        for name, b in m._buffers.items():
+            if b is not None:
+                buffer_slots.append((mi, name, _unique(b, bids, buffers)))
+    keys: Dict[Tuple[torch.device, torch.dtype], int] = {}
+    sizes: List[int] = []
+    view_spec = []
+    for p in params:
+        g = keys.setdefault((p.device, p.dtype), len(keys))
+        if g == len(sizes):
+            sizes.append(0)
+        view_spec.append((g, sizes[g], tuple(p.shape)))
+        sizes[g] += p.numel()
+    groups = tuple((dev, dt, n) for (dev, dt), n in zip(keys, sizes))
+    view_spec = tuple(view_spec)
+    flats = [_adopt(params, view_spec, g, grp) for g, grp in enumerate(groups)]
+    old = root.__dict__.get("_nyto_state")
+    layout = None
+    if old is not None and old.layout.param_sig == (groups, view_spec) \
+            and old.layout.children == tuple(children) \
+            and old.layout.param_slots == tuple(param_slots) \
+            and old.layout.buffer_slots == tuple(buffer_slots):
+        layout = old.layout  # same structure: keep the shared layout (and its pool)
+    if layout is None:
+        layout = Layout(tuple(children), tuple(param_slots), tuple(buffer_slots), view_spec, groups)
+    return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
+                 _C.data_ptrs(params))
+
+
+def _unique(t: torch.Tensor, ids: Dict[int, int], out: List[torch.Tensor]) -> int:
+    j = ids.get(id(t))
+    if j is None:
+        j = ids[id(t)] = len(out)
+        out.append(t)
+    return j
+
+
+def _adopt(params: Sequence[torch.Tensor], view_spec, g: int, group) -> torch.Tensor:
+    """The flat buffer of group ``g``: the parameters' own storage when they
+    already tile it in layout order, else a new buffer they are moved into."""
+    device, dtype, numel = group
+    members = [(p, spec) for p, spec in zip(params, view_spec) if spec[0] == g]
+    flat = _tiled(members, device, dtype, numel)
+    if flat is not None:
+        return flat
+    flat = torch.empty(numel, dtype=dtype, device=device)
+    with torch.no_grad():
+        for p, (_, off, shape) in members:
+            view = flat[off:off + p.numel()].view(shape)
+            view.copy_(p)
+            p.data = view
+    return flat
+
+
+def _tiled(members, device, dtype, numel) -> Optional[torch.Tensor]:
+    base = None
+    storage = None
+    for p, (_, off, _) in members:
+        if p.numel() == 0:
+            continue
+        if not p.is_contiguous():
+            return None
+        if storage is None:
+            storage = p.untyped_storage()
+            base = p.storage_offset() - off
+            if base < 0:
+                return None
+        elif p.untyped_storage().data_ptr() != storage.data_ptr() or \
+                p.storage_offset() != base + off:
+            return None
+    if storage is None:  # only empty parameters
+        return None
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if storage.nbytes() < (base + numel) * itemsize:
+        return None
+    return torch.empty(0, dtype=dtype, device=device).set_(storage, base, (numel,), (1,))
+
+
+def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
+          flats: Optional[List[torch.Tensor]] = None, ptrs=None,
+          species=None) -> nn.Module:
+    """A new particle shaped like ``root`` holding ``params``.
+
+    Every module is a new instance of its class whose attributes are a
+    shallow copy of the source's (like ``copy.copy``), with its own hook
+    dicts, children, the given parameters and copies of the buffers. When
+    ``flats`` are given, ``params`` view them and the result's storage state
+    is set directly.
+    """
+    layout = st.layout
+    olds = (root,) + st.modules
+    new = []
+    for m in olds:
+        d = m.__dict__.copy()
+        for k in _CONTAINER_ATTRS:
+            v = d.get(k)
+            if v is not None:
+                d[k] = v.copy()
+        d["_modules"] = {}
+        if "_nyto_state" in d:
+            d["_nyto_state"] = None
+            if species is not None:
+                d["_nyto_species"] = species()
+        n = object.__new__(type(m))
+        object.__setattr__(n, "__dict__", d)
+        new.append(n)
+    for parent, name, child in layout.children:
+        new[parent]._modules[name] = new[child] if child >= 0 else None
+    for mi, name, j in layout.param_slots:
+        new[mi]._parameters[name] = params[j]
+    buffers = _C.apply(COPY, False, (st.buffers,), ()) if st.buffers else ()
+    for mi, name, j in layout.buffer_slots:
+        new[mi]._buffers[name] = buffers[j]
+    out = new[0]
+    if flats is not None:
+        out.__dict__["_nyto_state"] = State(layout, tuple(new[1:]), tuple(params), tuple(buffers),
+                                            flats, ptrs)
+    return out

@@ -1,0 +1,260 @@
+"""``NytoModule``: a ``torch.nn.Module`` that behaves like one number.
+
+>>> import torch, nytorch as nyto
+>>> class NytoLinear(nyto.NytoModule):
+...     def __init__(self, w, b):
+...         super().__init__()
+...         self.weight = torch.nn.Parameter(w)
+...         self.bias = torch.nn.Parameter(b)
+...     def forward(self, x):
+...         return self.weight * x + self.bias
+>>> net = NytoLinear(torch.tensor([2.]), torch.tensor([1.]))
+>>> (net + 10).weight.data, (2 ** net).bias.data
+(tensor([12.]), tensor([2.]))
+>>> net += 0.5 * (net.clone() - net); net.weight.data
+tensor([2.])
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from . import _C
+from . import _storage as S
+from ._storage import build, state_of
+
+Number = Union[int, float, bool]
+
+
+class Species:
+    """Identity of a family of particles: those derived from one constructor
+    call by particle operations. Only particles of one species may meet."""
+
+    __slots__ = ("__weakref__",)
+
+    def __repr__(self) -> str:
+        return f"<nytorch.Species at {id(self):#x}>"
+
+    def __deepcopy__(self, memo) -> "Species":  # a deep copy stays in the species
+        return self
+
+    def __copy__(self) -> "Species":
+        return self
+
+
+def _number(x: Any) -> Optional[Number]:
+    """``x`` as a Python number, or None when it is not a real number."""
+    t = type(x)
+    if t is float or t is int or t is bool:
+        return x
+    if isinstance(x, torch.Tensor):
+        if x.dim() == 0 and not x.is_complex():
+            return x.item()
+        return None
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    if isinstance(x, numbers.Real):
+        return float(x)
+    return None
+
+
+def _same_species(a: "NytoModule", b: "NytoModule") -> None:
+    if a._nyto_species is not b._nyto_species:
+        raise AssertionError(
+            f"particle operation between different species: {type(a).__name__} "
+            f"({a._nyto_species!r}) and {type(b).__name__} ({b._nyto_species!r}); "
+            "copy values across species with load_state_dict() or clone_from()")
+
+
+def _compatible(a: S.State, b: S.State) -> bool:
+    return a.layout is b.layout or a.layout.param_sig == b.layout.param_sig
+
+
+class NytoModule(nn.Module):
+    """Base class of particles: subclass it like ``torch.nn.Module``.
+
+    Every constructor call starts a new species. Arithmetic with numbers
+    (int, float, bool, 0-dim tensors) and with particles of the same species
+    applies to every parameter of the module and its submodules at once;
+    out-of-place ops return a new particle of the same class, in-place ops
+    update the parameters' values and return the same object.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.__dict__["_nyto_species"] = Species()
+        self.__dict__["_nyto_state"] = None
+
+    # -- results ---------------------------------------------------------
+    def _from_flats(self, st: S.State, flats) -> "NytoModule":
+        params, ptrs = _C.make_params(flats, st.layout.view_spec, st.params)
+        return build(self, st, params, flats, ptrs)
+
+    def _from_tensors(self, st: S.State, tensors) -> "NytoModule":
+        params = [nn.Parameter(t, requires_grad=p.requires_grad) for t, p in zip(tensors, st.params)]
+        return build(self, st, params)
+
+    def _unary(self, op: int, scalars: tuple = ()) -> "NytoModule":
+        st = state_of(self)
+        return self._from_flats(st, _C.apply(op, False, (st.flats,), scalars, st.layout.pool))
+
+    def _binary(self, other: Any, list_op: int, scalar_op: int) -> "NytoModule":
+        if isinstance(other, NytoModule):
+            _same_species(self, other)
+            a, b = state_of(self), state_of(other)
+            if _compatible(a, b):
+                return self._from_flats(a, _C.apply(list_op, False, (a.flats, b.flats), (), a.layout.pool))
+            return self._from_tensors(a, _C.apply(list_op, False, (a.params, b.params), ()))
+        s = _number(other)
+        if s is None:
+            return NotImplemented
+        st = state_of(self)
+        return self._from_flats(st, _C.apply(scalar_op, False, (st.flats,), (s,), st.layout.pool))
+
+    def _reflected(self, other: Any, scalar_op: int, list_name: str) -> "NytoModule":
+        if isinstance(other, NytoModule):
+            return getattr(other, list_name)(self)
+        s = _number(other)
+        if s is None:
+            return NotImplemented
+        st = state_of(self)
+        return self._from_flats(st, _C.apply(scalar_op, False, (st.flats,), (s,), st.layout.pool))
+
+    def _inplace(self, other: Any, list_op: int, scalar_op: int) -> "NytoModule":
+        a = state_of(self)
+        if isinstance(other, NytoModule):
+            _same_species(self, other)
+            b = state_of(other)
+            if _compatible(a, b):
+                _C.apply(list_op, True, (a.flats, b.flats), ())
+            else:
+                _C.apply(list_op, True, (a.params, b.params), ())
+        else:
+            s = _number(other)
+            if s is None:
+                return NotImplemented
+            _C.apply(scalar_op, True, (a.flats,), (s,))
+        _C.bump_versions(a.params)
+        return self
+
+    # -- copies and random particles --------------------------------------
+    def clone(self) -> "NytoModule":
+        """A new particle of this species with new Parameters holding equal values.
+
+        >>> c = net.clone(); c.weight is net.weight, torch.equal(c.weight, net.weight)
+        (False, True)
+        """
+        return self._unary(S.COPY)
+
+    def detach(self) -> "NytoModule":
+        """A new particle of a NEW species whose Parameters are this particle's
+        own objects (buffers are copied).
+
+        >>> d = net.detach(); d.weight is net.weight
+        True
+        """
+        st = state_of(self)
+        return build(self, st, st.params, st.flats, st.ptrs, species=Species)
+
+    def clone_from(self, other: nn.Module) -> "NytoModule":
+        """A new particle of this species holding ``other``'s values (any species
+        with the same state_dict keys and shapes): ``clone()`` + ``load_state_dict``.
+        """
+        out = self.clone()
+        out.load_state_dict(other.state_dict())
+        return out
+
+    def randn(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
+        """A particle of this species with standard normal parameters (honours
+        ``torch.manual_seed``).
+
+        >>> torch.manual_seed(0); r = net.randn(); r.weight.shape == net.weight.shape
+        True
+        """
+        st = state_of(self)
+        return self._from_flats(st, torch.ops.nytorch.normal.default(st.flats, 0.0, 1.0, generator=generator))
+
+    def rand(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
+        """A particle of this species with parameters uniform in [0, 1)."""
+        st = state_of(self)
+        return self._from_flats(st, torch.ops.nytorch.uniform.default(st.flats, 0.0, 1.0, generator=generator))
+
+    # -- nn.Module integration ---------------------------------------------
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        S._bump_epoch()  # parameters may be new objects now: re-capture
+        return out
+
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["_nyto_state"] = None  # storage views are rebuilt on first use
+        return d
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_nyto_state", None)
+        self.__dict__.setdefault("_nyto_species", Species())
+
+
+# The arithmetic, each a named method; the dunders below are the same functions.
+def _make_binary(name: str, list_op: int, scalar_op: int, sym: str):
+    def method(self, other):
+        return self._binary(other, list_op, scalar_op)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"``self {sym} other`` for every parameter: other is a particle of this "
+                      f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n")
+    return method
+
+
+def _make_reflected(name: str, scalar_op: int, list_name: str, sym: str):
+    def method(self, other):
+        return self._reflected(other, scalar_op, list_name)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"``other {sym} self`` for every parameter (other: a number).\n\n"
+                      f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n")
+    return method
+
+
+def _make_inplace(name: str, list_op: int, scalar_op: int, sym: str):
+    def method(self, other):
+        return self._inplace(other, list_op, scalar_op)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
+                      f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n")
+    return method
+
+
+def _neg(self) -> NytoModule:
+    """``-self``: a new particle with every parameter negated."""
+    return self._unary(S.NEG)
+
+
+def _pos(self) -> NytoModule:
+    """``+self``: a new particle with equal values (like ``clone()``)."""
+    return self._unary(S.COPY)
+
+
+#        name     list op  scalar op  reflected name, scalar op   symbol
+_ARITHMETIC = (
+    ("add", S.ADD, S.ADD_S, "radd", S.ADD_S, "+"),
+    ("sub", S.SUB, S.SUB_S, "rsub", S.RSUB_S, "-"),
+    ("mul", S.MUL, S.MUL_S, "rmul", S.MUL_S, "*"),
+    ("div", S.DIV, S.DIV_S, "rdiv", S.RDIV_S, "/"),
+    ("pow", S.POW, S.POW_S, "rpow", S.RPOW_S, "**"),
+)
+_DUNDER = {"add": "add", "sub": "sub", "mul": "mul", "div": "truediv", "pow": "pow"}
+
+for _name, _lop, _sop, _rname, _rsop, _sym in _ARITHMETIC:
+    setattr(NytoModule, _name, _make_binary(_name, _lop, _sop, _sym))
+    setattr(NytoModule, _rname, _make_reflected(_rname, _rsop, _name, _sym))
+    setattr(NytoModule, _name + "_", _make_inplace(_name + "_", _lop, _sop, _sym))
+    _d = _DUNDER[_name]
+    setattr(NytoModule, f"__{_d}__", getattr(NytoModule, _name))
+    setattr(NytoModule, f"__r{_d}__", getattr(NytoModule, _rname))
+    setattr(NytoModule, f"__i{_d}__", getattr(NytoModule, _name + "_"))
+NytoModule.neg = NytoModule.__neg__ = _neg
+NytoModule.pos = NytoModule.__pos__ = _pos
+del _name, _lop, _sop, _rname, _rsop, _sym, _d
