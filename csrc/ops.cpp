@@ -123,7 +123,8 @@ void run_job(const Job& job, at::DeviceType dev) {
 void set_cuda_job_runner(JobRunner runner) { cuda_runner = runner; }
 
 std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorList>& lists,
-                              const std::vector<c10::Scalar>& scalars) {
+                              const std::vector<c10::Scalar>& scalars,
+                              const std::vector<at::Tensor>* preset) {
   check_operands(op, inplace, lists, scalars);
   const size_t n = lists[0].size();
   // Which lists feed the functor: fill only takes its shape from self, and
@@ -147,7 +148,12 @@ std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorL
       }
       continue;
     }
-    if (!inplace) out[i] = at::empty_like(self, at::MemoryFormat::Contiguous);
+    if (!inplace) {
+      const bool use_preset = preset && i < preset->size() && (*preset)[i].defined() &&
+          (*preset)[i].is_contiguous() && (*preset)[i].scalar_type() == self.scalar_type() &&
+          (*preset)[i].device() == self.device() && (*preset)[i].sizes().equals(self.sizes());
+      out[i] = use_preset ? (*preset)[i] : at::empty_like(self, at::MemoryFormat::Contiguous);
+    }
     const int64_t numel = self.numel();
     if (numel == 0) continue;
     const auto key = std::make_pair(self.device(), self.scalar_type());
