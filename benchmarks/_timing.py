@@ -39,11 +39,20 @@ class Timing:
 
     @property
     def spread(self) -> float:
-        """Interquartile range relative to the median (0.05 = +-2.5%)."""
-        if len(self.samples) < 4:
+        """Interquartile range relative to the median (0.05 = +-2.5%);
+        the full range when there are fewer than 4 samples."""
+        if len(self.samples) < 2:
             return math.nan
+        if len(self.samples) < 4:
+            return (max(self.samples) - min(self.samples)) / self.median
         q = statistics.quantiles(self.samples, n=4)
         return (q[2] - q[0]) / self.median
+
+
+def worst_spread(timings: Dict[str, "Timing"]) -> str:
+    """The largest relative spread among the candidates of one compare."""
+    vals = [t.spread for t in timings.values() if t.samples and not math.isnan(t.spread)]
+    return f"{max(vals):.0%}" if vals else "n/a"
 
 
 def _sync_for(device: str) -> Optional[Callable[[], None]]:
@@ -214,8 +223,18 @@ def fmt_ratio(r: float) -> str:
     return "n/a" if r is None or math.isnan(r) else f"{r:.2f}x"
 
 
-def verdict(ok: Optional[bool]) -> str:
-    return "" if ok is None else ("PASS" if ok else "MISS")
+def verdict(ok: Optional[bool], has_target: bool = False) -> str:
+    """PASS/MISS; "n/a" for a target that could not be measured; "" for no target."""
+    if ok is None:
+        return "n/a" if has_target else ""
+    return "PASS" if ok else "MISS"
+
+
+def check(value: float, limit: float, at_most: bool = True) -> Optional[bool]:
+    """value <= limit (or >= limit); None when value is NaN (not measured)."""
+    if value is None or math.isnan(value):
+        return None
+    return value <= limit if at_most else value >= limit
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> None:
