@@ -94,7 +94,8 @@ def pso_foreach(v, x, p, g, r1, r2, w, c1, c2):
 
 def time_model(name: str, make) -> None:
     torch.manual_seed(0)
-    a, b, v, r1, r2, g = (Particle(make()).to(DEVICE) for _ in range(6))
+    a = Particle(make()).to(DEVICE)
+    b, v, r1, r2, g = (a.randn() if HAVE_PARTICLES else Particle(make()).to(DEVICE) for _ in range(5))
     A, B, V, R1, R2, G = ([p.detach() for p in m.parameters()] for m in (a, b, v, r1, r2, g))
     n = sum(p.numel() for p in A)
     rows = [  # label, torch._foreach_*, nytorch.ops, particle (or None)
