@@ -8,11 +8,11 @@
 #include <ATen/ops/empty.h>
 #include "nyto.h"
 
+#include "python_api.h"
+
 namespace nyto { const char* cpu_kernel_isa(); }
 
-namespace {
-
-using nyto::Op;
+namespace nyto::py {
 
 [[noreturn]] void raise_type(const char* msg) { throw std::invalid_argument(msg); }
 
@@ -197,8 +197,12 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         }
         PyObject* like = PyTuple_GET_ITEM(args[2], i);
         const bool rg = THPVariable_Check(like) ? THPVariable_Unpack(like).requires_grad() : true;
+        // A fresh TensorImpl on the flat's storage, built without the
+        // dispatcher (as_strided + detach cost ~1 us each per parameter).
         const at::Tensor& flat = flats.at(g);
-        at::Tensor v = flat.as_strided(sizes, strides, flat.storage_offset() + off).detach();
+        at::Tensor v = at::detail::make_tensor<c10::TensorImpl>(
+            c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
+        v.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, flat.storage_offset() + off);
         v.unsafeGetTensorImpl()->set_allow_tensor_metadata_change(true);
         v.set_requires_grad(rg);
         PyTuple_SET_ITEM(ptrs, i, PyLong_FromVoidPtr(const_cast<void*>(v.unsafeGetTensorImpl()->data())));
@@ -221,6 +225,112 @@ PyObject* py_data_ptrs(PyObject*, PyObject* arg) {
     if (!out) return nullptr;
     for (size_t i = 0; i < ts.size(); ++i)
       PyTuple_SET_ITEM(out, i, PyLong_FromVoidPtr(const_cast<void*>(ts[i].unsafeGetTensorImpl()->data())));
+    return out;
+  });
+}
+
+// A copy of one of nn.Module's container attributes. The common case, an
+// empty hook OrderedDict, is made with PyODict_New: it is ~10x cheaper than
+// OrderedDict.copy(), and a result module has a dozen of them.
+PyObject* copy_container(PyObject* v, PyObject* s_copy) {
+  if (PyDict_CheckExact(v)) return PyDict_Copy(v);
+  if (PyODict_CheckExact(v)) {
+    PyObject* c = PyODict_New();
+    if (!c || PyDict_GET_SIZE(v) == 0) return c;
+    PyObject* items = PyObject_CallMethod(v, "items", nullptr);  // in the odict's order
+    PyObject* it = items ? PyObject_GetIter(items) : nullptr;
+    Py_XDECREF(items);
+    if (!it) { Py_DECREF(c); return nullptr; }
+    while (PyObject* kv = PyIter_Next(it)) {
+      const int rc = PyODict_SetItem(c, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1));
+      Py_DECREF(kv);
+      if (rc < 0) { Py_DECREF(it); Py_DECREF(c); return nullptr; }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) { Py_DECREF(c); return nullptr; }
+    return c;
+  }
+  if (PyAnySet_CheckExact(v)) return PySet_New(v);
+  return PyObject_CallMethodNoArgs(v, s_copy);
+}
+
+// build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers)
+//   -> list of new modules: for each old module a new instance of its class
+//   whose __dict__ is a shallow copy of the old one, with its own copy of each
+//   container attribute named in `containers` (hook dicts, _parameters, ...),
+//   a fresh `_modules` linked per `children` ((parent, name, child | -1)),
+//   `_nyto_state` (where present) set to None, and the given parameters and
+//   buffers placed per their slots ((module, name, index)).
+PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 7) raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers)");
+    static PyObject* s_modules = PyUnicode_InternFromString("_modules");
+    static PyObject* s_parameters = PyUnicode_InternFromString("_parameters");
+    static PyObject* s_buffers = PyUnicode_InternFromString("_buffers");
+    static PyObject* s_state = PyUnicode_InternFromString("_nyto_state");
+    static PyObject* s_copy = PyUnicode_InternFromString("copy");
+    static PyObject* empty = PyTuple_New(0);
+    PyObject* olds = args[0];
+    PyObject* containers = args[1];
+    const Py_ssize_t n = PyTuple_GET_SIZE(olds);
+    PyObject* out = PyList_New(n);
+    if (!out) return nullptr;
+    std::vector<PyObject*> dicts(n, nullptr);  // borrowed from the new modules
+    auto fail = [&]() -> PyObject* { Py_DECREF(out); return nullptr; };
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* old = PyTuple_GET_ITEM(olds, i);
+      PyObject** od = _PyObject_GetDictPtr(old);
+      if (!od || !*od) { PyErr_SetString(PyExc_TypeError, "build_modules: module without __dict__"); return fail(); }
+      PyObject* d = PyDict_Copy(*od);
+      if (!d) return fail();
+      for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(containers); ++k) {
+        PyObject* name = PyTuple_GET_ITEM(containers, k);
+        PyObject* v = PyDict_GetItemWithError(d, name);
+        if (!v) { if (PyErr_Occurred()) { Py_DECREF(d); return fail(); } continue; }
+        if (v == Py_None) continue;
+        PyObject* c = copy_container(v, s_copy);
+        if (!c || PyDict_SetItem(d, name, c) < 0) { Py_XDECREF(c); Py_DECREF(d); return fail(); }
+        Py_DECREF(c);
+      }
+      PyObject* mods = PyDict_New();
+      if (!mods || PyDict_SetItem(d, s_modules, mods) < 0) { Py_XDECREF(mods); Py_DECREF(d); return fail(); }
+      Py_DECREF(mods);
+      const int has_state = PyDict_Contains(d, s_state);
+      if (has_state > 0 && PyDict_SetItem(d, s_state, Py_None) < 0) { Py_DECREF(d); return fail(); }
+      PyTypeObject* tp = Py_TYPE(old);
+      PyObject* m = PyBaseObject_Type.tp_new(tp, empty, nullptr);
+      if (!m) { Py_DECREF(d); return fail(); }
+      PyObject** nd = _PyObject_GetDictPtr(m);
+      if (!nd) { Py_DECREF(d); Py_DECREF(m); PyErr_SetString(PyExc_TypeError, "build_modules: no __dict__ slot"); return fail(); }
+      Py_XSETREF(*nd, d);
+      dicts[i] = d;
+      PyList_SET_ITEM(out, i, m);
+    }
+    auto place = [&](PyObject* slots, PyObject* key, PyObject* values, bool modules) -> bool {
+      const Py_ssize_t ns = PyTuple_GET_SIZE(slots);
+      for (Py_ssize_t k = 0; k < ns; ++k) {
+        PyObject* e = PyTuple_GET_ITEM(slots, k);
+        const Py_ssize_t mi = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 0));
+        const Py_ssize_t j = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 2));
+        if (mi < 0 || mi >= n) { PyErr_SetString(PyExc_IndexError, "build_modules: bad slot"); return false; }
+        PyObject* v;
+        if (modules) v = j >= 0 ? PyList_GET_ITEM(out, j) : Py_None;
+        else v = PySequence_Fast_GET_ITEM(values, j);
+        PyObject* target = PyDict_GetItemWithError(dicts[mi], key);
+        if (!target || PyObject_SetItem(target, PyTuple_GET_ITEM(e, 1), v) < 0) {
+          if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "build_modules: missing container");
+          return false;
+        }
+      }
+      return true;
+    };
+    PyObject* params = PySequence_Fast(args[4], "params must be a sequence");
+    PyObject* buffers = PySequence_Fast(args[6], "buffers must be a sequence");
+    const bool ok = params && buffers && place(args[2], s_modules, nullptr, true) &&
+                    place(args[3], s_parameters, params, false) && place(args[5], s_buffers, buffers, false);
+    Py_XDECREF(params);
+    Py_XDECREF(buffers);
+    if (!ok) return fail();
     return out;
   });
 }
@@ -253,6 +363,11 @@ PyObject* py_has_cuda(PyObject*, PyObject*) {
 #endif
 }
 
+}  // namespace nyto::py
+
+namespace {
+using namespace nyto::py;
+
 PyMethodDef methods[] = {
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
@@ -261,8 +376,14 @@ PyMethodDef methods[] = {
     {"make_params", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_make_params)), METH_FASTCALL,
      "make_params(flats, spec, like): new Parameters viewing the flat buffers."},
     {"data_ptrs", py_data_ptrs, METH_O, "data_ptrs(tensors): their data addresses, as views_ok reads them."},
+    {"build_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_build_modules)), METH_FASTCALL,
+     "build_modules(...): the module tree of a result particle (see _storage.build)."},
     {"bump_versions", py_bump_versions, METH_O, "Bump the version counter of every tensor."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
+    {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
+     "fast_op(self, other, list_op, scalar_op, inplace): the particle hot path, or None."},
+    {"register_particle_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_particle_types)), METH_FASTCALL,
+     "register_particle_types(NytoModule, State, epoch_box, containers)."},
     {"torch_version", py_torch_version, METH_NOARGS, "The torch version this extension was built against."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel build chosen at load time (DEFAULT or AVX2)."},
     {"has_cuda", py_has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},

@@ -212,29 +212,13 @@ def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
     is set directly.
     """
     layout = st.layout
-    olds = (root,) + st.modules
-    new = []
-    for m in olds:
-        d = m.__dict__.copy()
-        for k in _CONTAINER_ATTRS:
-            v = d.get(k)
-            if v is not None:
-                d[k] = v.copy()
-        d["_modules"] = {}
-        if "_nyto_state" in d:
-            d["_nyto_state"] = None
-            if species is not None:
-                d["_nyto_species"] = species()
-        n = object.__new__(type(m))
-        object.__setattr__(n, "__dict__", d)
-        new.append(n)
-    for parent, name, child in layout.children:
-        new[parent]._modules[name] = new[child] if child >= 0 else None
-    for mi, name, j in layout.param_slots:
-        new[mi]._parameters[name] = params[j]
     buffers = _C.apply(COPY, False, (st.buffers,), ()) if st.buffers else ()
-    for mi, name, j in layout.buffer_slots:
-        new[mi]._buffers[name] = buffers[j]
+    new = _C.build_modules((root,) + st.modules, _CONTAINER_ATTRS, layout.children,
+                           layout.param_slots, params, layout.buffer_slots, buffers)
+    if species is not None:
+        for m in new:
+            if "_nyto_species" in m.__dict__:
+                m.__dict__["_nyto_species"] = species()
     out = new[0]
     if flats is not None:
         out.__dict__["_nyto_state"] = State(layout, tuple(new[1:]), tuple(params), tuple(buffers),

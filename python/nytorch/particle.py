@@ -200,9 +200,13 @@ class NytoModule(nn.Module):
 
 
 # The arithmetic, each a named method; the dunders below are the same functions.
+# Each method first tries the C hot path (_C.fast_op: valid cached storage,
+# same layout, plain number or same-species particle), which returns None
+# whenever the general Python path has to decide.
 def _make_binary(name: str, list_op: int, scalar_op: int, sym: str):
     def method(self, other):
-        return self._binary(other, list_op, scalar_op)
+        out = _fast_op(self, other, list_op, scalar_op, False)
+        return self._binary(other, list_op, scalar_op) if out is None else out
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (f"``self {sym} other`` for every parameter: other is a particle of this "
                       f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n")
@@ -211,7 +215,8 @@ def _make_binary(name: str, list_op: int, scalar_op: int, sym: str):
 
 def _make_reflected(name: str, scalar_op: int, list_name: str, sym: str):
     def method(self, other):
-        return self._reflected(other, scalar_op, list_name)
+        out = _fast_op(self, other, None, scalar_op, False)
+        return self._reflected(other, scalar_op, list_name) if out is None else out
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (f"``other {sym} self`` for every parameter (other: a number).\n\n"
                       f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n")
@@ -220,7 +225,8 @@ def _make_reflected(name: str, scalar_op: int, list_name: str, sym: str):
 
 def _make_inplace(name: str, list_op: int, scalar_op: int, sym: str):
     def method(self, other):
-        return self._inplace(other, list_op, scalar_op)
+        out = _fast_op(self, other, list_op, scalar_op, True)
+        return self._inplace(other, list_op, scalar_op) if out is None else out
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
                       f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n")
@@ -255,6 +261,8 @@ for _name, _lop, _sop, _rname, _rsop, _sym in _ARITHMETIC:
     setattr(NytoModule, f"__{_d}__", getattr(NytoModule, _name))
     setattr(NytoModule, f"__r{_d}__", getattr(NytoModule, _rname))
     setattr(NytoModule, f"__i{_d}__", getattr(NytoModule, _name + "_"))
+_fast_op = _C.fast_op
+_C.register_particle_types(NytoModule, S.State, S._epoch, S._CONTAINER_ATTRS)
 NytoModule.neg = NytoModule.__neg__ = _neg
 NytoModule.pos = NytoModule.__pos__ = _pos
 del _name, _lop, _sop, _rname, _rsop, _sym, _d

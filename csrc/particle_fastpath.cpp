@@ -1,0 +1,210 @@
+// The particle hot path: one C call for `a + b`, `a += b`, `a * 2`, ...
+//
+// fast_op(self, other, list_op, scalar_op, inplace) does what
+// python/nytorch/particle.py does on its general path, for the common case
+// only: both particles carry a valid cached storage State (same epoch, every
+// parameter where the layout put it) sharing one Layout, and `other` is such
+// a particle of the same species or a plain int/float/bool. Anything else
+// returns None and Python takes the general path (which also raises the
+// errors), so this file never decides semantics, it only skips interpreter
+// work. Out-of-place results reuse the layout's pooled buffers.
+#include "nyto.h"
+#include "python_api.h"
+
+namespace nyto::py {
+namespace {
+
+PyObject* nyto_module_cls = nullptr;  // nytorch.NytoModule
+PyObject* state_cls = nullptr;        // nytorch._storage.State
+PyObject* epoch_box = nullptr;        // nytorch._storage._epoch: [int]
+PyObject* containers = nullptr;       // nytorch._storage._CONTAINER_ATTRS
+
+PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
+
+// Owned reference holder.
+struct Ref {
+  PyObject* p = nullptr;
+  Ref() = default;
+  explicit Ref(PyObject* o) : p(o) {}
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  ~Ref() { Py_XDECREF(p); }
+  explicit operator bool() const { return p != nullptr; }
+  PyObject* get() const { return p; }
+  PyObject* release() { PyObject* r = p; p = nullptr; return r; }
+};
+
+PyObject* module_dict(PyObject* m) {
+  PyObject** dp = _PyObject_GetDictPtr(m);
+  return dp ? *dp : nullptr;
+}
+
+struct StateView {
+  Ref layout, modules, params, buffers, flats, ptrs;
+};
+
+// The valid cached state of particle `m`, or false (no Python error set).
+bool valid_state(PyObject* m, StateView& sv) {
+  static PyObject* s_state = intern("_nyto_state");
+  static PyObject* s_epoch = intern("epoch");
+  static PyObject* s_layout = intern("layout");
+  static PyObject* s_modules = intern("modules");
+  static PyObject* s_params = intern("params");
+  static PyObject* s_buffers = intern("buffers");
+  static PyObject* s_flats = intern("flats");
+  static PyObject* s_ptrs = intern("ptrs");
+  PyObject* d = module_dict(m);
+  if (!d) return false;
+  PyObject* st = PyDict_GetItem(d, s_state);  // borrowed
+  if (!st || st == Py_None) return false;
+  Ref epoch(PyObject_GetAttr(st, s_epoch));
+  if (!epoch || PyObject_RichCompareBool(epoch.get(), PyList_GET_ITEM(epoch_box, 0), Py_EQ) != 1) {
+    PyErr_Clear();
+    return false;
+  }
+  sv.layout.p = PyObject_GetAttr(st, s_layout);
+  sv.modules.p = PyObject_GetAttr(st, s_modules);
+  sv.params.p = PyObject_GetAttr(st, s_params);
+  sv.buffers.p = PyObject_GetAttr(st, s_buffers);
+  sv.flats.p = PyObject_GetAttr(st, s_flats);
+  sv.ptrs.p = PyObject_GetAttr(st, s_ptrs);
+  if (!sv.layout || !sv.modules || !sv.params || !sv.buffers || !sv.flats || !sv.ptrs) {
+    PyErr_Clear();
+    return false;
+  }
+  PyObject* args[2] = {sv.params.get(), sv.ptrs.get()};
+  Ref ok(py_views_ok(nullptr, args, 2));
+  if (!ok) { PyErr_Clear(); return false; }
+  return ok.get() == Py_True;
+}
+
+bool plain_number(PyObject* o) {
+  return PyFloat_CheckExact(o) || PyLong_CheckExact(o) || PyBool_Check(o);
+}
+
+// A new particle like `self` (state `sv`) whose parameters view `flats`.
+PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
+  static PyObject* s_view_spec = intern("view_spec");
+  static PyObject* s_children = intern("children");
+  static PyObject* s_param_slots = intern("param_slots");
+  static PyObject* s_buffer_slots = intern("buffer_slots");
+  static PyObject* s_state = intern("_nyto_state");
+  Ref spec(PyObject_GetAttr(sv.layout.get(), s_view_spec));
+  if (!spec) return nullptr;
+  PyObject* mp_args[3] = {flats, spec.get(), sv.params.get()};
+  Ref made(py_make_params(nullptr, mp_args, 3));
+  if (!made) return nullptr;
+  PyObject* params = PyTuple_GET_ITEM(made.get(), 0);
+  PyObject* ptrs = PyTuple_GET_ITEM(made.get(), 1);
+  Ref buffers;
+  if (PyTuple_GET_SIZE(sv.buffers.get()) > 0) {
+    Ref op(PyLong_FromLong(static_cast<long>(Op::Copy)));
+    Ref lists(PyTuple_Pack(1, sv.buffers.get()));
+    Ref none_scalars(PyTuple_New(0));
+    PyObject* a_args[4] = {op.get(), Py_False, lists.get(), none_scalars.get()};
+    Ref copied(py_apply(nullptr, a_args, 4));
+    if (!copied) return nullptr;
+    buffers.p = PyList_AsTuple(copied.get());
+  } else {
+    buffers.p = PyTuple_New(0);
+  }
+  if (!buffers) return nullptr;
+  const Py_ssize_t nm = PyTuple_GET_SIZE(sv.modules.get());
+  Ref olds(PyTuple_New(nm + 1));
+  if (!olds) return nullptr;
+  Py_INCREF(self);
+  PyTuple_SET_ITEM(olds.get(), 0, self);
+  for (Py_ssize_t i = 0; i < nm; ++i) {
+    PyObject* m = PyTuple_GET_ITEM(sv.modules.get(), i);
+    Py_INCREF(m);
+    PyTuple_SET_ITEM(olds.get(), i + 1, m);
+  }
+  Ref children(PyObject_GetAttr(sv.layout.get(), s_children));
+  Ref pslots(PyObject_GetAttr(sv.layout.get(), s_param_slots));
+  Ref bslots(PyObject_GetAttr(sv.layout.get(), s_buffer_slots));
+  if (!children || !pslots || !bslots) return nullptr;
+  PyObject* bm_args[7] = {olds.get(), containers, children.get(), pslots.get(), params, bslots.get(), buffers.get()};
+  Ref mods(py_build_modules(nullptr, bm_args, 7));
+  if (!mods) return nullptr;
+  Ref new_modules(PyList_GetSlice(mods.get(), 1, nm + 1));
+  Ref new_modules_t(new_modules ? PyList_AsTuple(new_modules.get()) : nullptr);
+  Ref params_t(PyList_AsTuple(params));
+  if (!new_modules_t || !params_t) return nullptr;
+  PyObject* st_args[6] = {sv.layout.get(), new_modules_t.get(), params_t.get(), buffers.get(), flats, ptrs};
+  Ref state(PyObject_Vectorcall(state_cls, st_args, 6, nullptr));
+  if (!state) return nullptr;
+  PyObject* root = PyList_GET_ITEM(mods.get(), 0);
+  PyObject* rd = module_dict(root);
+  if (!rd || PyDict_SetItem(rd, s_state, state.get()) < 0) return nullptr;
+  Py_INCREF(root);
+  return root;
+}
+
+}  // namespace
+
+// fast_op(self, other, list_op: int, scalar_op: int, inplace: bool)
+//   -> the result (self for in-place), or None to take the general path.
+PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  static PyObject* s_species = intern("_nyto_species");
+  static PyObject* s_pool = intern("pool");
+  if (nargs != 5 || !state_cls) {
+    PyErr_SetString(PyExc_TypeError, "fast_op(self, other, list_op, scalar_op, inplace)");
+    return nullptr;
+  }
+  PyObject* self = args[0];
+  PyObject* other = args[1];
+  const bool inplace = args[4] == Py_True;
+  StateView a;
+  if (!valid_state(self, a)) Py_RETURN_NONE;
+  Ref lists, scalars;
+  PyObject* op;
+  if (plain_number(other)) {
+    op = args[3];
+    lists.p = PyTuple_Pack(1, a.flats.get());
+    scalars.p = PyTuple_Pack(1, other);
+  } else {
+    if (args[2] == Py_None) Py_RETURN_NONE;  // reflected ops take numbers only
+    const int is_particle = PyObject_IsInstance(other, nyto_module_cls);
+    if (is_particle != 1) { PyErr_Clear(); Py_RETURN_NONE; }
+    PyObject* da = module_dict(self);
+    PyObject* db = module_dict(other);
+    if (!da || !db || PyDict_GetItem(da, s_species) != PyDict_GetItem(db, s_species)) Py_RETURN_NONE;
+    StateView b;
+    if (!valid_state(other, b) || a.layout.get() != b.layout.get()) Py_RETURN_NONE;
+    op = args[2];
+    lists.p = PyTuple_Pack(2, a.flats.get(), b.flats.get());
+    scalars.p = PyTuple_New(0);
+  }
+  if (!lists || !scalars) return nullptr;
+  if (inplace) {
+    PyObject* a_args[4] = {op, Py_True, lists.get(), scalars.get()};
+    Ref done(py_apply(nullptr, a_args, 4));
+    if (!done) return nullptr;
+    Ref bumped(py_bump_versions(nullptr, a.params.get()));
+    if (!bumped) return nullptr;
+    Py_INCREF(self);
+    return self;
+  }
+  Ref pool(PyObject_GetAttr(a.layout.get(), s_pool));
+  if (!pool) return nullptr;
+  PyObject* a_args[5] = {op, Py_False, lists.get(), scalars.get(), pool.get()};
+  Ref flats(py_apply(nullptr, a_args, 5));
+  if (!flats) return nullptr;
+  return result_from_flats(self, a, flats.get());
+}
+
+// register_particle_types(NytoModule, State, epoch_box, containers)
+PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4 || !PyList_Check(args[2]) || PyList_GET_SIZE(args[2]) != 1 || !PyTuple_Check(args[3])) {
+    PyErr_SetString(PyExc_TypeError, "register_particle_types(NytoModule, State, [epoch], containers)");
+    return nullptr;
+  }
+  PyObject** slots[4] = {&nyto_module_cls, &state_cls, &epoch_box, &containers};
+  for (int i = 0; i < 4; ++i) {
+    Py_INCREF(args[i]);
+    Py_XSETREF(*slots[i], args[i]);
+  }
+  Py_RETURN_NONE;
+}
+
+}  // namespace nyto::py

@@ -1,0 +1,18 @@
+// The CPython entry points of nytorch._C (csrc/python_module.cpp,
+// csrc/particle_fastpath.cpp). Each follows the CPython calling convention:
+// a new reference, or nullptr with a Python exception set.
+#pragma once
+#include <Python.h>
+#include <ATen/core/Tensor.h>
+#include <vector>
+
+namespace nyto::py {
+std::vector<at::Tensor> unpack_list(PyObject* seq);
+PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_bump_versions(PyObject*, PyObject* arg);
+PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+}  // namespace nyto::py
