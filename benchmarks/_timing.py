@@ -49,6 +49,11 @@ class Timing:
         return (q[2] - q[0]) / self.median
 
 
+def mins_us(timings: Dict[str, "Timing"]) -> Dict[str, float]:
+    """Fastest block of every candidate (us per call): a cross-check under heavy load."""
+    return {k: min(t.samples) * 1e6 for k, t in timings.items() if t.samples}
+
+
 def worst_spread(timings: Dict[str, "Timing"]) -> str:
     """The largest relative spread among the candidates of one compare."""
     vals = [t.spread for t in timings.values() if t.samples and not math.isnan(t.spread)]
@@ -257,6 +262,19 @@ def machine_line(device: str) -> str:
         dev = f"CPU x{os.cpu_count()} ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}"
     load = ", load avg %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     return f"torch {torch.__version__}, python {platform.python_version()}, {dev}{load}"
+
+
+def load_warning() -> str:
+    """A warning line when other processes keep the CPUs busy, else ''."""
+    if not hasattr(os, "getloadavg"):
+        return ""
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load <= cores * 0.75:
+        return ""
+    return (f"WARNING: load average {load:.1f} on {cores} cores: other processes compete for the CPUs. "
+            "Multi-threaded rows of mid-sized workloads (0.1-10 MB) stall in parallel regions waiting "
+            "for a descheduled worker; rerun when the machine is quiet, or compare with --threads 1.")
 
 
 def rss_bytes() -> int:

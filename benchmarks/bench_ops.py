@@ -128,7 +128,7 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
                      T.fmt_ratio(r_flat), T.fmt_ratio(T.ratio(m["foreach"], m["ours"])),
                      T.worst_spread(t), target, T.verdict(ok, bool(target))])
         results.append(dict(workload=name, op=op, tensors=len(shapes), numel=n,
-                            us={k: v * 1e6 for k, v in m.items()}, target=target, ok=ok))
+                            us={k: v * 1e6 for k, v in m.items()}, min_us=T.mins_us(t), target=target, ok=ok))
     del cases, xs, ys, fx, fy, fo
 
     # PSO velocity: v = w*v + c1*r1*(p - x) + c2*r2*(g - x), in place into v.
@@ -179,7 +179,7 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
     pso_rows.append([name, f"{bw / 1e9:.1f}", T.us(floor), T.us(m["flat-chain"]), T.us(m["ours-1flat"]),
                      T.us(m["ours"]), T.fmt_ratio(T.ratio(m["ours"], m["ours-1flat"]))])
     results.append(dict(workload=name, op="pso_velocity_", tensors=len(shapes), numel=n,
-                        us={**{k: v * 1e6 for k, v in m.items()}, "mem_floor": floor * 1e6},
+                        us={**{k: v * 1e6 for k, v in m.items()}, "mem_floor": floor * 1e6}, min_us=T.mins_us(t),
                         bandwidth_GBps=bw / 1e9, target=target, ok=ok))
 
 
@@ -245,6 +245,8 @@ def main(argv=None) -> int:
     check_opcodes(args.device)
     print(f"bench_ops: {T.machine_line(args.device)}; nytorch {nytorch.__version__} "
           f"(CPU kernels: {nytorch._C.cpu_isa()}, CUDA kernels: {nytorch._C.has_cuda()})")
+    if T.load_warning():
+        print(T.load_warning())
     print("medians over interleaved rounds; ratios from the same rounds; IQR = spread of the noisiest\n"
           "column (its full range where it has < 4 rounds)")
     results: list = []
@@ -268,6 +270,8 @@ def main(argv=None) -> int:
     n_ok = sum(1 for r in results if r.get("ok") is True)
     n_miss = sum(1 for r in results if r.get("ok") is False)
     print(f"targets: {n_ok} PASS, {n_miss} MISS   (total {watch():.0f}s; {T.machine_line(args.device)})")
+    if T.load_warning():
+        print(T.load_warning())
     T.write_json(args.json, dict(script="bench_ops", machine=T.machine_line(args.device), quick=args.quick,
                                  results=results))
     return 0
