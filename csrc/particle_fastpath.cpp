@@ -178,10 +178,8 @@ PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!lists || !scalars) return nullptr;
   if (inplace) {
     PyObject* a_args[4] = {op, Py_True, lists.get(), scalars.get()};
-    Ref done(py_apply(nullptr, a_args, 4));
+    Ref done(py_apply(nullptr, a_args, 4));  // bumps the flats' (shared) version counters
     if (!done) return nullptr;
-    Ref bumped(py_bump_versions(nullptr, a.params.get()));
-    if (!bumped) return nullptr;
     Py_INCREF(self);
     return self;
   }

@@ -147,20 +147,21 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
-// views_ok(params: tuple[Tensor], ptrs: tuple[int]) -> bool: every parameter
-// still starts at the address the particle's storage layout recorded.
+// views_ok(params: tuple[Tensor], ptrs: bytes) -> bool: every parameter
+// still starts at the address the particle's storage layout recorded
+// (`ptrs` packs one uintptr_t per parameter, as data_ptrs returns them).
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) raise_type("views_ok(params, ptrs)");
+    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) raise_type("views_ok(params, ptrs)");
     const Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
-    if (PyTuple_GET_SIZE(args[1]) != n) Py_RETURN_FALSE;
+    if (PyBytes_GET_SIZE(args[1]) != n * static_cast<Py_ssize_t>(sizeof(uintptr_t))) Py_RETURN_FALSE;
+    const auto* want = reinterpret_cast<const uintptr_t*>(PyBytes_AS_STRING(args[1]));
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* obj = PyTuple_GET_ITEM(args[0], i);
       if (!THPVariable_Check(obj)) Py_RETURN_FALSE;
-      const at::Tensor& t = THPVariable_Unpack(obj);
-      if (t.numel() == 0) continue;  // nothing to read or write
-      const auto want = reinterpret_cast<uintptr_t>(PyLong_AsVoidPtr(PyTuple_GET_ITEM(args[1], i)));
-      if (reinterpret_cast<uintptr_t>(t.unsafeGetTensorImpl()->data()) != want) Py_RETURN_FALSE;
+      const c10::TensorImpl* t = THPVariable_Unpack(obj).unsafeGetTensorImpl();
+      if (t->numel() == 0) continue;  // nothing to read or write
+      if (reinterpret_cast<uintptr_t>(t->data()) != want[i]) Py_RETURN_FALSE;
     }
     Py_RETURN_TRUE;
   });
@@ -169,7 +170,7 @@ PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyObject* parameter_class = nullptr;
 
 // make_params(flats: list[Tensor], spec: tuple[(group, offset, sizes)], like: tuple[Tensor])
-//   -> (list[Parameter], tuple[int]): new leaves viewing the flats, requires_grad
+//   -> (list[Parameter], bytes): new leaves viewing the flats, requires_grad
 //   copied from `like`, and their data addresses (for views_ok).
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
@@ -179,8 +180,9 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
     if (PyTuple_GET_SIZE(args[2]) != n) raise_type("make_params: spec and like differ in length");
     PyObject* params = PyList_New(n);
-    PyObject* ptrs = PyTuple_New(n);
+    PyObject* ptrs = PyBytes_FromStringAndSize(nullptr, n * sizeof(uintptr_t));
     if (!params || !ptrs) { Py_XDECREF(params); Py_XDECREF(ptrs); return nullptr; }
+    auto* ptr_out = reinterpret_cast<uintptr_t*>(PyBytes_AS_STRING(ptrs));
     try {
       for (Py_ssize_t i = 0; i < n; ++i) {
         PyObject* e = PyTuple_GET_ITEM(args[1], i);
@@ -204,8 +206,11 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
             c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
         v.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, flat.storage_offset() + off);
         v.unsafeGetTensorImpl()->set_allow_tensor_metadata_change(true);
+        // One version counter per flat, as for views: an in-place op on the
+        // flat is seen by autograd on every parameter without a per-param bump.
+        v.unsafeGetTensorImpl()->set_version_counter(flat.unsafeGetTensorImpl()->version_counter());
         v.set_requires_grad(rg);
-        PyTuple_SET_ITEM(ptrs, i, PyLong_FromVoidPtr(const_cast<void*>(v.unsafeGetTensorImpl()->data())));
+        ptr_out[i] = reinterpret_cast<uintptr_t>(v.unsafeGetTensorImpl()->data());
         PyObject* w = THPVariable_Wrap(std::move(v), reinterpret_cast<PyTypeObject*>(parameter_class));
         if (!w) throw std::runtime_error("");
         PyList_SET_ITEM(params, i, w);
@@ -217,14 +222,14 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
-// data_ptrs(tensors) -> tuple[int]: the addresses views_ok compares with.
+// data_ptrs(tensors) -> bytes: the addresses views_ok compares with.
 PyObject* py_data_ptrs(PyObject*, PyObject* arg) {
   return guarded([&]() -> PyObject* {
     const auto ts = unpack_list(arg);
-    PyObject* out = PyTuple_New(static_cast<Py_ssize_t>(ts.size()));
+    PyObject* out = PyBytes_FromStringAndSize(nullptr, ts.size() * sizeof(uintptr_t));
     if (!out) return nullptr;
-    for (size_t i = 0; i < ts.size(); ++i)
-      PyTuple_SET_ITEM(out, i, PyLong_FromVoidPtr(const_cast<void*>(ts[i].unsafeGetTensorImpl()->data())));
+    auto* p = reinterpret_cast<uintptr_t*>(PyBytes_AS_STRING(out));
+    for (size_t i = 0; i < ts.size(); ++i) p[i] = reinterpret_cast<uintptr_t>(ts[i].unsafeGetTensorImpl()->data());
     return out;
   });
 }
@@ -335,6 +340,20 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
+// share_versions(tensors, flat): make each tensor use the flat's version
+// counter (parameters adopted into a flat with `p.data = view`).
+PyObject* py_share_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 2) raise_type("share_versions(tensors, flat)");
+    const at::Tensor& flat = unpack(args[1]);
+    for (const auto& t : unpack_list(args[0])) {
+      if (!t.is_inference() && !flat.is_inference())
+        t.unsafeGetTensorImpl()->set_version_counter(flat.unsafeGetTensorImpl()->version_counter());
+    }
+    Py_RETURN_NONE;
+  });
+}
+
 // bump_versions(tensors): in-place writes made through a storage flat are
 // recorded on each parameter's own version counter too.
 PyObject* py_bump_versions(PyObject*, PyObject* arg) {
@@ -378,6 +397,8 @@ PyMethodDef methods[] = {
     {"data_ptrs", py_data_ptrs, METH_O, "data_ptrs(tensors): their data addresses, as views_ok reads them."},
     {"build_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_build_modules)), METH_FASTCALL,
      "build_modules(...): the module tree of a result particle (see _storage.build)."},
+    {"share_versions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_share_versions)), METH_FASTCALL,
+     "share_versions(tensors, flat): give each tensor the flat's version counter."},
     {"bump_versions", py_bump_versions, METH_O, "Bump the version counter of every tensor."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,

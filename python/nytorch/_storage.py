@@ -165,14 +165,15 @@ def _adopt(params: Sequence[torch.Tensor], view_spec, g: int, group) -> torch.Te
     device, dtype, numel = group
     members = [(p, spec) for p, spec in zip(params, view_spec) if spec[0] == g]
     flat = _tiled(members, device, dtype, numel)
-    if flat is not None:
-        return flat
-    flat = torch.empty(numel, dtype=dtype, device=device)
-    with torch.no_grad():
-        for p, (_, off, shape) in members:
-            view = flat[off:off + p.numel()].view(shape)
-            view.copy_(p)
-            p.data = view
+    if flat is None:
+        flat = torch.empty(numel, dtype=dtype, device=device)
+        with torch.no_grad():
+            for p, (_, off, shape) in members:
+                view = flat[off:off + p.numel()].view(shape)
+                view.copy_(p)
+                p.data = view
+    # In-place ops write the flat: let autograd see them on every parameter.
+    _C.share_versions([p for p, _ in members], flat)
     return flat
 
 

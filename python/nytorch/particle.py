@@ -137,8 +137,7 @@ class NytoModule(nn.Module):
             if s is None:
                 return NotImplemented
             _C.apply(scalar_op, True, (a.flats,), (s,))
-        _C.bump_versions(a.params)
-        return self
+        return self  # the flats share their version counter with the parameters
 
     # -- copies and random particles --------------------------------------
     def clone(self) -> "NytoModule":
