@@ -31,6 +31,7 @@ archs=${NYTO_CUDA_ARCHS:-90}
 stamp="$venv/.nytorch-complete"
 want="$TORCH_SPEC ${TOOLS[*]}"
 t0=$SECONDS
+export PYTHONWARNINGS=ignore   # the CUDA torch warns that numpy is absent: noise here
 
 fail() { echo "cuda-compile: FAIL ($1, $((SECONDS - t0)) s)"; exit 1; }
 
@@ -55,7 +56,10 @@ cmake="$venv/bin/cmake"
 echo "cuda-compile: torch $("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)'),"\
      "$("$cmake" --version | head -1), $(nvcc --version | tail -1)"
 
-# --- configure + build (no install) ------------------------------------------
+# --- configure + build (no install; one run per build tree at a time) --------
+mkdir -p "$(dirname "$build")"
+exec 8>"$build.lock"
+flock 8
 t1=$SECONDS
 "$cmake" -S "$repo" -B "$build" -G Ninja \
   -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" \

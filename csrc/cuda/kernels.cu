@@ -151,14 +151,17 @@ void drive(const Job& job, const F& f) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
 
+  const size_t n = job.numels.size();
+  for (size_t i = 0; i < n; ++i) {  // before any launch: nothing is written on failure
+    TORCH_CHECK((job.numels[i] + kChunk - 1) / kChunk <= kMaxChunks, "nytorch: a tensor of ",
+                job.numels[i], " elements is too large for the CUDA kernel");
+  }
   Pack<D> pk;
   int slot = 0, nb = 0;
-  const size_t n = job.numels.size();
   for (size_t i = 0; i < n; ++i) {
     const int64_t numel = job.numels[i];
     if (numel == 0) continue;
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
-    TORCH_CHECK(chunks <= kMaxChunks, "nytorch: tensor of ", numel, " elements is too large for the CUDA kernel");
     void* const* p = job.ptrs.data() + i * D;
     for (int k = 0; k < D; ++k) pk.ptr[k][slot] = p[k];
     pk.numel[slot] = numel;
