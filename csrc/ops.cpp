@@ -3,6 +3,7 @@
 // per tensor, and the device registrations (CPU always, CUDA when built; the
 // CUDA kernels live in csrc/cuda/ and install themselves as the job runner).
 #include <ATen/ExpandUtils.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -78,6 +79,16 @@ void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& list
                   ": argument 0 is on ", self.device(), " but argument ", k, " is on ", t.device());
     }
     if (!inplace) continue;
+    // Memory overlap: torch refuses it only while writing this index, after
+    // earlier indices were written. fill_ may write an expanded tensor.
+    TORCH_CHECK(op == Op::Fill || at::has_internal_overlap(self) != at::MemOverlap::Yes, name,
+                ": internal overlap at index ", i, ": more than one element of argument 0 refers to a "
+                "single memory location (e.g. an expanded view); clone it first");
+    for (size_t k = 1; k < lists.size(); ++k) {
+      TORCH_CHECK(at::get_overlap_status(self, lists[k][i]) != at::MemOverlapStatus::Partial, name,
+                  ": partial overlap at index ", i, ": argument ", k, " and argument 0 share some, "
+                  "but not all, memory locations");
+    }
     if (op == Op::Copy || op == Op::Fill) continue;  // copy_/fill_ cast like torch
     for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
     if (op == Op::Lerp) {
@@ -94,6 +105,17 @@ void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& list
     if (op == Op::Addcmul && c10::isIntegralType(rt, true)) {
       TORCH_CHECK(!scalars[0].isFloatingPoint(), name, ": for integral input tensors, value must not be a floating point number (index ", i, ")");
     }
+    // bool arithmetic torch refuses (again only while writing): subtraction
+    // with a bool tensor, and neg/pow/addcmul computed in bool. (A bool scalar
+    // subtracts as 0/1 on both routes, see slow.cpp.)
+    bool bad_bool = rt == at::kBool && (op == Op::Neg || op == Op::Pow || op == Op::RPowS || op == Op::Addcmul);
+    if (op == Op::Sub) bad_bool |= self.scalar_type() == at::kBool || lists[1][i].scalar_type() == at::kBool;
+    if (op == Op::SubS || op == Op::RSubS) bad_bool |= self.scalar_type() == at::kBool;
+    if (op == Op::PsoVelocity) {
+      for (int k = 1; k <= 3; ++k) bad_bool |= lists[k][i].scalar_type() == at::kBool;  // p - x, g - x
+    }
+    TORCH_CHECK(!bad_bool, name, ": dtype mismatch at index ", i, ": ", op_info(op).name,
+                " is not supported for these bool operands");
   }
 }
 
@@ -144,7 +166,8 @@ std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorL
       if (inplace) {
         slow_inplace(op, self, std::vector<at::Tensor>(xs.begin() + 1, xs.end()), scalars);
       } else {
-        out[i] = slow_out(op, xs, scalars);
+        // Contiguous like the fast route's results and the fake kernels' ones.
+        out[i] = slow_out(op, xs, scalars).contiguous();
       }
       continue;
     }

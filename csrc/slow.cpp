@@ -13,6 +13,11 @@ at::Tensor wrapped(const c10::Scalar& s, const at::Tensor& like) {
   t.unsafeGetTensorImpl()->set_wrapped_number(true);
   return t;
 }
+// A bool scalar subtracts as 0/1, as on the fast route (torch itself refuses
+// `tensor - True`; the particle layer's `module - True` relies on it).
+c10::Scalar sub_operand(const c10::Scalar& s) {
+  return s.isBoolean() ? c10::Scalar(static_cast<int64_t>(s.toBool())) : s;
+}
 }  // namespace
 
 at::Tensor slow_out(Op op, const std::vector<at::Tensor>& x, const std::vector<c10::Scalar>& s) {
@@ -25,11 +30,11 @@ at::Tensor slow_out(Op op, const std::vector<at::Tensor>& x, const std::vector<c
     case Op::Div: return at::div(x[0], x[1]);
     case Op::Pow: return at::pow(x[0], x[1]);
     case Op::AddS: return at::add(x[0], s[0]);
-    case Op::SubS: return at::sub(x[0], s[0]);
+    case Op::SubS: return at::sub(x[0], sub_operand(s[0]));
     case Op::MulS: return at::mul(x[0], s[0]);
     case Op::DivS: return at::div(x[0], s[0]);
     case Op::PowS: return at::pow(x[0], s[0]);
-    case Op::RSubS: return at::sub(wrapped(s[0], x[0]), x[0]);
+    case Op::RSubS: return at::sub(wrapped(sub_operand(s[0]), x[0]), x[0]);
     case Op::RDivS: return at::div(wrapped(s[0], x[0]), x[0]);
     case Op::RPowS: return at::pow(s[0], x[0]);
     case Op::Axpby: return at::add(at::mul(x[0], s[0]), at::mul(x[1], s[1]));
@@ -58,7 +63,7 @@ void slow_inplace(Op op, const at::Tensor& self, const std::vector<at::Tensor>& 
     case Op::Div: self.div_(o[0]); return;
     case Op::Pow: self.pow_(o[0]); return;
     case Op::AddS: self.add_(s[0]); return;
-    case Op::SubS: self.sub_(s[0]); return;
+    case Op::SubS: self.sub_(sub_operand(s[0])); return;
     case Op::MulS: self.mul_(s[0]); return;
     case Op::DivS: self.div_(s[0]); return;
     case Op::PowS: self.pow_(s[0]); return;

@@ -58,10 +58,39 @@ def _promoted(op: str, xs: Sequence[torch.Tensor], scalars: Sequence[Number]) ->
     return dtype
 
 
+def _check_operands(name: str, inplace: bool, lists, scalars) -> None:
+    """The front end's operand checks (check_operands in csrc/ops.cpp), for the
+    fake kernels, which also serve as the Meta kernels: a fake or meta call
+    (or one mixing meta and real tensors) fails where the real one would."""
+    op = f"nytorch.{name}{'_' if inplace else ''}"
+    n = len(lists[0])
+    for k, lst in enumerate(lists[1:], 1):
+        if len(lst) != n:
+            raise RuntimeError(f"{op}: tensor list arguments must have the same length, but argument 0 "
+                               f"has {n} tensors and argument {k} has {len(lst)}")
+    for k, s in enumerate(scalars):
+        if isinstance(s, complex):
+            raise RuntimeError(f"{op}: scalar argument {k} is complex ({s}); only real numbers are supported")
+    for i, xs in enumerate(zip(*lists)):
+        for k, t in enumerate(xs[1:], 1):
+            if t.shape != xs[0].shape:
+                raise RuntimeError(f"{op}: shape mismatch at index {i}: argument 0 has shape "
+                                   f"{list(xs[0].shape)} but argument {k} has shape {list(t.shape)}")
+            if t.device != xs[0].device:
+                raise RuntimeError(f"{op}: device mismatch at index {i}: argument 0 is on {xs[0].device} "
+                                   f"but argument {k} is on {t.device}")
+        if inplace and name not in ("copy", "fill"):
+            rt = _promoted(name, xs, scalars)
+            if not torch.can_cast(rt, xs[0].dtype):
+                raise RuntimeError(f"{op}: dtype mismatch at index {i}: the result type {rt} can't be cast "
+                                   f"to the in-place output's dtype {xs[0].dtype}")
+
+
 def _register_fakes() -> None:
     for name, (n_lists, _) in ELEMENTWISE_OPS.items():
         def fake_out(*args, _name=name, _n=n_lists):
             lists, scalars = args[:_n], args[_n:]
+            _check_operands(_name, False, lists, scalars)
             if _name in ("copy", "fill"):
                 return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in lists[0]]
             return [
@@ -70,8 +99,8 @@ def _register_fakes() -> None:
                 for xs in zip(*lists)
             ]
 
-        def fake_in(*args):
-            return None
+        def fake_in(*args, _name=name, _n=n_lists + (name == "copy")):
+            _check_operands(_name, True, args[:_n], args[_n:])
 
         torch.library.register_fake(f"nytorch::{name}")(fake_out)
         torch.library.register_fake(f"nytorch::{name}_")(fake_in)
@@ -88,34 +117,39 @@ _register_fakes()
 
 # ---------------------------------------------------------------------------
 # Typed wrappers. Each calls the op's resolved `.default` overload.
+# The dispatcher picks a kernel from the tensor arguments, so a call whose
+# lists are all empty can't reach one: the wrappers answer those themselves.
 def neg(xs: Tensors) -> List[torch.Tensor]:
     """``[-x for x in xs]``."""
-    return _neg(xs)
+    return _neg(xs) if len(xs) else []
 
 
 def neg_(xs: Tensors) -> None:
     """``x.neg_()`` for every x."""
-    _neg_(xs)
+    if len(xs):
+        _neg_(xs)
 
 
 def copy(xs: Tensors) -> List[torch.Tensor]:
     """Contiguous clones of every tensor, in fresh storage."""
-    return _copy(xs)
+    return _copy(xs) if len(xs) else []
 
 
 def copy_(xs: Tensors, src: Tensors) -> None:
     """``x.copy_(s)`` for every pair (casts like torch)."""
-    _copy_(xs, src)
+    if len(xs) or len(src):
+        _copy_(xs, src)
 
 
 def _list_op(name: str, sym: str):
     out_h, in_h = _handle(name), _handle(name + "_")
 
     def out_of_place(xs: Tensors, ys: Tensors) -> List[torch.Tensor]:
-        return out_h(xs, ys)
+        return out_h(xs, ys) if len(xs) or len(ys) else []
 
     def in_place(xs: Tensors, ys: Tensors) -> None:
-        in_h(xs, ys)
+        if len(xs) or len(ys):
+            in_h(xs, ys)
 
     out_of_place.__name__, in_place.__name__ = name, name + "_"
     out_of_place.__doc__ = f"``[x {sym} y for x, y in zip(xs, ys)]`` in one call."
@@ -127,10 +161,11 @@ def _scalar_op(name: str, expr: str):
     out_h, in_h = _handle(name), _handle(name + "_")
 
     def out_of_place(xs: Tensors, scalar: Number) -> List[torch.Tensor]:
-        return out_h(xs, scalar)
+        return out_h(xs, scalar) if len(xs) else []
 
     def in_place(xs: Tensors, scalar: Number) -> None:
-        in_h(xs, scalar)
+        if len(xs):
+            in_h(xs, scalar)
 
     out_of_place.__name__, in_place.__name__ = name, name + "_"
     out_of_place.__doc__ = f"``[{expr} for x in xs]`` in one call (s: a real number)."
@@ -156,68 +191,76 @@ fill, fill_ = _scalar_op("fill", "s (a tensor like x filled with s)")
 
 def axpby(xs: Tensors, ys: Tensors, a: Number, b: Number) -> List[torch.Tensor]:
     """``[a*x + b*y ...]`` in one pass over memory."""
-    return _axpby(xs, ys, a, b)
+    return _axpby(xs, ys, a, b) if len(xs) or len(ys) else []
 
 
 def axpby_(xs: Tensors, ys: Tensors, a: Number, b: Number) -> None:
     """``x = a*x + b*y`` in place, one pass over memory."""
-    _axpby_(xs, ys, a, b)
+    if len(xs) or len(ys):
+        _axpby_(xs, ys, a, b)
 
 
 def lerp(xs: Tensors, ends: Tensors, weight: Number) -> List[torch.Tensor]:
     """``torch.lerp(x, end, weight)`` for every pair."""
-    return _lerp(xs, ends, weight)
+    return _lerp(xs, ends, weight) if len(xs) or len(ends) else []
 
 
 def lerp_(xs: Tensors, ends: Tensors, weight: Number) -> None:
     """``x.lerp_(end, weight)`` for every pair (EMA: ``lerp_(avg, new, 1 - decay)``)."""
-    _lerp_(xs, ends, weight)
+    if len(xs) or len(ends):
+        _lerp_(xs, ends, weight)
 
 
 def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> List[torch.Tensor]:
     """``torch.addcmul(x, y, z, value=value)``: ``x + value * y * z``."""
-    return _addcmul(xs, ys, zs, value)
+    return _addcmul(xs, ys, zs, value) if len(xs) or len(ys) or len(zs) else []
 
 
 def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> None:
     """``x += value * y * z`` in place, one pass over memory."""
-    _addcmul_(xs, ys, zs, value)
+    if len(xs) or len(ys) or len(zs):
+        _addcmul_(xs, ys, zs, value)
 
 
 def pso_velocity(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
                  r2: Tensors, w: Number, c1: Number, c2: Number) -> List[torch.Tensor]:
     """PSO velocity ``w*v + c1*r1*(pbest - x) + c2*r2*(gbest - x)`` in one pass."""
+    if not any(map(len, (v, x, pbest, gbest, r1, r2))):
+        return []
     return _pso_velocity(v, x, pbest, gbest, r1, r2, w, c1, c2)
 
 
 def pso_velocity_(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
                   r2: Tensors, w: Number, c1: Number, c2: Number) -> None:
     """The PSO velocity update written into ``v``, one pass over memory."""
-    _pso_velocity_(v, x, pbest, gbest, r1, r2, w, c1, c2)
+    if any(map(len, (v, x, pbest, gbest, r1, r2))):
+        _pso_velocity_(v, x, pbest, gbest, r1, r2, w, c1, c2)
 
 
 def normal(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
            generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
     """New tensors like ``xs`` with N(mean, std^2) samples (honours ``torch.manual_seed``)."""
-    return _normal(xs, mean, std, generator=generator)
+    return _normal(xs, mean, std, generator=generator) if len(xs) else []
 
 
 def normal_(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
             generator: Optional[torch.Generator] = None) -> None:
     """Fill every tensor with N(mean, std^2) samples, one generator draw per dtype group."""
-    _normal_(xs, mean, std, generator=generator)
+    if len(xs):
+        _normal_(xs, mean, std, generator=generator)
 
 
 def uniform(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
             generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
     """New tensors like ``xs`` with U(low, high) samples."""
-    return _uniform(xs, low, high, generator=generator)
+    return _uniform(xs, low, high, generator=generator) if len(xs) else []
 
 
 def uniform_(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
              generator: Optional[torch.Generator] = None) -> None:
     """Fill every tensor with U(low, high) samples."""
-    _uniform_(xs, low, high, generator=generator)
+    if len(xs):
+        _uniform_(xs, low, high, generator=generator)
 
 
 (_neg, _neg_, _copy, _copy_, _axpby, _axpby_, _lerp, _lerp_, _addcmul, _addcmul_,
