@@ -40,7 +40,7 @@ PyObject* module_dict(PyObject* m) {
 }
 
 struct StateView {
-  Ref layout, modules, params, buffers, flats, ptrs;
+  Ref layout, modules, params, buffers, flats, keys;
 };
 
 // The valid cached state of particle `m`, or false (no Python error set).
@@ -52,7 +52,7 @@ bool valid_state(PyObject* m, StateView& sv) {
   static PyObject* s_params = intern("params");
   static PyObject* s_buffers = intern("buffers");
   static PyObject* s_flats = intern("flats");
-  static PyObject* s_ptrs = intern("ptrs");
+  static PyObject* s_keys = intern("keys");
   PyObject* d = module_dict(m);
   if (!d) return false;
   PyObject* st = PyDict_GetItem(d, s_state);  // borrowed
@@ -67,12 +67,12 @@ bool valid_state(PyObject* m, StateView& sv) {
   sv.params.p = PyObject_GetAttr(st, s_params);
   sv.buffers.p = PyObject_GetAttr(st, s_buffers);
   sv.flats.p = PyObject_GetAttr(st, s_flats);
-  sv.ptrs.p = PyObject_GetAttr(st, s_ptrs);
-  if (!sv.layout || !sv.modules || !sv.params || !sv.buffers || !sv.flats || !sv.ptrs) {
+  sv.keys.p = PyObject_GetAttr(st, s_keys);
+  if (!sv.layout || !sv.modules || !sv.params || !sv.buffers || !sv.flats || !sv.keys) {
     PyErr_Clear();
     return false;
   }
-  PyObject* args[2] = {sv.params.get(), sv.ptrs.get()};
+  PyObject* args[2] = {sv.params.get(), sv.keys.get()};
   Ref ok(py_views_ok(nullptr, args, 2));
   if (!ok) { PyErr_Clear(); return false; }
   return ok.get() == Py_True;
@@ -95,7 +95,7 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   Ref made(py_make_params(nullptr, mp_args, 3));
   if (!made) return nullptr;
   PyObject* params = PyTuple_GET_ITEM(made.get(), 0);
-  PyObject* ptrs = PyTuple_GET_ITEM(made.get(), 1);
+  PyObject* keys = PyTuple_GET_ITEM(made.get(), 1);
   Ref buffers;
   if (PyTuple_GET_SIZE(sv.buffers.get()) > 0) {
     Ref op(PyLong_FromLong(static_cast<long>(Op::Copy)));
@@ -130,7 +130,7 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   Ref new_modules_t(new_modules ? PyList_AsTuple(new_modules.get()) : nullptr);
   Ref params_t(PyList_AsTuple(params));
   if (!new_modules_t || !params_t) return nullptr;
-  PyObject* st_args[6] = {sv.layout.get(), new_modules_t.get(), params_t.get(), buffers.get(), flats, ptrs};
+  PyObject* st_args[6] = {sv.layout.get(), new_modules_t.get(), params_t.get(), buffers.get(), flats, keys};
   Ref state(PyObject_Vectorcall(state_cls, st_args, 6, nullptr));
   if (!state) return nullptr;
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);

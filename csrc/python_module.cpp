@@ -147,22 +147,41 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
-// views_ok(params: tuple[Tensor], ptrs: bytes) -> bool: every parameter
-// still starts at the address the particle's storage layout recorded
-// (`ptrs` packs one uintptr_t per parameter, as data_ptrs returns them).
+// A parameter's "view key": its data address, rank and sizes, packed as
+// int64s. A particle's State keeps the keys of its parameters; they must all
+// still match (and the parameters be contiguous) for its flats to be valid.
+void append_view_key(const c10::TensorImpl* t, std::string& out) {
+  const int64_t head[2] = {static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->data())), t->dim()};
+  out.append(reinterpret_cast<const char*>(head), sizeof(head));
+  const auto sizes = t->sizes();
+  out.append(reinterpret_cast<const char*>(sizes.data()), sizes.size() * sizeof(int64_t));
+}
+
+PyObject* bytes_of(const std::string& s) { return PyBytes_FromStringAndSize(s.data(), s.size()); }
+
+// views_ok(params: tuple[Tensor], keys: bytes) -> bool: every parameter still
+// has the address, shape and contiguity the particle's layout recorded.
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) raise_type("views_ok(params, ptrs)");
+    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) raise_type("views_ok(params, keys)");
     const Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
-    if (PyBytes_GET_SIZE(args[1]) != n * static_cast<Py_ssize_t>(sizeof(uintptr_t))) Py_RETURN_FALSE;
-    const auto* want = reinterpret_cast<const uintptr_t*>(PyBytes_AS_STRING(args[1]));
+    const auto* key = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(args[1]));
+    const auto* end = key + PyBytes_GET_SIZE(args[1]) / static_cast<Py_ssize_t>(sizeof(int64_t));
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* obj = PyTuple_GET_ITEM(args[0], i);
-      if (!THPVariable_Check(obj)) Py_RETURN_FALSE;
+      if (!THPVariable_Check(obj) || key + 2 > end) Py_RETURN_FALSE;
       const c10::TensorImpl* t = THPVariable_Unpack(obj).unsafeGetTensorImpl();
-      if (t->numel() == 0) continue;  // nothing to read or write
-      if (reinterpret_cast<uintptr_t>(t->data()) != want[i]) Py_RETURN_FALSE;
+      const int64_t nd = key[1];
+      if (t->dim() != nd || key + 2 + nd > end || !t->is_contiguous()) Py_RETURN_FALSE;
+      const auto sizes = t->sizes();
+      for (int64_t d = 0; d < nd; ++d) {
+        if (sizes[d] != key[2 + d]) Py_RETURN_FALSE;
+      }
+      // an empty parameter has nothing to read or write: its address is free
+      if (t->numel() != 0 && static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->data())) != key[0]) Py_RETURN_FALSE;
+      key += 2 + nd;
     }
+    if (key != end) Py_RETURN_FALSE;
     Py_RETURN_TRUE;
   });
 }
@@ -171,7 +190,7 @@ PyObject* parameter_class = nullptr;
 
 // make_params(flats: list[Tensor], spec: tuple[(group, offset, sizes)], like: tuple[Tensor])
 //   -> (list[Parameter], bytes): new leaves viewing the flats, requires_grad
-//   copied from `like`, and their data addresses (for views_ok).
+//   copied from `like`, and their packed view keys (for views_ok).
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
     if (nargs != 3 || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) raise_type("make_params(flats, spec, like)");
@@ -180,9 +199,9 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
     if (PyTuple_GET_SIZE(args[2]) != n) raise_type("make_params: spec and like differ in length");
     PyObject* params = PyList_New(n);
-    PyObject* ptrs = PyBytes_FromStringAndSize(nullptr, n * sizeof(uintptr_t));
-    if (!params || !ptrs) { Py_XDECREF(params); Py_XDECREF(ptrs); return nullptr; }
-    auto* ptr_out = reinterpret_cast<uintptr_t*>(PyBytes_AS_STRING(ptrs));
+    if (!params) return nullptr;
+    std::string keys;
+    keys.reserve(n * 4 * sizeof(int64_t));
     try {
       for (Py_ssize_t i = 0; i < n; ++i) {
         PyObject* e = PyTuple_GET_ITEM(args[1], i);
@@ -210,27 +229,25 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         // flat is seen by autograd on every parameter without a per-param bump.
         v.unsafeGetTensorImpl()->set_version_counter(flat.unsafeGetTensorImpl()->version_counter());
         v.set_requires_grad(rg);
-        ptr_out[i] = reinterpret_cast<uintptr_t>(v.unsafeGetTensorImpl()->data());
+        append_view_key(v.unsafeGetTensorImpl(), keys);
         PyObject* w = THPVariable_Wrap(std::move(v), reinterpret_cast<PyTypeObject*>(parameter_class));
         if (!w) throw std::runtime_error("");
         PyList_SET_ITEM(params, i, w);
       }
-    } catch (...) { Py_DECREF(params); Py_DECREF(ptrs); throw; }
-    PyObject* res = PyTuple_Pack(2, params, ptrs);
-    Py_DECREF(params); Py_DECREF(ptrs);
+    } catch (...) { Py_DECREF(params); throw; }
+    PyObject* ptrs = bytes_of(keys);
+    PyObject* res = ptrs ? PyTuple_Pack(2, params, ptrs) : nullptr;
+    Py_DECREF(params); Py_XDECREF(ptrs);
     return res;
   });
 }
 
-// data_ptrs(tensors) -> bytes: the addresses views_ok compares with.
-PyObject* py_data_ptrs(PyObject*, PyObject* arg) {
+// view_keys(tensors) -> bytes: the packed view keys views_ok compares with.
+PyObject* py_view_keys(PyObject*, PyObject* arg) {
   return guarded([&]() -> PyObject* {
-    const auto ts = unpack_list(arg);
-    PyObject* out = PyBytes_FromStringAndSize(nullptr, ts.size() * sizeof(uintptr_t));
-    if (!out) return nullptr;
-    auto* p = reinterpret_cast<uintptr_t*>(PyBytes_AS_STRING(out));
-    for (size_t i = 0; i < ts.size(); ++i) p[i] = reinterpret_cast<uintptr_t>(ts[i].unsafeGetTensorImpl()->data());
-    return out;
+    std::string keys;
+    for (const auto& t : unpack_list(arg)) append_view_key(t.unsafeGetTensorImpl(), keys);
+    return bytes_of(keys);
   });
 }
 
@@ -391,10 +408,10 @@ PyMethodDef methods[] = {
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
     {"views_ok", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_views_ok)), METH_FASTCALL,
-     "views_ok(params, ptrs): whether each parameter still starts at its recorded address."},
+     "views_ok(params, keys): whether each parameter keeps its recorded address and shape."},
     {"make_params", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_make_params)), METH_FASTCALL,
      "make_params(flats, spec, like): new Parameters viewing the flat buffers."},
-    {"data_ptrs", py_data_ptrs, METH_O, "data_ptrs(tensors): their data addresses, as views_ok reads them."},
+    {"view_keys", py_view_keys, METH_O, "view_keys(tensors): packed address and shape of each, for views_ok."},
     {"build_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_build_modules)), METH_FASTCALL,
      "build_modules(...): the module tree of a result particle (see _storage.build)."},
     {"share_versions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_share_versions)), METH_FASTCALL,

@@ -79,26 +79,27 @@ class State:
 
     ``modules`` are the particle's modules other than the root (no reference
     back to the root: no cycle), ``params``/``buffers`` its unique tensors in
-    layout order, ``flats`` the storage buffers, ``ptrs`` where each parameter
-    must start for the flats to be valid.
+    layout order, ``flats`` the storage buffers, ``keys`` the packed address
+    and shape of each parameter (``_C.view_keys``): they must all still hold
+    for the flats to be valid.
     """
 
-    __slots__ = ("layout", "modules", "params", "buffers", "flats", "ptrs", "epoch")
+    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "epoch")
 
-    def __init__(self, layout, modules, params, buffers, flats, ptrs) -> None:
+    def __init__(self, layout, modules, params, buffers, flats, keys) -> None:
         self.layout = layout
         self.modules = modules
         self.params = params
         self.buffers = buffers
         self.flats = flats
-        self.ptrs = ptrs
+        self.keys = keys
         self.epoch = _epoch[0]
 
 
 def state_of(root: nn.Module) -> State:
     """The valid storage state of the particle rooted at ``root``."""
     st = root.__dict__.get("_nyto_state")
-    if st is not None and st.epoch == _epoch[0] and _C.views_ok(st.params, st.ptrs):
+    if st is not None and st.epoch == _epoch[0] and _C.views_ok(st.params, st.keys):
         return st
     st = capture(root)
     root.__dict__["_nyto_state"] = st
@@ -148,7 +149,7 @@ def capture(root: nn.Module) -> State:
     if layout is None:
         layout = Layout(tuple(children), tuple(param_slots), tuple(buffer_slots), view_spec, groups)
     return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
-                 _C.data_ptrs(params))
+                 _C.view_keys(params))
 
 
 def _unique(t: torch.Tensor, ids: Dict[int, int], out: List[torch.Tensor]) -> int:
@@ -202,7 +203,7 @@ def _tiled(members, device, dtype, numel) -> Optional[torch.Tensor]:
 
 
 def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
-          flats: Optional[List[torch.Tensor]] = None, ptrs=None,
+          flats: Optional[List[torch.Tensor]] = None, keys=None,
           species=None) -> nn.Module:
     """A new particle shaped like ``root`` holding ``params``.
 
@@ -223,5 +224,5 @@ def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
     out = new[0]
     if flats is not None:
         out.__dict__["_nyto_state"] = State(layout, tuple(new[1:]), tuple(params), tuple(buffers),
-                                            flats, ptrs)
+                                            flats, keys)
     return out

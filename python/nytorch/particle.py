@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from . import _C
+from . import _C, ops
 from . import _storage as S
 from ._storage import build, state_of
 
@@ -61,6 +61,10 @@ def _number(x: Any) -> Optional[Number]:
     return None
 
 
+def _views_larger_storage(p: torch.Tensor) -> bool:
+    return p.untyped_storage().nbytes() > p.numel() * p.element_size()
+
+
 def _same_species(a: "NytoModule", b: "NytoModule") -> None:
     if a._nyto_species is not b._nyto_species:
         raise AssertionError(
@@ -90,8 +94,8 @@ class NytoModule(nn.Module):
 
     # -- results ---------------------------------------------------------
     def _from_flats(self, st: S.State, flats) -> "NytoModule":
-        params, ptrs = _C.make_params(flats, st.layout.view_spec, st.params)
-        return build(self, st, params, flats, ptrs)
+        params, keys = _C.make_params(flats, st.layout.view_spec, st.params)
+        return build(self, st, params, flats, keys)
 
     def _from_tensors(self, st: S.State, tensors) -> "NytoModule":
         params = [nn.Parameter(t, requires_grad=p.requires_grad) for t, p in zip(tensors, st.params)]
@@ -156,7 +160,7 @@ class NytoModule(nn.Module):
         True
         """
         st = state_of(self)
-        return build(self, st, st.params, st.flats, st.ptrs, species=Species)
+        return build(self, st, st.params, st.flats, st.keys, species=Species)
 
     def clone_from(self, other: nn.Module) -> "NytoModule":
         """A new particle of this species holding ``other``'s values (any species
@@ -174,28 +178,85 @@ class NytoModule(nn.Module):
         True
         """
         st = state_of(self)
-        return self._from_flats(st, torch.ops.nytorch.normal.default(st.flats, 0.0, 1.0, generator=generator))
+        flats = ops.normal(st.flats, 0.0, 1.0, generator=generator) if st.flats else []
+        return self._from_flats(st, flats)
 
     def rand(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
         """A particle of this species with parameters uniform in [0, 1)."""
         st = state_of(self)
-        return self._from_flats(st, torch.ops.nytorch.uniform.default(st.flats, 0.0, 1.0, generator=generator))
+        flats = ops.uniform(st.flats, 0.0, 1.0, generator=generator) if st.flats else []
+        return self._from_flats(st, flats)
 
     # -- nn.Module integration ---------------------------------------------
+    def register_parameter(self, name: str, param: Optional[nn.Parameter]) -> None:
+        _register_shadowing(self, "_parameters", name, super().register_parameter, param)
+
+    def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
+        _register_shadowing(self, "_buffers", name,
+                            lambda n, t: super(NytoModule, self).register_buffer(n, t, persistent), tensor)
+
+    def add_module(self, name: str, module: Optional[nn.Module]) -> None:
+        _register_shadowing(self, "_modules", name, super().add_module, module)
+
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
         S._bump_epoch()  # parameters may be new objects now: re-capture
         return out
 
     def __getstate__(self):
-        d = self.__dict__.copy()
-        d["_nyto_state"] = None  # storage views are rebuilt on first use
+        # Parameters viewing a shared flat would each pickle the whole flat
+        # (plain pickle does not share storages): pickle a twin whose
+        # parameters own compact copies. Storage views are rebuilt on first use.
+        source = self
+        if any(_views_larger_storage(p) for p in self.parameters()):
+            st = state_of(self)
+            compact = [nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                       for p in st.params]
+            source = build(self, st, compact)
+        d = source.__dict__.copy()
+        d["_nyto_state"] = None
         return d
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_nyto_state", None)
         self.__dict__.setdefault("_nyto_species", Species())
+
+
+def _register_shadowing(module: nn.Module, container: str, name: str, register, value) -> None:
+    """nn.Module refuses to register a name that is already an attribute; our
+    named particle methods (``pos``, ``sub``, ...) must not count as one."""
+    slots = module.__dict__.get(container)
+    if slots is None or name not in _PARTICLE_METHOD_NAMES or name in slots:
+        return register(name, value)
+    slots[name] = None  # placeholder: passes nn.Module's "already exists" check
+    try:
+        register(name, value)
+    except BaseException:
+        slots.pop(name, None)
+        raise
+
+
+class _ParticleMethod:
+    """A named particle method that yields to a parameter, buffer or submodule
+    of the same name (``self.pos = nn.Parameter(...)``, ``self.sub = nn.Linear(...)``
+    stay reachable as attributes). Operators look up the dunders on the type
+    and never pay for this check."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self.fn
+        d = obj.__dict__
+        for key in ("_parameters", "_buffers", "_modules"):
+            found = d.get(key)
+            if found is not None and self.name in found:
+                return found[self.name]
+        return self.fn.__get__(obj, cls)
 
 
 # The arithmetic, each a named method; the dunders below are the same functions.
@@ -253,15 +314,18 @@ _ARITHMETIC = (
 _DUNDER = {"add": "add", "sub": "sub", "mul": "mul", "div": "truediv", "pow": "pow"}
 
 for _name, _lop, _sop, _rname, _rsop, _sym in _ARITHMETIC:
-    setattr(NytoModule, _name, _make_binary(_name, _lop, _sop, _sym))
-    setattr(NytoModule, _rname, _make_reflected(_rname, _rsop, _name, _sym))
-    setattr(NytoModule, _name + "_", _make_inplace(_name + "_", _lop, _sop, _sym))
     _d = _DUNDER[_name]
-    setattr(NytoModule, f"__{_d}__", getattr(NytoModule, _name))
-    setattr(NytoModule, f"__r{_d}__", getattr(NytoModule, _rname))
-    setattr(NytoModule, f"__i{_d}__", getattr(NytoModule, _name + "_"))
+    for _method, _dunder in ((_make_binary(_name, _lop, _sop, _sym), f"__{_d}__"),
+                             (_make_reflected(_rname, _rsop, _name, _sym), f"__r{_d}__"),
+                             (_make_inplace(_name + "_", _lop, _sop, _sym), f"__i{_d}__")):
+        setattr(NytoModule, _method.__name__, _ParticleMethod(_method))
+        setattr(NytoModule, _dunder, _method)
+for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
+    _method.__name__ = _method.__name__.lstrip("_")
+    setattr(NytoModule, _method.__name__, _ParticleMethod(_method))
+    setattr(NytoModule, _dunder, _method)
+_PARTICLE_METHOD_NAMES = frozenset(
+    name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod))
 _fast_op = _C.fast_op
 _C.register_particle_types(NytoModule, S.State, S._epoch, S._CONTAINER_ATTRS)
-NytoModule.neg = NytoModule.__neg__ = _neg
-NytoModule.pos = NytoModule.__pos__ = _pos
-del _name, _lop, _sop, _rname, _rsop, _sym, _d
+del _name, _lop, _sop, _rname, _rsop, _sym, _d, _method, _dunder
