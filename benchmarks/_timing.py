@@ -66,10 +66,16 @@ def _sync_for(device: str) -> Optional[Callable[[], None]]:
     return None
 
 
-def _block(fn: Callable[[], object], n: int, sync: Optional[Callable[[], None]]) -> float:
-    """Seconds for n back-to-back calls of fn (gc paused, like timeit)."""
+def _block(fn: Callable[[], object], n: int, sync: Optional[Callable[[], None]],
+           gc_off: bool = False) -> float:
+    """Seconds for n back-to-back calls of fn.
+
+    The cyclic GC stays on by default (unlike timeit): particle ops that
+    create many Python objects pay for the collections they trigger.
+    """
     gc_was = gc.isenabled()
-    gc.disable()
+    if gc_off:
+        gc.disable()
     try:
         if sync:
             sync()
@@ -110,14 +116,16 @@ def calibrate(fn: Callable[[], object], block_s: float, sync=None, warmup: int =
 
 def compare(fns: Dict[str, Optional[Callable[[], object]]], *, rounds: int = 9, block_s: float = 2e-3,
             device: str = "cpu", budget_s: Optional[float] = None, min_rounds: int = 3,
-            warmup: int = 2) -> Dict[str, Timing]:
+            warmup: int = 2, slow_s: float = 1.0) -> Dict[str, Timing]:
     """Median per-call time of every candidate, measured interleaved.
 
     Every round times one block of each candidate, in a rotating order.
     ``budget_s`` caps the estimated time of the measured rounds: each
     candidate gets an equal share, so a slow candidate takes part in fewer
     rounds (never fewer than ``min_rounds``) while fast ones get all
-    ``rounds``. Candidates whose value is None are skipped (median NaN).
+    ``rounds``; one whose call lasts over ``slow_s`` seconds (nytorch 1.1.0,
+    Python loops on 50M parameters) may get only 2. Candidates whose value is
+    None are skipped (median NaN).
     """
     sync = _sync_for(device)
     live = {k: f for k, f in fns.items() if f is not None}
@@ -129,7 +137,8 @@ def compare(fns: Dict[str, Optional[Callable[[], object]]], *, rounds: int = 9, 
         quota[k] = rounds
         if budget_s is not None and live:
             share = budget_s / len(live)
-            quota[k] = max(min_rounds, min(rounds, int(share / max(n * per, 1e-9))))
+            floor = min(min_rounds, 2) if per > slow_s else min_rounds
+            quota[k] = max(floor, min(rounds, int(share / max(n * per, 1e-9))))
     names = list(live)
     for r in range(max(quota.values(), default=0)):
         shift = r % len(names)

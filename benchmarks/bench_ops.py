@@ -80,8 +80,8 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
     dev = args.device
     n = T.numel(shapes)
     big = n > 5_000_000
-    cfg = dict(rounds=args.rounds, block_s=args.block_s, device=dev,
-               budget_s=args.budget_big if big else args.budget_small)
+    cfg = dict(rounds=args.rounds, block_s=args.block_s, device=dev, min_rounds=args.min_rounds,
+               slow_s=args.slow_s, budget_s=args.budget_big if big else args.budget_small)
     xs, ys = make_lists(shapes, 2, dev)
     ys = [y * 1e-3 for y in ys]
     fx, fy = torch.randn(n, device=dev), torch.randn(n, device=dev) * 1e-3
@@ -154,7 +154,7 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
 
     copy_fn, copy_bytes = T.copy_bandwidth(dev)
     fns = {
-        "loop": pso_loop,
+        "loop": None if (args.quick and big) else pso_loop,  # seconds per call: full run only
         "foreach": pso_foreach,
         "flat-chain": None if args.quick else pso_flat_chain,
         "ours": probe(lambda: ops.pso_velocity_(V, X, P, G, R1, R2, W, C1, C2), f"{name}/pso ours"),
@@ -232,11 +232,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # Many short blocks: a median over them shrugs off preemption by other load.
-    args.rounds = 15 if args.quick else 41
+    args.rounds = 31 if args.quick else 101
     args.rounds_paths = 100 if args.quick else 400
-    args.block_s = 5e-4 if args.quick else 1e-3
+    args.block_s = 2e-4 if args.quick else 3e-4
     args.budget_small = 0.3 if args.quick else 1.5   # seconds of measured rounds per compare
     args.budget_big = 1.5 if args.quick else 6.0
+    args.min_rounds = 2 if args.quick else 3
+    args.slow_s = 0.2 if args.quick else 1.0   # calls slower than this may get just 2 rounds
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device")
         return 0
@@ -263,7 +265,8 @@ def main(argv=None) -> int:
     T.print_table(["workload", "op", "loop us", "foreach us", "flat us", "ours us", "ours/flat",
                    "foreach/ours", "IQR", "target", ""], rows,
                   title="Multi-tensor ops (float32, per-call medians)")
-    print("* PSO 'flat' is the memory floor: 32 bytes/element at the copy bandwidth of the same run.")
+    print("* PSO 'flat' is the memory floor: 32 bytes/element at the copy bandwidth of the same run."
+          + (" --quick: no PSO loop on resnet18/big." if args.quick else ""))
     T.print_table(["workload", "copy GB/s", "mem floor us", "flat chain us", "ours 1-flat us", "ours us",
                    "ours/1-flat"], pso_rows,
                   title="PSO velocity detail (flat chain: torch ops on one flat buffer; 1-flat: our kernel on one tensor)")

@@ -286,7 +286,7 @@ def bench(args, v110) -> int:
                 fns["flat-fused"] = pso_fused
             t = T.compare(fns, rounds=args.rounds, block_s=args.block_s,
                           budget_s=args.budget_big if big else args.budget_small,
-                          min_rounds=args.min_rounds)
+                          min_rounds=args.min_rounds, slow_s=0.2 if args.quick else 1.0)
             m = {k: v.median for k, v in t.items()}
             desc, ok = targets_for(name, op, m)
             rows.append([name, op, T.us(m["ours"]), T.us(m["1.1.0"]), T.us(m["foreach"]), T.us(m["flat"]),
@@ -360,10 +360,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.rounds = 15 if args.quick else 41
-    args.block_s = 5e-4 if args.quick else 1e-3
+    args.rounds = 31 if args.quick else 101
+    args.block_s = 2e-4 if args.quick else 3e-4
     args.budget_small = 0.3 if args.quick else 1.5
-    args.budget_big = 1.0 if args.quick else 5.0
+    args.budget_big = 1.0 if args.quick else 4.0
     args.min_rounds = 2 if args.quick else 3
 
     v110 = load_nytorch110()
