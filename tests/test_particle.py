@@ -4,8 +4,7 @@
 Every value is compared with ``[p.detach() op q.detach() for ...]`` over
 ``named_parameters()``, on float32, float64 and mixed-dtype models built from
 nn.Conv2d / nn.BatchNorm2d / nn.Linear / nn.Sequential / nn.ModuleList
-children and a NytoModule sub-particle. Tests marked ``xfail(strict=True)``
-pin known bugs (see their reasons).
+children and a NytoModule sub-particle.
 """
 import copy
 import gc
@@ -1100,11 +1099,6 @@ def test_pickle_size_and_memory():
     assert sum(storages.values()) < 1.5 * nbytes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: NytoModule.__getstate__ (compact pickles) pickles a rebuilt twin of a particle whose "
-    "parameters view a flat, so copy.deepcopy/pickle/torch.save of an object graph holding the "
-    "particle AND references into it (an optimizer, a parameter, a submodule) lose identity: "
-    "the copied optimizer no longer steps the copied model's parameters"))
 @pytest.mark.parametrize("how", ["pickle", "deepcopy", "torch_save"])
 def test_serialization_keeps_shared_references(how):
     net = make("mixed") + 1  # parameters view the flat buffers

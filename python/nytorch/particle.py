@@ -16,6 +16,7 @@ tensor([2.])
 """
 from __future__ import annotations
 
+import copy
 import numbers
 from typing import Any, Optional, Union
 
@@ -204,18 +205,27 @@ class NytoModule(nn.Module):
         return out
 
     def __getstate__(self):
-        # Parameters viewing a shared flat would each pickle the whole flat
-        # (plain pickle does not share storages): pickle a twin whose
-        # parameters own compact copies. Storage views are rebuilt on first use.
-        source = self
-        if any(_views_larger_storage(p) for p in self.parameters()):
-            st = state_of(self)
-            compact = [nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-                       for p in st.params]
-            source = build(self, st, compact)
-        d = source.__dict__.copy()
+        # pickle / torch.save. Plain pickle does not share storages, so a
+        # parameter viewing a particle's flat would write the whole flat: give
+        # such parameters compact storage first (the same Parameter objects, so
+        # references to them pickled alongside stay theirs; the next op
+        # re-adopts them into a flat). Storage views are rebuilt on first use.
+        with torch.no_grad():
+            for p in self.parameters():
+                if _views_larger_storage(p):
+                    p.data = p.data.clone()
+        d = self.__dict__.copy()
         d["_nyto_state"] = None
         return d
+
+    def __deepcopy__(self, memo):
+        # copy.deepcopy: like the default, minus the cached storage state
+        # (deep-copied Parameters own compact storage), and the species is kept.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = None if key == "_nyto_state" else copy.deepcopy(value, memo)
+        return new
 
     def __setstate__(self, state):
         super().__setstate__(state)
