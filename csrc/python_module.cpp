@@ -139,7 +139,11 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     std::vector<at::Tensor> out;
     {
       c10::AutoGradMode no_grad(false);
-      pybind11::gil_scoped_release no_gil;
+      // Releasing the GIL costs more than a small op itself.
+      int64_t work = 0;
+      for (const auto& t : owned[0]) work += t.numel();
+      std::optional<pybind11::gil_scoped_release> no_gil;
+      if (work > (1 << 16)) no_gil.emplace();
       out = nyto::apply(static_cast<Op>(op), inplace, lists, scalars, preset.empty() ? nullptr : &preset);
     }
     if (inplace) Py_RETURN_NONE;
