@@ -202,14 +202,25 @@ def numel(shapes: Shapes) -> int:
 
 # ---------------------------------------------------------------------------
 # Memory bandwidth
-def copy_bandwidth(device: str = "cpu", nelem: int = 64 << 20) -> Tuple[Callable[[], object], float]:
-    """A memcpy-like op on two float32 buffers of nelem elements (256 MiB each
-    by default, far beyond the 32 MiB L3) and the bytes it moves per call
-    (read + write, STREAM 'copy' convention)."""
+def bandwidth_probes(device: str = "cpu", nelem: int = 64 << 20) -> Dict[str, Tuple[Callable[[], object], float]]:
+    """Large memory-bound ops on float32 buffers of nelem elements (256 MiB
+    each by default, far beyond the 32 MiB L3) and the bytes each moves per
+    call: name -> (fn, bytes).
+
+    ``copy``: ``dst.copy_(src)``, counted as read + write (STREAM 'copy').
+    With write-allocate caches the CPU also reads dst before writing it, so
+    this count understates the traffic (~3 bytes moved per 2 counted).
+    ``add_``: ``a.add_(b)``, 2 reads + 1 write of lines already read: the
+    count is the traffic, like the in-place PSO update (6 reads + 1 write).
+    """
     src = torch.rand(nelem, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # touch the pages once
-    return (lambda: dst.copy_(src)), 2.0 * src.numel() * src.element_size()
+    nbytes = src.numel() * src.element_size()
+    return {
+        "copy": ((lambda: dst.copy_(src)), 2.0 * nbytes),
+        "add_": ((lambda: dst.add_(src)), 3.0 * nbytes),
+    }
 
 
 # ---------------------------------------------------------------------------
