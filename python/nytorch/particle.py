@@ -273,34 +273,31 @@ class _ParticleMethod:
 # Each method first tries the C hot path (_C.fast_op: valid cached storage,
 # same layout, plain number or same-species particle), which returns None
 # whenever the general Python path has to decide.
-def _make_binary(name: str, list_op: int, scalar_op: int, sym: str):
+def _arith_method(name: str, list_op: Optional[int], scalar_op: int, inplace: bool, general, doc: str):
     def method(self, other):
-        out = _fast_op(self, other, list_op, scalar_op, False)
-        return self._binary(other, list_op, scalar_op) if out is None else out
+        out = _fast_op(self, other, list_op, scalar_op, inplace)
+        return general(self, other) if out is None else out
     method.__name__ = method.__qualname__ = name
-    method.__doc__ = (f"``self {sym} other`` for every parameter: other is a particle of this "
-                      f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n")
+    method.__doc__ = doc
     return method
 
 
-def _make_reflected(name: str, scalar_op: int, list_name: str, sym: str):
-    def method(self, other):
-        out = _fast_op(self, other, None, scalar_op, False)
-        return self._reflected(other, scalar_op, list_name) if out is None else out
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = (f"``other {sym} self`` for every parameter (other: a number).\n\n"
-                      f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n")
-    return method
-
-
-def _make_inplace(name: str, list_op: int, scalar_op: int, sym: str):
-    def method(self, other):
-        out = _fast_op(self, other, list_op, scalar_op, True)
-        return self._inplace(other, list_op, scalar_op) if out is None else out
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = (f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
-                      f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n")
-    return method
+def _arith_methods(name: str, list_op: int, scalar_op: int, rname: str, rscalar_op: int, sym: str):
+    """The out-of-place, reflected and in-place methods of one operator."""
+    return (
+        _arith_method(name, list_op, scalar_op, False,
+                      lambda self, other: self._binary(other, list_op, scalar_op),
+                      f"``self {sym} other`` for every parameter: other is a particle of this "
+                      f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n"),
+        _arith_method(rname, None, rscalar_op, False,
+                      lambda self, other: self._reflected(other, rscalar_op, name),
+                      f"``other {sym} self`` for every parameter (other: a number).\n\n"
+                      f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n"),
+        _arith_method(name + "_", list_op, scalar_op, True,
+                      lambda self, other: self._inplace(other, list_op, scalar_op),
+                      f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
+                      f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n"),
+    )
 
 
 def _neg(self) -> NytoModule:
@@ -323,11 +320,9 @@ _ARITHMETIC = (
 )
 _DUNDER = {"add": "add", "sub": "sub", "mul": "mul", "div": "truediv", "pow": "pow"}
 
-for _name, _lop, _sop, _rname, _rsop, _sym in _ARITHMETIC:
-    _d = _DUNDER[_name]
-    for _method, _dunder in ((_make_binary(_name, _lop, _sop, _sym), f"__{_d}__"),
-                             (_make_reflected(_rname, _rsop, _name, _sym), f"__r{_d}__"),
-                             (_make_inplace(_name + "_", _lop, _sop, _sym), f"__i{_d}__")):
+for _row in _ARITHMETIC:
+    _d = _DUNDER[_row[0]]
+    for _method, _dunder in zip(_arith_methods(*_row), (f"__{_d}__", f"__r{_d}__", f"__i{_d}__")):
         setattr(NytoModule, _method.__name__, _ParticleMethod(_method))
         setattr(NytoModule, _dunder, _method)
 for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
@@ -338,4 +333,4 @@ _PARTICLE_METHOD_NAMES = frozenset(
     name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod))
 _fast_op = _C.fast_op
 _C.register_particle_types(NytoModule, S.State, S._epoch, S._CONTAINER_ATTRS)
-del _name, _lop, _sop, _rname, _rsop, _sym, _d, _method, _dunder
+del _row, _d, _method, _dunder
