@@ -3,7 +3,9 @@
 // particle layer, which calls the same front end without the dispatcher's
 // argument parsing (see docs/design.md, "call overhead").
 #include <Python.h>
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <ATen/ops/empty.h>
 #include "nyto.h"
@@ -76,7 +78,9 @@ bool pooled_free(PyObject* obj, const at::Tensor& t) {
   return Py_REFCNT(obj) == 1 && t.use_count() == 1 && t.storage().use_count() == 1;
 }
 
-constexpr Py_ssize_t kPoolDepth = 3;  // buffers kept per output slot
+// Buffers kept per output slot: the pool grows only while that many results
+// are alive at once (a PSO step written as particle arithmetic holds ~6).
+constexpr Py_ssize_t kPoolDepth = 8;
 
 // Output i of an out-of-place op on the fast route, taken from pool[i] when a
 // free buffer of the right kind is there, else allocated (and pooled).
@@ -162,6 +166,43 @@ void append_view_key(const c10::TensorImpl* t, std::string& out) {
 }
 
 PyObject* bytes_of(const std::string& s) { return PyBytes_FromStringAndSize(s.data(), s.size()); }
+
+// pooled_like(tensors, pool) -> list[Tensor]: an uninitialized buffer like
+// each tensor, taken from the pool like apply's outputs (random particles).
+PyObject* py_pooled_like(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 2) raise_type("pooled_like(tensors, pool)");
+    const auto like = unpack_list(args[0]);
+    return wrap_list(pooled_outputs(args[1], {at::TensorList(like)}));
+  });
+}
+
+// apply_eager(op, inplace, lists, scalars): `nytorch.ops`' fast entry. Like
+// apply, but returns NotImplemented (and the wrapper goes through the
+// dispatcher: torch.ops.nytorch.*) for anything the dispatcher must see:
+// tensor subclasses (FakeTensor, ...), active torch function / dispatch
+// modes, tensors requiring grad under grad mode, non-plain scalars.
+PyObject* py_apply_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4 || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) Py_RETURN_NOTIMPLEMENTED;
+  if (at::impl::PythonTorchFunctionTLS::stack_len() > 0 || c10::impl::TorchDispatchModeTLS::stack_len() > 0)
+    Py_RETURN_NOTIMPLEMENTED;
+  const bool grad = c10::GradMode::is_enabled();
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(args[2]); ++k) {
+    PyObject* seq = PyTuple_GET_ITEM(args[2], k);
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) Py_RETURN_NOTIMPLEMENTED;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject** items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!THPVariable_CheckExact(items[i])) Py_RETURN_NOTIMPLEMENTED;
+      if (grad && THPVariable_Unpack(items[i]).requires_grad()) Py_RETURN_NOTIMPLEMENTED;
+    }
+  }
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(args[3]); ++k) {
+    PyObject* sc = PyTuple_GET_ITEM(args[3], k);
+    if (!(PyFloat_CheckExact(sc) || PyLong_CheckExact(sc) || PyBool_Check(sc))) Py_RETURN_NOTIMPLEMENTED;
+  }
+  return py_apply(nullptr, args, 4);
+}
 
 // views_ok(params: tuple[Tensor], keys: bytes) -> bool: every parameter still
 // has the address, shape and contiguity the particle's layout recorded.
@@ -411,6 +452,8 @@ using namespace nyto::py;
 PyMethodDef methods[] = {
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
+    {"apply_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply_eager)), METH_FASTCALL,
+     "apply_eager(op, inplace, lists, scalars): apply, or NotImplemented where the dispatcher must run."},
     {"views_ok", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_views_ok)), METH_FASTCALL,
      "views_ok(params, keys): whether each parameter keeps its recorded address and shape."},
     {"make_params", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_make_params)), METH_FASTCALL,
@@ -420,6 +463,8 @@ PyMethodDef methods[] = {
      "build_modules(...): the module tree of a result particle (see _storage.build)."},
     {"share_versions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_share_versions)), METH_FASTCALL,
      "share_versions(tensors, flat): give each tensor the flat's version counter."},
+    {"pooled_like", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_pooled_like)), METH_FASTCALL,
+     "pooled_like(tensors, pool): uninitialized buffers like tensors, reused from the pool."},
     {"bump_versions", py_bump_versions, METH_O, "Bump the version counter of every tensor."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,

@@ -20,12 +20,15 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from . import _C
+from .ops import OP_CODE
 
 _C.set_parameter_class(nn.Parameter)
 
-# Op codes of nytorch._C.apply: the order of csrc/nyto.h `enum class Op`.
+# Op codes of nytorch._C.apply (csrc/nyto.h enum Op).
 (NEG, COPY, ADD, SUB, MUL, DIV, POW, ADD_S, SUB_S, MUL_S, DIV_S, POW_S, RSUB_S, RDIV_S,
- RPOW_S, AXPBY, LERP, ADDCMUL, PSO_VELOCITY, FILL) = range(20)
+ RPOW_S) = (OP_CODE[name] for name in (
+    "neg", "copy", "add", "sub", "mul", "div", "pow", "add_scalar", "sub_scalar", "mul_scalar",
+    "div_scalar", "pow_scalar", "rsub_scalar", "rdiv_scalar", "rpow_scalar"))
 
 # Bumped by any module/parameter/buffer registration anywhere: a cheap signal
 # that some module tree may have changed shape, so cached states re-check.

@@ -116,40 +116,53 @@ _register_fakes()
 
 
 # ---------------------------------------------------------------------------
-# Typed wrappers. Each calls the op's resolved `.default` overload.
-# The dispatcher picks a kernel from the tensor arguments, so a call whose
-# lists are all empty can't reach one: the wrappers answer those themselves.
+# Typed wrappers. In eager mode on plain tensors each is one call of
+# nytorch._C.apply_eager (the same front end without the dispatcher's ~5 us of
+# argument handling); otherwise (torch.compile tracing, FakeTensor and other
+# subclasses, modes, autograd) it calls the op's `.default` overload. The
+# dispatcher picks a kernel from the tensor arguments, so a call whose lists
+# are all empty can't reach one: the wrappers answer those themselves.
+OP_CODE = {name: code for code, name in enumerate(ELEMENTWISE_OPS)}  # csrc/nyto.h enum Op
+_apply_eager = _C.apply_eager
+_is_compiling = torch.compiler.is_compiling
+
+
+def _run(name: str, inplace: bool, lists: tuple, scalars: tuple = ()):
+    if not _is_compiling():
+        out = _apply_eager(OP_CODE[name], inplace, lists, scalars)
+        if out is not NotImplemented:
+            return out
+    if not any(map(len, lists)):
+        return None if inplace else []
+    return _handle(name + "_" if inplace else name)(*lists, *scalars)
+
+
 def neg(xs: Tensors) -> List[torch.Tensor]:
     """``[-x for x in xs]``."""
-    return _neg(xs) if len(xs) else []
+    return _run("neg", False, (xs,))
 
 
 def neg_(xs: Tensors) -> None:
     """``x.neg_()`` for every x."""
-    if len(xs):
-        _neg_(xs)
+    _run("neg", True, (xs,))
 
 
 def copy(xs: Tensors) -> List[torch.Tensor]:
     """Contiguous clones of every tensor, in fresh storage."""
-    return _copy(xs) if len(xs) else []
+    return _run("copy", False, (xs,))
 
 
 def copy_(xs: Tensors, src: Tensors) -> None:
     """``x.copy_(s)`` for every pair (casts like torch)."""
-    if len(xs) or len(src):
-        _copy_(xs, src)
+    _run("copy", True, (xs, src))
 
 
 def _list_op(name: str, sym: str):
-    out_h, in_h = _handle(name), _handle(name + "_")
-
     def out_of_place(xs: Tensors, ys: Tensors) -> List[torch.Tensor]:
-        return out_h(xs, ys) if len(xs) or len(ys) else []
+        return _run(name, False, (xs, ys))
 
     def in_place(xs: Tensors, ys: Tensors) -> None:
-        if len(xs) or len(ys):
-            in_h(xs, ys)
+        _run(name, True, (xs, ys))
 
     out_of_place.__name__, in_place.__name__ = name, name + "_"
     out_of_place.__doc__ = f"``[x {sym} y for x, y in zip(xs, ys)]`` in one call."
@@ -158,14 +171,11 @@ def _list_op(name: str, sym: str):
 
 
 def _scalar_op(name: str, expr: str):
-    out_h, in_h = _handle(name), _handle(name + "_")
-
     def out_of_place(xs: Tensors, scalar: Number) -> List[torch.Tensor]:
-        return out_h(xs, scalar) if len(xs) else []
+        return _run(name, False, (xs,), (scalar,))
 
     def in_place(xs: Tensors, scalar: Number) -> None:
-        if len(xs):
-            in_h(xs, scalar)
+        _run(name, True, (xs,), (scalar,))
 
     out_of_place.__name__, in_place.__name__ = name, name + "_"
     out_of_place.__doc__ = f"``[{expr} for x in xs]`` in one call (s: a real number)."
@@ -191,50 +201,44 @@ fill, fill_ = _scalar_op("fill", "s (a tensor like x filled with s)")
 
 def axpby(xs: Tensors, ys: Tensors, a: Number, b: Number) -> List[torch.Tensor]:
     """``[a*x + b*y ...]`` in one pass over memory."""
-    return _axpby(xs, ys, a, b) if len(xs) or len(ys) else []
+    return _run("axpby", False, (xs, ys), (a, b))
 
 
 def axpby_(xs: Tensors, ys: Tensors, a: Number, b: Number) -> None:
     """``x = a*x + b*y`` in place, one pass over memory."""
-    if len(xs) or len(ys):
-        _axpby_(xs, ys, a, b)
+    _run("axpby", True, (xs, ys), (a, b))
 
 
 def lerp(xs: Tensors, ends: Tensors, weight: Number) -> List[torch.Tensor]:
     """``torch.lerp(x, end, weight)`` for every pair."""
-    return _lerp(xs, ends, weight) if len(xs) or len(ends) else []
+    return _run("lerp", False, (xs, ends), (weight,))
 
 
 def lerp_(xs: Tensors, ends: Tensors, weight: Number) -> None:
     """``x.lerp_(end, weight)`` for every pair (EMA: ``lerp_(avg, new, 1 - decay)``)."""
-    if len(xs) or len(ends):
-        _lerp_(xs, ends, weight)
+    _run("lerp", True, (xs, ends), (weight,))
 
 
 def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> List[torch.Tensor]:
     """``torch.addcmul(x, y, z, value=value)``: ``x + value * y * z``."""
-    return _addcmul(xs, ys, zs, value) if len(xs) or len(ys) or len(zs) else []
+    return _run("addcmul", False, (xs, ys, zs), (value,))
 
 
 def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> None:
     """``x += value * y * z`` in place, one pass over memory."""
-    if len(xs) or len(ys) or len(zs):
-        _addcmul_(xs, ys, zs, value)
+    _run("addcmul", True, (xs, ys, zs), (value,))
 
 
 def pso_velocity(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
                  r2: Tensors, w: Number, c1: Number, c2: Number) -> List[torch.Tensor]:
     """PSO velocity ``w*v + c1*r1*(pbest - x) + c2*r2*(gbest - x)`` in one pass."""
-    if not any(map(len, (v, x, pbest, gbest, r1, r2))):
-        return []
-    return _pso_velocity(v, x, pbest, gbest, r1, r2, w, c1, c2)
+    return _run("pso_velocity", False, (v, x, pbest, gbest, r1, r2), (w, c1, c2))
 
 
 def pso_velocity_(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
                   r2: Tensors, w: Number, c1: Number, c2: Number) -> None:
     """The PSO velocity update written into ``v``, one pass over memory."""
-    if any(map(len, (v, x, pbest, gbest, r1, r2))):
-        _pso_velocity_(v, x, pbest, gbest, r1, r2, w, c1, c2)
+    _run("pso_velocity", True, (v, x, pbest, gbest, r1, r2), (w, c1, c2))
 
 
 def normal(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
@@ -263,10 +267,7 @@ def uniform_(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
         _uniform_(xs, low, high, generator=generator)
 
 
-(_neg, _neg_, _copy, _copy_, _axpby, _axpby_, _lerp, _lerp_, _addcmul, _addcmul_,
- _pso_velocity, _pso_velocity_, _normal, _normal_, _uniform, _uniform_) = (
-    _handle(n) for n in ("neg", "neg_", "copy", "copy_", "axpby", "axpby_", "lerp", "lerp_",
-                         "addcmul", "addcmul_", "pso_velocity", "pso_velocity_",
-                         "normal", "normal_", "uniform", "uniform_"))
+_normal, _normal_, _uniform, _uniform_ = (
+    _handle(n) for n in ("normal", "normal_", "uniform", "uniform_"))
 
 __all__ = [n for n in ALL_OPS] + [n + "_" for n in ALL_OPS]

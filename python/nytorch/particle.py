@@ -178,14 +178,16 @@ class NytoModule(nn.Module):
         >>> torch.manual_seed(0); r = net.randn(); r.weight.shape == net.weight.shape
         True
         """
-        st = state_of(self)
-        flats = ops.normal(st.flats, 0.0, 1.0, generator=generator) if st.flats else []
-        return self._from_flats(st, flats)
+        return self._random(ops.normal_, generator)
 
     def rand(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
         """A particle of this species with parameters uniform in [0, 1)."""
+        return self._random(ops.uniform_, generator)
+
+    def _random(self, fill_, generator: Optional[torch.Generator]) -> "NytoModule":
         st = state_of(self)
-        flats = ops.uniform(st.flats, 0.0, 1.0, generator=generator) if st.flats else []
+        flats = _C.pooled_like(st.flats, st.layout.pool)
+        fill_(flats, generator=generator)
         return self._from_flats(st, flats)
 
     # -- nn.Module integration ---------------------------------------------
