@@ -90,6 +90,12 @@ void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& list
                   "but not all, memory locations");
     }
     if (op == Op::Copy || op == Op::Fill) continue;  // copy_/fill_ cast like torch
+    // One floating dtype with real scalars: the result type is self's, and
+    // none of the dtype rules below can fail (the common, fast-route case).
+    bool one_float_dtype = is_fast_dtype(self.scalar_type());
+    for (size_t k = 1; k < lists.size() && one_float_dtype; ++k)
+      one_float_dtype = lists[k][i].scalar_type() == self.scalar_type();
+    if (one_float_dtype) continue;
     for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
     if (op == Op::Lerp) {
       TORCH_CHECK(c10::isFloatingType(self.scalar_type()) && lists[1][i].scalar_type() == self.scalar_type(),
@@ -190,6 +196,8 @@ std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorL
       job->nin = nin;
       job->device_index = self.device().index();
       for (size_t k = 0; k < scalars.size() && k < kMaxScalars; ++k) job->s[k] = scalars[k].toDouble();
+      job->ptrs.reserve((n - i) * (nin + 1));
+      job->numels.reserve(n - i);
     }
     job->ptrs.push_back(inplace ? self.data_ptr() : out[i].data_ptr());
     for (size_t k = first_in; k < lists.size(); ++k) job->ptrs.push_back(lists[k][i].data_ptr());

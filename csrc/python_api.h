@@ -7,7 +7,23 @@
 #include <vector>
 
 namespace nyto::py {
-std::vector<at::Tensor> unpack_list(PyObject* seq);
+// The tensors of a Python sequence, borrowed: no refcount traffic (each
+// at::Tensor copy of a Python-owned tensor costs a GIL-guarded PyObject
+// incref/decref pair). Valid while the object lives; hold the GIL to destroy.
+class TensorRefs {
+ public:
+  explicit TensorRefs(PyObject* seq);
+  TensorRefs(TensorRefs&& other) noexcept;
+  TensorRefs(const TensorRefs&) = delete;
+  TensorRefs& operator=(const TensorRefs&) = delete;
+  ~TensorRefs();
+  std::vector<at::Tensor> tensors;
+
+ private:
+  void release();
+  PyObject* fast_ = nullptr;
+};
+std::vector<at::Tensor> unpack_list(PyObject* seq);  // owning copies
 PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);

@@ -23,18 +23,37 @@ at::Tensor unpack(PyObject* obj) {
   return THPVariable_Unpack(obj);
 }
 
+TensorRefs::TensorRefs(PyObject* seq) {
+  fast_ = PySequence_Fast(seq, "nytorch._C: expected a list of tensors");
+  if (!fast_) throw std::runtime_error("");
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast_);
+  PyObject** items = PySequence_Fast_ITEMS(fast_);
+  tensors.reserve(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!THPVariable_Check(items[i])) {
+      release();
+      raise_type("nytorch._C: expected a list of tensors");
+    }
+    tensors.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(THPVariable_Unpack(items[i])));
+  }
+}
+
+void TensorRefs::release() {
+  for (auto& t : tensors) c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+  tensors.clear();
+  Py_CLEAR(fast_);
+}
+
+TensorRefs::TensorRefs(TensorRefs&& other) noexcept : tensors(std::move(other.tensors)), fast_(other.fast_) {
+  other.tensors.clear();
+  other.fast_ = nullptr;
+}
+
+TensorRefs::~TensorRefs() { release(); }
+
 std::vector<at::Tensor> unpack_list(PyObject* seq) {
-  PyObject* fast = PySequence_Fast(seq, "nytorch._C: expected a list of tensors");
-  if (!fast) throw std::runtime_error("");
-  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-  PyObject** items = PySequence_Fast_ITEMS(fast);
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  try {
-    for (Py_ssize_t i = 0; i < n; ++i) out.push_back(unpack(items[i]));
-  } catch (...) { Py_DECREF(fast); throw; }
-  Py_DECREF(fast);
-  return out;
+  TensorRefs refs(seq);
+  return std::vector<at::Tensor>(refs.tensors.begin(), refs.tensors.end());  // owning copies
 }
 
 c10::Scalar to_scalar(PyObject* obj) {
@@ -127,11 +146,12 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (op < 0 || op >= static_cast<long>(Op::NumOps)) raise_type("nytorch._C.apply: bad op code");
     const bool inplace = PyObject_IsTrue(args[1]);
     if (!PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) raise_type("nytorch._C.apply: lists and scalars must be tuples");
-    std::vector<std::vector<at::Tensor>> owned;
+    std::vector<TensorRefs> owned;
     const Py_ssize_t nl = PyTuple_GET_SIZE(args[2]);
     owned.reserve(nl);
-    for (Py_ssize_t k = 0; k < nl; ++k) owned.push_back(unpack_list(PyTuple_GET_ITEM(args[2], k)));
-    std::vector<at::TensorList> lists(owned.begin(), owned.end());
+    for (Py_ssize_t k = 0; k < nl; ++k) owned.emplace_back(PyTuple_GET_ITEM(args[2], k));
+    std::vector<at::TensorList> lists;
+    for (const auto& refs : owned) lists.emplace_back(refs.tensors);
     std::vector<c10::Scalar> scalars;
     const Py_ssize_t ns = PyTuple_GET_SIZE(args[3]);
     for (Py_ssize_t k = 0; k < ns; ++k) scalars.push_back(to_scalar(PyTuple_GET_ITEM(args[3], k)));
@@ -145,7 +165,7 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       c10::AutoGradMode no_grad(false);
       // Releasing the GIL costs more than a small op itself.
       int64_t work = 0;
-      for (const auto& t : owned[0]) work += t.numel();
+      for (const auto& t : owned[0].tensors) work += t.numel();
       std::optional<pybind11::gil_scoped_release> no_gil;
       if (work > (1 << 16)) no_gil.emplace();
       out = nyto::apply(static_cast<Op>(op), inplace, lists, scalars, preset.empty() ? nullptr : &preset);
