@@ -124,12 +124,14 @@ std::vector<at::Tensor> pooled_outputs(PyObject* pool, const std::vector<at::Ten
     }
     if (!outs[i].defined()) {
       outs[i] = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
-      if (depth < kPoolDepth) {
-        PyObject* w = THPVariable_Wrap(outs[i]);
-        if (!w) throw std::runtime_error("");
-        PyList_Append(slot, w);
-        Py_DECREF(w);
-      }
+      // Full: forget the oldest entry (a long-lived particle keeps its buffer;
+      // it just won't come back here), so the pool follows the temporaries.
+      if (depth >= kPoolDepth && PySequence_DelItem(slot, 0) < 0) throw std::runtime_error("");
+      PyObject* w = THPVariable_Wrap(outs[i]);
+      if (!w) throw std::runtime_error("");
+      const int rc = PyList_Append(slot, w);
+      Py_DECREF(w);
+      if (rc < 0) throw std::runtime_error("");
     }
   }
   return outs;
