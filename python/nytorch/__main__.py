@@ -9,12 +9,11 @@ from torch import nn
 import nytorch
 from nytorch import _C, ops
 
-HAVE_PARTICLES = hasattr(nytorch, "NytoModule")
 DEVICE = "cuda" if torch.cuda.is_available() and _C.has_cuda() else "cpu"
 
 
-class Particle(getattr(nytorch, "NytoModule", nn.Module)):
-    """A whole network as one particle (a plain nn.Module until nytorch.NytoModule exists)."""
+class Particle(nytorch.NytoModule):
+    """A whole network as one particle."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
@@ -61,18 +60,16 @@ def show_ops() -> None:
     n = sum(p.numel() for p in net.parameters())
     print(f"A small MLP: {n:,} parameters in {len(list(net.parameters()))} tensors. "
           "First weight row, first 3 values:")
-    if HAVE_PARTICLES:
-        print(f"  {'net':32} {first(net)}")
-        print(f"  {'net + 10':32} {first(net + 10)}")
-        print(f"  {'2 * net':32} {first(2 * net)}")
-        other = net + net.randn()
-        print(f"  {'other = net + net.randn()':32} {first(other)}")
-        w0 = net.body[0].weight
-        net += 0.5 * (other - net)
-        print(f"  {'net += 0.5 * (other - net)':32} {first(net)}"
-              f"  (same Parameter objects: {net.body[0].weight is w0})")
-    print("The same on the op library (nytorch.ops, lists of tensors):" if HAVE_PARTICLES else
-          "nytorch.NytoModule is not there yet; the op library underneath (nytorch.ops):")
+    print(f"  {'net':32} {first(net)}")
+    print(f"  {'net + 10':32} {first(net + 10)}")
+    print(f"  {'2 * net':32} {first(2 * net)}")
+    other = net + net.randn()
+    print(f"  {'other = net + net.randn()':32} {first(other)}")
+    w0 = net.body[0].weight
+    net += 0.5 * (other - net)
+    print(f"  {'net += 0.5 * (other - net)':32} {first(net)}"
+          f"  (same Parameter objects: {net.body[0].weight is w0})")
+    print("The same on the op library (nytorch.ops, lists of tensors):")
     ps = list(Particle(mlp()).to(DEVICE).parameters())
     head = lambda xs: [round(v, 3) for v in xs[0][0, :3].tolist()]  # noqa: E731
     with torch.no_grad():
@@ -96,7 +93,7 @@ def pso_foreach(v, x, p, g, r1, r2, w, c1, c2):
 def time_model(name: str, make) -> None:
     torch.manual_seed(0)
     a = Particle(make()).to(DEVICE)
-    b, v, r1, r2, g = (a.randn() if HAVE_PARTICLES else Particle(make()).to(DEVICE) for _ in range(5))
+    b, v, r1, r2, g = (a.randn() for _ in range(5))
     A, B, V, R1, R2, G = ([p.detach() for p in m.parameters()] for m in (a, b, v, r1, r2, g))
     n = sum(p.numel() for p in A)
     rows = [  # label, torch._foreach_*, nytorch.ops, particle (or None)
@@ -110,15 +107,12 @@ def time_model(name: str, make) -> None:
          lambda: 0.7 * v + 1.5 * r1 * (b - a) + 1.5 * r2 * (g - a)),
     ]
     print(f"\n{name}: {n:,} parameters in {len(A)} tensors ({DEVICE}), median us per call")
-    print(f"  {'op':25} {'_foreach':>10} {'nytorch.ops':>12} {'speedup':>8}"
-          + (f" {'particle':>10}" if HAVE_PARTICLES else ""))
+    print(f"  {'op':25} {'_foreach':>10} {'nytorch.ops':>12} {'speedup':>8} {'particle':>10}")
     with torch.no_grad():
         for label, ref, ours, particle in rows:
             t_ref, t_ours = median_us(ref), median_us(ours)
-            line = f"  {label:25} {t_ref:10.1f} {t_ours:12.1f} {t_ref / t_ours:7.2f}x"
-            if HAVE_PARTICLES:
-                line += f" {median_us(particle):10.1f}"
-            print(line)
+            print(f"  {label:25} {t_ref:10.1f} {t_ours:12.1f} {t_ref / t_ours:7.2f}x"
+                  f" {median_us(particle):10.1f}")
 
 
 def main() -> None:
@@ -131,9 +125,8 @@ def main() -> None:
     show_ops()
     time_model("Small MLP", mlp)
     time_model("ResNet-18-sized", resnetish)
-    if HAVE_PARTICLES:
-        print("\n('particle' is the operator on NytoModules, e.g. `a + b`, including module overhead;"
-              " its PSO row is out of place.)")
+    print("\n('particle' is the operator on NytoModules, e.g. `a + b`, including module overhead;"
+          " its PSO row is out of place.)")
 
 
 if __name__ == "__main__":

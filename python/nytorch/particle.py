@@ -175,7 +175,7 @@ class NytoModule(nn.Module):
         """A particle of this species with standard normal parameters (honours
         ``torch.manual_seed``).
 
-        >>> torch.manual_seed(0); r = net.randn(); r.weight.shape == net.weight.shape
+        >>> _ = torch.manual_seed(0); r = net.randn(); r.weight.shape == net.weight.shape
         True
         """
         return self._random(ops.normal_, generator)
