@@ -2,21 +2,21 @@
 //
 // fast_op(self, other, list_op, scalar_op, inplace) does what
 // python/nytorch/particle.py does on its general path, for the common case
-// only: both particles carry a valid cached storage State (same epoch, every
-// parameter where the layout put it) sharing one Layout, and `other` is such
+// only: both particles carry a valid cached storage State (their modules'
+// versions unchanged, every parameter where the layout put it) sharing one Layout, and `other` is such
 // a particle of the same species or a plain int/float/bool. Anything else
 // returns None and Python takes the general path (which also raises the
 // errors), so this file never decides semantics, it only skips interpreter
 // work. Out-of-place results reuse the layout's pooled buffers.
 #include "nyto.h"
 #include "python_api.h"
+#include <string>
 
 namespace nyto::py {
 namespace {
 
 PyObject* nyto_module_cls = nullptr;  // nytorch.NytoModule
 PyObject* state_cls = nullptr;        // nytorch._storage.State
-PyObject* epoch_box = nullptr;        // nytorch._storage._epoch: [int]
 PyObject* containers = nullptr;       // nytorch._storage._CONTAINER_ATTRS
 
 PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
@@ -43,32 +43,56 @@ struct StateView {
   Ref layout, modules, params, buffers, flats, keys;
 };
 
-// The valid cached state of particle `m`, or false (no Python error set).
-bool valid_state(PyObject* m, StateView& sv) {
-  static PyObject* s_state = intern("_nyto_state");
-  static PyObject* s_epoch = intern("epoch");
+// The version nytorch._storage.touch keeps in a module's __dict__ (0: none).
+int64_t module_version(PyObject* m) {
+  static PyObject* s_version = intern("_nyto_version");
+  PyObject* d = module_dict(m);
+  PyObject* v = d ? PyDict_GetItem(d, s_version) : nullptr;  // borrowed
+  return v ? PyLong_AsLongLong(v) : 0;
+}
+
+std::string versions_of(PyObject* root, PyObject* modules) {
+  const Py_ssize_t n = PyTuple_GET_SIZE(modules);
+  std::string out((n + 1) * sizeof(int64_t), '\0');
+  auto* v = reinterpret_cast<int64_t*>(out.data());
+  v[0] = module_version(root);
+  for (Py_ssize_t i = 0; i < n; ++i) v[i + 1] = module_version(PyTuple_GET_ITEM(modules, i));
+  return out;
+}
+
+bool versions_ok(PyObject* root, PyObject* modules, PyObject* versions) {
+  if (!PyBytes_Check(versions) || !PyTuple_Check(modules)) return false;
+  const Py_ssize_t n = PyTuple_GET_SIZE(modules);
+  if (PyBytes_GET_SIZE(versions) != static_cast<Py_ssize_t>((n + 1) * sizeof(int64_t))) return false;
+  const auto* v = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(versions));
+  if (module_version(root) != v[0]) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (module_version(PyTuple_GET_ITEM(modules, i)) != v[i + 1]) return false;
+  }
+  return true;
+}
+
+// Whether state `st` of particle `m` is still valid; fills `sv` (no Python error set).
+bool state_valid(PyObject* m, PyObject* st, StateView& sv) {
+  static PyObject* s_versions = intern("versions");
   static PyObject* s_layout = intern("layout");
   static PyObject* s_modules = intern("modules");
   static PyObject* s_params = intern("params");
   static PyObject* s_buffers = intern("buffers");
   static PyObject* s_flats = intern("flats");
   static PyObject* s_keys = intern("keys");
-  PyObject* d = module_dict(m);
-  if (!d) return false;
-  PyObject* st = PyDict_GetItem(d, s_state);  // borrowed
-  if (!st || st == Py_None) return false;
-  Ref epoch(PyObject_GetAttr(st, s_epoch));
-  if (!epoch || PyObject_RichCompareBool(epoch.get(), PyList_GET_ITEM(epoch_box, 0), Py_EQ) != 1) {
+  sv.modules.p = PyObject_GetAttr(st, s_modules);
+  Ref versions(PyObject_GetAttr(st, s_versions));
+  if (!sv.modules || !versions || !versions_ok(m, sv.modules.get(), versions.get())) {
     PyErr_Clear();
     return false;
   }
   sv.layout.p = PyObject_GetAttr(st, s_layout);
-  sv.modules.p = PyObject_GetAttr(st, s_modules);
   sv.params.p = PyObject_GetAttr(st, s_params);
   sv.buffers.p = PyObject_GetAttr(st, s_buffers);
   sv.flats.p = PyObject_GetAttr(st, s_flats);
   sv.keys.p = PyObject_GetAttr(st, s_keys);
-  if (!sv.layout || !sv.modules || !sv.params || !sv.buffers || !sv.flats || !sv.keys) {
+  if (!sv.layout || !sv.params || !sv.buffers || !sv.flats || !sv.keys) {
     PyErr_Clear();
     return false;
   }
@@ -76,6 +100,16 @@ bool valid_state(PyObject* m, StateView& sv) {
   Ref ok(py_views_ok(nullptr, args, 2));
   if (!ok) { PyErr_Clear(); return false; }
   return ok.get() == Py_True;
+}
+
+// The valid cached state of particle `m`, or false (no Python error set).
+bool valid_state(PyObject* m, StateView& sv) {
+  static PyObject* s_state = intern("_nyto_state");
+  PyObject* d = module_dict(m);
+  if (!d) return false;
+  PyObject* st = PyDict_GetItem(d, s_state);  // borrowed
+  if (!st || st == Py_None) return false;
+  return state_valid(m, st, sv);
 }
 
 bool plain_number(PyObject* o) {
@@ -130,10 +164,14 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   Ref new_modules_t(new_modules ? PyList_AsTuple(new_modules.get()) : nullptr);
   Ref params_t(PyList_AsTuple(params));
   if (!new_modules_t || !params_t) return nullptr;
-  PyObject* st_args[6] = {sv.layout.get(), new_modules_t.get(), params_t.get(), buffers.get(), flats, keys};
-  Ref state(PyObject_Vectorcall(state_cls, st_args, 6, nullptr));
-  if (!state) return nullptr;
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
+  const std::string v = versions_of(root, new_modules_t.get());
+  Ref versions(PyBytes_FromStringAndSize(v.data(), v.size()));
+  if (!versions) return nullptr;
+  PyObject* st_args[7] = {sv.layout.get(), new_modules_t.get(), params_t.get(), buffers.get(), flats, keys,
+                          versions.get()};
+  Ref state(PyObject_Vectorcall(state_cls, st_args, 7, nullptr));
+  if (!state) return nullptr;
   PyObject* rd = module_dict(root);
   if (!rd || PyDict_SetItem(rd, s_state, state.get()) < 0) return nullptr;
   Py_INCREF(root);
@@ -191,14 +229,54 @@ PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result_from_flats(self, a, flats.get());
 }
 
-// register_particle_types(NytoModule, State, epoch_box, containers)
-PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4 || !PyList_Check(args[2]) || PyList_GET_SIZE(args[2]) != 1 || !PyTuple_Check(args[3])) {
-    PyErr_SetString(PyExc_TypeError, "register_particle_types(NytoModule, State, [epoch], containers)");
+// fast_unary(self, op: int) -> a new particle (clone, neg, pos), or None.
+PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  static PyObject* s_pool = intern("pool");
+  if (nargs != 2 || !state_cls) {
+    PyErr_SetString(PyExc_TypeError, "fast_unary(self, op)");
     return nullptr;
   }
-  PyObject** slots[4] = {&nyto_module_cls, &state_cls, &epoch_box, &containers};
-  for (int i = 0; i < 4; ++i) {
+  StateView a;
+  if (!valid_state(args[0], a)) Py_RETURN_NONE;
+  Ref lists(PyTuple_Pack(1, a.flats.get()));
+  Ref scalars(PyTuple_New(0));
+  Ref pool(PyObject_GetAttr(a.layout.get(), s_pool));
+  if (!lists || !scalars || !pool) return nullptr;
+  PyObject* a_args[5] = {args[1], Py_False, lists.get(), scalars.get(), pool.get()};
+  Ref flats(py_apply(nullptr, a_args, 5));
+  if (!flats) return nullptr;
+  return result_from_flats(args[0], a, flats.get());
+}
+
+// module_versions(root, modules: tuple) -> bytes: the versions a State records.
+PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyTuple_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "module_versions(root, modules)");
+    return nullptr;
+  }
+  const std::string v = versions_of(args[0], args[1]);
+  return PyBytes_FromStringAndSize(v.data(), v.size());
+}
+
+// state_ok(root, state) -> bool: the cached State of particle `root` is valid.
+PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "state_ok(root, state)");
+    return nullptr;
+  }
+  StateView sv;
+  if (state_valid(args[0], args[1], sv)) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+// register_particle_types(NytoModule, State, containers)
+PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyTuple_Check(args[2])) {
+    PyErr_SetString(PyExc_TypeError, "register_particle_types(NytoModule, State, containers)");
+    return nullptr;
+  }
+  PyObject** slots[3] = {&nyto_module_cls, &state_cls, &containers};
+  for (int i = 0; i < 3; ++i) {
     Py_INCREF(args[i]);
     Py_XSETREF(*slots[i], args[i]);
   }

@@ -30,5 +30,8 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_bump_versions(PyObject*, PyObject* arg);
 PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 }  // namespace nyto::py

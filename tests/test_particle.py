@@ -1287,3 +1287,18 @@ def test_helpers_can_fail():
         assert_flat_storage(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
     with pytest.raises(AssertionError):
         assert_new_particle(net.detach(), net)
+
+
+def test_cached_storage_survives_unrelated_module_changes():
+    """Registrations elsewhere (other modules being built) keep a particle's
+    cached storage; a registration inside the particle re-captures it."""
+    from nytorch import _storage
+    net = make("float32")
+    net + 1
+    st = _storage.state_of(net)
+    nn.Linear(3, 3).register_buffer("extra", torch.zeros(1))  # unrelated modules change
+    assert _storage.state_of(net) is st
+    net.lin.extra_bias = nn.Parameter(torch.zeros(1))  # a registration inside the particle
+    st2 = _storage.state_of(net)
+    assert st2 is not st
+    assert any(p is net.lin.extra_bias for p in st2.params)

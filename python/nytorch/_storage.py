@@ -3,7 +3,8 @@ buffer per (device, dtype) group, so a particle op is one kernel call per group.
 
 A :class:`State` is captured lazily the first time a particle takes part in an
 op and cached on the particle's root module. It stays valid while the module
-tree is unchanged (module/parameter/buffer registrations bump a global epoch)
+tree is unchanged (a registration of a module, parameter or buffer bumps the
+version of the module it happens in; the State records its modules' versions)
 and every parameter still starts where the layout put it (``_C.views_ok``:
 ``.to()``, ``p.data = ...`` and the like move them). An invalid state is simply
 captured again: parameters that still tile one storage are adopted as they
@@ -30,18 +31,21 @@ _C.set_parameter_class(nn.Parameter)
     "neg", "copy", "add", "sub", "mul", "div", "pow", "add_scalar", "sub_scalar", "mul_scalar",
     "div_scalar", "pow_scalar", "rsub_scalar", "rdiv_scalar", "rpow_scalar"))
 
-# Bumped by any module/parameter/buffer registration anywhere: a cheap signal
-# that some module tree may have changed shape, so cached states re-check.
-_epoch = [0]
+# Per-module version, bumped by every registration of a module, parameter or
+# buffer in that module (global nn.Module hooks: `m.w = nn.Parameter(...)`,
+# `m.sub = nn.Linear(...)`, register_buffer, load_state_dict(assign=True)) and
+# by NytoModule._apply. A State records the versions of its particle's modules.
+VERSION = "_nyto_version"
 
 
-def _bump_epoch(*_args) -> None:
-    _epoch[0] += 1
+def touch(module: nn.Module, *_args) -> None:
+    d = module.__dict__
+    d[VERSION] = d.get(VERSION, 0) + 1
 
 
-_module.register_module_parameter_registration_hook(_bump_epoch)
-_module.register_module_buffer_registration_hook(_bump_epoch)
-_module.register_module_module_registration_hook(_bump_epoch)
+_module.register_module_parameter_registration_hook(touch)
+_module.register_module_buffer_registration_hook(touch)
+_module.register_module_module_registration_hook(touch)
 
 # nn.Module attributes holding per-module containers: a result module gets its
 # own copy of each (hooks registered on a result never reach its source).
@@ -87,22 +91,22 @@ class State:
     for the flats to be valid.
     """
 
-    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "epoch")
+    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "versions")
 
-    def __init__(self, layout, modules, params, buffers, flats, keys) -> None:
+    def __init__(self, layout, modules, params, buffers, flats, keys, versions) -> None:
         self.layout = layout
         self.modules = modules
         self.params = params
         self.buffers = buffers
         self.flats = flats
         self.keys = keys
-        self.epoch = _epoch[0]
+        self.versions = versions
 
 
 def state_of(root: nn.Module) -> State:
     """The valid storage state of the particle rooted at ``root``."""
     st = root.__dict__.get("_nyto_state")
-    if st is not None and st.epoch == _epoch[0] and _C.views_ok(st.params, st.keys):
+    if st is not None and _C.state_ok(root, st):
         return st
     st = capture(root)
     root.__dict__["_nyto_state"] = st
@@ -152,7 +156,7 @@ def capture(root: nn.Module) -> State:
     if layout is None:
         layout = Layout(tuple(children), tuple(param_slots), tuple(buffer_slots), view_spec, groups)
     return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
-                 _C.view_keys(params))
+                 _C.view_keys(params), _C.module_versions(root, tuple(modules[1:])))
 
 
 def _unique(t: torch.Tensor, ids: Dict[int, int], out: List[torch.Tensor]) -> int:
@@ -226,6 +230,7 @@ def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
                 m.__dict__["_nyto_species"] = species()
     out = new[0]
     if flats is not None:
-        out.__dict__["_nyto_state"] = State(layout, tuple(new[1:]), tuple(params), tuple(buffers),
-                                            flats, keys)
+        modules = tuple(new[1:])
+        out.__dict__["_nyto_state"] = State(layout, modules, tuple(params), tuple(buffers),
+                                            flats, keys, _C.module_versions(out, modules))
     return out

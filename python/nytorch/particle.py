@@ -102,9 +102,12 @@ class NytoModule(nn.Module):
         params = [nn.Parameter(t, requires_grad=p.requires_grad) for t, p in zip(tensors, st.params)]
         return build(self, st, params)
 
-    def _unary(self, op: int, scalars: tuple = ()) -> "NytoModule":
+    def _unary(self, op: int) -> "NytoModule":
+        out = _C.fast_unary(self, op)
+        if out is not None:
+            return out
         st = state_of(self)
-        return self._from_flats(st, _C.apply(op, False, (st.flats,), scalars, st.layout.pool))
+        return self._from_flats(st, _C.apply(op, False, (st.flats,), (), st.layout.pool))
 
     def _binary(self, other: Any, list_op: int, scalar_op: int) -> "NytoModule":
         if isinstance(other, NytoModule):
@@ -203,7 +206,7 @@ class NytoModule(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        S._bump_epoch()  # parameters may be new objects now: re-capture
+        S.touch(self)  # parameters may be new objects now: re-capture
         return out
 
     def __getstate__(self):
@@ -334,5 +337,5 @@ for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
 _PARTICLE_METHOD_NAMES = frozenset(
     name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod))
 _fast_op = _C.fast_op
-_C.register_particle_types(NytoModule, S.State, S._epoch, S._CONTAINER_ATTRS)
+_C.register_particle_types(NytoModule, S.State, S._CONTAINER_ATTRS)
 del _row, _d, _method, _dunder
