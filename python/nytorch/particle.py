@@ -116,15 +116,14 @@ class NytoModule(nn.Module):
             if _compatible(a, b):
                 return self._from_flats(a, _C.apply(list_op, False, (a.flats, b.flats), (), a.layout.pool))
             return self._from_tensors(a, _C.apply(list_op, False, (a.params, b.params), ()))
-        s = _number(other)
-        if s is None:
-            return NotImplemented
-        st = state_of(self)
-        return self._from_flats(st, _C.apply(scalar_op, False, (st.flats,), (s,), st.layout.pool))
+        return self._with_number(other, scalar_op)
 
     def _reflected(self, other: Any, scalar_op: int, list_name: str) -> "NytoModule":
         if isinstance(other, NytoModule):
             return getattr(other, list_name)(self)
+        return self._with_number(other, scalar_op)
+
+    def _with_number(self, other: Any, scalar_op: int) -> "NytoModule":
         s = _number(other)
         if s is None:
             return NotImplemented
