@@ -28,7 +28,6 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs);
-PyObject* py_bump_versions(PyObject*, PyObject* arg);
 PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);

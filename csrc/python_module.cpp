@@ -438,17 +438,6 @@ PyObject* py_share_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs) 
   });
 }
 
-// bump_versions(tensors): in-place writes made through a storage flat are
-// recorded on each parameter's own version counter too.
-PyObject* py_bump_versions(PyObject*, PyObject* arg) {
-  return guarded([&]() -> PyObject* {
-    for (const auto& t : unpack_list(arg)) {
-      if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
-    }
-    Py_RETURN_NONE;
-  });
-}
-
 PyObject* py_set_parameter_class(PyObject*, PyObject* cls) {
   Py_XINCREF(cls);
   Py_XDECREF(parameter_class);
@@ -487,7 +476,6 @@ PyMethodDef methods[] = {
      "share_versions(tensors, flat): give each tensor the flat's version counter."},
     {"pooled_like", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_pooled_like)), METH_FASTCALL,
      "pooled_like(tensors, pool): uninitialized buffers like tensors, reused from the pool."},
-    {"bump_versions", py_bump_versions, METH_O, "Bump the version counter of every tensor."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
      "fast_op(self, other, list_op, scalar_op, inplace): the particle hot path, or None."},
