@@ -53,7 +53,7 @@ class SwarmArithmetic:
         if isinstance(other, NytoModule):
             _check_species(self, other)
             return self._particle_flats(other)
-        if isinstance(other, torch.Tensor) and other.dim() == 1:
+        if isinstance(other, torch.Tensor) and other.dim() >= 1:
             _as_index(other, f"swarm {what}", n)
             out = []
             for f in self.flats:
@@ -113,7 +113,9 @@ class SwarmArithmetic:
         (a [N] tensor), ``sum(w_i * x_i) / sum(w_i)``. Floating buffers
         (BatchNorm statistics) are averaged alike; other buffers come from row 0.
 
-        >>> s = nyto.Swarm.stack([Net() * 0, Net() * 0 + 2])  # doctest: +SKIP
+        >>> s = nyto.Swarm(Net(), 2, init="zeros"); s[1] = s[1] + 2
+        >>> s.mean().lin.bias.tolist(), s.mean(weights=torch.tensor([3., 1.])).lin.bias.tolist()
+        ([1.0, 1.0], [0.5, 0.5])
         """
         n = len(self)
         if n == 0:
@@ -205,6 +207,15 @@ class SwarmArithmetic:
         return float(sq.sqrt().mean())
 
 
+def _scalar_tensor(o: Any, f: torch.Tensor) -> Any:
+    """A number on the left as a 0-dim tensor of f's floating dtype, so that
+    ``s / x`` divides (torch's ``__rtruediv__`` multiplies by the reciprocal)
+    and rounds like the particle kernels."""
+    if isinstance(o, torch.Tensor) or not f.dtype.is_floating_point:
+        return o
+    return torch.tensor(o, dtype=f.dtype, device=f.device)
+
+
 def _install() -> None:
     """Dunders and named methods, from one table (like particle.py's)."""
     table = (  # name, symbol, out-of-place, in-place
@@ -219,7 +230,7 @@ def _install() -> None:
             return self._binary(other, _fn, _sym)
 
         def reflected(self, other, _fn=fwd, _sym=sym):
-            return self._binary(other, lambda f, o: _fn(o, f), _sym)
+            return self._binary(other, lambda f, o: _fn(_scalar_tensor(o, f), f), _sym)
 
         def in_place(self, other, _fn=inp, _sym=sym + "="):
             return self._inplace(other, _fn, _sym)

@@ -356,7 +356,7 @@ class Swarm(SwarmArithmetic):
         """Copy ``src`` (a swarm with one row per index, or a particle for all of
         them) into rows ``index``, in place.
 
-        >>> s = nyto.Swarm(Net(), 4, init="zeros"); _ = s.scatter_([1, 2], Net())
+        >>> net = Net(); s = nyto.Swarm(net, 4, init="zeros"); _ = s.scatter_([1, 2], net + 1)
         >>> (s.flats[0].abs().sum(1) > 0).tolist()
         [False, True, True, False]
         """
