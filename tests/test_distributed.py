@@ -1,0 +1,413 @@
+"""nytorch.distributed on real process groups: 2-3 spawned processes, gloo,
+127.0.0.1 only, a free port, every launch bounded in time (stragglers are
+killed). Each launch runs a scenario function in every rank; the scenario
+returns a dict that the rank saves, and the tests compare it with a
+single-process reference computed here.
+
+Launches: one 3-rank run of all value checks that ends with the faults
+(rank 1 dies, rank 2 hangs, rank 0 must see clear errors on the subgroups it
+shares with each), and (when nytorch.swarm exists) the sharded swarm runs.
+"""
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+import torch
+from torch import nn
+
+import nytorch as nyto
+import nytorch.distributed as nd
+
+WORLD = 3
+LAUNCH_TIMEOUT_S = 60.0   # a launch that takes longer fails the test (processes killed)
+PG_TIMEOUT_S = 10.0       # the process groups' timeout: no collective waits longer
+
+
+# --------------------------------------------------------------------------
+# Models (module level: the spawned ranks import this file)
+class Net(nyto.NytoModule):
+    """Two dtype groups (float32, float64), a plain child, BatchNorm buffers."""
+
+    def __init__(self, hidden: int = 5) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.scale = nn.Parameter(torch.randn(hidden, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.bn(self.fc(x)) * self.scale.float()
+
+
+class IntNet(nyto.NytoModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = nn.Parameter(torch.arange(3), requires_grad=False)
+
+
+def make_net(rank: int, hidden: int = 5) -> Net:
+    torch.manual_seed(100 + rank)
+    return Net(hidden)
+
+
+def params(net: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.named_parameters()}
+
+
+def combine(nets: List[nn.Module], coefs: List[float], divisor: Optional[float]) -> Dict[str, torch.Tensor]:
+    """sum_r coefs[r] * p_r (/ divisor), per parameter, in rank order."""
+    out = {}
+    for k, _ in nets[0].named_parameters():
+        acc = None
+        for net, c in zip(nets, coefs):
+            p = dict(net.named_parameters())[k].detach()
+            term = p if c == 1.0 else p * c
+            acc = term.clone() if acc is None else acc + term
+        out[k] = acc if divisor is None else acc / divisor
+    return out
+
+
+# --------------------------------------------------------------------------
+# The launcher
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, scenario: str, out_dir: str, pg_timeout: float,
+           args: tuple) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    try:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=pg_timeout))
+        result = globals()[scenario](rank, world, out_dir, *args)
+    except BaseException as e:  # noqa: BLE001  (reported to the test)
+        result = {"error": type(e).__name__, "message": str(e), "trace": traceback.format_exc()}
+    result["elapsed"] = time.monotonic() - t0
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    sys.stdout.flush()
+    os._exit(0)  # no atexit teardown of a possibly broken group
+
+
+def launch(scenario: str, world: int = WORLD, pg_timeout: float = 20.0, wait_for: Optional[List[int]] = None,
+           out_dir: Optional[str] = None, args: tuple = ()) -> List[Optional[Dict[str, Any]]]:
+    """Run ``scenario(rank, world, out_dir, *args)`` in ``world`` spawned
+    ranks; wait (bounded) for the ranks in ``wait_for`` (default all), kill
+    the rest; return each rank's result dict (None: no result)."""
+    ctx = multiprocessing.get_context("spawn")
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        out_dir = tmp.name
+    for r in range(world):
+        path = os.path.join(out_dir, f"rank{r}.pt")
+        if os.path.exists(path):
+            os.remove(path)
+    port = _free_port()
+    procs = [ctx.Process(target=_entry, args=(r, world, port, scenario, out_dir, pg_timeout, args), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    for r in (range(world) if wait_for is None else wait_for):
+        procs[r].join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r in (range(world) if wait_for is None else wait_for) if procs[r].is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    results = []
+    for r in range(world):
+        path = os.path.join(out_dir, f"rank{r}.pt")
+        results.append(torch.load(path, weights_only=False) if os.path.exists(path) else None)
+    if tmp is not None:
+        tmp.cleanup()
+    assert not hung, f"ranks {hung} of {scenario} did not finish within {LAUNCH_TIMEOUT_S} s"
+    return results
+
+
+def ok(result: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    assert result is not None, "the rank left no result"
+    assert "error" not in result, f"{result.get('error')}: {result.get('message')}\n{result.get('trace')}"
+    return result
+
+
+# --------------------------------------------------------------------------
+# Scenario: all value checks in one 3-rank group
+def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
+    res: Dict[str, Any] = {}
+    net = make_net(rank)
+    nd.check_species(net)
+
+    c = net.clone()
+    w_ids = [id(p) for p in c.parameters()]
+    ptrs = [p.data_ptr() for p in c.parameters()]
+    out = nd.all_reduce_(c)
+    res["mean"] = params(c)
+    res["mean_same_object"] = out is c and [id(p) for p in c.parameters()] == w_ids \
+        and [p.data_ptr() for p in c.parameters()] == ptrs
+    res["mean_buffers"] = {k: v.clone() for k, v in c.named_buffers()}
+
+    c = net.clone()
+    nd.all_reduce_(c, op="sum")
+    res["sum"] = params(c)
+
+    c = net.clone()
+    nd.all_reduce_(c, weights=rank + 1.0)             # this rank's weight
+    res["wmean_scalar"] = params(c)
+    c = net.clone()
+    nd.all_reduce_(c, weights=[1.0, 2.0, 3.0][:world])  # every rank's weight
+    res["wmean_seq"] = params(c)
+    c = net.clone()
+    nd.all_reduce_(c, op="sum", weights=torch.tensor(rank + 1.0))
+    res["wsum"] = params(c)
+
+    c = net.clone()
+    nd.all_reduce_(c, bucket_bytes=16)                # many small buckets
+    res["mean_bucketed"] = params(c)
+
+    c = net.clone()
+    nd.broadcast_(c, src=1)
+    res["broadcast"] = params(c)
+    c = net.clone()
+    nd.broadcast_(c, src=2, bucket_bytes=8)
+    res["broadcast_bucketed"] = params(c)
+
+    gathered = nd.all_gather(net)
+    res["gather"] = [params(g) for g in gathered]
+    res["gather_species"] = all(g._nyto_species is net._nyto_species for g in gathered)
+    res["gather_not_local"] = all(g is not net for g in gathered)
+
+    # async handles
+    c = net.clone()
+    h = nd.all_reduce_(c, async_op=True)
+    res["async_is_handle"] = isinstance(h, nd.Handle)
+    res["async_same"] = h.wait() is c and h.wait() is c and h.is_completed()
+    res["async_mean"] = params(c)
+    c = net.clone()
+    hb = nd.broadcast_(c, src=0, async_op=True)
+    hg = nd.all_gather(net, async_op=True)
+    hb.wait()
+    res["async_broadcast"] = params(c)
+    res["async_gather"] = [params(g) for g in hg.wait()]
+    c = net.clone()
+    h = nd.all_reduce_(c, weights=rank + 1.0, async_op=True, bucket_bytes=32)
+    h.wait(timeout=10)
+    res["async_wmean_scalar"] = params(c)
+
+    # bad input: every rank raises before sending anything; nothing changes
+    c = net.clone()
+    before = params(c)
+    errors = {}
+    for name, call in {
+        "op": lambda: nd.all_reduce_(c, op="max"),
+        "weights_len": lambda: nd.all_reduce_(c, weights=[1.0] * (world + 1)),
+        "weights_neg": lambda: nd.all_reduce_(c, weights=-1.0),
+        "weights_nan": lambda: nd.all_reduce_(c, weights=[float("nan")] * world),
+        "weights_zero": lambda: nd.all_reduce_(c, weights=[0.0] * world),
+        "weights_type": lambda: nd.all_reduce_(c, weights="x"),
+        "bucket": lambda: nd.all_reduce_(c, bucket_bytes=0),
+        "src": lambda: nd.broadcast_(c, src=world),
+        "src_type": lambda: nd.broadcast_(c, src=1.0),
+        "not_particle": lambda: nd.all_reduce_(nn.Linear(2, 2)),
+        "int_mean": lambda: nd.all_reduce_(IntNet()),
+    }.items():
+        try:
+            call()
+            errors[name] = None
+        except Exception as e:  # noqa: BLE001
+            errors[name] = (type(e).__name__, str(e))
+    res["errors"] = errors
+    res["errors_unchanged"] = all(torch.equal(before[k], v) for k, v in params(c).items())
+
+    # an integer particle can be summed
+    ic = IntNet()
+    nd.all_reduce_(ic, op="sum")
+    res["int_sum"] = ic.count.detach().clone()
+
+    # species mismatch: rank world-1 builds another shape; every rank raises
+    other = make_net(rank, hidden=5 if rank < world - 1 else 6)
+    try:
+        nd.all_reduce_(other)
+        res["mismatch"] = None
+    except nd.SpeciesMismatchError as e:
+        res["mismatch"] = str(e)
+    res["mismatch_unchanged"] = torch.equal(other.fc.weight.detach(), make_net(rank, other.fc.out_features).fc.weight)
+    # the group is still usable afterwards
+    c = net.clone()
+    nd.all_reduce_(c)
+    res["after_mismatch"] = params(c)
+    nd.barrier(timeout=10)
+    _faults(rank, world, out_dir, net, res)
+    return res
+
+
+def _faults(rank: int, world: int, out_dir: str, net: Net, res: Dict[str, Any]) -> None:
+    """Rank 1 dies, rank 2 hangs; rank 0 sees a clear error on the group it
+    shares with each (its values are saved first)."""
+    import torch.distributed as dist
+    g01, g02 = dist.new_group([0, 1]), dist.new_group([0, 2])
+    if rank in (0, 1):
+        nd.all_reduce_(net.clone(), group=g01)    # works while rank 1 lives
+    if rank in (0, 2):
+        nd.all_reduce_(net.clone(), group=g02)
+    if rank > 0:
+        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+        if rank == 1:
+            os._exit(3)   # dies without a word
+        time.sleep(60)    # rank 2: alive but never joins again (the test kills it)
+    for key, group, timeout in (("killed", g01, None), ("hung", g02, 1.5)):
+        t0 = time.monotonic()
+        try:
+            for _ in range(3):
+                nd.all_reduce_(net.clone(), group=group, timeout=timeout)
+            res[key] = None
+        except nd.CollectiveError as e:
+            res[key] = str(e)
+        res[key + "_after"] = time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def values():
+    results = launch("_values", pg_timeout=PG_TIMEOUT_S, wait_for=[0])
+    return [ok(r) for r in results]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return [make_net(r) for r in range(WORLD)]
+
+
+def assert_params(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], exact: bool = False) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype, k
+        if exact:
+            assert torch.equal(got[k], want[k]), k
+        else:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_all_reduce_mean_sum(values, nets):
+    mean = combine(nets, [1.0] * WORLD, WORLD)
+    total = combine(nets, [1.0] * WORLD, None)
+    for r, res in enumerate(values):
+        assert_params(res["mean"], mean)
+        assert_params(res["sum"], total)
+        assert_params(res["mean_bucketed"], mean)
+        assert res["mean_same_object"], "in place: same object, Parameters and storage"
+    # every rank holds the same bits
+    for res in values[1:]:
+        assert_params(res["mean"], values[0]["mean"], exact=True)
+
+
+def test_all_reduce_keeps_buffers_local(values, nets):
+    for r, res in enumerate(values):
+        for k, v in nets[r].named_buffers():
+            assert torch.equal(res["mean_buffers"][k], v), k
+
+
+def test_all_reduce_weighted(values, nets):
+    w = [r + 1.0 for r in range(WORLD)]
+    want = combine(nets, w, sum(w))
+    for res in values:
+        assert_params(res["wmean_scalar"], want)
+        assert_params(res["wmean_seq"], want)
+        assert_params(res["async_wmean_scalar"], want)
+        assert_params(res["wsum"], combine(nets, w, None))
+
+
+def test_broadcast(values, nets):
+    for res in values:
+        assert_params(res["broadcast"], params(nets[1]), exact=True)
+        assert_params(res["broadcast_bucketed"], params(nets[2]), exact=True)
+        assert_params(res["async_broadcast"], params(nets[0]), exact=True)
+
+
+def test_all_gather(values, nets):
+    for res in values:
+        for key in ("gather", "async_gather"):
+            got = res[key]
+            assert len(got) == WORLD
+            for r in range(WORLD):
+                assert_params(got[r], params(nets[r]), exact=True)
+        assert res["gather_species"] and res["gather_not_local"]
+
+
+def test_async_handles(values, nets):
+    mean = combine(nets, [1.0] * WORLD, WORLD)
+    for res in values:
+        assert res["async_is_handle"] and res["async_same"]
+        assert_params(res["async_mean"], mean)
+
+
+def test_bad_input_errors_before_anything(values):
+    expect = {
+        "op": ("ValueError", "op must be 'mean' or 'sum'"),
+        "weights_len": ("ValueError", f"weights has {WORLD + 1} entries but the group has {WORLD} ranks"),
+        "weights_neg": ("ValueError", "must be finite and >= 0"),
+        "weights_nan": ("ValueError", "must be finite and >= 0"),
+        "weights_zero": ("ValueError", "positive total"),
+        "weights_type": ("TypeError", "weights must be a number"),
+        "bucket": ("ValueError", "bucket_bytes must be a positive int"),
+        "src": ("ValueError", f"src={WORLD} is not a rank"),
+        "src_type": ("TypeError", "src must be a rank"),
+        "not_particle": ("TypeError", "expected a particle"),
+        "int_mean": ("TypeError", "op='mean' needs floating-point parameters"),
+    }
+    for res in values:
+        for name, (etype, text) in expect.items():
+            got = res["errors"][name]
+            assert got is not None, f"{name}: no error"
+            assert got[0] == etype and text in got[1], (name, got)
+        assert res["errors_unchanged"]
+        assert res["int_sum"].tolist() == [0, WORLD, 2 * WORLD]
+
+
+def test_species_mismatch_detected_on_every_rank(values, nets):
+    for res in values:
+        msg = res["mismatch"]
+        assert msg is not None, "mismatch not detected"
+        assert f"ranks [{WORLD - 1}] differ from rank 0" in msg
+        assert "scale: [5] float64 cpu vs scale: [6] float64 cpu" in msg, msg
+        assert res["mismatch_unchanged"]
+        assert_params(res["after_mismatch"], combine(nets, [1.0] * WORLD, WORLD))
+
+
+def test_no_process_group_error():
+    net = make_net(0)
+    before = params(net)
+    for call in (lambda: nd.all_reduce_(net), lambda: nd.broadcast_(net, src=0),
+                 lambda: nd.all_gather(net), lambda: nd.check_species(net), lambda: nd.barrier()):
+        with pytest.raises(RuntimeError, match="no process group is initialised"):
+            call()
+    assert_params(params(net), before, exact=True)
+
+
+# --------------------------------------------------------------------------
+# Faults (rank 0's results of the end of _values): rank 1 died, rank 2 hung
+def test_killed_rank_clear_error_within_timeout(values):
+    r0 = values[0]
+    assert r0["killed"] is not None, "no error after the peer died"
+    assert "nytorch.distributed.all_reduce_ on rank 0" in r0["killed"]
+    assert "a peer closed the connection" in r0["killed"] and "unusable" in r0["killed"]
+    assert r0["killed_after"] < PG_TIMEOUT_S
+
+
+def test_hung_rank_times_out(values):
+    r0 = values[0]
+    assert r0["hung"] is not None, "no error while the peer hung"
+    assert "timed out after 1.5 s" in r0["hung"], r0["hung"]
+    assert 1.4 < r0["hung_after"] < 10
