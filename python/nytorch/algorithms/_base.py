@@ -1,0 +1,174 @@
+"""Shared parts of the swarm optimizers: the ``History`` of a run (plots to a
+PNG with matplotlib, an optional dependency), progress bars (tqdm, optional)
+and the logging callback.
+
+>>> h = History(); _ = h.append(step=1, best=2.0, mean=3.0, diversity=0.5); h.best
+[2.0]
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import torch
+
+Callback = Callable[[Dict[str, float]], Any]
+_log = logging.getLogger("nytorch.algorithms")
+
+
+class History:
+    """One record per step: ``step``, ``best`` (best fitness so far),
+    ``mean`` (mean fitness of the step), ``diversity`` (mean distance to the
+    centroid; NaN when not tracked), ``time`` (seconds since the first record)."""
+
+    FIELDS = ("step", "best", "mean", "diversity", "time")
+
+    def __init__(self) -> None:
+        self.records: List[Dict[str, float]] = []
+        self._t0: Optional[float] = None
+
+    def append(self, **record: float) -> Dict[str, float]:
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        record.setdefault("time", now - self._t0)
+        self.records.append(record)
+        return record
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Dict[str, float]:
+        return self.records[i]
+
+    def __getattr__(self, name: str) -> List[float]:
+        if name in History.FIELDS:
+            return [r.get(name, math.nan) for r in self.records]
+        raise AttributeError(name)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state["records"]]
+
+    def plot(self, path: str, title: Optional[str] = None, *, log_y: bool = False) -> str:
+        """Best and mean fitness (and diversity, on a second axis) per step,
+        written to the PNG file ``path``. Needs matplotlib."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ImportError("History.plot needs matplotlib: pip install matplotlib "
+                              "(it is an optional dependency of nytorch)") from e
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(self.step, self.best, label="best fitness")
+        ax.plot(self.step, self.mean, label="mean fitness", alpha=0.7)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("fitness")
+        div = self.diversity
+        if any(not math.isnan(d) for d in div):
+            ax2 = ax.twinx()
+            ax2.plot(self.step, div, color="gray", linestyle=":", label="diversity")
+            ax2.set_ylabel("diversity")
+            ax2.legend(loc="upper center")
+        ax.legend(loc="upper right")
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+class LogCallback:
+    """A callback that logs a record every ``every`` steps (``logging`` at INFO
+    on the ``nytorch.algorithms`` logger, or ``print`` with ``use_print=True``).
+
+    >>> LogCallback(use_print=True)({"step": 1, "best": 0.5, "mean": 1.0, "diversity": 2.0})
+    step 1: best 0.5 mean 1 diversity 2
+    """
+
+    def __init__(self, every: int = 1, *, use_print: bool = False) -> None:
+        self.every = every
+        self.use_print = use_print
+
+    def __call__(self, record: Dict[str, float]) -> None:
+        if int(record["step"]) % self.every:
+            return
+        msg = (f"step {int(record['step'])}: best {record['best']:.6g} mean {record['mean']:.6g} "
+               f"diversity {record.get('diversity', math.nan):.6g}")
+        if self.use_print:
+            print(msg)
+        else:
+            _log.info(msg)
+
+
+def progress(it: Iterable, enabled: bool, desc: str, total: Optional[int] = None):
+    """``tqdm(it)`` when ``enabled`` and tqdm is installed, else ``it``."""
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, desc=desc, total=total, leave=True, dynamic_ncols=True)
+
+
+def as_fitness(fitness: Any, n: int, device: torch.device, name: str) -> torch.Tensor:
+    """Fitness values as a float64 [n] tensor on ``device`` (checked)."""
+    f = torch.as_tensor(fitness)
+    if f.dim() != 1 or f.shape[0] != n:
+        raise ValueError(f"{name}: fitness must be a [N] tensor with N = {n}, got shape {list(f.shape)}")
+    if f.is_complex():
+        raise ValueError(f"{name}: fitness must be real")
+    return f.detach().to(device=device, dtype=torch.float64)
+
+
+class SwarmOptimizer:
+    """ask/tell loop, ``step(fn)``, ``run(fn, steps)`` with a progress bar,
+    callbacks and a :class:`History`. Subclasses implement ``ask`` and ``tell``.
+    Fitness is minimized (``maximize=True`` flips it)."""
+
+    maximize: bool
+    history: History
+    steps_done: int
+    track_diversity: bool
+
+    def ask(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tell(self, fitness: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def step(self, fitness_fn: Callable[[Any], Any]) -> torch.Tensor:
+        """Evaluate ``fitness_fn(self.ask())`` (a [N] tensor) and ``tell`` it."""
+        population = self.ask()
+        with torch.no_grad():
+            fitness = torch.as_tensor(fitness_fn(population))
+        self.tell(fitness)
+        return fitness
+
+    def run(self, fitness_fn: Callable[[Any], Any], steps: int, *, progress_bar: bool = True,
+            callback: Optional[Callback] = None, desc: Optional[str] = None) -> History:
+        """``steps`` calls of ``step(fitness_fn)``; shows a tqdm bar with the best
+        fitness and calls ``callback(record)`` after each step."""
+        bar = progress(range(steps), progress_bar, desc or type(self).__name__, total=steps)
+        for _ in bar:
+            self.step(fitness_fn)
+            rec = self.history.records[-1]
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(best=f"{rec['best']:.4g}", mean=f"{rec['mean']:.4g}", refresh=False)
+            if callback is not None:
+                callback(rec)
+        return self.history
+
+    def _record(self, fitness: torch.Tensor, best: float, diversity: Optional[float]) -> None:
+        sign = -1.0 if self.maximize else 1.0
+        self.history.append(step=self.steps_done, best=sign * best, mean=sign * float(fitness.mean()),
+                            diversity=math.nan if diversity is None else diversity)

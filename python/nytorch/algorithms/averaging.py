@@ -1,0 +1,123 @@
+"""Model averaging: uniform / weighted / greedy soups of a swarm, and an EMA.
+
+>>> import torch, nytorch as nyto
+>>> from nytorch.algorithms import EMA, uniform_soup
+>>> class P(nyto.NytoModule):
+...     def __init__(self):
+...         super().__init__()
+...         self.w = torch.nn.Parameter(torch.zeros(2))
+>>> s = nyto.Swarm(P(), 4, init="zeros") + torch.arange(4.)
+>>> uniform_soup(s).w.tolist()
+[1.5, 1.5]
+>>> ema = EMA(s[0], decay=0.5); _ = ema.update(s[2]); ema.average.w.tolist()
+[1.0, 1.0]
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import ops
+from .._storage import state_of
+from ..particle import NytoModule
+from ..swarm import Swarm
+
+
+def uniform_soup(models: Union[Swarm, Sequence[NytoModule]]) -> NytoModule:
+    """The average of the particles (a new particle): ``Swarm.mean()``."""
+    return _as_swarm(models).mean()
+
+
+def weighted_soup(models: Union[Swarm, Sequence[NytoModule]], weights: Any) -> NytoModule:
+    """``sum(w_i * x_i) / sum(w_i)`` over the particles (a new particle)."""
+    return _as_swarm(models).mean(weights=torch.as_tensor(weights))
+
+
+def greedy_soup(models: Union[Swarm, Sequence[NytoModule]], score: Callable[[NytoModule], float],
+                *, maximize: bool = True) -> Tuple[NytoModule, List[int]]:
+    """Greedy soup (Wortsman et al. 2022): visit the particles from best to worst
+    individual ``score`` and keep each one whose addition to the uniform soup
+    does not make its score worse. Returns ``(soup, indices kept)``."""
+    s = _as_swarm(models)
+    scores = [float(score(p)) for p in s]
+    order = sorted(range(len(s)), key=lambda i: scores[i], reverse=maximize)
+    kept = [order[0]]
+    best = scores[order[0]]
+    for i in order[1:]:
+        trial = s.gather(kept + [i]).mean()
+        sc = float(score(trial))
+        if (sc >= best) if maximize else (sc <= best):
+            kept.append(i)
+            best = sc
+    return s.gather(kept).mean(), kept
+
+
+def _as_swarm(models) -> Swarm:
+    if isinstance(models, Swarm):
+        return models
+    return Swarm.stack(list(models))
+
+
+class EMA:
+    """Exponential moving average of a particle or a swarm:
+    ``average = decay * average + (1 - decay) * model`` per ``update(model)``,
+    one fused pass (``nytorch.ops.lerp_``) over the stacked buffers. Floating
+    buffers (BatchNorm statistics) are averaged alike unless ``buffers=False``
+    (then copied)."""
+
+    def __init__(self, model: Union[NytoModule, Swarm], decay: float = 0.999, *, buffers: bool = True) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
+        self.decay = float(decay)
+        self.buffers = buffers
+        self.average = model.clone()
+        self.updates = 0
+
+    def _tensors(self, m) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        if isinstance(m, Swarm):
+            return list(m.flats), list(m.buffers)
+        st = state_of(m)
+        return list(st.flats), list(st.buffers)
+
+    def update(self, model: Union[NytoModule, Swarm]) -> Union[NytoModule, Swarm]:
+        """Move the average towards ``model`` (same species; for a swarm, same length)."""
+        from ..swarm import _check_species
+        if isinstance(self.average, Swarm):
+            if not isinstance(model, Swarm):
+                raise TypeError("EMA.update: this EMA averages a swarm; pass a Swarm")
+            _check_species(self.average, model)
+            if len(model) != len(self.average):
+                raise ValueError(f"EMA.update: swarm of {len(model)}, expected {len(self.average)}")
+        else:
+            if not isinstance(model, NytoModule):
+                raise TypeError("EMA.update: pass a particle of the averaged species")
+            if model._nyto_species is not self.average._nyto_species:
+                raise AssertionError("EMA.update: particle of a different species")
+        af, ab = self._tensors(self.average)
+        mf, mb = self._tensors(model)
+        w = 1.0 - self.decay
+        with torch.no_grad():
+            ops.lerp_(af, mf, w)
+            for a, b in zip(ab, mb):
+                if self.buffers and a.dtype.is_floating_point:
+                    a.lerp_(b, w)
+                else:
+                    a.copy_(b)
+        self.updates += 1
+        return self.average
+
+    def state_dict(self) -> Dict[str, Any]:
+        f, b = self._tensors(self.average)
+        return {"flats": [t.clone() for t in f], "buffers": [t.clone() for t in b], "updates": self.updates,
+                "decay": self.decay}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        f, b = self._tensors(self.average)
+        if len(f) != len(state["flats"]) or any(x.shape != y.shape for x, y in zip(f, state["flats"])):
+            raise ValueError("EMA.load_state_dict: shapes differ")
+        with torch.no_grad():
+            for x, y in zip(f + b, state["flats"] + state["buffers"]):
+                x.copy_(y)
+        self.updates = int(state["updates"])
+        self.decay = float(state["decay"])

@@ -1,0 +1,157 @@
+"""An evolution strategy on a :class:`nytorch.Swarm` population (OpenAI-ES style).
+
+>>> import torch, nytorch as nyto
+>>> from nytorch.algorithms import ES
+>>> class Point(nyto.NytoModule):
+...     def __init__(self):
+...         super().__init__()
+...         self.x = torch.nn.Parameter(torch.full((5,), 3.0))
+>>> es = ES(Point(), 20, sigma=0.1, lr=0.1, seed=0)
+>>> hist = es.run(lambda s: s.dot(s), 200, progress_bar=False)   # sphere
+>>> float(es.center.x.detach().abs().max()) < 0.1
+True
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .. import ops
+from .._storage import state_of
+from ..particle import NytoModule
+from ..swarm import Swarm
+from ._base import History, SwarmOptimizer, as_fitness
+
+
+def centered_ranks(f: torch.Tensor) -> torch.Tensor:
+    """Rank-based fitness shaping: the lowest value gets +0.5, the highest -0.5,
+    evenly spaced in between (ties broken by order).
+
+    >>> centered_ranks(torch.tensor([3.0, 1.0, 2.0])).tolist()
+    [-0.5, 0.5, 0.0]
+    """
+    n = f.shape[0]
+    ranks = torch.empty_like(f)
+    ranks[torch.argsort(f)] = torch.arange(n, dtype=f.dtype, device=f.device)
+    return 0.5 - ranks / max(n - 1, 1)
+
+
+class ES(SwarmOptimizer):
+    """Gaussian evolution strategy with a search distribution N(center, sigma^2 I).
+
+    ``ask()`` samples ``popsize`` particles around the center (antithetic pairs
+    ``center + sigma*eps``, ``center - sigma*eps`` by default) into a Swarm;
+    ``tell(fitness)`` estimates the gradient of the expected (rank-shaped,
+    ``rank_shaping=True``) fitness, ``g = sum_i u_i eps_i / (popsize * sigma)``,
+    and moves the center with ``optimizer="adam"`` or ``"sgd"`` (momentum),
+    ``lr`` and ``weight_decay``. Fitness is minimized unless ``maximize``.
+
+    ``center``: the starting particle (copied; ``es.center`` is the current mean).
+    """
+
+    def __init__(self, center: NytoModule, popsize: int, *, sigma: float = 0.05, lr: float = 0.01,
+                 optimizer: str = "adam", betas: Tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
+                 eps: float = 1e-8, weight_decay: float = 0.0, antithetic: bool = True,
+                 rank_shaping: bool = True, maximize: bool = False, seed: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None, track_diversity: bool = False) -> None:
+        if not isinstance(center, NytoModule):
+            raise TypeError(f"ES: center must be a particle (NytoModule), got {type(center).__name__}")
+        if antithetic and popsize % 2:
+            raise ValueError(f"ES: antithetic sampling needs an even popsize, got {popsize}")
+        if popsize < 2:
+            raise ValueError("ES: popsize must be >= 2")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"ES: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if not sigma > 0:
+            raise ValueError("ES: sigma must be positive")
+        self.center = center.clone()
+        self.population = Swarm(self.center, popsize, init="clone")
+        flats = state_of(self.center).flats
+        dev = flats[0].device if flats else torch.device("cpu")
+        self.device = dev
+        self.popsize, self.sigma, self.lr = popsize, float(sigma), float(lr)
+        self.optimizer, self.betas, self.momentum, self.eps = optimizer, betas, momentum, eps
+        self.weight_decay = weight_decay
+        self.antithetic, self.rank_shaping, self.maximize = antithetic, rank_shaping, maximize
+        self.track_diversity = track_diversity
+        if generator is None:
+            generator = torch.Generator(device=dev)
+            generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+        self.generator = generator
+        half = popsize // 2 if antithetic else popsize
+        self.noise = [torch.empty((half, f.numel()), dtype=f.dtype, device=f.device) for f in flats]
+        self.m = [torch.zeros_like(f) for f in flats]
+        self.v = [torch.zeros_like(f) for f in flats]
+        self.steps_done = 0
+        self.best_fitness_ = float("inf")
+        self.history = History()
+
+    @property
+    def best_fitness(self) -> float:
+        """The best fitness of any sampled particle so far."""
+        return -self.best_fitness_ if self.maximize else self.best_fitness_
+
+    def ask(self) -> Swarm:
+        """A new population around the center (the same Swarm object, refilled)."""
+        ops.normal_(self.noise, generator=self.generator)
+        c = state_of(self.center).flats
+        with torch.no_grad():
+            for pop, eps, cf in zip(self.population.flats, self.noise, c):
+                h = eps.shape[0]
+                torch.add(cf, eps, alpha=self.sigma, out=pop[:h])
+                if self.antithetic:
+                    torch.sub(cf, eps, alpha=self.sigma, out=pop[h:])
+        return self.population
+
+    def tell(self, fitness: Any) -> None:
+        f = as_fitness(fitness, self.popsize, self.device, "ES.tell")
+        if self.maximize:
+            f = -f
+        u = centered_ranks(f) if self.rank_shaping else -(f - f.mean()) / (f.std() + 1e-12)
+        if self.antithetic:
+            h = self.popsize // 2
+            u = u[:h] - u[h:]
+        c = state_of(self.center).flats
+        scale = -1.0 / (self.popsize * self.sigma)  # gradient of the loss (utility ascent = loss descent)
+        self.steps_done += 1
+        t = self.steps_done
+        with torch.no_grad():
+            for cf, eps, m, v in zip(c, self.noise, self.m, self.v):
+                g = (u.to(eps.dtype) @ eps) * scale
+                if self.weight_decay:
+                    g.add_(cf, alpha=self.weight_decay)
+                if self.optimizer == "adam":
+                    b1, b2 = self.betas
+                    m.lerp_(g, 1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    denom = (v / (1 - b2 ** t)).sqrt_().add_(self.eps)
+                    cf.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
+                else:
+                    m.mul_(self.momentum).add_(g)
+                    cf.add_(m, alpha=-self.lr)
+        self.best_fitness_ = min(self.best_fitness_, float(f.min()))
+        div = self.population.diversity() if self.track_diversity else None
+        self._record(f, self.best_fitness_, div)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Center, optimizer moments, step, RNG state, history."""
+        return {"center": [t.clone() for t in state_of(self.center).flats],
+                "center_buffers": [b.clone() for b in state_of(self.center).buffers],
+                "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v],
+                "steps_done": self.steps_done, "best_fitness": self.best_fitness_,
+                "rng": self.generator.get_state(), "history": self.history.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        c = state_of(self.center)
+        for name, mine in (("center", c.flats), ("m", self.m), ("v", self.v)):
+            if len(state[name]) != len(mine) or any(a.shape != b.shape for a, b in zip(mine, state[name])):
+                raise ValueError(f"ES.load_state_dict: {name} has other shapes than this optimizer's")
+        with torch.no_grad():
+            for a, b in zip(list(c.flats) + self.m + self.v + list(c.buffers),
+                            state["center"] + state["m"] + state["v"] + state["center_buffers"]):
+                a.copy_(b)
+        self.steps_done = int(state["steps_done"])
+        self.best_fitness_ = float(state["best_fitness"])
+        self.generator.set_state(state["rng"])
+        self.history.load_state_dict(state["history"])

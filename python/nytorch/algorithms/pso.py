@@ -1,0 +1,208 @@
+"""Particle swarm optimization on a :class:`nytorch.Swarm`.
+
+>>> import torch, nytorch as nyto
+>>> from nytorch.algorithms import PSO
+>>> class Point(nyto.NytoModule):
+...     def __init__(self):
+...         super().__init__()
+...         self.x = torch.nn.Parameter(torch.zeros(5))
+>>> _ = torch.manual_seed(0)
+>>> swarm = nyto.Swarm(Point(), 32, init="randn") * 3
+>>> pso = PSO(swarm, seed=0)
+>>> hist = pso.run(lambda s: s.dot(s), 150, progress_bar=False)   # sphere
+>>> pso.best_fitness < 1e-3
+True
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+
+from .. import ops
+from ..particle import NytoModule
+from ..swarm import Swarm
+from ._base import History, SwarmOptimizer, as_fitness
+
+Schedule = Union[float, Callable[[int], float]]
+
+
+def _value(s: Schedule, step: int) -> float:
+    return float(s(step)) if callable(s) else float(s)
+
+
+class PSO(SwarmOptimizer):
+    """Particle swarm optimization (minimizes fitness unless ``maximize``).
+
+    Per step, for every particle i and element d (``r1``, ``r2`` uniform in [0, 1)):
+
+        v = w*v + c1*r1*(pbest_i - x) + c2*r2*(best of i's neighbourhood - x)
+        v = clamp(v, -vmax, vmax);  x = x + v
+
+    ``inertia`` (w), ``cognitive`` (c1), ``social`` (c2): numbers or functions of
+    the step. ``topology``: ``"global"`` (every particle follows the swarm's best)
+    or ``"ring"`` (the best of the ``neighbors`` particles on each side).
+    ``velocity_scale``: initial velocities N(0, scale^2) (0: start at rest).
+    ``seed`` / ``generator``: the optimizer's own random stream (saved in
+    ``state_dict``, so a resumed run is bitwise the same).
+
+    The swarm is updated in place: ``ask()`` returns it, ``tell(fitness)``
+    (a [N] tensor for the positions ``ask`` returned) moves it. The update is
+    the fused ``nytorch.ops.pso_velocity_`` over the stacked rows (personal and
+    neighbourhood bests are passed as row views: no copies), then ``x += v``.
+    """
+
+    def __init__(self, swarm: Swarm, *, inertia: Schedule = 0.7298, cognitive: Schedule = 1.49618,
+                 social: Schedule = 1.49618, vmax: Optional[float] = None, topology: str = "global",
+                 neighbors: int = 1, velocity_scale: float = 0.0, maximize: bool = False,
+                 seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 track_diversity: bool = True) -> None:
+        if not isinstance(swarm, Swarm):
+            raise TypeError(f"PSO: swarm must be a nytorch.Swarm, got {type(swarm).__name__}")
+        if topology not in ("global", "ring"):
+            raise ValueError(f"PSO: topology must be 'global' or 'ring', got {topology!r}")
+        if topology == "ring" and not 1 <= neighbors:
+            raise ValueError("PSO: neighbors must be >= 1")
+        if vmax is not None and not vmax > 0:
+            raise ValueError("PSO: vmax must be positive")
+        if any(not f.is_contiguous() for f in swarm.flats):
+            raise ValueError("PSO: the swarm's flats must be contiguous (use swarm.clone())")
+        self.swarm = swarm
+        self.inertia, self.cognitive, self.social = inertia, cognitive, social
+        self.vmax = vmax
+        self.topology = topology
+        self.neighbors = neighbors
+        self.maximize = maximize
+        self.track_diversity = track_diversity
+        dev = swarm.flats[0].device if swarm.flats else torch.device("cpu")
+        self.device = dev
+        if generator is None:
+            generator = torch.Generator(device=dev)
+            generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+        self.generator = generator
+        n = len(swarm)
+        self.velocity = [torch.zeros_like(f) for f in swarm.flats]
+        if velocity_scale:
+            ops.normal_(self.velocity, 0.0, float(velocity_scale), generator=generator)
+        self.pbest = [f.clone() for f in swarm.flats]
+        self.pbest_fitness = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+        self.gbest = [f[0].clone() for f in swarm.flats]
+        self.gbest_fitness = torch.full((), float("inf"), dtype=torch.float64, device=dev)
+        self._r = [[torch.empty_like(f) for f in swarm.flats] for _ in range(2)]
+        self.steps_done = 0
+        self.history = History()
+        self._rows_cache: Optional[List] = None
+
+    # -- results ----------------------------------------------------------------
+    @property
+    def best_fitness(self) -> float:
+        """The best fitness seen so far."""
+        f = float(self.gbest_fitness)
+        return -f if self.maximize else f
+
+    @property
+    def best(self) -> NytoModule:
+        """A new particle holding the best position seen so far."""
+        p = self.swarm.template.clone()
+        from .._storage import state_of
+        with torch.no_grad():
+            for dst, src in zip(state_of(p).flats, self.gbest):
+                dst.copy_(src)
+        return p
+
+    # -- ask / tell ---------------------------------------------------------------
+    def ask(self) -> Swarm:
+        """The positions to evaluate next (the swarm itself)."""
+        return self.swarm
+
+    def tell(self, fitness: Any) -> None:
+        """Update personal/neighbourhood bests with ``fitness`` of the current
+        positions, then velocities and positions."""
+        f = as_fitness(fitness, len(self.swarm), self.device, "PSO.tell")
+        if self.maximize:
+            f = -f
+        self._update_bests(f)
+        step = self.steps_done
+        self._move(_value(self.inertia, step), _value(self.cognitive, step), _value(self.social, step))
+        self.steps_done += 1
+        div = self.swarm.diversity() if self.track_diversity else None
+        self._record(f, float(self.gbest_fitness), div)
+
+    def _update_bests(self, f: torch.Tensor) -> None:
+        improved = f < self.pbest_fitness
+        idx = improved.nonzero().squeeze(1)
+        if idx.numel():
+            for p, x in zip(self.pbest, self.swarm.flats):
+                p.index_copy_(0, idx, x.index_select(0, idx))
+            self.pbest_fitness = torch.where(improved, f, self.pbest_fitness)
+        i = torch.argmin(self.pbest_fitness)
+        better = self.pbest_fitness[i] < self.gbest_fitness
+        for g, p in zip(self.gbest, self.pbest):
+            torch.where(better, p[i], g, out=g)
+        self.gbest_fitness = torch.where(better, self.pbest_fitness[i], self.gbest_fitness)
+
+    def _rows(self):
+        """Row views of x, v, pbest, r1, r2 per group (built once)."""
+        if self._rows_cache is None:
+            self._rows_cache = [
+                (list(x.unbind(0)), list(v.unbind(0)), list(p.unbind(0)), list(r1.unbind(0)), list(r2.unbind(0)))
+                for x, v, p, r1, r2 in zip(self.swarm.flats, self.velocity, self.pbest, *self._r)]
+        return self._rows_cache
+
+    def neighborhood_best(self) -> torch.Tensor:
+        """Index of each particle's neighbourhood best (ring topology): [N]."""
+        n = len(self.swarm)
+        k = min(self.neighbors, (n - 1) // 2) if n > 2 else 0
+        offs = torch.arange(-k, k + 1, device=self.device)
+        window = (torch.arange(n, device=self.device)[:, None] + offs) % n
+        j = torch.argmin(self.pbest_fitness[window], dim=1)
+        return window.gather(1, j[:, None]).squeeze(1)
+
+    def _move(self, w: float, c1: float, c2: float) -> None:
+        ops.uniform_(self._r[0] + self._r[1], generator=self.generator)
+        rows = self._rows()
+        if self.topology == "ring":
+            nb = self.neighborhood_best().tolist()
+        for g, (xr, vr, pr, r1r, r2r) in enumerate(rows):
+            if self.topology == "global":
+                best = [self.gbest[g]] * len(xr)
+            else:
+                best = [pr[j] for j in nb]
+            ops.pso_velocity_(vr, xr, pr, best, r1r, r2r, w, c1, c2)
+        if self.vmax is not None:
+            for v in self.velocity:
+                v.clamp_(-self.vmax, self.vmax)
+        ops.add_(self.swarm.flats, self.velocity)
+
+    # -- checkpoints --------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Positions, velocities, personal/global bests, step, RNG state, history."""
+        return {
+            "swarm": {k: [t.clone() for t in v] if isinstance(v, list) else v
+                      for k, v in self.swarm.state_dict().items()},
+            "velocity": [t.clone() for t in self.velocity],
+            "pbest": [t.clone() for t in self.pbest],
+            "pbest_fitness": self.pbest_fitness.clone(),
+            "gbest": [t.clone() for t in self.gbest],
+            "gbest_fitness": self.gbest_fitness.clone(),
+            "steps_done": self.steps_done,
+            "rng": self.generator.get_state(),
+            "history": self.history.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output in place (same species/shape swarm)."""
+        for name in ("velocity", "pbest", "gbest"):
+            mine, theirs = getattr(self, name), state[name]
+            if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+                raise ValueError(f"PSO.load_state_dict: {name} has other shapes than this optimizer's")
+        self.swarm.load_state_dict(state["swarm"])
+        with torch.no_grad():
+            for name in ("velocity", "pbest", "gbest"):
+                for a, b in zip(getattr(self, name), state[name]):
+                    a.copy_(b)
+        self.pbest_fitness = state["pbest_fitness"].to(self.device).clone()
+        self.gbest_fitness = state["gbest_fitness"].to(self.device).clone()
+        self.steps_done = int(state["steps_done"])
+        self.generator.set_state(state["rng"])
+        self.history.load_state_dict(state["history"])
