@@ -14,7 +14,8 @@ from . import _C  # noqa: E402  (registers the torch.ops.nytorch ops)
 from . import ops  # noqa: E402
 from .particle import NytoModule, Species  # noqa: E402
 from .swarm import Swarm  # noqa: E402
+from . import algorithms  # noqa: E402
 
 __version__ = "2.0.0.dev0"
 __all__ = ["NytoModule", "Species", "ops"]
-__all__ += ["Swarm"]
+__all__ += ["Swarm", "algorithms"]
