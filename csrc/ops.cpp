@@ -247,6 +247,9 @@ TORCH_LIBRARY(nytorch, m) {
   m.def("normal_(Tensor(a!)[] self, float mean=0., float std=1., *, Generator? generator=None) -> ()");
   m.def("uniform(Tensor[] self, float low=0., float high=1., *, Generator? generator=None) -> Tensor[]");
   m.def("uniform_(Tensor(a!)[] self, float low=0., float high=1., *, Generator? generator=None) -> ()");
+  // nytorch.fuse (csrc/fuse/): run an expression program; tensors group-major.
+  m.def("fused(int[] program, float[] numbers, Tensor[] inputs, int seed, int offset=0) -> Tensor[]");
+  m.def("fused_(int[] program, float[] numbers, Tensor[] inputs, Tensor(a!)[] out, int seed, int offset=0) -> ()");
 }
 
 // ---------------------------------------------------------------------------

@@ -457,10 +457,16 @@ PyObject* py_has_cuda(PyObject*, PyObject*) {
 
 }  // namespace nyto::py
 
+namespace nyto::py {
+PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
+}
+
 namespace {
 using namespace nyto::py;
 
 PyMethodDef methods[] = {
+    {"fuse_run", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_run)), METH_FASTCALL,
+     "fuse_run(program, numbers, inputs, outs, seed, offset): run a nytorch.fuse program."},
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
     {"apply_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply_eager)), METH_FASTCALL,

@@ -1,0 +1,332 @@
+// nytorch.fuse front end: program decoding and checks, operand checks, seed,
+// dispatch per (device, dtype) group, and the torch.ops.nytorch.fused /
+// fused_ kernels (schemas in csrc/ops.cpp's TORCH_LIBRARY block).
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include "fuse/program.h"
+
+namespace nyto {
+const char* cpu_kernel_isa();
+}
+
+namespace nyto::fuse {
+namespace DEFAULT { void run_group(const Program& p, const GroupJob& job); }
+namespace AVX2 { void run_group(const Program& p, const GroupJob& job); }
+
+namespace {
+Runner cuda_runner = nullptr;
+
+// The same instruction-set choice as the op library (csrc/cpu/dispatch.cpp),
+// made on first use (static initialization order across files is unspecified).
+Runner cpu_runner() {
+  static const Runner r = std::strcmp(nyto::cpu_kernel_isa(), "AVX2") == 0 ? &AVX2::run_group : &DEFAULT::run_group;
+  return r;
+}
+
+constexpr const char* kNames[] = {
+    "load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
+    "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
+    "where", "lerp", "fma"};
+static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(FOp::NumOps));
+
+// Python number semantics, in double, for scalar instructions.
+double scalar_op(FOp op, double a, double b, double c) {
+  switch (op) {
+    case FOp::Neg: return -a;
+    case FOp::Pos: return a;
+    case FOp::Abs: return std::fabs(a);
+    case FOp::Sqrt: return std::sqrt(a);
+    case FOp::Exp: return std::exp(a);
+    case FOp::Log: return std::log(a);
+    case FOp::Sign: return static_cast<double>((0 < a) - (a < 0));
+    case FOp::Add: return a + b;
+    case FOp::Sub: return a - b;
+    case FOp::Mul: return a * b;
+    case FOp::Div: return a / b;
+    case FOp::Pow: return std::pow(a, b);
+    case FOp::Min: return (std::isnan(a) || std::isnan(b)) ? NAN : (a < b ? a : b);
+    case FOp::Max: return (std::isnan(a) || std::isnan(b)) ? NAN : (a > b ? a : b);
+    case FOp::Lt: return a < b;
+    case FOp::Le: return a <= b;
+    case FOp::Gt: return a > b;
+    case FOp::Ge: return a >= b;
+    case FOp::Eq: return a == b;
+    case FOp::Ne: return a != b;
+    case FOp::Where: return a != 0 ? b : c;
+    case FOp::Lerp: return std::fabs(c) < 0.5 ? std::fma(c, b - a, a) : std::fma(c - 1, b - a, b);
+    case FOp::Fma: return std::fma(a, b, c);
+    default: TORCH_CHECK(false, "nytorch.fuse: ", kNames[static_cast<int>(op)], " has no scalar form");
+  }
+}
+
+bool fast_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+}  // namespace
+
+int arity(FOp op) {
+  switch (op) {
+    case FOp::Load: case FOp::Rand: case FOp::Randn: return 0;
+    case FOp::Store: case FOp::Neg: case FOp::Pos: case FOp::Abs: case FOp::Sqrt: case FOp::Exp:
+    case FOp::Log: case FOp::Sign: return 1;
+    case FOp::Where: case FOp::Lerp: case FOp::Fma: return 3;
+    default: return 2;
+  }
+}
+
+const char* fop_name(FOp op) {
+  const int i = static_cast<int>(op);
+  return i >= 0 && i < static_cast<int>(FOp::NumOps) ? kNames[i] : "?";
+}
+
+void set_cuda_runner(Runner r) { cuda_runner = r; }
+
+Program decode(const int32_t* w, size_t n_words, const std::vector<double>& consts) {
+  TORCH_CHECK(n_words >= static_cast<size_t>(kHeader) && w[0] == kMagic,
+              "nytorch.fuse: not a fuse program (bad header); build programs with nytorch.fuse");
+  Program p;
+  p.n_in = w[1];
+  p.n_out = w[2];
+  p.n_vreg = w[3];
+  p.n_sreg = w[4];
+  const int n_instr = w[5];
+  TORCH_CHECK(p.n_in >= 1 && p.n_out >= 1 && p.n_vreg >= 0 && p.n_sreg >= 0 && n_instr >= 0 &&
+                  n_words == static_cast<size_t>(kHeader) + static_cast<size_t>(n_instr) * kWords,
+              "nytorch.fuse: malformed program header (", p.n_in, " inputs, ", p.n_out, " outputs, ",
+              n_instr, " instructions in ", n_words, " words)");
+  const int n_consts = static_cast<int>(consts.size());
+  TORCH_CHECK(n_consts <= p.n_sreg, "nytorch.fuse: ", n_consts, " numbers given, the program has ",
+              p.n_sreg, " scalar slots");
+  p.sval.assign(p.n_sreg, 0.0);
+  p.s_used.assign(p.n_sreg, 0);
+  std::vector<char> s_def(p.n_sreg, 0), v_def(p.n_vreg, 0), stored(p.n_out, 0);
+  for (int s = 0; s < n_consts; ++s) {
+    p.sval[s] = consts[s];
+    s_def[s] = 1;
+  }
+  bool storing = false;
+  for (int i = 0; i < n_instr; ++i) {
+    Instr ins;
+    std::memcpy(&ins, w + kHeader + i * kWords, sizeof(Instr));
+    TORCH_CHECK(ins.op >= 0 && ins.op < static_cast<int>(FOp::NumOps), "nytorch.fuse: instruction ", i,
+                ": unknown op code ", ins.op);
+    const FOp op = static_cast<FOp>(ins.op);
+    const int na = arity(op);
+    const int32_t opnd[3] = {ins.a, ins.b, ins.c};
+    bool all_scalar = true;
+    for (int k = 0; k < na; ++k) {
+      const int32_t o = opnd[k];
+      if (o >= 0) {
+        TORCH_CHECK(o < p.n_vreg && v_def[o], "nytorch.fuse: instruction ", i, " (", kNames[ins.op],
+                    ") reads undefined register ", o);
+        all_scalar = false;
+      } else {
+        TORCH_CHECK(-1 - o < p.n_sreg && s_def[-1 - o], "nytorch.fuse: instruction ", i, " (",
+                    kNames[ins.op], ") reads undefined scalar slot ", -1 - o);
+      }
+    }
+    if (op == FOp::Store) {
+      TORCH_CHECK(ins.dst >= 0 && ins.dst < p.n_out && !stored[ins.dst], "nytorch.fuse: instruction ", i,
+                  ": output ", ins.dst, " out of range or stored twice");
+      stored[ins.dst] = 1;
+      storing = true;
+      if (ins.a < 0) p.s_used[-1 - ins.a] = 1;
+      p.vec.push_back(ins);
+      continue;
+    }
+    TORCH_CHECK(!storing, "nytorch.fuse: instruction ", i, " (", kNames[ins.op], ") follows a store");
+    if (ins.dst < 0) {  // scalar instruction
+      const int s = -1 - ins.dst;
+      TORCH_CHECK(na > 0 && all_scalar && s >= n_consts && s < p.n_sreg, "nytorch.fuse: instruction ", i,
+                  " (", kNames[ins.op], ") is not a valid scalar instruction");
+      double v[3] = {0, 0, 0};
+      for (int k = 0; k < na; ++k) v[k] = p.sval[-1 - opnd[k]];
+      p.sval[s] = scalar_op(op, v[0], v[1], v[2]);
+      s_def[s] = 1;
+      continue;
+    }
+    TORCH_CHECK(ins.dst < p.n_vreg, "nytorch.fuse: instruction ", i, ": register ", ins.dst, " out of range");
+    if (op == FOp::Load) {
+      TORCH_CHECK(ins.a >= 0 && ins.a < p.n_in, "nytorch.fuse: instruction ", i, ": input ", ins.a,
+                  " out of range");
+    } else if (op == FOp::Rand || op == FOp::Randn) {
+      TORCH_CHECK(ins.a >= 0, "nytorch.fuse: instruction ", i, ": bad random stream ", ins.a);
+      p.has_rand = true;
+    } else {
+      for (int k = 0; k < na; ++k) {
+        if (opnd[k] < 0 && !(op == FOp::Pow && k == 1 && opnd[0] >= 0)) p.s_used[-1 - opnd[k]] = 1;
+      }
+    }
+    v_def[ins.dst] = 1;
+    p.vec.push_back(ins);
+  }
+  for (int j = 0; j < p.n_out; ++j) {
+    TORCH_CHECK(stored[j], "nytorch.fuse: output ", j, " is never stored");
+  }
+  return p;
+}
+
+std::vector<std::vector<at::Tensor>> run(
+    const int32_t* words, size_t n_words, const std::vector<double>& consts,
+    const std::vector<std::vector<at::Tensor>>& ins, std::vector<std::vector<at::Tensor>> outs,
+    int64_t seed, int64_t offset) {
+  const Program p = decode(words, n_words, consts);
+  TORCH_CHECK(static_cast<int>(ins.size()) == p.n_in, "nytorch.fuse: the program takes ", p.n_in,
+              " inputs, got ", ins.size());
+  const size_t ng = ins[0].size();
+  TORCH_CHECK(ng >= 1, "nytorch.fuse: inputs have no buffers");
+  for (size_t k = 0; k < ins.size(); ++k) {
+    TORCH_CHECK(ins[k].size() == ng, "nytorch.fuse: input ", k, " has ", ins[k].size(),
+                " buffers (groups), input 0 has ", ng);
+  }
+  const bool alloc = outs.empty();
+  if (!alloc) {
+    TORCH_CHECK(static_cast<int>(outs.size()) == p.n_out, "nytorch.fuse: the program has ", p.n_out,
+                " outputs, got ", outs.size(), " output lists");
+    for (size_t j = 0; j < outs.size(); ++j) {
+      TORCH_CHECK(outs[j].size() == ng, "nytorch.fuse: output ", j, " has ", outs[j].size(),
+                  " buffers (groups), the inputs have ", ng);
+    }
+  }
+  TORCH_CHECK(offset >= 0, "nytorch.fuse: offset must be >= 0, got ", offset);
+  // Check everything before writing anything.
+  for (size_t g = 0; g < ng; ++g) {
+    const at::Tensor& ref = ins[0][g];
+    auto check = [&](const at::Tensor& t, const char* what, size_t k) {
+      TORCH_CHECK(t.defined(), "nytorch.fuse: ", what, " ", k, " of group ", g, " is undefined");
+      TORCH_CHECK(fast_dtype(t.scalar_type()), "nytorch.fuse: ", what, " ", k, " of group ", g, " has dtype ",
+                  t.scalar_type(), "; fuse supports float32, float64, bfloat16 and float16");
+      TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "nytorch.fuse: dtype mismatch in group ", g, ": ",
+                  what, " ", k, " is ", t.scalar_type(), ", input 0 is ", ref.scalar_type());
+      TORCH_CHECK(t.device() == ref.device(), "nytorch.fuse: device mismatch in group ", g, ": ", what, " ",
+                  k, " is on ", t.device(), ", input 0 is on ", ref.device());
+      TORCH_CHECK(t.numel() == ref.numel(), "nytorch.fuse: size mismatch in group ", g, ": ", what, " ", k,
+                  " has ", t.numel(), " elements, input 0 has ", ref.numel());
+      TORCH_CHECK(t.is_contiguous() && !t.is_neg() && !t.is_conj(), "nytorch.fuse: ", what, " ", k,
+                  " of group ", g, " is not contiguous");
+    };
+    for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], "input", k);
+    const auto dev = ref.device().type();
+    TORCH_CHECK(dev == at::kCPU || (dev == at::kCUDA && cuda_runner), "nytorch.fuse: no kernel for device ",
+                ref.device(), dev == at::kCUDA ? " (nytorch was built without CUDA)" : "");
+    if (alloc) continue;
+    for (size_t j = 0; j < outs.size(); ++j) {
+      const at::Tensor& o = outs[j][g];
+      check(o, "output", j);
+      TORCH_CHECK(at::has_internal_overlap(o) != at::MemOverlap::Yes, "nytorch.fuse: output ", j,
+                  " of group ", g, " has internal overlap");
+      for (size_t k = 0; k < ins.size(); ++k) {
+        const auto st = at::get_overlap_status(o, ins[k][g]);
+        TORCH_CHECK(st != at::MemOverlapStatus::Partial, "nytorch.fuse: output ", j, " and input ", k,
+                    " of group ", g, " partially overlap (an output may only be an input itself)");
+      }
+      for (size_t j2 = 0; j2 < j; ++j2) {
+        TORCH_CHECK(at::get_overlap_status(o, outs[j2][g]) == at::MemOverlapStatus::No, "nytorch.fuse: outputs ",
+                    j2, " and ", j, " of group ", g, " overlap");
+      }
+    }
+  }
+  if (alloc) {
+    outs.assign(p.n_out, std::vector<at::Tensor>(ng));
+    for (int j = 0; j < p.n_out; ++j) {
+      for (size_t g = 0; g < ng; ++g) outs[j][g] = at::empty_like(ins[0][g], at::MemoryFormat::Contiguous);
+    }
+  }
+  uint64_t key = static_cast<uint64_t>(seed);
+  if (p.has_rand && seed < 0) {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    key = gen.get<at::CPUGeneratorImpl>()->random64();
+  }
+  for (size_t g = 0; g < ng; ++g) {
+    GroupJob job;
+    job.dtype = ins[0][g].scalar_type();
+    job.n = ins[0][g].numel();
+    if (job.n == 0) continue;
+    job.seed = key;
+    job.offset = static_cast<uint64_t>(offset);
+    job.group = static_cast<uint32_t>(g);
+    job.device_index = ins[0][g].device().index();
+    job.in.resize(p.n_in);
+    job.in_is_out.assign(p.n_in, 0);
+    job.out.resize(p.n_out);
+    for (int j = 0; j < p.n_out; ++j) job.out[j] = outs[j][g].data_ptr();
+    for (int k = 0; k < p.n_in; ++k) {
+      job.in[k] = ins[k][g].const_data_ptr();
+      for (int j = 0; j < p.n_out; ++j) job.in_is_out[k] |= job.out[j] == job.in[k];
+    }
+    if (ins[0][g].device().is_cpu()) cpu_runner()(p, job);
+    else cuda_runner(p, job);
+  }
+  if (!alloc) {
+    for (const auto& l : outs) {
+      for (const auto& t : l) {
+        if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+      }
+    }
+  }
+  return outs;
+}
+
+namespace {
+// torch.ops.nytorch.fused / fused_: inputs and outputs are flattened
+// group-major (inputs[g * n_in + k]); the seed is explicit (functional op).
+std::vector<std::vector<at::Tensor>> split(at::TensorList flat, int per, const char* what) {
+  TORCH_CHECK(per > 0 && flat.size() % per == 0, "nytorch.fused: ", flat.size(), " ", what,
+              " tensors are not a whole number of groups of ", per);
+  const size_t ng = flat.size() / per;
+  std::vector<std::vector<at::Tensor>> out(per, std::vector<at::Tensor>(ng));
+  for (size_t g = 0; g < ng; ++g) {
+    for (int k = 0; k < per; ++k) out[k][g] = flat[g * per + k];
+  }
+  return out;
+}
+
+std::vector<int32_t> words_of(c10::IntArrayRef program) {
+  std::vector<int32_t> w(program.begin(), program.end());
+  return w;
+}
+
+int header(const std::vector<int32_t>& w, int i) {
+  TORCH_CHECK(w.size() >= static_cast<size_t>(kHeader) && w[0] == kMagic, "nytorch.fused: not a fuse program");
+  return w[i];
+}
+
+std::vector<at::Tensor> fused(c10::IntArrayRef program, c10::ArrayRef<double> consts, at::TensorList inputs,
+                              int64_t seed, int64_t offset) {
+  const auto w = words_of(program);
+  auto outs = run(w.data(), w.size(), std::vector<double>(consts.begin(), consts.end()),
+                  split(inputs, header(w, 1), "input"), {}, seed, offset);
+  std::vector<at::Tensor> flat;
+  const size_t ng = outs.empty() ? 0 : outs[0].size();
+  for (size_t g = 0; g < ng; ++g) {
+    for (auto& o : outs) flat.push_back(o[g]);
+  }
+  return flat;
+}
+
+void fused_(c10::IntArrayRef program, c10::ArrayRef<double> consts, at::TensorList inputs, at::TensorList out,
+            int64_t seed, int64_t offset) {
+  const auto w = words_of(program);
+  run(w.data(), w.size(), std::vector<double>(consts.begin(), consts.end()),
+      split(inputs, header(w, 1), "input"), split(out, header(w, 2), "output"), seed, offset);
+}
+}  // namespace
+
+}  // namespace nyto::fuse
+
+TORCH_LIBRARY_IMPL(nytorch, CPU, m) {
+  m.impl("fused", &nyto::fuse::fused);
+  m.impl("fused_", &nyto::fuse::fused_);
+}
+#ifdef NYTO_WITH_CUDA
+TORCH_LIBRARY_IMPL(nytorch, CUDA, m) {
+  m.impl("fused", &nyto::fuse::fused);
+  m.impl("fused_", &nyto::fuse::fused_);
+}
+#endif

@@ -1,0 +1,78 @@
+// nytorch.fuse: the expression program (bytecode) and the per-group job that
+// the CPU block interpreter (cpu_interp.cpp, per ISA) and the CUDA kernel
+// (fuse_cuda.cu) execute. python/nytorch/_fuse_program.py writes programs.
+//
+// Program layout (int32 words): a header {kMagic, n_in, n_out, n_vreg, n_sreg,
+// n_instr} and n_instr instructions of 5 words {op, dst, a, b, c}.
+// Operands: r >= 0 is vector register r (one value per element), r < 0 is
+// scalar slot -1-r (one value per call). Scalar slots [0, n_consts) hold the
+// call's numbers; an instruction with dst < 0 is a scalar instruction, run
+// once per call in double precision (Python number semantics) before the
+// element loop. Vector instructions compute in op-math precision M (float for
+// float32/bfloat16/float16, double for float64). All STOREs come last.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <cstdint>
+#include <vector>
+
+namespace nyto::fuse {
+
+constexpr int32_t kMagic = 0x4E590001;  // "NY", program format 1
+constexpr int kHeader = 6;
+constexpr int kWords = 5;
+
+// Append only: python/nytorch/_fuse_program.py mirrors this order.
+enum class FOp : int32_t {
+  Load, Store, Rand, Randn,
+  Neg, Pos, Abs, Sqrt, Exp, Log, Sign,
+  Add, Sub, Mul, Div, Pow, Min, Max, Lt, Le, Gt, Ge, Eq, Ne,
+  Where, Lerp, Fma,
+  NumOps
+};
+
+struct Instr {
+  int32_t op, dst, a, b, c;
+};
+
+int arity(FOp op);              // operands read (Load/Rand: 0 registers)
+const char* fop_name(FOp op);
+
+// A checked program with its scalar slots evaluated for one call.
+struct Program {
+  int n_in = 0, n_out = 0, n_vreg = 0, n_sreg = 0;
+  std::vector<Instr> vec;       // vector instructions (loads, math, rand, stores)
+  std::vector<double> sval;     // every scalar slot's value
+  std::vector<char> s_used;     // scalar slots read by vector instructions
+  bool has_rand = false;
+};
+
+// Checks `words` (raising a clear error) and evaluates the scalar slots.
+Program decode(const int32_t* words, size_t n_words, const std::vector<double>& consts);
+
+// One (device, dtype) group: every operand is a contiguous range of n elements.
+struct GroupJob {
+  at::ScalarType dtype;
+  int64_t n = 0;
+  std::vector<const void*> in;
+  std::vector<void*> out;
+  std::vector<char> in_is_out;  // input k is also an output: never read it in place
+  uint64_t seed = 0;            // Philox key
+  uint64_t offset = 0;          // added to the element index (random counters)
+  uint32_t group = 0;           // group index (random counters)
+  c10::DeviceIndex device_index = -1;
+};
+
+void run_cpu(const Program& p, const GroupJob& job);
+using Runner = void (*)(const Program&, const GroupJob&);
+void set_cuda_runner(Runner r);
+
+// The front end: checks every operand (raising before anything is written),
+// allocates missing outputs, draws the seed (seed < 0: from torch's default
+// CPU generator), runs each group. ins[k][g]: input k of group g;
+// outs[j][g]: output j of group g (empty: allocated like ins[0][g]).
+std::vector<std::vector<at::Tensor>> run(
+    const int32_t* words, size_t n_words, const std::vector<double>& consts,
+    const std::vector<std::vector<at::Tensor>>& ins, std::vector<std::vector<at::Tensor>> outs,
+    int64_t seed, int64_t offset);
+
+}  // namespace nyto::fuse

@@ -1,0 +1,443 @@
+"""``nytorch.fuse``: a whole particle update in one pass over memory.
+
+``step = nyto.fuse(fn)`` (or ``@nyto.fuse``) traces ``fn`` -- a function of
+particles and numbers -- once, compiles its elementwise expression DAG to a
+small program, and runs every later call as ONE kernel over the particles'
+flat buffers: each input element read once, each output written once,
+intermediates in registers / L1-sized blocks, random numbers generated in
+the kernel.
+
+>>> import torch, nytorch as nyto
+>>> class P(nyto.NytoModule):
+...     def __init__(self):
+...         super().__init__()
+...         self.w = torch.nn.Parameter(torch.ones(3)); self.b = torch.nn.Parameter(torch.zeros(2))
+>>> x, v, best = P(), P(), P()
+>>> v, best = v.clone_from(x) * 0, (x.clone() + 1)
+>>> @nyto.fuse
+... def pso(x, v, g, w, c):
+...     v = w * v + c * nyto.rand_like(x) * (g - x)
+...     return x + v, v
+>>> _ = torch.manual_seed(0)
+>>> new_x, new_v = pso(x, v, best, 0.7, 1.5)                # two new particles
+>>> _ = pso(x, v, best, 0.5, 1.5, out=(x, v))              # in place; new numbers: no retrace
+>>> pso.traces
+1
+
+Calling contract (also for ``nytorch.Swarm`` and other users of flat buffers)
+-----------------------------------------------------------------------------
+High level: ``Fused.__call__(*args, out=None)``. Positional ``args`` are
+particles (``NytoModule`` of ONE species, with compatible layouts) and real
+numbers (``int``/``float``/``bool``/0-dim tensors; their values are passed at
+run time: changing them never retraces). ``out``: ``None`` (new particles,
+one per output), or a particle / tuple of particles of the same species (one
+per output) written in place -- they may be arguments themselves (aliasing is
+correct: every element is read before it is written). Returns the output
+particle(s): a single value when ``fn`` returned one value, else a tuple.
+A program is traced once per (pattern of particle/number arguments, species);
+``Fused.traces`` counts traces.
+
+Low level, on any flat buffers (no particles involved)::
+
+    prog = nytorch.fuse.program(fn, "ppn")          # 'p': buffer argument, 'n': number
+    outs = nytorch.fuse.run_flat(prog, inputs, numbers, out=None, seed=None, offset=0)
+
+- ``inputs``: one entry per 'p' argument, in argument order; each entry is a
+  list of tensors, one per *group* (e.g. one per (device, dtype) of a
+  particle, ``state.flats``). Within a group every input and output has the
+  same dtype (float32, float64, bfloat16, float16), the same device and the
+  same numel, and is contiguous (any shape: a stacked ``[N, numel]`` buffer is
+  fine). Groups are independent (one kernel each).
+- ``numbers``: one real number per 'n' argument, in argument order.
+- ``out``: ``None`` (new tensors, returned as ``outs[output][group]``) or
+  ``outs[output][group]`` tensors written in place; an output may be one of
+  the inputs itself (same tensor), but may not partially overlap one.
+- ``seed``: the Philox key of ``rand_like``/``randn_like``; ``None`` draws one
+  from torch's default CPU generator per call (``torch.manual_seed``
+  reproduces runs). ``offset``: added to the element index of the random
+  counters, so a caller that splits one logical buffer into chunks gets the
+  same numbers as one call over the whole buffer.
+- Random streams: element ``e`` (index within its group's buffer, plus
+  ``offset``) of the ``k``-th random call in ``fn`` (trace order) in group
+  ``g`` uses Philox4x32-10 with key = seed and counter =
+  (e >> 2 (float math) or e >> 1 (float64), stream k, group g): independent
+  of threads, block sizes and device (CPU and CUDA draw the same uniforms).
+- Not supported (yet): broadcasting a buffer against a bigger one (e.g. one
+  particle against a stacked swarm): expand it first.
+
+Errors: an unsupported operation raises :class:`FuseError` (a TypeError)
+while tracing, naming it; mismatched species raise AssertionError (like
+particle arithmetic); bad buffers raise RuntimeError before anything is
+written (operands unchanged).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _C
+from ._fuse_program import OPS, Program, compile_nodes
+from ._fuse_trace import FuseError, Node, apply, clamp as _clamp, lift, random_node, scalar_eval
+from ._storage import state_of
+from .particle import NytoModule, _number, _same_species
+
+__all__ = ["fuse", "Fused", "FuseError", "Program", "program", "run_flat", "rand_like", "randn_like",
+           "where", "clamp", "minimum", "maximum", "lerp", "fma", "sqrt", "exp", "log", "sign", "abs"]
+
+_fuse_run = _C.fuse_run
+_MAX_CACHE = 64
+
+
+# ---------------------------------------------------------------------------
+# Tracing and compiling
+def _trace(fn: Callable, kinds: str) -> Program:
+    args = []
+    n_in = n_num = 0
+    for k in kinds:
+        if k == "p":
+            args.append(Node("in", (), n_in, False))
+            n_in += 1
+        elif k == "n":
+            args.append(Node("num", (), n_num, True))
+            n_num += 1
+        else:
+            raise ValueError(f"nytorch.fuse: argument kinds are 'p' (buffer/particle) or 'n' (number), got {k!r}")
+    res = fn(*args)
+    single = not isinstance(res, (tuple, list))
+    outs = [res] if single else list(res)
+    if not outs:
+        raise FuseError("nytorch.fuse: the function returned no values")
+    nodes = []
+    for j, o in enumerate(outs):
+        try:
+            nodes.append(lift(o))
+        except FuseError:
+            raise FuseError(f"nytorch.fuse: output {j} of the function is a {type(o).__name__}; a fused "
+                            "function returns traced values (or a tuple of them)") from None
+    return compile_nodes(nodes, n_in, n_num, single)
+
+
+def program(fn: Callable, kinds: str) -> Program:
+    """Trace ``fn`` for arguments of the given kinds ('p': buffer, 'n': number).
+
+    >>> prog = program(lambda x, y, a: a * x + y, "ppn"); prog.n_in, prog.n_num, prog.n_out
+    (2, 1, 1)
+    """
+    return _trace(fn, kinds)
+
+
+def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[float] = (),
+             out: Optional[Sequence[Sequence[torch.Tensor]]] = None, seed: Optional[int] = None,
+             offset: int = 0) -> Optional[List[List[torch.Tensor]]]:
+    """Run ``prog`` on flat buffers: see the module docstring for the contract.
+
+    >>> prog = program(lambda x, y, a: a * x + y, "ppn")
+    >>> run_flat(prog, [[torch.ones(3)], [torch.arange(3.)]], [2.0])
+    [[tensor([2., 3., 4.])]]
+    >>> x = torch.ones(3); run_flat(prog, [[x], [x]], [3.0], out=[[x]]); x
+    tensor([4., 4., 4.])
+    """
+    if len(numbers) != prog.n_num:
+        raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_num} numbers, got {len(numbers)}")
+    if len(inputs) != prog.n_in:
+        raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_in} inputs, got {len(inputs)}")
+    if seed is None:
+        seed = -1
+    elif seed < 0:
+        raise ValueError("nytorch.fuse.run_flat: seed must be >= 0")
+    consts = [*numbers, *prog.lits]
+    if torch.compiler.is_compiling():
+        return _run_op(prog, inputs, consts, out, seed, offset)
+    return _fuse_run(prog.words, consts, inputs, out, seed, offset)
+
+
+def _run_op(prog, inputs, consts, out, seed, offset):
+    """The torch.ops route (torch.compile): explicit seed, group-major lists."""
+    if seed < 0:
+        seed = int(torch.randint(0, 2 ** 62, ()).item()) if prog.has_rand else 0
+    ng = len(inputs[0])
+    flat_in = [inputs[k][g] for g in range(ng) for k in range(len(inputs))]
+    if out is None:
+        res = torch.ops.nytorch.fused.default(prog.ints, consts, flat_in, seed, offset)
+        return [[res[g * prog.n_out + j] for g in range(ng)] for j in range(prog.n_out)]
+    flat_out = [out[j][g] for g in range(ng) for j in range(len(out))]
+    torch.ops.nytorch.fused_.default(prog.ints, consts, flat_in, flat_out, seed, offset)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The particle front end
+class Fused:
+    """A fused particle function (see :func:`fuse`). ``traces``: how many
+    times ``fn`` was traced; ``programs``: the cached programs."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.traces = 0
+        self.programs: Dict[Tuple[str, Any], Program] = {}
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__name__ = getattr(fn, "__name__", "fused")
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<nytorch.fuse of {self.__name__}: {self.traces} traces>"
+
+    def program_for(self, *args: Any) -> Program:
+        """The program a call with ``args`` runs (traced if needed)."""
+        kinds, _, parts = _classify(args)
+        return self._program(kinds, parts[0]._nyto_species)
+
+    def _program(self, kinds: str, species) -> Program:
+        key = (kinds, species)
+        prog = self.programs.get(key)
+        if prog is None:
+            prog = _trace(self.fn, kinds)
+            self.traces += 1
+            if len(self.programs) >= _MAX_CACHE:
+                self.programs.pop(next(iter(self.programs)))
+            self.programs[key] = prog
+        return prog
+
+    def __call__(self, *args: Any, out: Union[None, NytoModule, Sequence[NytoModule]] = None):
+        kinds, nums, parts = _classify(args)
+        first = parts[0]
+        sp = first._nyto_species
+        for p in parts:
+            if p._nyto_species is not sp:
+                _same_species(first, p)
+        prog = self.programs.get((kinds, sp))
+        if prog is None:
+            prog = self._program(kinds, sp)
+        st = state_of(first)
+        layout = st.layout
+        inputs = [st.flats]
+        for p in parts[1:]:
+            s = state_of(p)
+            if s.layout is not layout and s.layout.param_sig != layout.param_sig:
+                _layout_error(first, p)
+            inputs.append(s.flats)
+        consts = nums + list(prog.lits) if prog.lits else nums
+        if out is None:
+            pool = layout.pool
+            outs = [_C.pooled_like(st.flats, pool) for _ in range(prog.n_out)]
+            _fuse_run(prog.words, consts, inputs, outs, -1, 0)
+            if prog.single:
+                return first._from_flats(st, outs[0])
+            return tuple(first._from_flats(st, f) for f in outs)
+        single_out = isinstance(out, NytoModule)
+        targets = (out,) if single_out else tuple(out)
+        if len(targets) != prog.n_out:
+            raise TypeError(f"nytorch.fuse: {self.__name__} has {prog.n_out} outputs, out= gives {len(targets)}")
+        flats = []
+        for o in targets:
+            if not isinstance(o, NytoModule):
+                raise TypeError(f"nytorch.fuse: out= takes particles, got {type(o).__name__}")
+            if o._nyto_species is not sp:
+                _same_species(first, o)
+            s = state_of(o)
+            if s.layout is not layout and s.layout.param_sig != layout.param_sig:
+                _layout_error(first, o)
+            flats.append(s.flats)
+        _fuse_run(prog.words, consts, inputs, flats, -1, 0)
+        return out
+
+
+def _classify(args: Sequence[Any]) -> Tuple[str, List[float], List[NytoModule]]:
+    kinds = []
+    nums: List[float] = []
+    parts: List[NytoModule] = []
+    for a in args:
+        t = type(a)
+        if t is float or t is int or t is bool:
+            nums.append(a)
+            kinds.append("n")
+        elif isinstance(a, NytoModule):
+            parts.append(a)
+            kinds.append("p")
+        else:
+            n = _number(a)
+            if n is None or isinstance(n, complex):
+                raise TypeError(f"nytorch.fuse: arguments are particles or real numbers, got {t.__name__}")
+            nums.append(n)
+            kinds.append("n")
+    if not parts:
+        raise TypeError("nytorch.fuse: a fused function needs at least one particle argument")
+    return "".join(kinds), nums, parts
+
+
+def _layout_error(a: NytoModule, b: NytoModule) -> None:
+    raise RuntimeError(
+        f"nytorch.fuse: particles of one species with different layouts (dtypes/devices/shapes): "
+        f"{type(a).__name__} and {type(b).__name__}; convert them alike (e.g. .to(dtype)) first")
+
+
+def fuse(fn: Callable) -> Fused:
+    """Turn ``fn`` (particles and numbers in, traced values out) into one fused kernel.
+
+    >>> import torch, nytorch as nyto
+    >>> ema = nyto.fuse(lambda avg, new, d: d * avg + (1 - d) * new)
+    >>> class P(nyto.NytoModule):
+    ...     def __init__(self):
+    ...         super().__init__(); self.w = torch.nn.Parameter(torch.zeros(4))
+    >>> avg = P(); new = avg + 1
+    >>> _ = ema(avg, new, 0.9, out=avg); avg.w.data
+    tensor([0.1000, 0.1000, 0.1000, 0.1000])
+    """
+    if isinstance(fn, Fused):
+        return fn
+    if not callable(fn):
+        raise TypeError(f"nytorch.fuse: expected a function, got {type(fn).__name__}")
+    return Fused(fn)
+
+
+# ---------------------------------------------------------------------------
+# Functions usable inside fused functions. Outside one, on particles they run
+# as a one-op fused call; on numbers they compute the number.
+_EAGER: Dict[str, Fused] = {}
+
+
+def _dispatch(op: str, *args: Any):
+    if any(type(a) is Node for a in args):
+        return apply(op, *args)
+    if any(isinstance(a, NytoModule) for a in args):
+        f = _EAGER.get(op)
+        if f is None:
+            f = _EAGER[op] = Fused(lambda *xs, _op=op: apply(_op, *xs))
+            f.__name__ = f"nytorch.{op}"
+        return f(*args)
+    nums = []
+    for a in args:
+        n = _number(a)
+        if n is None:
+            raise TypeError(f"nytorch.{op}: arguments are particles, numbers or traced values, "
+                            f"got {type(a).__name__}")
+        nums.append(float(n))
+    return scalar_eval(op, *nums)
+
+
+def rand_like(x: Any):
+    """Uniform [0, 1) values shaped like particle ``x``: inside a fused function
+    generated in the kernel (Philox4x32-10, see the module docstring); outside
+    one, ``x.rand()``."""
+    if isinstance(x, NytoModule):
+        return x.rand()
+    return random_node("rand", x)
+
+
+def randn_like(x: Any):
+    """Standard normal values shaped like particle ``x`` (Box-Muller on Philox
+    in a fused function; ``x.randn()`` outside one)."""
+    if isinstance(x, NytoModule):
+        return x.randn()
+    return random_node("randn", x)
+
+
+def where(cond: Any, a: Any, b: Any):
+    """``a`` where ``cond`` is nonzero (e.g. a mask ``x > 0``), else ``b``."""
+    return _dispatch("where", cond, a, b)
+
+
+def minimum(a: Any, b: Any):
+    """Elementwise minimum (``torch.minimum``: NaN if either is NaN)."""
+    return _dispatch("min", a, b)
+
+
+def maximum(a: Any, b: Any):
+    """Elementwise maximum (``torch.maximum``: NaN if either is NaN)."""
+    return _dispatch("max", a, b)
+
+
+def clamp(x: Any, min: Any = None, max: Any = None):  # noqa: A002
+    """``torch.clamp(x, min, max)`` = ``minimum(maximum(x, min), max)``; bounds are numbers or particles."""
+    args = (x, min, max)
+    if any(type(a) is Node for a in args):
+        return _clamp(x, min, max)
+    if min is None and max is None:
+        raise FuseError("nytorch.clamp: needs min or max")
+    if any(isinstance(a, NytoModule) for a in args):
+        if min is None:
+            return _dispatch("min", x, max)
+        if max is None:
+            return _dispatch("max", x, min)
+        return _CLAMP(x, min, max)
+    return _clamp_number(x, min, max)
+
+
+_CLAMP = Fused(lambda x, lo, hi: _clamp(x, lo, hi))
+_CLAMP.__name__ = "nytorch.clamp"
+
+
+def _clamp_number(x, lo, hi):
+    out = float(x)
+    if lo is not None:
+        out = scalar_eval("max", out, float(lo))
+    if hi is not None:
+        out = scalar_eval("min", out, float(hi))
+    return out
+
+
+def lerp(start: Any, end: Any, weight: Any):
+    """``torch.lerp``: ``start + weight * (end - start)`` (torch's two-branch
+    rounding; the weight may be a number or a particle)."""
+    return _dispatch("lerp", start, end, weight)
+
+
+def fma(a: Any, b: Any, c: Any):
+    """Fused multiply-add ``a * b + c`` with one rounding (CPU AVX2 and CUDA;
+    the portable CPU build calls ``std::fma``)."""
+    return _dispatch("fma", a, b, c)
+
+
+def sqrt(x: Any):
+    """Elementwise square root."""
+    return _dispatch("sqrt", x)
+
+
+def exp(x: Any):
+    """Elementwise exponential."""
+    return _dispatch("exp", x)
+
+
+def log(x: Any):
+    """Elementwise natural logarithm."""
+    return _dispatch("log", x)
+
+
+def sign(x: Any):
+    """Elementwise sign: -1, 0 or 1 (0 for NaN, like torch.sign)."""
+    return _dispatch("sign", x)
+
+
+def abs(x: Any):  # noqa: A001
+    """Elementwise absolute value (``abs(x)`` works too)."""
+    return _dispatch("abs", x)
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels of torch.ops.nytorch.fused / fused_ (FakeTensor, torch.compile, opcheck).
+def _fake_fused(program, numbers, inputs, seed, offset=0):
+    n_in, n_out = program[1], program[2]
+    if n_in < 1 or len(inputs) % n_in:
+        raise RuntimeError("nytorch.fused: inputs are not a whole number of groups")
+    ng = len(inputs) // n_in
+    return [torch.empty_like(inputs[g * n_in], memory_format=torch.contiguous_format)
+            for g in range(ng) for _ in range(n_out)]
+
+
+def _fake_fused_(program, numbers, inputs, out, seed, offset=0):
+    return None
+
+
+torch.library.register_fake("nytorch::fused")(_fake_fused)
+torch.library.register_fake("nytorch::fused_")(_fake_fused_)
+
+assert len(OPS) == 27  # csrc/fuse/program.h enum FOp
+
+# `nytorch.fuse` is this function (the package exports it); its helpers hang
+# on it, so `nytorch.fuse.run_flat`, `nytorch.fuse.program` work as documented.
+fuse.Fused = Fused
+fuse.FuseError = FuseError
+fuse.Program = Program
+fuse.program = program
+fuse.run_flat = run_flat
