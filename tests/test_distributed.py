@@ -411,3 +411,148 @@ def test_hung_rank_times_out(values):
     assert r0["hung"] is not None, "no error while the peer hung"
     assert "timed out after 1.5 s" in r0["hung"], r0["hung"]
     assert 1.4 < r0["hung_after"] < 10
+
+
+# --------------------------------------------------------------------------
+# Swarms: collectives on swarms, sharded PSO / ES vs one process, checkpoints
+N_SWARM = 7          # uneven shards on 2 ranks: rows [0, 3) and [3, 7)
+POP = 10             # ES population (5 antithetic pairs)
+STEPS = 6
+
+
+def fitness(swarm) -> torch.Tensor:
+    """Per particle: sum of (p - 0.5)^2 over every parameter (both dtype groups)."""
+    return sum(((f.to(torch.float64) - 0.5) ** 2).sum(1) for f in swarm.flats)
+
+
+def pso_reference(steps: int):
+    """The single-process run that the 2-rank run must reproduce."""
+    from nytorch.algorithms import PSO
+    net = make_net(0)
+    swarm = nyto.Swarm(net, N_SWARM, init="randn")   # the global RNG after make_net's seed
+    pso = PSO(swarm, seed=5, velocity_scale=0.1)
+    for _ in range(steps):
+        pso.tell(fitness(pso.ask()))
+    return pso
+
+
+def es_reference(steps: int):
+    from nytorch.algorithms import ES
+    es = ES(make_net(0), POP, sigma=0.1, lr=0.05, seed=7)
+    for _ in range(steps):
+        es.tell(fitness(es.ask()))
+    return es
+
+
+def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
+    import torch.distributed as dist
+    res: Dict[str, Any] = {}
+
+    # collectives on plain swarms (rank-dependent values)
+    torch.manual_seed(rank)
+    s = nyto.Swarm(make_net(rank), 3, init="randn")
+    torch.manual_seed(rank)
+    s_copy = nyto.Swarm(make_net(rank), 3, init="randn")
+    res["swarm_in"] = [f.clone() for f in s.flats]
+    g = nd.all_gather(s)
+    res["swarm_gather"] = [f.clone() for f in g.flats]
+    nd.all_reduce_(s)
+    res["swarm_mean"] = [f.clone() for f in s.flats]
+    nd.broadcast_(s_copy, src=1)
+    res["swarm_broadcast"] = [f.clone() for f in s_copy.flats]
+
+    # sharded PSO, then checkpoint/resume
+    net = make_net(0)
+    sw = nd.ShardedSwarm(net, N_SWARM, init="randn")
+    pso = nd.ShardedPSO(sw, seed=5, velocity_scale=0.1)
+    res["rows"] = (sw.lo, sw.hi)
+    for step in range(STEPS):
+        local = pso.ask()
+        assert len(local) == sw.hi - sw.lo
+        pso.tell(fitness(local))
+        if step == STEPS // 2 - 1:
+            pso.save(os.path.join(out_dir, "pso_ckpt"))
+    res["pso_flats"] = [f.clone() for f in sw.gather().flats]
+    res["pso_gbest"] = [t.clone() for t in pso.gbest]
+    res["pso_best_fitness"] = pso.best_fitness
+    res["pso_history"] = [(r["best"], r["mean"], r["diversity"]) for r in pso.history.records]
+    res["pso_mean"] = params(sw.mean())
+
+    sw2 = nd.ShardedSwarm(make_net(0), N_SWARM, init="zeros")
+    pso2 = nd.ShardedPSO(sw2, seed=123)
+    pso2.load(os.path.join(out_dir, "pso_ckpt"))
+    for _ in range(STEPS - STEPS // 2):
+        pso2.tell(fitness(pso2.ask()))
+    res["resumed_flats"] = [f.clone() for f in sw2.gather().flats]
+    res["resumed_history"] = [(r["best"], r["mean"]) for r in pso2.history.records]
+
+    # a checkpoint of 2 ranks does not load into a group of 1
+    g0 = dist.new_group([0])
+    if rank == 0:
+        try:
+            sw1 = nd.ShardedSwarm(make_net(0), N_SWARM, group=g0)
+            pso1 = nd.ShardedPSO(sw1, seed=1)
+            pso1.load(os.path.join(out_dir, "pso_ckpt"))
+            res["wrong_world"] = None
+        except ValueError as e:
+            res["wrong_world"] = str(e)
+
+    # sharded ES
+    es = nd.ShardedES(make_net(0), POP, sigma=0.1, lr=0.05, seed=7)
+    for _ in range(STEPS):
+        local = es.ask()
+        assert len(local) == es.hi - es.lo
+        es.tell(fitness(local))
+    res["es_center"] = params(es.center)
+    res["es_history"] = [(r["best"], r["mean"]) for r in es.history.records]
+    nd.barrier(timeout=10)
+    return res
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    pytest.importorskip("nytorch.algorithms")
+    return [ok(r) for r in launch("_sharded", world=2, pg_timeout=PG_TIMEOUT_S)]
+
+
+def test_swarm_collectives(sharded):
+    ins = [r["swarm_in"] for r in sharded]
+    for res in sharded:
+        for g in range(len(ins[0])):
+            torch.testing.assert_close(res["swarm_mean"][g], (ins[0][g] + ins[1][g]) / 2, rtol=0, atol=0)
+            assert torch.equal(res["swarm_gather"][g], torch.cat([ins[0][g], ins[1][g]]))
+            assert torch.equal(res["swarm_broadcast"][g], ins[1][g])
+
+
+def test_sharded_pso_equals_one_process_bitwise(sharded):
+    ref = pso_reference(STEPS)
+    assert [r["rows"] for r in sharded] == [(0, 3), (3, 7)]
+    for res in sharded:
+        for got, want in zip(res["pso_flats"], ref.swarm.flats):
+            assert torch.equal(got, want)
+        for got, want in zip(res["pso_gbest"], ref.gbest):
+            assert torch.equal(got, want)
+        assert res["pso_best_fitness"] == ref.best_fitness
+        want_hist = [(r["best"], r["mean"], r["diversity"]) for r in ref.history.records]
+        assert [h[:2] for h in res["pso_history"]] == [h[:2] for h in want_hist]  # bitwise
+        for (_, _, d), (_, _, dw) in zip(res["pso_history"], want_hist):
+            assert d == pytest.approx(dw, rel=1e-5)   # diversity sums run in another order
+        assert_params(res["pso_mean"], {k: v.detach() for k, v in ref.swarm.mean().named_parameters()})
+
+
+def test_sharded_pso_checkpoint_resume(sharded):
+    for res in sharded:
+        for got, want in zip(res["resumed_flats"], res["pso_flats"]):
+            assert torch.equal(got, want)
+        assert res["resumed_history"] == [h[:2] for h in res["pso_history"]]
+    msg = sharded[0]["wrong_world"]
+    assert msg is not None and "written by 2 ranks but this group has 1" in msg, msg
+
+
+def test_sharded_es_equals_one_process(sharded):
+    ref = es_reference(STEPS)
+    for res in sharded:
+        # the gradient is summed per rank then across ranks: float rounding only
+        assert_params(res["es_center"], {k: v.detach() for k, v in ref.center.named_parameters()})
+        for (b, m), r in zip(res["es_history"], ref.history.records):
+            assert b == pytest.approx(r["best"], rel=1e-6) and m == pytest.approx(r["mean"], rel=1e-6)

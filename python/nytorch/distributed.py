@@ -327,3 +327,21 @@ def _gathered(t: _Target, outs: List[torch.Tensor], world: int) -> Any:
         st = S.state_of(t.obj)
         return [t.obj._from_flats(st, [o[r] for o in outs]) for r in range(world)]
     return DS.gathered_swarm(t.obj, outs)
+
+
+# ---------------------------------------------------------------------------
+# Sharded swarms (imported on first use: they need nytorch.algorithms)
+_LAZY = {"ShardedSwarm": "_distributed_swarm", "shard_rows": "_distributed_swarm",
+         "gather_rows": "_distributed_swarm", "read_manifest": "_distributed_swarm",
+         "ShardedPSO": "_distributed_algorithms", "ShardedES": "_distributed_algorithms"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'nytorch.distributed' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"nytorch.{mod}"), name)
+    globals()[name] = value
+    return value
