@@ -214,6 +214,14 @@ std::vector<std::vector<at::Tensor>> run(
     const auto dev = ref.device().type();
     TORCH_CHECK(dev == at::kCPU || (dev == at::kCUDA && cuda_runner), "nytorch.fuse: no kernel for device ",
                 ref.device(), dev == at::kCUDA ? " (nytorch was built without CUDA)" : "");
+    if (dev == at::kCUDA) {
+      TORCH_CHECK(p.vec.size() <= static_cast<size_t>(kCudaMaxInstr) && p.n_vreg <= kCudaMaxVreg &&
+                      p.n_sreg <= kCudaMaxSreg && p.n_in <= kCudaMaxIn && p.n_out <= kCudaMaxOut,
+                  "nytorch.fuse: expression too large for the CUDA kernel (", p.vec.size(), " instructions, ",
+                  p.n_vreg, " registers, ", p.n_sreg, " numbers, ", p.n_in, " inputs, ", p.n_out,
+                  " outputs; at most ", kCudaMaxInstr, ", ", kCudaMaxVreg, ", ", kCudaMaxSreg, ", ", kCudaMaxIn,
+                  ", ", kCudaMaxOut, ")");
+    }
     if (alloc) continue;
     for (size_t j = 0; j < outs.size(); ++j) {
       const at::Tensor& o = outs[j][g];

@@ -62,7 +62,9 @@ struct GroupJob {
   c10::DeviceIndex device_index = -1;
 };
 
-void run_cpu(const Program& p, const GroupJob& job);
+// The CUDA kernel takes the program by value in its launch arguments.
+constexpr int kCudaMaxInstr = 160, kCudaMaxVreg = 24, kCudaMaxSreg = 48, kCudaMaxIn = 16, kCudaMaxOut = 16;
+
 using Runner = void (*)(const Program&, const GroupJob&);
 void set_cuda_runner(Runner r);
 

@@ -1,0 +1,231 @@
+// nytorch.fuse on CUDA: one kernel interprets the program over a group's flat
+// buffers. Each thread owns 4 consecutive elements (a "quad", grid-stride),
+// keeps its registers in a small per-thread array, and runs the instructions
+// with a switch: all loads of its elements happen before any store, so an
+// output may be one of the inputs. The program, scalar values and buffer
+// addresses travel by value in the launch arguments (< 4 KB).
+// float/double compute natively, bfloat16/float16 in float. Built with
+// --fmad=false: only explicit fma (lerp, fma) contracts.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cstdint>
+#include "fuse/philox.h"
+#include "fuse/program.h"
+
+namespace nyto::fuse {
+namespace {
+
+constexpr int kThreads = 256;
+
+struct KArgs {
+  int16_t ins[kCudaMaxInstr][kWords];
+  int n_instr;
+  uint32_t group;
+  double sval[kCudaMaxSreg];
+  const void* in[kCudaMaxIn];
+  void* out[kCudaMaxOut];
+  int64_t n;
+  uint64_t seed, offset;
+};
+static_assert(sizeof(KArgs) <= 4000, "fuse kernel arguments over 4 KB");
+
+template <class M>
+__device__ __forceinline__ M pow_scalar(M a, M e) {
+  if (e == M(2)) return a * a;
+  if (e == M(3)) return a * a * a;
+  if (e == M(0.5)) return ::sqrt(a);
+  if (e == M(-1)) return M(1) / a;
+  if (e == M(-0.5)) return M(1) / ::sqrt(a);
+  if (e == M(-2)) return M(1) / (a * a);
+  return ::pow(a, e);
+}
+
+template <class M>
+__device__ __forceinline__ M vmin(M a, M b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+template <class M>
+__device__ __forceinline__ M vmax(M a, M b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+
+__device__ __forceinline__ void sincos2pi(float u, float* s, float* c) { sincospif(2.0f * u, s, c); }
+__device__ __forceinline__ void sincos2pi(double u, double* s, double* c) { sincospi(2.0 * u, s, c); }
+
+// Random values of elements base..base+3 (see philox.h for the counter layout).
+template <class M>
+__device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const KArgs& a) {
+  constexpr int shift = RandShift<M>::value;
+  const uint32_t k0 = static_cast<uint32_t>(a.seed), k1 = static_cast<uint32_t>(a.seed >> 32);
+  uint64_t cur = ~uint64_t(0);
+  Philox4 w{};
+#pragma unroll
+  for (int l = 0; l < 4; ++l) {
+    const uint64_t e = static_cast<uint64_t>(base + l) + a.offset;
+    const uint64_t c = e >> shift;
+    if (c != cur) {
+      w = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), stream, a.group, k0, k1);
+      cur = c;
+    }
+    const int k = static_cast<int>(e - (c << shift));
+    if (!normal) {
+      if constexpr (sizeof(M) == 8) {
+        dst[l] = u53(w.w[2 * k], w.w[2 * k + 1]);
+      } else {
+        dst[l] = u24(w.w[k]);
+      }
+    } else {
+      M u1, u2;
+      if constexpr (sizeof(M) == 8) {
+        u1 = u53_open0(w.w[0], w.w[1]);
+        u2 = u53(w.w[2], w.w[3]);
+      } else {
+        u1 = u24_open0(w.w[2 * (k >> 1)]);
+        u2 = u24(w.w[2 * (k >> 1) + 1]);
+      }
+      M s, co;
+      sincos2pi(u2, &s, &co);
+      dst[l] = ::sqrt(M(-2) * ::log(u1)) * ((k & 1) ? s : co);
+    }
+  }
+}
+
+template <class T, class M>
+__global__ void __launch_bounds__(kThreads) fuse_kernel(KArgs a) {
+  const int64_t nq = (a.n + 3) / 4;
+  M r[kCudaMaxVreg][4];
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < nq;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = q * 4;
+    const int cnt = a.n - base < 4 ? static_cast<int>(a.n - base) : 4;
+    for (int i = 0; i < a.n_instr; ++i) {
+      const int op = a.ins[i][0], d = a.ins[i][1], x = a.ins[i][2], y = a.ins[i][3], z = a.ins[i][4];
+      auto get = [&](int o, int l) -> M { return o >= 0 ? r[o][l] : static_cast<M>(a.sval[-1 - o]); };
+#define NYTO_LANES(expr)                      \
+  _Pragma("unroll") for (int l = 0; l < 4; ++l) { \
+    r[d][l] = (expr);                         \
+  }                                           \
+  break;
+      switch (static_cast<FOp>(op)) {
+        case FOp::Load: {
+          const T* p = static_cast<const T*>(a.in[x]) + base;
+#pragma unroll
+          for (int l = 0; l < 4; ++l) r[d][l] = l < cnt ? static_cast<M>(p[l]) : M(0);
+          break;
+        }
+        case FOp::Store: {
+          T* p = static_cast<T*>(a.out[d]) + base;
+#pragma unroll
+          for (int l = 0; l < 4; ++l) {
+            if (l < cnt) p[l] = static_cast<T>(get(x, l));
+          }
+          break;
+        }
+        case FOp::Rand:
+        case FOp::Randn: {
+          M v[4];
+          random4<M>(v, base, op == static_cast<int>(FOp::Randn), static_cast<uint32_t>(x), a);
+#pragma unroll
+          for (int l = 0; l < 4; ++l) r[d][l] = v[l];
+          break;
+        }
+        case FOp::Neg: NYTO_LANES(-get(x, l))
+        case FOp::Pos: NYTO_LANES(get(x, l))
+        case FOp::Abs: NYTO_LANES(::fabs(get(x, l)))
+        case FOp::Sqrt: NYTO_LANES(::sqrt(get(x, l)))
+        case FOp::Exp: NYTO_LANES(::exp(get(x, l)))
+        case FOp::Log: NYTO_LANES(::log(get(x, l)))
+        case FOp::Sign: NYTO_LANES(static_cast<M>((M(0) < get(x, l)) - (get(x, l) < M(0))))
+        case FOp::Add: NYTO_LANES(get(x, l) + get(y, l))
+        case FOp::Sub: NYTO_LANES(get(x, l) - get(y, l))
+        case FOp::Mul: NYTO_LANES(get(x, l) * get(y, l))
+        case FOp::Div: NYTO_LANES(get(x, l) / get(y, l))
+        case FOp::Pow:
+          if (y < 0 && x >= 0) {
+            NYTO_LANES(pow_scalar<M>(get(x, l), get(y, l)))
+          } else {
+            NYTO_LANES(::pow(get(x, l), get(y, l)))
+          }
+        case FOp::Min: NYTO_LANES(vmin<M>(get(x, l), get(y, l)))
+        case FOp::Max: NYTO_LANES(vmax<M>(get(x, l), get(y, l)))
+        case FOp::Lt: NYTO_LANES(static_cast<M>(get(x, l) < get(y, l)))
+        case FOp::Le: NYTO_LANES(static_cast<M>(get(x, l) <= get(y, l)))
+        case FOp::Gt: NYTO_LANES(static_cast<M>(get(x, l) > get(y, l)))
+        case FOp::Ge: NYTO_LANES(static_cast<M>(get(x, l) >= get(y, l)))
+        case FOp::Eq: NYTO_LANES(static_cast<M>(get(x, l) == get(y, l)))
+        case FOp::Ne: NYTO_LANES(static_cast<M>(get(x, l) != get(y, l)))
+        case FOp::Where: NYTO_LANES(get(x, l) != M(0) ? get(y, l) : get(z, l))
+        case FOp::Lerp: {
+#pragma unroll
+          for (int l = 0; l < 4; ++l) {
+            const M s = get(x, l), e = get(y, l), w = get(z, l);
+            const M diff = e - s;
+            r[d][l] = ::fabs(w) < M(0.5) ? ::fma(w, diff, s) : ::fma(w - M(1), diff, e);
+          }
+          break;
+        }
+        case FOp::Fma: NYTO_LANES(::fma(get(x, l), get(y, l), get(z, l)))
+        default: break;
+      }
+#undef NYTO_LANES
+    }
+  }
+}
+
+int sm_count(c10::DeviceIndex dev) {
+  static int cache[256] = {};
+  const int i = dev < 0 ? 0 : dev;
+  if (cache[i] == 0) {
+    int v = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, i));
+    cache[i] = v > 0 ? v : 1;
+  }
+  return cache[i];
+}
+
+template <class T, class M>
+void launch(const Program& p, const GroupJob& job) {
+  KArgs a{};
+  TORCH_INTERNAL_ASSERT(p.vec.size() <= static_cast<size_t>(kCudaMaxInstr) && p.n_vreg <= kCudaMaxVreg &&
+                        p.n_sreg <= kCudaMaxSreg && p.n_in <= kCudaMaxIn && p.n_out <= kCudaMaxOut);
+  a.n_instr = static_cast<int>(p.vec.size());
+  for (size_t i = 0; i < p.vec.size(); ++i) {
+    const Instr& s = p.vec[i];
+    a.ins[i][0] = static_cast<int16_t>(s.op);
+    a.ins[i][1] = static_cast<int16_t>(s.dst);
+    a.ins[i][2] = static_cast<int16_t>(s.a);
+    a.ins[i][3] = static_cast<int16_t>(s.b);
+    a.ins[i][4] = static_cast<int16_t>(s.c);
+  }
+  for (int s = 0; s < p.n_sreg; ++s) a.sval[s] = p.sval[s];
+  for (int k = 0; k < p.n_in; ++k) a.in[k] = job.in[k];
+  for (int j = 0; j < p.n_out; ++j) a.out[j] = job.out[j];
+  a.n = job.n;
+  a.seed = job.seed;
+  a.offset = job.offset;
+  a.group = job.group;
+  c10::cuda::CUDAGuard guard(job.device_index);
+  const c10::DeviceIndex dev = c10::cuda::current_device();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev).stream();
+  const int64_t nq = (job.n + 3) / 4;
+  const int64_t sms = sm_count(dev);
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((nq + kThreads - 1) / kThreads, sms * 16));
+  fuse_kernel<T, M><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void run_cuda(const Program& p, const GroupJob& job) {
+  switch (job.dtype) {
+    case at::ScalarType::Float: return launch<float, float>(p, job);
+    case at::ScalarType::Double: return launch<double, double>(p, job);
+    case at::ScalarType::BFloat16: return launch<c10::BFloat16, float>(p, job);
+    case at::ScalarType::Half: return launch<c10::Half, float>(p, job);
+    default: TORCH_CHECK(false, "nytorch.fuse: no CUDA kernel for ", job.dtype);
+  }
+}
+
+struct Installer {
+  Installer() { set_cuda_runner(&run_cuda); }
+} installer;
+
+}  // namespace
+}  // namespace nyto::fuse
