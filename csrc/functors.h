@@ -42,7 +42,16 @@ template <class M> struct FPow  { static constexpr int nin = 2; template <class 
 template <class M> struct FAddS  { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return a + V(s); } };
 template <class M> struct FSubS  { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return a - V(s); } };
 template <class M> struct FMulS  { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return a * V(s); } };
-template <class M> struct FDivS  { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return a / V(s); } };
+// x / s: torch's CUDA kernel multiplies by the reciprocal (taken in op-math
+// precision on the host side); its CPU kernel divides. Both are mirrored.
+template <class M> struct FDivS  { static constexpr int nin = 1; M s; M inv;
+  template <class V> NYTO_HD V operator()(V a) const {
+#ifdef __CUDA_ARCH__
+    return a * V(inv);
+#else
+    return a / V(s);
+#endif
+  } };
 template <class M> struct FRSubS { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return V(s) - a; } };
 template <class M> struct FRDivS { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return V(s) / a; } };
 template <class M> struct FRPowS { static constexpr int nin = 1; M s; template <class V> NYTO_HD V operator()(V a) const { return math::pow(V(s), a); } };
@@ -106,7 +115,7 @@ inline void with_functor(const Job& job, Fn&& fn) {
     case Op::AddS: return fn(FAddS<M>{s0});
     case Op::SubS: return fn(FSubS<M>{s0});
     case Op::MulS: return fn(FMulS<M>{s0});
-    case Op::DivS: return fn(FDivS<M>{s0});
+    case Op::DivS: return fn(FDivS<M>{s0, M(1) / s0});
     case Op::PowS: return fn(FPowS<M>{s0, pow_kind(job.s[0])});
     case Op::RSubS: return fn(FRSubS<M>{s0});
     case Op::RDivS: return fn(FRDivS<M>{s0});

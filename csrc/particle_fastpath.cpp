@@ -40,7 +40,7 @@ PyObject* module_dict(PyObject* m) {
 }
 
 struct StateView {
-  Ref layout, modules, params, buffers, flats, keys;
+  Ref layout, modules, params, buffers, flats, keys, record;
 };
 
 // The version nytorch._storage.touch keeps in a module's __dict__ (0: none).
@@ -72,34 +72,45 @@ bool versions_ok(PyObject* root, PyObject* modules, PyObject* versions) {
   return true;
 }
 
+bool fill_view(PyObject* st, StateView& sv);
+
 // Whether state `st` of particle `m` is still valid; fills `sv` (no Python error set).
 bool state_valid(PyObject* m, PyObject* st, StateView& sv) {
   static PyObject* s_versions = intern("versions");
-  static PyObject* s_layout = intern("layout");
   static PyObject* s_modules = intern("modules");
-  static PyObject* s_params = intern("params");
-  static PyObject* s_buffers = intern("buffers");
-  static PyObject* s_flats = intern("flats");
-  static PyObject* s_keys = intern("keys");
   sv.modules.p = PyObject_GetAttr(st, s_modules);
   Ref versions(PyObject_GetAttr(st, s_versions));
   if (!sv.modules || !versions || !versions_ok(m, sv.modules.get(), versions.get())) {
     PyErr_Clear();
     return false;
   }
+  if (!fill_view(st, sv)) {
+    PyErr_Clear();
+    return false;
+  }
+  // Parameters not made yet (a lazy result): nobody can have moved them.
+  if (sv.params.get() == Py_None) return PyList_Check(sv.record.get());
+  PyObject* args[2] = {sv.params.get(), sv.keys.get()};
+  Ref ok(py_views_ok(nullptr, args, 2));
+  if (!ok) { PyErr_Clear(); return false; }
+  return ok.get() == Py_True;
+}
+
+// The attributes of State `st` (but its modules) into `sv`; false with a Python error set.
+bool fill_view(PyObject* st, StateView& sv) {
+  static PyObject* s_layout = intern("layout");
+  static PyObject* s_params = intern("params");
+  static PyObject* s_buffers = intern("buffers");
+  static PyObject* s_flats = intern("flats");
+  static PyObject* s_keys = intern("keys");
+  static PyObject* s_record = intern("record");
   sv.layout.p = PyObject_GetAttr(st, s_layout);
   sv.params.p = PyObject_GetAttr(st, s_params);
   sv.buffers.p = PyObject_GetAttr(st, s_buffers);
   sv.flats.p = PyObject_GetAttr(st, s_flats);
   sv.keys.p = PyObject_GetAttr(st, s_keys);
-  if (!sv.layout || !sv.params || !sv.buffers || !sv.flats || !sv.keys) {
-    PyErr_Clear();
-    return false;
-  }
-  PyObject* args[2] = {sv.params.get(), sv.keys.get()};
-  Ref ok(py_views_ok(nullptr, args, 2));
-  if (!ok) { PyErr_Clear(); return false; }
-  return ok.get() == Py_True;
+  sv.record.p = PyObject_GetAttr(st, s_record);
+  return sv.layout && sv.params && sv.buffers && sv.flats && sv.keys && sv.record;
 }
 
 // The valid cached state of particle `m`, or false (no Python error set).
@@ -116,7 +127,8 @@ bool plain_number(PyObject* o) {
   return PyFloat_CheckExact(o) || PyLong_CheckExact(o) || PyBool_Check(o);
 }
 
-// A new particle like `self` (state `sv`) whose parameters view `flats`.
+// A new particle like `self` (state `sv`) whose parameters view `flats`;
+// its Parameter objects are made on first use (csrc/lazy_params.cpp).
 PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   static PyObject* s_view_spec = intern("view_spec");
   static PyObject* s_children = intern("children");
@@ -124,12 +136,19 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   static PyObject* s_buffer_slots = intern("buffer_slots");
   static PyObject* s_state = intern("_nyto_state");
   Ref spec(PyObject_GetAttr(sv.layout.get(), s_view_spec));
-  if (!spec) return nullptr;
-  PyObject* mp_args[3] = {flats, spec.get(), sv.params.get()};
-  Ref made(py_make_params(nullptr, mp_args, 3));
-  if (!made) return nullptr;
-  PyObject* params = PyTuple_GET_ITEM(made.get(), 0);
-  PyObject* keys = PyTuple_GET_ITEM(made.get(), 1);
+  Ref children(PyObject_GetAttr(sv.layout.get(), s_children));
+  Ref pslots(PyObject_GetAttr(sv.layout.get(), s_param_slots));
+  Ref bslots(PyObject_GetAttr(sv.layout.get(), s_buffer_slots));
+  if (!spec || !children || !pslots || !bslots) return nullptr;
+  Ref rg(requires_grad_bytes(sv.params.get(), sv.record.get()));
+  if (!rg) return nullptr;
+  Ref record(PyList_New(7));
+  if (!record) return nullptr;
+  PyObject* items[7] = {Py_False, flats, spec.get(), pslots.get(), rg.get(), Py_None, Py_None};
+  for (int i = 0; i < 7; ++i) {
+    Py_INCREF(items[i]);
+    PyList_SET_ITEM(record.get(), i, items[i]);
+  }
   Ref buffers;
   if (PyTuple_GET_SIZE(sv.buffers.get()) > 0) {
     Ref op(PyLong_FromLong(static_cast<long>(Op::Copy)));
@@ -153,25 +172,23 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
     Py_INCREF(m);
     PyTuple_SET_ITEM(olds.get(), i + 1, m);
   }
-  Ref children(PyObject_GetAttr(sv.layout.get(), s_children));
-  Ref pslots(PyObject_GetAttr(sv.layout.get(), s_param_slots));
-  Ref bslots(PyObject_GetAttr(sv.layout.get(), s_buffer_slots));
-  if (!children || !pslots || !bslots) return nullptr;
-  PyObject* bm_args[7] = {olds.get(), containers, children.get(), pslots.get(), params, bslots.get(), buffers.get()};
-  Ref mods(py_build_modules(nullptr, bm_args, 7));
+  PyObject* bm_args[8] = {olds.get(), containers, children.get(), pslots.get(), Py_None, bslots.get(),
+                          buffers.get(), record.get()};
+  Ref mods(py_build_modules(nullptr, bm_args, 8));
   if (!mods) return nullptr;
   Ref new_modules(PyList_GetSlice(mods.get(), 1, nm + 1));
   Ref new_modules_t(new_modules ? PyList_AsTuple(new_modules.get()) : nullptr);
-  Ref params_t(PyList_AsTuple(params));
-  if (!new_modules_t || !params_t) return nullptr;
+  if (!new_modules_t) return nullptr;
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
   const std::string v = versions_of(root, new_modules_t.get());
   Ref versions(PyBytes_FromStringAndSize(v.data(), v.size()));
   if (!versions) return nullptr;
-  PyObject* st_args[7] = {sv.layout.get(), new_modules_t.get(), params_t.get(), buffers.get(), flats, keys,
-                          versions.get()};
-  Ref state(PyObject_Vectorcall(state_cls, st_args, 7, nullptr));
+  PyObject* st_args[8] = {sv.layout.get(), new_modules_t.get(), Py_None, buffers.get(), flats, Py_None,
+                          versions.get(), record.get()};
+  Ref state(PyObject_Vectorcall(state_cls, st_args, 8, nullptr));
   if (!state) return nullptr;
+  PyObject* swr = PyWeakref_NewRef(state.get(), nullptr);
+  if (!swr || PyList_SetItem(record.get(), 6, swr) < 0) return nullptr;
   PyObject* rd = module_dict(root);
   if (!rd || PyDict_SetItem(rd, s_state, state.get()) < 0) return nullptr;
   Py_INCREF(root);
@@ -246,6 +263,20 @@ PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Ref flats(py_apply(nullptr, a_args, 5));
   if (!flats) return nullptr;
   return result_from_flats(args[0], a, flats.get());
+}
+
+// lazy_result(self, state, flats) -> a new particle like `self` (valid
+// State `state`) whose parameters will view `flats` (made on first use).
+PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !state_cls || !PyList_Check(args[2])) {
+    PyErr_SetString(PyExc_TypeError, "lazy_result(self, state, flats: list)");
+    return nullptr;
+  }
+  StateView sv;
+  static PyObject* s_modules = intern("modules");
+  sv.modules.p = PyObject_GetAttr(args[1], s_modules);
+  if (!sv.modules || !fill_view(args[1], sv)) return nullptr;
+  return result_from_flats(args[0], sv, args[2]);
 }
 
 // module_versions(root, modules: tuple) -> bytes: the versions a State records.

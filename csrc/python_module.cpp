@@ -18,8 +18,17 @@ namespace nyto::py {
 
 [[noreturn]] void raise_type(const char* msg) { throw std::invalid_argument(msg); }
 
+PyObject* parameter_class = nullptr;
+
+// THPVariable_Check with the common exact types first: torch's check is an
+// isinstance call (a walk of the type's MRO), several ns per parameter.
+inline bool is_tensor(PyObject* obj) {
+  PyObject* t = reinterpret_cast<PyObject*>(Py_TYPE(obj));
+  return t == parameter_class || THPVariable_CheckExact(obj) || THPVariable_Check(obj);
+}
+
 at::Tensor unpack(PyObject* obj) {
-  if (!THPVariable_Check(obj)) raise_type("nytorch._C: expected a torch.Tensor");
+  if (!is_tensor(obj)) raise_type("nytorch._C: expected a torch.Tensor");
   return THPVariable_Unpack(obj);
 }
 
@@ -30,7 +39,7 @@ TensorRefs::TensorRefs(PyObject* seq) {
   PyObject** items = PySequence_Fast_ITEMS(fast_);
   tensors.reserve(n);
   for (Py_ssize_t i = 0; i < n; ++i) {
-    if (!THPVariable_Check(items[i])) {
+    if (!is_tensor(items[i])) {
       release();
       raise_type("nytorch._C: expected a list of tensors");
     }
@@ -236,7 +245,7 @@ PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const auto* end = key + PyBytes_GET_SIZE(args[1]) / static_cast<Py_ssize_t>(sizeof(int64_t));
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* obj = PyTuple_GET_ITEM(args[0], i);
-      if (!THPVariable_Check(obj) || key + 2 > end) Py_RETURN_FALSE;
+      if (!is_tensor(obj) || key + 2 > end) Py_RETURN_FALSE;
       const c10::TensorImpl* t = THPVariable_Unpack(obj).unsafeGetTensorImpl();
       const int64_t nd = key[1];
       if (t->dim() != nd || key + 2 + nd > end || !t->is_contiguous()) Py_RETURN_FALSE;
@@ -253,18 +262,20 @@ PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
-PyObject* parameter_class = nullptr;
-
-// make_params(flats: list[Tensor], spec: tuple[(group, offset, sizes)], like: tuple[Tensor])
+// make_params(flats: list[Tensor], spec: tuple[(group, offset, sizes)], like: tuple[Tensor] | bytes)
 //   -> (list[Parameter], bytes): new leaves viewing the flats, requires_grad
-//   copied from `like`, and their packed view keys (for views_ok).
+//   copied from `like` (tensors, or one flag byte each), and their packed
+//   view keys (for views_ok).
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 3 || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) raise_type("make_params(flats, spec, like)");
+    if (nargs != 3 || !PyTuple_Check(args[1]) || !(PyTuple_Check(args[2]) || PyBytes_Check(args[2])))
+      raise_type("make_params(flats, spec, like)");
     if (!parameter_class) raise_type("nytorch._C.make_params: call set_parameter_class first");
     const auto flats = unpack_list(args[0]);
     const Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
-    if (PyTuple_GET_SIZE(args[2]) != n) raise_type("make_params: spec and like differ in length");
+    const bool rg_bytes = PyBytes_Check(args[2]);
+    if ((rg_bytes ? PyBytes_GET_SIZE(args[2]) : PyTuple_GET_SIZE(args[2])) != n)
+      raise_type("make_params: spec and like differ in length");
     PyObject* params = PyList_New(n);
     if (!params) return nullptr;
     std::string keys;
@@ -283,8 +294,13 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
           strides[d] = st;
           st *= std::max<int64_t>(sizes[d], 1);
         }
-        PyObject* like = PyTuple_GET_ITEM(args[2], i);
-        const bool rg = THPVariable_Check(like) ? THPVariable_Unpack(like).requires_grad() : true;
+        bool rg;
+        if (rg_bytes) {
+          rg = PyBytes_AS_STRING(args[2])[i] != 0;
+        } else {
+          PyObject* like = PyTuple_GET_ITEM(args[2], i);
+          rg = is_tensor(like) ? THPVariable_Unpack(like).requires_grad() : true;
+        }
         // A fresh TensorImpl on the flat's storage, built without the
         // dispatcher (as_strided + detach cost ~1 us each per parameter).
         const at::Tensor& flat = flats.at(g);
@@ -352,7 +368,12 @@ PyObject* copy_container(PyObject* v, PyObject* s_copy) {
 //   buffers placed per their slots ((module, name, index)).
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 7) raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers)");
+    if (nargs != 7 && nargs != 8)
+      raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers[, record])");
+    // With a lazy record, each module gets a LazyParams (keys only) and the
+    // record learns weak references to them; `params` is not read.
+    PyObject* record = nargs == 8 && args[7] != Py_None ? args[7] : nullptr;
+    if (record && (!PyList_Check(record) || PyList_GET_SIZE(record) != 7)) raise_type("build_modules: bad record");
     static PyObject* s_modules = PyUnicode_InternFromString("_modules");
     static PyObject* s_parameters = PyUnicode_InternFromString("_parameters");
     static PyObject* s_buffers = PyUnicode_InternFromString("_buffers");
@@ -377,6 +398,7 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         PyObject* v = PyDict_GetItemWithError(d, name);
         if (!v) { if (PyErr_Occurred()) { Py_DECREF(d); return fail(); } continue; }
         if (v == Py_None) continue;
+        if (record && PyUnicode_Compare(name, s_parameters) == 0) continue;  // made lazy below
         PyObject* c = copy_container(v, s_copy);
         if (!c || PyDict_SetItem(d, name, c) < 0) { Py_XDECREF(c); Py_DECREF(d); return fail(); }
         Py_DECREF(c);
@@ -394,6 +416,26 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       Py_XSETREF(*nd, d);
       dicts[i] = d;
       PyList_SET_ITEM(out, i, m);
+    }
+    if (record) {
+      PyObject* wrs = PyTuple_New(n);
+      if (!wrs) return fail();
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* oldp = PyDict_GetItemWithError(dicts[i], s_parameters);  // the source's (shallow-copied) dict
+        PyObject* wr = Py_None;
+        if (oldp && PyDict_Check(oldp)) {
+          PyObject* lp = new_lazy_params(oldp, PyList_GET_ITEM(out, i), record);
+          wr = lp ? PyWeakref_NewRef(lp, nullptr) : nullptr;
+          const bool ok = wr && PyDict_SetItem(dicts[i], s_parameters, lp) == 0;
+          Py_XDECREF(lp);
+          if (!ok) { Py_XDECREF(wr); Py_DECREF(wrs); return fail(); }
+        } else {
+          if (PyErr_Occurred()) { Py_DECREF(wrs); return fail(); }
+          Py_INCREF(wr);
+        }
+        PyTuple_SET_ITEM(wrs, i, wr);
+      }
+      if (PyList_SetItem(record, 5, wrs) < 0) return fail();
     }
     auto place = [&](PyObject* slots, PyObject* key, PyObject* values, bool modules) -> bool {
       const Py_ssize_t ns = PyTuple_GET_SIZE(slots);
@@ -413,10 +455,11 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       }
       return true;
     };
-    PyObject* params = PySequence_Fast(args[4], "params must be a sequence");
+    PyObject* params = PySequence_Fast(record ? empty : args[4], "params must be a sequence");
     PyObject* buffers = PySequence_Fast(args[6], "buffers must be a sequence");
     const bool ok = params && buffers && place(args[2], s_modules, nullptr, true) &&
-                    place(args[3], s_parameters, params, false) && place(args[5], s_buffers, buffers, false);
+                    (record || place(args[3], s_parameters, params, false)) &&
+                    place(args[5], s_buffers, buffers, false);
     Py_XDECREF(params);
     Py_XDECREF(buffers);
     if (!ok) return fail();
@@ -483,6 +526,11 @@ PyMethodDef methods[] = {
     {"pooled_like", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_pooled_like)), METH_FASTCALL,
      "pooled_like(tensors, pool): uninitialized buffers like tensors, reused from the pool."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
+    {"lazy_result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_lazy_result)), METH_FASTCALL,
+     "lazy_result(self, state, flats): a result particle viewing flats (Parameters made on first use)."},
+    {"materialize", py_materialize, METH_O, "materialize(record): make a lazy result particle's Parameters."},
+    {"register_lazy_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_lazy_types)), METH_FASTCALL,
+     "register_lazy_types(LazyParams, ParamDict)."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
      "fast_op(self, other, list_op, scalar_op, inplace): the particle hot path, or None."},
     {"fast_unary", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_unary)), METH_FASTCALL,

@@ -3,14 +3,13 @@
 // A Job holds n contiguous tensors of one dtype on one device. Each tensor is
 // cut into chunks of kChunk elements; one thread block runs one chunk. A
 // launch carries, by value in its kernel arguments (< 4 KB), a Pack: the
-// operand addresses and sizes of up to kTensors<D> tensors and, for each of
-// up to kBlocks blocks, which (tensor, chunk) it runs. The host fills a Pack
-// walking the tensors in order and launches whenever the block table or the
-// tensor table is full; a tensor cut by a launch boundary carries over to
-// slot 0 of the next Pack. Within a block, when every operand of the chunk
-// is 16-byte aligned, each thread moves 16 bytes per operand per step
-// (4 floats, 2 doubles, 8 halves); otherwise, and for the tail, it runs a
-// scalar loop that issues kILP independent loads before computing.
+// operand addresses and sizes of up to kTensors<D> tensors and the prefix sum
+// of their chunk counts; a block finds its (tensor, chunk) by binary search
+// over that prefix sum, so one launch covers any number of chunks and a
+// particle's flat buffer (one big tensor) is one launch. Within a block, when
+// every operand of the chunk is 16-byte aligned, each thread keeps kILP
+// 16-byte loads per operand in flight (4 floats, 2 doubles, 8 halves);
+// otherwise, and for the tail, it runs a scalar loop with kILP loads in flight.
 // float/double compute natively; bfloat16/float16 compute in float (opmath).
 // Built with --fmad=false, like the CPU's -ffp-contract=off, so a fused op
 // rounds like the op-by-op torch chain.
@@ -27,29 +26,27 @@
 namespace nyto {
 namespace {
 
-constexpr int kBlock = 512;                // threads per block
-constexpr int64_t kChunk = 65536;          // elements per block
-constexpr int kILP = 4;                    // scalar path: loads in flight per thread
-constexpr int kBlocks = 512;               // blocks per launch
+constexpr int kBlock = 256;                // threads per block
+constexpr int64_t kChunk = 16384;          // elements per block
+constexpr int kILP = 4;                    // loads in flight per thread and operand
 constexpr int kParamBytes = 4096;          // the classic kernel-parameter limit
 constexpr int kFunctorBytes = 64;          // reserved for the functor argument
-constexpr int kTensorBits = 8;             // block entry: chunk << 8 | tensor slot
-constexpr int64_t kMaxChunks = int64_t(1) << (32 - kTensorBits);
+constexpr int64_t kMaxBlocks = (int64_t(1) << 31) - 1;  // gridDim.x limit
 
-// Tensors per launch for D operands (output + inputs): what fits beside the
-// block table, each tensor costing D addresses and one size.
-constexpr int tensors_per_launch(int D) {
-  const int fit = (kParamBytes - kFunctorBytes - kBlocks * 4) / (8 * (D + 1));
-  return fit < (1 << kTensorBits) ? fit : (1 << kTensorBits) - 1;
-}
+// Tensors per launch for D operands (output + inputs): what fits in the
+// parameter space, each tensor costing D addresses, a size and a block start.
+constexpr int tensors_per_launch(int D) { return (kParamBytes - kFunctorBytes - 16) / (8 * (D + 2)); }
 template <int D>
 constexpr int kTensors = tensors_per_launch(D);
 
+// One launch: up to kTensors<D> tensors; tensor t runs blocks
+// [first[t], first[t+1]), one kChunk-element chunk each.
 template <int D>
 struct Pack {
   void* ptr[D][kTensors<D>];
   int64_t numel[kTensors<D>];
-  uint32_t block[kBlocks];
+  int64_t first[kTensors<D> + 1];
+  int n;  // tensors in this pack
 };
 
 template <class T> struct OpMath { using type = T; };
@@ -77,18 +74,24 @@ __device__ __forceinline__ M call(const F& f, const Get& get, std::index_sequenc
 }
 
 template <class T, int D, class F>
-__global__ void __launch_bounds__(kBlock) mta_kernel(Pack<D> pk, F f) {
+__global__ void __launch_bounds__(kBlock) mta_kernel(const __grid_constant__ Pack<D> pk, F f) {
   using M = typename OpMath<T>::type;
   constexpr int nin = D - 1;
+  constexpr int nk = nin > 0 ? nin : 1;
   constexpr auto seq = std::make_index_sequence<nin>{};
-  const uint32_t entry = pk.block[blockIdx.x];
-  const int t = entry & ((1u << kTensorBits) - 1);
-  const int64_t base = int64_t(entry >> kTensorBits) * kChunk;
+  const int64_t b = blockIdx.x;
+  int lo = 0, hi = pk.n;  // the tensor t with first[t] <= b < first[t+1]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (pk.first[mid] <= b) lo = mid; else hi = mid;
+  }
+  const int t = lo;
+  const int64_t base = (b - pk.first[t]) * kChunk;
   const int64_t left = pk.numel[t] - base;
   const int n = static_cast<int>(left < kChunk ? left : kChunk);
 
   T* out = static_cast<T*>(pk.ptr[0][t]) + base;
-  const T* in[nin > 0 ? nin : 1];
+  const T* in[nk];
   bool vec_ok = aligned16(out);
 #pragma unroll
   for (int k = 0; k < nin; ++k) {
@@ -101,16 +104,29 @@ __global__ void __launch_bounds__(kBlock) mta_kernel(Pack<D> pk, F f) {
     using V = Vec16<T>;
     constexpr int W = V::N;
     const int nv = n / W;
-    for (int i = threadIdx.x; i < nv; i += kBlock) {
-      V x[nin > 0 ? nin : 1];
+    // kILP vectors per operand in flight before any store (out may alias in[0]).
+    for (int i0 = threadIdx.x; i0 < nv; i0 += kBlock * kILP) {
+      V x[kILP][nk];
 #pragma unroll
-      for (int k = 0; k < nin; ++k) x[k] = reinterpret_cast<const V*>(in[k])[i];
-      V y;
+      for (int u = 0; u < kILP; ++u) {
+        const int i = i0 + u * kBlock;
+        if (i < nv) {
 #pragma unroll
-      for (int j = 0; j < W; ++j) {
-        y.v[j] = static_cast<T>(call<M>(f, [&](size_t k) { return x[k].v[j]; }, seq));
+          for (int k = 0; k < nin; ++k) x[u][k] = reinterpret_cast<const V*>(in[k])[i];
+        }
       }
-      reinterpret_cast<V*>(out)[i] = y;
+#pragma unroll
+      for (int u = 0; u < kILP; ++u) {
+        const int i = i0 + u * kBlock;
+        if (i < nv) {
+          V y;
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            y.v[j] = static_cast<T>(call<M>(f, [&](size_t k) { return x[u][k].v[j]; }, seq));
+          }
+          reinterpret_cast<V*>(out)[i] = y;
+        }
+      }
     }
     done = nv * W;
   }
@@ -118,7 +134,7 @@ __global__ void __launch_bounds__(kBlock) mta_kernel(Pack<D> pk, F f) {
   // Misaligned chunks and the vector tail: kILP strided elements per thread,
   // all loads issued before any store (the output may alias input 0).
   for (int i0 = done; i0 < n; i0 += kBlock * kILP) {
-    M r[kILP][nin > 0 ? nin : 1];
+    M r[kILP][nk];
 #pragma unroll
     for (int u = 0; u < kILP; ++u) {
       const int i = i0 + u * kBlock + threadIdx.x;
@@ -146,44 +162,32 @@ void drive(const Job& job, const F& f) {
 
   c10::cuda::CUDAGuard guard(job.device_index);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(job.device_index).stream();
-  auto launch = [&](const Pack<D>& pk, int blocks) {
-    mta_kernel<T, D, F><<<blocks, kBlock, 0, stream>>>(pk, f);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-
   const size_t n = job.numels.size();
   for (size_t i = 0; i < n; ++i) {  // before any launch: nothing is written on failure
-    TORCH_CHECK((job.numels[i] + kChunk - 1) / kChunk <= kMaxChunks, "nytorch: a tensor of ",
+    TORCH_CHECK((job.numels[i] + kChunk - 1) / kChunk <= kMaxBlocks, "nytorch: a tensor of ",
                 job.numels[i], " elements is too large for the CUDA kernel");
   }
   Pack<D> pk;
-  int slot = 0, nb = 0;
+  pk.n = 0;
+  pk.first[0] = 0;
+  auto launch = [&]() {
+    if (pk.n == 0) return;
+    mta_kernel<T, D, F><<<static_cast<unsigned>(pk.first[pk.n]), kBlock, 0, stream>>>(pk, f);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pk.n = 0;
+  };
   for (size_t i = 0; i < n; ++i) {
     const int64_t numel = job.numels[i];
     if (numel == 0) continue;
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
+    if (pk.n == kT || pk.first[pk.n] + chunks > kMaxBlocks) launch();
     void* const* p = job.ptrs.data() + i * D;
-    for (int k = 0; k < D; ++k) pk.ptr[k][slot] = p[k];
-    pk.numel[slot] = numel;
-    bool flushed_at_end = false;
-    for (int64_t c = 0; c < chunks; ++c) {
-      pk.block[nb++] = (static_cast<uint32_t>(c) << kTensorBits) | static_cast<uint32_t>(slot);
-      const bool last = c + 1 == chunks;
-      if (nb == kBlocks || (last && slot + 1 == kT)) {
-        launch(pk, nb);
-        nb = 0;
-        if (last) {
-          flushed_at_end = true;
-        } else if (slot != 0) {  // the rest of this tensor goes on in slot 0
-          for (int k = 0; k < D; ++k) pk.ptr[k][0] = pk.ptr[k][slot];
-          pk.numel[0] = numel;
-          slot = 0;
-        }
-      }
-    }
-    slot = flushed_at_end ? 0 : slot + 1;
+    for (int k = 0; k < D; ++k) pk.ptr[k][pk.n] = p[k];
+    pk.numel[pk.n] = numel;
+    pk.first[pk.n + 1] = pk.first[pk.n] + chunks;
+    ++pk.n;
   }
-  if (nb > 0) launch(pk, nb);
+  launch();
 }
 
 template <class T, class M>

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from . import _C
+from . import _C, _lazy  # noqa: F401  (_lazy registers the lazy parameter dicts)
 from .ops import OP_CODE
 
 _C.set_parameter_class(nn.Parameter)
@@ -91,22 +91,26 @@ class State:
     for the flats to be valid.
     """
 
-    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "versions")
+    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "versions", "record",
+                 "__weakref__")
 
-    def __init__(self, layout, modules, params, buffers, flats, keys, versions) -> None:
+    def __init__(self, layout, modules, params, buffers, flats, keys, versions, record=None) -> None:
         self.layout = layout
         self.modules = modules
-        self.params = params
+        self.params = params    # None until a lazy result's Parameters are made
         self.buffers = buffers
         self.flats = flats
         self.keys = keys
         self.versions = versions
+        self.record = record    # a lazy result's record (nytorch._lazy), else None
 
 
 def state_of(root: nn.Module) -> State:
     """The valid storage state of the particle rooted at ``root``."""
     st = root.__dict__.get("_nyto_state")
     if st is not None and _C.state_ok(root, st):
+        if st.params is None:  # a lazy result: make its Parameters now
+            _C.materialize(st.record)
         return st
     st = capture(root)
     root.__dict__["_nyto_state"] = st

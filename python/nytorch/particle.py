@@ -95,8 +95,7 @@ class NytoModule(nn.Module):
 
     # -- results ---------------------------------------------------------
     def _from_flats(self, st: S.State, flats) -> "NytoModule":
-        params, keys = _C.make_params(flats, st.layout.view_spec, st.params)
-        return build(self, st, params, flats, keys)
+        return _C.lazy_result(self, st, list(flats))
 
     def _from_tensors(self, st: S.State, tensors) -> "NytoModule":
         params = [nn.Parameter(t, requires_grad=p.requires_grad) for t, p in zip(tensors, st.params)]

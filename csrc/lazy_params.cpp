@@ -1,0 +1,155 @@
+// Lazily made parameters of result particles.
+//
+// An out-of-place particle op (`a + b`) computes its result into new flat
+// buffers; making one nn.Parameter object per parameter is most of its cost
+// on models of many small tensors, and most results (the intermediates of
+// `w*v + c1*r1*(p - x)`) are never looked at parameter by parameter. So each
+// result module gets, as its `_parameters`, a LazyParams (a dict subclass
+// defined in python/nytorch/_lazy.py) holding the right keys with None
+// values. The first look at any value of any of them (`m.weight`,
+// `parameters()`, `state_dict()`, ...) calls materialize(record), which
+// makes all of the particle's Parameters at once (make_params), puts them in
+// every LazyParams and turns each into a plain-dict-speed ParamDict
+// (`__class__` assignment: same object, so no write is lost).
+//
+// The record is a list shared by the particle's LazyParams and its State:
+//   [done, flats, view_spec, param_slots, requires_grad bytes,
+//    weakrefs to the LazyParams by module index (None where a module has no
+//    _parameters), weakref to the State]
+// It holds no strong reference to a module, a LazyParams or the State: no
+// reference cycle, dead particles are freed by refcounting alone.
+#include "python_api.h"
+#include <torch/csrc/autograd/python_variable.h>
+
+namespace nyto::py {
+
+PyObject* lazy_params_cls = nullptr;  // nytorch._lazy.LazyParams
+PyObject* param_dict_cls = nullptr;   // nytorch._lazy.ParamDict
+
+namespace {
+PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
+}  // namespace
+
+// A new LazyParams for a result module `owner`: the keys of `old` (the
+// source module's _parameters, lazy or not) with None values.
+PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record) {
+  static PyObject* s_record = intern("_nyto_record");
+  static PyObject* s_owner = intern("_nyto_owner");
+  static PyObject* empty = PyTuple_New(0);
+  auto* tp = reinterpret_cast<PyTypeObject*>(lazy_params_cls);
+  PyObject* lp = PyDict_Type.tp_new(tp, empty, nullptr);
+  if (!lp) return nullptr;
+  Py_ssize_t pos = 0;
+  PyObject *k, *v;
+  while (PyDict_Next(old, &pos, &k, &v)) {  // raw: never materializes `old`
+    if (PyDict_SetItem(lp, k, Py_None) < 0) { Py_DECREF(lp); return nullptr; }
+  }
+  PyObject* wr = PyWeakref_NewRef(owner, nullptr);
+  if (!wr || PyObject_SetAttr(lp, s_record, record) < 0 || PyObject_SetAttr(lp, s_owner, wr) < 0) {
+    Py_XDECREF(wr);
+    Py_DECREF(lp);
+    return nullptr;
+  }
+  Py_DECREF(wr);
+  return lp;
+}
+
+// requires_grad of each parameter of a state, as bytes: from its Parameters
+// when it has them, else from its (lazy) record.
+PyObject* requires_grad_bytes(PyObject* params, PyObject* record) {
+  if (params == Py_None) {
+    PyObject* rg = PyList_GET_ITEM(record, 4);
+    Py_INCREF(rg);
+    return rg;
+  }
+  const Py_ssize_t n = PyTuple_GET_SIZE(params);
+  PyObject* out = PyBytes_FromStringAndSize(nullptr, n);
+  if (!out) return nullptr;
+  char* b = PyBytes_AS_STRING(out);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* p = PyTuple_GET_ITEM(params, i);
+    b[i] = THPVariable_Check(p) && THPVariable_Unpack(p).requires_grad();
+  }
+  return out;
+}
+
+// materialize(record): make the particle's Parameters (once) and place them.
+PyObject* py_materialize(PyObject*, PyObject* record) {
+  static PyObject* s_params = intern("params");
+  static PyObject* s_keys = intern("keys");
+  static PyObject* s_record = intern("_nyto_record");
+  static PyObject* s_owner = intern("_nyto_owner");
+  static PyObject* s_class = intern("__class__");
+  if (!PyList_Check(record) || PyList_GET_SIZE(record) != 7) {
+    PyErr_SetString(PyExc_TypeError, "materialize(record)");
+    return nullptr;
+  }
+  if (PyList_GET_ITEM(record, 0) == Py_True) Py_RETURN_NONE;
+  PyObject* mp_args[3] = {PyList_GET_ITEM(record, 1), PyList_GET_ITEM(record, 2), PyList_GET_ITEM(record, 4)};
+  PyObject* made = py_make_params(nullptr, mp_args, 3);
+  if (!made) return nullptr;
+  PyObject* params = PyTuple_GET_ITEM(made, 0);
+  PyObject* keys = PyTuple_GET_ITEM(made, 1);
+  PyObject* slots = PyList_GET_ITEM(record, 3);
+  PyObject* wrs = PyList_GET_ITEM(record, 5);
+  const Py_ssize_t nm = PyTuple_GET_SIZE(wrs);
+  auto fail = [&]() -> PyObject* { Py_DECREF(made); return nullptr; };
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(slots); ++k) {
+    PyObject* e = PyTuple_GET_ITEM(slots, k);
+    const Py_ssize_t mi = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 0));
+    const Py_ssize_t j = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 2));
+    if (mi < 0 || mi >= nm || j < 0 || j >= PyList_GET_SIZE(params)) {
+      PyErr_SetString(PyExc_IndexError, "materialize: bad slot");
+      return fail();
+    }
+    PyObject* wr = PyTuple_GET_ITEM(wrs, mi);
+    PyObject* lp = wr == Py_None ? nullptr : PyWeakref_GetObject(wr);  // borrowed
+    if (lp && lp != Py_None && PyDict_SetItem(lp, PyTuple_GET_ITEM(e, 1), PyList_GET_ITEM(params, j)) < 0) {
+      return fail();
+    }
+  }
+  // The State learns its Parameters (then it is checked like any other).
+  PyObject* swr = PyList_GET_ITEM(record, 6);
+  PyObject* st = swr == Py_None ? nullptr : PyWeakref_GetObject(swr);
+  if (st && st != Py_None) {
+    PyObject* cur = PyObject_GetAttr(st, s_params);
+    if (!cur) return fail();
+    const bool unset = cur == Py_None;
+    Py_DECREF(cur);
+    PyObject* pt = unset ? PyList_AsTuple(params) : nullptr;
+    if (unset && (!pt || PyObject_SetAttr(st, s_params, pt) < 0 || PyObject_SetAttr(st, s_keys, keys) < 0)) {
+      Py_XDECREF(pt);
+      return fail();
+    }
+    Py_XDECREF(pt);
+  }
+  Py_INCREF(Py_True);
+  PyList_SetItem(record, 0, Py_True);  // steals the new reference, drops the old
+  for (Py_ssize_t mi = 0; mi < nm; ++mi) {
+    PyObject* wr = PyTuple_GET_ITEM(wrs, mi);
+    PyObject* lp = wr == Py_None ? nullptr : PyWeakref_GetObject(wr);
+    if (!lp || lp == Py_None) continue;
+    Py_INCREF(lp);
+    const bool ok = PyObject_SetAttr(lp, s_record, Py_None) == 0 && PyObject_SetAttr(lp, s_owner, Py_None) == 0 &&
+                    PyObject_SetAttr(lp, s_class, param_dict_cls) == 0;
+    Py_DECREF(lp);
+    if (!ok) return fail();
+  }
+  Py_DECREF(made);
+  Py_RETURN_NONE;
+}
+
+// register_lazy_types(LazyParams, ParamDict)
+PyObject* py_register_lazy_types(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "register_lazy_types(LazyParams, ParamDict)");
+    return nullptr;
+  }
+  Py_INCREF(args[0]);
+  Py_XSETREF(lazy_params_cls, args[0]);
+  Py_INCREF(args[1]);
+  Py_XSETREF(param_dict_cls, args[1]);
+  Py_RETURN_NONE;
+}
+
+}  // namespace nyto::py
