@@ -16,11 +16,15 @@ NYTO_CUDA=ON timeout 300 python3 -m pip install --no-build-isolation --no-deps -
   || { tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
 cd /tmp && python3 -c "import nytorch; print('nytorch', nytorch.__file__, 'cuda kernels', nytorch._C.has_cuda())"; cd - >/dev/null
 step tests
-timeout 240 python3 -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short tests -k "${1:-cuda}" \
+timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short tests -k "${1:-cuda}" \
   --deselect tests/test_ci_commands.py 2>&1 | tee "$OUT/tests.log" | tail -40
 step bench_ops
-timeout 120 python3 benchmarks/bench_ops.py --device cuda --quick 2>&1 | tee "$OUT/bench_ops.log" | tail -60
+timeout 60 python3 benchmarks/bench_ops.py --device cuda --quick 2>&1 | tee "$OUT/bench_ops.log" | tail -60
 step particles
-timeout 90 python3 tools/gpu_particle_timing.py 2>&1 | tee "$OUT/particles.log"
+timeout 60 python3 tools/gpu_particle_timing.py 2>&1 | tee "$OUT/particles.log"
+for b in bench_fuse bench_swarm; do
+  [ -f benchmarks/$b.py ] || continue
+  step $b; timeout 110 python3 benchmarks/$b.py --device cuda --quick 2>&1 | tee "$OUT/$b.log" | tail -45
+done
 for f in ${GPU_EXTRA:-}; do step "$f"; timeout 120 python3 $f 2>&1 | tee "$OUT/$(basename $f).log"; done
 step done
