@@ -2,6 +2,7 @@
 torch reference, convergence on sphere / Rastrigin, bitwise resume from a
 checkpoint, history / progress / callbacks, bad input."""
 import doctest
+import importlib
 import io
 import math
 import sys
@@ -59,12 +60,34 @@ def tensors(opt):
 # PSO
 # ---------------------------------------------------------------------------
 
+def random_pair(pso, x0):
+    """The r1, r2 the optimizer's next update draws (same generator state)."""
+    if pso.backend == "ops":
+        g = torch.Generator(device=x0.device)
+        g.set_state(pso.generator.get_state())
+        r1, r2 = torch.empty_like(x0), torch.empty_like(x0)
+        nyto.ops.uniform_([r1, r2], generator=g)
+        return r1, r2
+    # fuse: Philox streams 0 and 1 of the step's seed (the k-th rand_like of a program)
+    fz = importlib.import_module("nytorch.fuse")
+    g = torch.Generator()
+    g.set_state(pso.seed_generator.get_state())
+    seed = int(torch.randint(0, 2**62, (), generator=g))
+    prog = fz.program(lambda x: (fz.rand_like(x), fz.rand_like(x)), "p")
+    (r1,), (r2,) = fz.run_flat(prog, [[x0]], [], seed=seed)
+    return r1, r2
+
+
+BACKENDS = ["fuse", "ops"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["global", "ring"])
-def test_pso_update_matches_reference(topology, device):
+def test_pso_update_matches_reference(topology, backend, device):
     s = point_swarm(n=7, device=device)
     pso = PSO(s, inertia=0.6, cognitive=1.2, social=1.7, vmax=0.8, topology=topology, neighbors=1,
-              velocity_scale=0.3, seed=3)
+              velocity_scale=0.3, seed=3, backend=backend)
     pso.step(sphere)  # now pbest / gbest are set, velocities nonzero
     x0, v0, p0 = s.flats[0].clone(), pso.velocity[0].clone(), pso.pbest[0].clone()
     fit = sphere(s)
@@ -76,10 +99,7 @@ def test_pso_update_matches_reference(topology, device):
         n = len(s)
         idx = [min(((i + d) % n for d in (-1, 0, 1)), key=lambda j: float(pf[j])) for i in range(n)]
         best = p_new[idx]
-    g = torch.Generator(device=device)
-    g.set_state(pso.generator.get_state())
-    r1, r2 = torch.empty_like(x0), torch.empty_like(x0)
-    nyto.ops.uniform_([r1, r2], generator=g)
+    r1, r2 = random_pair(pso, x0)
     v_ref = (0.6 * v0 + 1.2 * r1 * (p_new - x0) + 1.7 * r2 * (best - x0)).clamp(-0.8, 0.8)
     pso.tell(fit)
     assert torch.allclose(pso.velocity[0], v_ref, atol=1e-6)
@@ -88,9 +108,10 @@ def test_pso_update_matches_reference(topology, device):
     assert pso.velocity[0].abs().max() <= 0.8
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["global", "ring"])
-def test_pso_converges_on_sphere(topology):
-    pso = PSO(point_swarm(), topology=topology, seed=0)
+def test_pso_converges_on_sphere(topology, backend):
+    pso = PSO(point_swarm(), topology=topology, seed=0, backend=backend)
     pso.run(sphere, 250, progress_bar=False)
     assert pso.best_fitness < 1e-4
     b = pso.best
@@ -114,9 +135,10 @@ def test_pso_maximize():
     assert -1e-3 < pso.best_fitness <= 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["global", "ring"])
-def test_pso_checkpoint_resumes_bitwise(topology):
-    pso = PSO(point_swarm(), topology=topology, vmax=1.0, velocity_scale=0.1, seed=5)
+def test_pso_checkpoint_resumes_bitwise(topology, backend):
+    pso = PSO(point_swarm(), topology=topology, vmax=1.0, velocity_scale=0.1, seed=5, backend=backend)
     pso.run(rastrigin, 4, progress_bar=False)
     buf = io.BytesIO()
     torch.save(pso.state_dict(), buf)
@@ -124,7 +146,7 @@ def test_pso_checkpoint_resumes_bitwise(topology):
     expect = [t.clone() for t in tensors(pso)]
     # a fresh optimizer on a fresh swarm of the species, other seed: the checkpoint decides
     fresh = PSO(Swarm.from_flats(pso.swarm.template, [torch.zeros_like(pso.swarm.flats[0])]), topology=topology,
-                vmax=1.0, velocity_scale=0.1, seed=99)
+                vmax=1.0, velocity_scale=0.1, seed=99, backend=backend)
     buf.seek(0)
     fresh.load_state_dict(torch.load(buf))
     fresh.run(rastrigin, 3, progress_bar=False)

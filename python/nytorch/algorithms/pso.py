@@ -15,6 +15,7 @@ True
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
@@ -24,7 +25,60 @@ from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import History, SwarmOptimizer, as_fitness
 
+try:  # the module (nytorch.fuse is also the name of its decorator)
+    _fuse = importlib.import_module("nytorch.fuse")
+except ImportError:  # pragma: no cover - nytorch.fuse not built
+    _fuse = None
+
 Schedule = Union[float, Callable[[int], float]]
+
+
+def _pso_step(x, v, p, g, w, c1, c2):
+    """The PSO update as a fused program (x, v, pbest, neighbourhood best)."""
+    rand_like = _fuse.rand_like
+    v = w * v + c1 * rand_like(x) * (p - x) + c2 * rand_like(x) * (g - x)
+    return x + v, v
+
+
+def _pso_step_clamped(x, v, p, g, w, c1, c2, lo, hi):
+    clamp, rand_like = _fuse.clamp, _fuse.rand_like
+    v = clamp(w * v + c1 * rand_like(x) * (p - x) + c2 * rand_like(x) * (g - x), lo, hi)
+    return x + v, v
+
+
+_PROGRAMS: Dict[bool, Any] = {}
+
+
+def _program(clamped: bool):
+    prog = _PROGRAMS.get(clamped)
+    if prog is None:
+        if _fuse is None:
+            raise RuntimeError("PSO(backend='fuse') needs nytorch.fuse; use backend='ops'")
+        prog = _PROGRAMS[clamped] = (_fuse.program(_pso_step_clamped, "ppppnnnnn") if clamped
+                                     else _fuse.program(_pso_step, "ppppnnn"))
+    return prog
+
+
+_WORKS: Dict[Any, bool] = {}
+
+
+def _fuse_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused PSO program runs on this device and dtype (probed once)."""
+    key = (str(device), dtype)
+    ok = _WORKS.get(key)
+    if ok is None:
+        try:
+            t = torch.zeros(2, 4, device=device, dtype=dtype)
+            _fuse.run_flat(_program(True), [[t]] * 4, [0.5, 1.0, 1.0, -1.0, 1.0], out=[[t], [t.clone()]], seed=0)
+            ok = True
+        except Exception:  # noqa: BLE001  (not built for this device / dtype, or no nytorch.fuse)
+            ok = False
+        _WORKS[key] = ok
+    return ok
+
+
+def run_flat(prog, inputs, numbers, *, out, seed):
+    _fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)
 
 
 def _value(s: Schedule, step: int) -> float:
@@ -47,22 +101,33 @@ class PSO(SwarmOptimizer):
     ``state_dict``, so a resumed run is bitwise the same).
 
     The swarm is updated in place: ``ask()`` returns it, ``tell(fitness)``
-    (a [N] tensor for the positions ``ask`` returned) moves it. The update is
-    the fused ``nytorch.ops.pso_velocity_`` over the stacked rows (personal and
-    neighbourhood bests are passed as row views: no copies), then ``x += v``.
+    (a [N] tensor for the positions ``ask`` returned) moves it.
+
+    ``backend``: ``"auto"`` (default) picks ``"fuse"`` where nytorch.fuse runs
+    on the swarm's devices and dtypes, else ``"ops"``. ``"fuse"``: velocity, clamp and position update in
+    ONE pass of :mod:`nytorch.fuse` over the stacked buffers, random numbers
+    generated in the kernel (Philox, seeded per step from the optimizer's
+    generator). The neighbourhood best is read from a ``[N, numel]`` buffer
+    kept up to date row by row (only rows whose best changed are copied),
+    because fused programs do not broadcast one row against the swarm yet.
+    ``"ops"``: ``nytorch.ops.uniform_`` for r1, r2, the fused
+    ``nytorch.ops.pso_velocity_`` over row views (bests passed as views, no
+    copies), then clamp and ``x += v``: four passes.
     """
 
     def __init__(self, swarm: Swarm, *, inertia: Schedule = 0.7298, cognitive: Schedule = 1.49618,
                  social: Schedule = 1.49618, vmax: Optional[float] = None, topology: str = "global",
                  neighbors: int = 1, velocity_scale: float = 0.0, maximize: bool = False,
                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 track_diversity: bool = True) -> None:
+                 track_diversity: bool = True, backend: str = "auto") -> None:
         if not isinstance(swarm, Swarm):
             raise TypeError(f"PSO: swarm must be a nytorch.Swarm, got {type(swarm).__name__}")
         if topology not in ("global", "ring"):
             raise ValueError(f"PSO: topology must be 'global' or 'ring', got {topology!r}")
         if topology == "ring" and not 1 <= neighbors:
             raise ValueError("PSO: neighbors must be >= 1")
+        if backend not in ("auto", "fuse", "ops"):
+            raise ValueError(f"PSO: backend must be 'auto', 'fuse' or 'ops', got {backend!r}")
         if vmax is not None and not vmax > 0:
             raise ValueError("PSO: vmax must be positive")
         if any(not f.is_contiguous() for f in swarm.flats):
@@ -80,6 +145,12 @@ class PSO(SwarmOptimizer):
             generator = torch.Generator(device=dev)
             generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
         self.generator = generator
+        if backend == "auto":
+            backend = "fuse" if all(_fuse_works(f.device, f.dtype) for f in swarm.flats) else "ops"
+        self.backend = backend
+        # seeds of the fused kernel's Philox streams: a CPU generator (no device sync)
+        self.seed_generator = torch.Generator()
+        self.seed_generator.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=dev)))
         n = len(swarm)
         self.velocity = [torch.zeros_like(f) for f in swarm.flats]
         if velocity_scale:
@@ -88,7 +159,10 @@ class PSO(SwarmOptimizer):
         self.pbest_fitness = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
         self.gbest = [f[0].clone() for f in swarm.flats]
         self.gbest_fitness = torch.full((), float("inf"), dtype=torch.float64, device=dev)
-        self._r = [[torch.empty_like(f) for f in swarm.flats] for _ in range(2)]
+        self._r = [[torch.empty_like(f) for f in swarm.flats] for _ in range(2)] if backend == "ops" else None
+        # fuse backend: each particle's neighbourhood best, one row per particle
+        self._best_rows = [torch.empty_like(f) for f in swarm.flats] if backend == "fuse" else None
+        self._row_src = torch.full((n,), -1, dtype=torch.long, device=dev)  # pbest row each best row holds
         self.steps_done = 0
         self.history = History()
         self._rows_cache: Optional[List] = None
@@ -140,6 +214,23 @@ class PSO(SwarmOptimizer):
         for g, p in zip(self.gbest, self.pbest):
             torch.where(better, p[i], g, out=g)
         self.gbest_fitness = torch.where(better, self.pbest_fitness[i], self.gbest_fitness)
+        if self._best_rows is not None:
+            self._refresh_best_rows(improved)
+
+    def _refresh_best_rows(self, improved: torch.Tensor) -> None:
+        """Copy into ``_best_rows`` the rows whose neighbourhood best changed
+        (another particle, or the same one with a new personal best)."""
+        if self.topology == "global":
+            src = torch.argmin(self.pbest_fitness).expand(len(self.swarm))
+        else:
+            src = self.neighborhood_best()
+        changed = (src != self._row_src) | improved[src]
+        rows = changed.nonzero().squeeze(1)
+        if rows.numel():
+            take = src.index_select(0, rows)
+            for b, p in zip(self._best_rows, self.pbest):
+                b.index_copy_(0, rows, p.index_select(0, take))
+            self._row_src = src.clone()
 
     def _rows(self):
         """Row views of x, v, pbest, r1, r2 per group (built once)."""
@@ -159,6 +250,16 @@ class PSO(SwarmOptimizer):
         return window.gather(1, j[:, None]).squeeze(1)
 
     def _move(self, w: float, c1: float, c2: float) -> None:
+        if self.backend == "fuse":
+            seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
+            flats = self.swarm.flats
+            if self.vmax is None:
+                run_flat(_program(False), [flats, self.velocity, self.pbest, self._best_rows], [w, c1, c2],
+                         out=[flats, self.velocity], seed=seed)
+            else:
+                run_flat(_program(True), [flats, self.velocity, self.pbest, self._best_rows],
+                         [w, c1, c2, -self.vmax, self.vmax], out=[flats, self.velocity], seed=seed)
+            return
         ops.uniform_(self._r[0] + self._r[1], generator=self.generator)
         rows = self._rows()
         if self.topology == "ring":
@@ -187,6 +288,7 @@ class PSO(SwarmOptimizer):
             "gbest_fitness": self.gbest_fitness.clone(),
             "steps_done": self.steps_done,
             "rng": self.generator.get_state(),
+            "seed_rng": self.seed_generator.get_state(),
             "history": self.history.state_dict(),
         }
 
@@ -205,4 +307,8 @@ class PSO(SwarmOptimizer):
         self.gbest_fitness = state["gbest_fitness"].to(self.device).clone()
         self.steps_done = int(state["steps_done"])
         self.generator.set_state(state["rng"])
+        self.seed_generator.set_state(state["seed_rng"])
         self.history.load_state_dict(state["history"])
+        if self._best_rows is not None:  # derived state: rebuild it from the personal bests
+            self._row_src.fill_(-1)
+            self._refresh_best_rows(torch.zeros(len(self.swarm), dtype=torch.bool, device=self.device))
