@@ -425,12 +425,12 @@ def fitness(swarm) -> torch.Tensor:
     return sum(((f.to(torch.float64) - 0.5) ** 2).sum(1) for f in swarm.flats)
 
 
-def pso_reference(steps: int):
+def pso_reference(steps: int, backend: str = "auto"):
     """The single-process run that the 2-rank run must reproduce."""
     from nytorch.algorithms import PSO
     net = make_net(0)
     swarm = nyto.Swarm(net, N_SWARM, init="randn")   # the global RNG after make_net's seed
-    pso = PSO(swarm, seed=5, velocity_scale=0.1)
+    pso = PSO(swarm, seed=5, velocity_scale=0.1, vmax=0.3, backend=backend)
     for _ in range(steps):
         pso.tell(fitness(pso.ask()))
     return pso
@@ -461,11 +461,20 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     nd.broadcast_(s_copy, src=1)
     res["swarm_broadcast"] = [f.clone() for f in s_copy.flats]
 
-    # sharded PSO, then checkpoint/resume
+    # sharded PSO on the ops backend (r1, r2 drawn by torch's generator)
+    sw = nd.ShardedSwarm(make_net(0), N_SWARM, init="randn")
+    pso = nd.ShardedPSO(sw, seed=5, velocity_scale=0.1, vmax=0.3, backend="ops")
+    for step in range(STEPS):
+        pso.tell(fitness(pso.ask()))
+    res["pso_ops_flats"] = [f.clone() for f in sw.gather().flats]
+    res["pso_ops_backend"] = pso.backend
+
+    # sharded PSO (default backend), then checkpoint/resume
     net = make_net(0)
     sw = nd.ShardedSwarm(net, N_SWARM, init="randn")
-    pso = nd.ShardedPSO(sw, seed=5, velocity_scale=0.1)
+    pso = nd.ShardedPSO(sw, seed=5, velocity_scale=0.1, vmax=0.3)
     res["rows"] = (sw.lo, sw.hi)
+    res["pso_backend"] = pso.backend
     for step in range(STEPS):
         local = pso.ask()
         assert len(local) == sw.hi - sw.lo
@@ -479,7 +488,7 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res["pso_mean"] = params(sw.mean())
 
     sw2 = nd.ShardedSwarm(make_net(0), N_SWARM, init="zeros")
-    pso2 = nd.ShardedPSO(sw2, seed=123)
+    pso2 = nd.ShardedPSO(sw2, seed=123, vmax=0.3)
     pso2.load(os.path.join(out_dir, "pso_ckpt"))
     for _ in range(STEPS - STEPS // 2):
         pso2.tell(fitness(pso2.ask()))
@@ -524,10 +533,19 @@ def test_swarm_collectives(sharded):
             assert torch.equal(res["swarm_broadcast"][g], ins[1][g])
 
 
+def test_sharded_pso_ops_backend_equals_one_process_bitwise(sharded):
+    ref = pso_reference(STEPS, backend="ops")
+    for res in sharded:
+        assert res["pso_ops_backend"] == "ops"
+        for got, want in zip(res["pso_ops_flats"], ref.swarm.flats):
+            assert torch.equal(got, want)
+
+
 def test_sharded_pso_equals_one_process_bitwise(sharded):
     ref = pso_reference(STEPS)
     assert [r["rows"] for r in sharded] == [(0, 3), (3, 7)]
     for res in sharded:
+        assert res["pso_backend"] == ref.backend
         for got, want in zip(res["pso_flats"], ref.swarm.flats):
             assert torch.equal(got, want)
         for got, want in zip(res["pso_gbest"], ref.gbest):

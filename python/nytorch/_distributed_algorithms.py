@@ -36,6 +36,7 @@ from ._distributed_swarm import ShardedSwarm, gather_rows, load_sharded, owner_o
 from ._storage import state_of
 from .algorithms._base import as_fitness
 from .algorithms.es import ES, centered_ranks
+from .algorithms import pso as _pso
 from .algorithms.pso import PSO
 from .particle import NytoModule
 
@@ -139,6 +140,7 @@ class ShardedPSO(PSO):
         self.track_sharded_diversity = track_diversity
         self._pbest_all = torch.full((sharded.n,), float("inf"), dtype=torch.float64, device=self.device)
         self._f_all: Optional[torch.Tensor] = None
+        self._src = -1   # the personal best that _best_rows (fused backend) holds
 
     def _full_shapes(self) -> List[Tuple[int, int]]:
         return [(self.sharded.n, f.shape[1]) for f in self.swarm.flats]
@@ -156,20 +158,38 @@ class ShardedPSO(PSO):
         self._pbest_all = torch.where(improved_all, f_all, self._pbest_all)
         self.pbest_fitness = self._pbest_all[sh.lo:sh.hi].clone()
         i = int(torch.argmin(self._pbest_all))
-        if bool(self._pbest_all[i] < self.gbest_fitness):
-            owner = owner_of(i, sh.n, sh.world)
-            if owner == sh.rank:
-                for g, p in zip(self.gbest, self.pbest):
-                    g.copy_(p[i - sh.lo])
-            src = _global_rank(sh.group, owner)
-            works = [launch("ShardedPSO.tell", lambda g=g: dist.broadcast(g, src, group=sh.group, async_op=True))
-                     for g in self.gbest]
-            for w in works:
-                wait_work("ShardedPSO.tell", w, None)
-            self.gbest_fitness = self._pbest_all[i].clone()
+        better = bool(self._pbest_all[i] < self.gbest_fitness)
+        # the fused backend follows pbest[argmin] row by row (PSO._refresh_best_rows)
+        refresh = self._best_rows is not None and (i != self._src or bool(improved_all[i]))
+        if better or refresh:
+            win = self._winner(i)
+            if better:
+                for g, w in zip(self.gbest, win):
+                    g.copy_(w)
+                self.gbest_fitness = self._pbest_all[i].clone()
+            if refresh:
+                for b, w in zip(self._best_rows, win):
+                    b.copy_(w.expand_as(b))
+                self._src = i
+
+    def _winner(self, i: int) -> List[torch.Tensor]:
+        """Personal best ``i`` on every rank: one broadcast per group from its owner."""
+        sh = self.sharded
+        owner = owner_of(i, sh.n, sh.world)
+        win = [p[i - sh.lo].clone() if owner == sh.rank else torch.empty_like(g)
+               for p, g in zip(self.pbest, self.gbest)]
+        src = _global_rank(sh.group, owner)
+        works = [launch("ShardedPSO.tell", lambda w=w: dist.broadcast(w, src, group=sh.group, async_op=True))
+                 for w in win]
+        for w in works:
+            wait_work("ShardedPSO.tell", w, None)
+        return win
 
     def _move(self, w: float, c1: float, c2: float) -> None:
-        # PSO._move with this rank's rows of the random numbers
+        # PSO._move on this rank's rows, with the random numbers of those rows
+        if self.backend == "fuse":
+            self._move_fused(w, c1, c2)
+            return
         if self.rng == "replicated":
             shapes = self._full_shapes()
             draw_rows_("uniform", shapes + shapes, self._r[0] + self._r[1], self.sharded.lo, self.generator)
@@ -181,6 +201,25 @@ class ShardedPSO(PSO):
             for v in self.velocity:
                 v.clamp_(-self.vmax, self.vmax)
         ops.add_(self.swarm.flats, self.velocity)
+
+    def _move_fused(self, w: float, c1: float, c2: float) -> None:
+        """The fused PSO program over the local rows; its in-kernel Philox
+        counters start at this shard's first element (``offset``), so the
+        numbers are those of the one-process run."""
+        seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
+        clamped = self.vmax is not None
+        prog = _pso._program(clamped)
+        numbers = [w, c1, c2] + ([-self.vmax, self.vmax] if clamped else [])
+        ins = [self.swarm.flats, self.velocity, self.pbest, self._best_rows]
+        lo = self.sharded.lo if self.rng == "replicated" else 0
+        if len(ins[0]) == 1:
+            _pso._fuse.run_flat(prog, ins, numbers, out=ins[:2], seed=seed, offset=lo * ins[0][0].shape[1])
+            return
+        # one call per group (the offset differs); size-1 stand-ins keep the group index
+        for g in range(len(ins[0])):
+            pad = [[torch.zeros(1, dtype=t.dtype, device=t.device) for t in lst[:g]] for lst in ins]
+            call = [pad[k] + [ins[k][g]] for k in range(len(ins))]
+            _pso._fuse.run_flat(prog, call, numbers, out=call[:2], seed=seed, offset=lo * ins[0][g].shape[1])
 
     def _record(self, fitness: torch.Tensor, best: float, diversity: Optional[float]) -> None:
         f = self._f_all if self._f_all is not None else fitness
@@ -203,6 +242,11 @@ class ShardedPSO(PSO):
         super().load_state_dict(state)
         self._pbest_all = state["pbest_fitness_all"].to(self.device).clone()
         self.rng = state["rng_mode"]
+        if self._best_rows is not None:  # PSO rebuilt them from the local rows: use the global best
+            self._src = int(torch.argmin(self._pbest_all))
+            with torch.no_grad():
+                for b, g in zip(self._best_rows, self.gbest):
+                    b.copy_(g.expand_as(b))
 
     def save(self, path: str) -> None:
         """Checkpoint directory ``path``: one shard per rank + ``manifest.json``."""
