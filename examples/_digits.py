@@ -62,7 +62,15 @@ def parser(description: str, plot: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=plot, help="PNG file for the fitness history ('' for none)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return p
+
+
+def setup(args) -> None:
+    """Threads and seed from the common arguments."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
 
 
 def save_plot(history, path: str, title: str) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from nytorch.algorithms import ES
 
-from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, swarm_loss
+from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
 
 
 def main(argv=None) -> float:
@@ -25,9 +25,9 @@ def main(argv=None) -> float:
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     args = p.parse_args(argv)
-    popsize = args.popsize or (20 if args.quick else 100)
-    steps = args.steps or (30 if args.quick else 300)
-    torch.manual_seed(args.seed)
+    popsize = args.popsize or (20 if args.quick else 50)
+    steps = args.steps or (30 if args.quick else 200)
+    setup(args)
     xtr, ytr, xte, yte = load_digits(args.seed)
     es = ES(MLP(args.hidden), popsize, sigma=args.sigma, lr=args.lr, optimizer=args.optimizer, seed=args.seed)
     print(f"ES: population {popsize} x {es.population.numel:,} parameters, {steps} steps, {args.optimizer}")

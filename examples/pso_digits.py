@@ -13,7 +13,7 @@ import torch
 import nytorch as nyto
 from nytorch.algorithms import PSO
 
-from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, swarm_loss
+from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
 
 
 def main(argv=None) -> float:
@@ -24,8 +24,8 @@ def main(argv=None) -> float:
     p.add_argument("--topology", choices=("global", "ring"), default="global")
     args = p.parse_args(argv)
     n = args.particles or (16 if args.quick else 64)
-    steps = args.steps or (30 if args.quick else 1500)
-    torch.manual_seed(args.seed)
+    steps = args.steps or (30 if args.quick else 500)
+    setup(args)
     xtr, ytr, xte, yte = load_digits(args.seed)
     net = MLP(args.hidden)
     swarm = nyto.Swarm(net, n, init=lambda i: MLP(args.hidden))   # freshly initialized networks

@@ -115,6 +115,49 @@ def time_model(name: str, make) -> None:
                   f" {median_us(particle):10.1f}")
 
 
+class DigitsMLP(nytorch.NytoModule):
+    """64 -> 16 -> 10 classifier of scikit-learn's 8x8 digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def pso_digits(n: int = 32, steps: int = 150) -> None:
+    """A short PSO run: a Swarm of MLPs trained on scikit-learn's digits."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        print("\nPSO on digits: skipped (scikit-learn is not installed: pip install -r requirements.txt)")
+        return
+    from nytorch.algorithms import PSO
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32, device=DEVICE) / 16
+    y = torch.tensor(d.target, device=DEVICE)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    tr, te = perm[:1350], perm[1350:]
+    torch.manual_seed(0)
+    swarm = nytorch.Swarm(DigitsMLP().to(DEVICE), n, init=lambda i: DigitsMLP())
+
+    def loss(s):  # every particle's forward at once: [n, 1350, 10] logits -> [n] losses
+        logp = s(x[tr]).log_softmax(-1)
+        return -logp.gather(-1, y[tr].expand(len(s), -1).unsqueeze(-1)).mean((1, 2))
+
+    print(f"\nPSO on scikit-learn's digits: {n} particles x {swarm.numel:,} parameters, {steps} steps "
+          f"(a nytorch.Swarm; update fused with nytorch.fuse)")
+    pso = PSO(swarm, inertia=lambda t: 0.9 - 0.5 * t / steps, vmax=0.5, seed=0)
+    t0 = time.perf_counter()
+    pso.run(loss, steps, desc="PSO")
+    secs = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = (pso.best(x[te]).argmax(-1) == y[te]).float().mean().item()
+    print(f"  best train loss {pso.best_fitness:.3f}, test accuracy {acc:.1%} "
+          f"({secs:.1f} s, {secs / steps * 1e3:.1f} ms/step, {pso.backend} update)")
+
+
 def main() -> None:
     print(f"nytorch {nytorch.__version__}, torch {torch.__version__}, CPU kernels {_C.cpu_isa()}, "
           f"{torch.get_num_threads()} threads, device {DEVICE}")
@@ -127,6 +170,7 @@ def main() -> None:
     time_model("ResNet-18-sized", resnetish)
     print("\n('particle' is the operator on NytoModules, e.g. `a + b`, including module overhead;"
           " its PSO row is out of place.)")
+    pso_digits()
 
 
 if __name__ == "__main__":
