@@ -514,8 +514,31 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
         es.tell(fitness(local))
     res["es_center"] = params(es.center)
     res["es_history"] = [(r["best"], r["mean"]) for r in es.history.records]
+    res["examples"] = _run_examples()
     nd.barrier(timeout=10)
     return res
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+
+
+def _run_examples() -> Optional[Dict[str, Any]]:
+    """The two examples' main() in --quick mode inside this group (as under
+    torchrun: nd.init() finds the group); None without scikit-learn."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return None
+    sys.path.insert(0, os.path.abspath(EXAMPLES))
+    import fedavg_digits
+    import pso_distributed
+    out: Dict[str, Any] = {}
+    out["fedavg"] = fedavg_digits.main(["--quick", "--rounds", "2"])
+    try:
+        out["pso"] = pso_distributed.main(["--quick", "--steps", "8", "--check"])
+    except SystemExit as e:  # --check failed
+        out["pso"] = f"SystemExit: {e}"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -574,3 +597,12 @@ def test_sharded_es_equals_one_process(sharded):
         assert_params(res["es_center"], {k: v.detach() for k, v in ref.center.named_parameters()})
         for (b, m), r in zip(res["es_history"], ref.history.records):
             assert b == pytest.approx(r["best"], rel=1e-6) and m == pytest.approx(r["mean"], rel=1e-6)
+
+
+def test_examples_quick(sharded):
+    pytest.importorskip("sklearn")
+    for res in sharded:
+        ex = res["examples"]
+        assert ex is not None, "the ranks could not import sklearn"
+        assert ex["fedavg"] > 0.5          # 2 rounds of FedAvg on digits
+        assert isinstance(ex["pso"], float), ex["pso"]   # --check passed: same as one process
