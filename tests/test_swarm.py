@@ -2,6 +2,7 @@
 per-particle reference, reductions, vectorized forward against the loop,
 checkpoints and bad input."""
 import doctest
+import importlib
 import operator
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 import nytorch as nyto
+import nytorch._swarm_fuse
 import nytorch._swarm_ops
 import nytorch.swarm
 from nytorch import Swarm
@@ -428,6 +430,35 @@ def test_inplace_cast_error_changes_nothing():
 
 
 # ---------------------------------------------------------------------------
+# nytorch.fuse functions on swarms
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_function_on_swarms_matches_rows(dtype, device):
+    fz = importlib.import_module("nytorch.fuse")
+    _, s = make(dtype=dtype, device=device)
+    o = s.randn()
+    step = fz.fuse(lambda x, v, a: (a * x + v, fz.maximum(x - v, 0.0)))
+    f = Swarm.fused(step)
+    new, other = f(s, o, 0.5)
+    for i in range(len(s)):
+        ref = step(s[i], o[i], 0.5)
+        for a, b in zip(values(new[i]) + values(other[i]), values(ref[0]) + values(ref[1])):
+            assert torch.allclose(a, b, rtol=0, atol=0)
+    snap_o = snapshot(o)
+    res = f(s, o, 2.0, out=(s, o))  # in place, aliasing inputs
+    assert res[0] is s and not same(o, snap_o)
+    _, alien = make(seed=5)
+    snap = snapshot(s)
+    with pytest.raises(AssertionError, match="different species"):
+        f(s, alien, 1.0)
+    with pytest.raises(TypeError, match="swarms of one species or numbers"):
+        f(s, s[0], 1.0)
+    assert same(s, snap)
+
+
+# ---------------------------------------------------------------------------
 # docstring examples
 # ---------------------------------------------------------------------------
 
@@ -440,7 +471,8 @@ class DocNet(nyto.NytoModule):
         return self.lin(x)
 
 
-@pytest.mark.parametrize("module", [nytorch.swarm, nytorch._swarm_ops], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [nytorch.swarm, nytorch._swarm_ops, nytorch._swarm_fuse],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, extraglobs={"Net": DocNet, "nyto": nyto, "torch": torch},
                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

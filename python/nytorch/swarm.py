@@ -403,6 +403,20 @@ class Swarm(SwarmArithmetic):
             out.append(torch.cat(parts) if parts else torch.empty(0, dtype=dt, device=dev))
         return out
 
+    # -- fused functions ------------------------------------------------------
+    @staticmethod
+    def fused(fn: Callable) -> Any:
+        """``fn`` (a ``nytorch.fuse`` function, or any function of particles and
+        numbers) as a function on swarms: one fused pass over the stacked
+        buffers per call, ``out=`` for in place (see :mod:`nytorch._swarm_fuse`).
+
+        >>> s = nyto.Swarm(Net(), 3, init="zeros")
+        >>> nyto.Swarm.fused(lambda x, a: x + a)(s, 1.5).flats[0][0, :2].tolist()
+        [1.5, 1.5]
+        """
+        from ._swarm_fuse import fused
+        return fused(fn)
+
     # -- copies ---------------------------------------------------------------
     def clone(self) -> "Swarm":
         """A new swarm of this species with copies of the rows (contiguous)."""
