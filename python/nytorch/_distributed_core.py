@@ -19,10 +19,12 @@ from .particle import NytoModule
 # into contiguous slices of at most this size (zero-copy views): the
 # collectives of a big particle are queued together and post-processing of a
 # finished slice (the division of a mean) overlaps the transfer of the next.
-# 32 MiB: on gloo/loopback 8-64 MiB buckets cost the same as one 46 MB
-# message (benchmarks/bench_distributed.py --buckets); NCCL's own pipelining
-# works inside each message, so the size only bounds a single call.
-BUCKET_BYTES = 32 << 20
+# 16 MiB: on gloo/loopback (benchmarks/bench_distributed.py --buckets, a
+# ResNet-18-sized particle of 46.8 MB, noisy shared machine) 4-16 MiB were
+# the fastest in every run, ~5% ahead of 32 MiB; one 46.8 MB message ranged
+# from 12% faster to 15% slower; 1 MiB was 20-30% slower (round trips).
+# NCCL pipelines inside each message, so there the size only bounds one call.
+BUCKET_BYTES = 16 << 20
 
 
 class CollectiveError(RuntimeError):
