@@ -9,7 +9,9 @@ interleaved (``_timing.compare``):
 
   swarm       nytorch.Swarm + nytorch.algorithms.PSO: ``pso.step(fitness)``,
               the fitness one vmapped forward of all particles (``swarm(x)``)
-  swarm upd   the update alone (``pso.tell(fitness)`` with fixed fitness)
+  swarm upd   the update alone (``pso.tell(fitness)`` with fixed fitness; the
+              default backend: one nytorch.fuse pass with in-kernel random numbers)
+  upd ops     the same with ``backend="ops"`` (ops.uniform_ + ops.pso_velocity_ + add_)
   swarm eval  the evaluation alone (``swarm(x)`` + loss)
   1.1.0       a Python list of nytorch 1.1.0 particles: particle arithmetic
               per particle, a forward per particle
@@ -116,9 +118,11 @@ def swarm_cases(cfg, x, y, device):
     pso.step(fitness)
     fixed = fitness(swarm)
     upd = lambda: pso.tell(fixed)  # noqa: E731
-    with torch.no_grad():
-        return swarm, {"swarm": lambda: pso.step(fitness), "swarm upd": upd,
-                       "swarm eval": lambda: fitness(swarm)}
+    ops_swarm = swarm.clone()
+    pso_ops = PSO(ops_swarm, inertia=W, cognitive=C1, social=C2, seed=0, track_diversity=False, backend="ops")
+    pso_ops.tell(fixed)
+    return swarm, {"swarm": lambda: pso.step(fitness), "swarm upd": upd,
+                   "upd ops": lambda: pso_ops.tell(fixed), "swarm eval": lambda: fitness(swarm)}, pso.backend
 
 
 def v110_cases(v110, cfg, x, y, device):
@@ -240,7 +244,7 @@ def main() -> int:
         torch.manual_seed(1)
         x = torch.randn(cfg["batch"], cfg["sizes"][0], device=device)
         y = torch.randint(0, cfg["sizes"][-1], (cfg["batch"],), device=device)
-        swarm, fns = swarm_cases(cfg, x, y, device)
+        swarm, fns, backend = swarm_cases(cfg, x, y, device)
         fns["1.1.0"] = v110_cases(v110, cfg, x, y, device)
         td_step, real_td = td_cases(tensordict, cfg, x, y, device)
         fns["tensordict"] = td_step
@@ -250,18 +254,19 @@ def main() -> int:
         timings = T.compare(fns, rounds=rounds, block_s=0.05 if args.quick else 0.2, device=device,
                             budget_s=10 if args.quick else 40, min_rounds=2)
         ms = {k: t.median * 1e3 for k, t in timings.items()}
-        results[name] = dict(ms=ms, floor_ms=floor_s * 1e3, bandwidth_gbs=bw / 1e9, numel=numel, n=cfg["n"],
+        results[name] = dict(ms=ms, floor_ms=floor_s * 1e3, backend=backend, bandwidth_gbs=bw / 1e9, numel=numel, n=cfg["n"],
                              tensordict_real=real_td, spread=T.worst_spread(timings))
     print()
-    hdr = (f"{'workload':13} {'swarm':>9} {'upd':>8} {'eval':>8} {'1.1.0':>10} {'tensordict':>11} "
+    hdr = (f"{'workload':13} {'swarm':>9} {'upd':>8} {'upd ops':>8} {'eval':>8} {'1.1.0':>10} {'tensordict':>11} "
            f"{'EvoTorch':>9} {'floor':>8} {'upd/floor':>10} {'vs 1.1.0':>9} {'vs td':>7}")
-    print("ms per PSO step (update + evaluation), median; 'upd'/'eval' are the swarm's parts")
+    print("ms per PSO step (update + evaluation), median; 'upd'/'eval' are the swarm's parts "
+          f"('upd': backend {results[next(iter(results))]['backend']!r}; 'upd ops': backend 'ops')")
     print(hdr)
     for name, r in results.items():
         ms = r["ms"]
         ratio = ms["swarm upd"] / r["floor_ms"]
         td = f"{ms['tensordict']:.2f}" + ("" if r["tensordict_real"] else "*")
-        print(f"{name:13} {ms['swarm']:9.2f} {ms['swarm upd']:8.2f} {ms['swarm eval']:8.2f} "
+        print(f"{name:13} {ms['swarm']:9.2f} {ms['swarm upd']:8.2f} {ms['upd ops']:8.2f} {ms['swarm eval']:8.2f} "
               f"{ms.get('1.1.0', float('nan')):10.1f} {td:>11} {'n/a':>9} {r['floor_ms']:8.2f} "
               f"{ratio:9.2f}x {ms.get('1.1.0', float('nan')) / ms['swarm']:8.1f}x "
               f"{ms['tensordict'] / ms['swarm']:6.2f}x  [{'PASS' if ratio <= TGT_FLOOR else 'MISS'} "
