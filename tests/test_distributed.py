@@ -11,6 +11,7 @@ shares with each), and (when nytorch.swarm exists) the sharded swarm runs.
 from __future__ import annotations
 
 import datetime
+import math
 import multiprocessing
 import os
 import socket
@@ -514,6 +515,36 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
         es.tell(fitness(local))
     res["es_center"] = params(es.center)
     res["es_history"] = [(r["best"], r["mean"]) for r in es.history.records]
+
+    # rng="local": each rank its own stream (another trajectory, still a PSO)
+    sw = nd.ShardedSwarm(make_net(0), N_SWARM, init="randn")
+    local = nd.ShardedPSO(sw, seed=5, rng="local")
+    for _ in range(STEPS):
+        local.tell(fitness(local.ask()))
+    res["local_rng"] = (local.best_fitness, [f.clone() for f in sw.gather().flats])
+
+    # a ShardedSwarm checkpoint round trip
+    sw.save(os.path.join(out_dir, "swarm_ckpt"))
+    sw3 = nd.ShardedSwarm(make_net(0), N_SWARM, init="zeros")
+    sw3.load(os.path.join(out_dir, "swarm_ckpt"))
+    res["swarm_ckpt"] = all(torch.equal(a, b) for a, b in zip(sw3.local.flats, sw.local.flats))
+
+    # bad input: the same error on every rank, nothing sent
+    errors = {}
+    for name, call in {
+        "ring": lambda: nd.ShardedPSO(sw, topology="ring"),
+        "rng": lambda: nd.ShardedPSO(sw, rng="numpy"),
+        "small_swarm": lambda: nd.ShardedSwarm(make_net(0), 1),
+        "small_pop": lambda: nd.ShardedES(make_net(0), 1),
+        "tell_len": lambda: nd.ShardedPSO(sw, seed=1).tell(torch.zeros(N_SWARM)),
+    }.items():
+        try:
+            call()
+            errors[name] = None
+        except Exception as e:  # noqa: BLE001
+            errors[name] = (type(e).__name__, str(e))
+    res["sharded_errors"] = errors
+
     res["examples"] = _run_examples()
     nd.barrier(timeout=10)
     return res
@@ -588,6 +619,30 @@ def test_sharded_pso_checkpoint_resume(sharded):
         assert res["resumed_history"] == [h[:2] for h in res["pso_history"]]
     msg = sharded[0]["wrong_world"]
     assert msg is not None and "written by 2 ranks but this group has 1" in msg, msg
+
+
+def test_sharded_rng_local_and_swarm_checkpoint(sharded):
+    ref = pso_reference(STEPS)
+    for res in sharded:
+        best, flats = res["local_rng"]
+        assert math.isfinite(best)
+        assert not all(torch.equal(a, b) for a, b in zip(flats, ref.swarm.flats))  # its own streams
+        assert res["swarm_ckpt"]
+    assert torch.equal(sharded[0]["local_rng"][1][0], sharded[1]["local_rng"][1][0])  # one swarm
+
+
+def test_sharded_bad_input(sharded):
+    expect = {
+        "ring": ("ValueError", "only topology='global' is sharded"),
+        "rng": ("ValueError", "rng must be 'replicated' or 'local'"),
+        "small_swarm": ("ValueError", "n must be an int >= the world size (2)"),
+        "small_pop": ("ValueError", "popsize must be >= the world size (2)"),
+        "tell_len": ("ValueError", "fitness must be a [N] tensor"),
+    }
+    for res in sharded:
+        for name, (etype, text) in expect.items():
+            got = res["sharded_errors"][name]
+            assert got is not None and got[0] == etype and text in got[1], (name, got)
 
 
 def test_sharded_es_equals_one_process(sharded):
