@@ -190,6 +190,7 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res["gather"] = [params(g) for g in gathered]
     res["gather_species"] = all(g._nyto_species is net._nyto_species for g in gathered)
     res["gather_not_local"] = all(g is not net for g in gathered)
+    res["gather_is_swarm"] = isinstance(gathered, nyto.Swarm) and len(gathered) == world
 
     # async handles
     c = net.clone()
@@ -344,7 +345,7 @@ def test_all_gather(values, nets):
             assert len(got) == WORLD
             for r in range(WORLD):
                 assert_params(got[r], params(nets[r]), exact=True)
-        assert res["gather_species"] and res["gather_not_local"]
+        assert res["gather_species"] and res["gather_not_local"] and res["gather_is_swarm"]
 
 
 def test_async_handles(values, nets):

@@ -23,7 +23,6 @@ trajectory.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch

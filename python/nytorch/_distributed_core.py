@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.distributed as dist

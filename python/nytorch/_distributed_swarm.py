@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from ._distributed_core import (CollectiveError, all_gather_flat, check_signature, launch, particle_lines,
+from ._distributed_core import (all_gather_flat, check_signature, launch, particle_lines,
                                 particle_signature, require_group, signature_hash, small_device, wait_work)
 from .particle import NytoModule
 
@@ -25,10 +25,7 @@ FORMAT = "nytorch.sharded/1"
 
 
 def _swarm_cls():
-    try:
-        from .swarm import Swarm
-    except ImportError:  # pragma: no cover - swarm.py is part of the package
-        return None
+    from .swarm import Swarm
     return Swarm
 
 
@@ -41,8 +38,7 @@ def swarm_signature(swarm: Any) -> Tuple:
 def swarm_target(x: Any) -> Optional[Tuple]:
     """(obj, flats, species, signature, lines) of a Swarm (or ShardedSwarm's
     local rows), or None for anything else."""
-    Swarm = _swarm_cls()
-    if Swarm is None or not isinstance(x, Swarm):
+    if not isinstance(x, _swarm_cls()):
         return None
     for g, f in enumerate(x.flats):
         if not f.is_contiguous():
@@ -53,12 +49,9 @@ def swarm_target(x: Any) -> Optional[Tuple]:
             lambda: [f"swarm of {len(x)}"] + particle_lines(t))
 
 
-def swarm_from_rows(particle: NytoModule, rows: List[torch.Tensor]) -> Optional[Any]:
+def swarm_from_rows(particle: NytoModule, rows: List[torch.Tensor]) -> Any:
     """A Swarm of ``particle``'s species around ``rows`` ([world, numel] per group)."""
-    Swarm = _swarm_cls()
-    if Swarm is None:
-        return None
-    return Swarm.from_flats(particle, rows)
+    return _swarm_cls().from_flats(particle, rows)
 
 
 def gathered_swarm(swarm: Any, outs: List[torch.Tensor]) -> Any:
@@ -287,10 +280,6 @@ def load_sharded(path: str, kind: str, sig: Tuple, n: int, group: Optional[Any])
         raise ValueError(f"nytorch.distributed.{kind}.load: the checkpoint {path!r} holds another swarm "
                          f"({m['n']} particles of another structure or size than this one's {n})")
     return torch.load(os.path.join(path, shard_file(rank, world)), weights_only=False)
-
-
-def species_of(x: Any) -> Any:
-    return getattr(x, "species", None)
 
 
 __all__ = ["ShardedSwarm", "shard_rows", "gather_rows", "save_sharded", "load_sharded", "read_manifest"]

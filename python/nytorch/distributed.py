@@ -14,9 +14,14 @@ Run under ``torchrun --nproc-per-node=2 script.py`` (see docs/distributed.md)::
     nd.broadcast_(net, src=0)                # every rank starts from rank 0's values
     ...                                      # local training
     nd.all_reduce_(net, weights=n_samples)   # FedAvg: weighted mean over ranks
-    everyone = nd.all_gather(net)            # world particles, one per rank
+    everyone = nd.all_gather(net)            # a nytorch.Swarm: row r = rank r's particle
     h = nd.all_reduce_(net, async_op=True)   # overlap with other work ...
     h.wait()                                 # ... then finish (divides the sum)
+
+Swarms: the same calls take a ``nytorch.Swarm`` (its stacked buffers), and
+:class:`ShardedSwarm` splits one swarm's rows across ranks, with
+:class:`ShardedPSO` / :class:`ShardedES` running the swarm optimizers on it
+(same trajectory as one process; sharded checkpoints).
 
 What is communicated: the particle's parameters (its flats). Buffers
 (BatchNorm statistics) stay local, as in every particle op. The first
@@ -300,13 +305,10 @@ def broadcast_(particle_or_swarm: Any, src: int, group: Optional[Any] = None, as
 # all_gather
 def all_gather(particle_or_swarm: Any, group: Optional[Any] = None, async_op: bool = False,
                timeout: Optional[float] = None) -> Any:
-    """Every rank's particle, on every rank, in rank order.
-
-    Returns a :class:`nytorch.Swarm` of ``world`` particles when
-    ``nytorch.swarm`` is available (a swarm input gives the swarm of all
-    ranks' rows), else a list of new particles of the local species (each
-    viewing a row of one stacked buffer per group; buffers are copies of the
-    local particle's). A :class:`Handle` when ``async_op``::
+    """Every rank's particle, on every rank, in rank order: a
+    :class:`nytorch.Swarm` of ``world`` particles of the local species (its
+    buffers are copies of the local particle's); a swarm input gives the swarm
+    of all ranks' rows (``world * n``). A :class:`Handle` when ``async_op``::
 
         everyone = nd.all_gather(net)      # everyone[r] holds rank r's values
     """
@@ -321,11 +323,7 @@ def all_gather(particle_or_swarm: Any, group: Optional[Any] = None, async_op: bo
 def _gathered(t: _Target, outs: List[torch.Tensor], world: int) -> Any:
     from . import _distributed_swarm as DS
     if isinstance(t.obj, NytoModule):
-        swarm = DS.swarm_from_rows(t.obj, outs)
-        if swarm is not None:
-            return swarm
-        st = S.state_of(t.obj)
-        return [t.obj._from_flats(st, [o[r] for o in outs]) for r in range(world)]
+        return DS.swarm_from_rows(t.obj, outs)
     return DS.gathered_swarm(t.obj, outs)
 
 
