@@ -15,9 +15,13 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 #include "fuse/philox.h"
 #include "fuse/program.h"
 
@@ -52,9 +56,18 @@ struct Interp {
   static void map1(M* d, const M* a, int64_t n, const F& f) {
     for (int64_t i = 0; i < n; i += W) f(Vec::loadu(a + i)).store(d + i);
   }
+  // A binary operand that is a scalar slot stays in a register (a_s / b_s).
   template <class F>
-  static void map2(M* d, const M* a, const M* b, int64_t n, const F& f) {
-    for (int64_t i = 0; i < n; i += W) f(Vec::loadu(a + i), Vec::loadu(b + i)).store(d + i);
+  static void map2(M* d, const M* a, const M* b, int64_t n, const F& f, bool a_s = false, bool b_s = false) {
+    if (b_s && !a_s) {
+      const Vec bv(*b);
+      for (int64_t i = 0; i < n; i += W) f(Vec::loadu(a + i), bv).store(d + i);
+    } else if (a_s && !b_s) {
+      const Vec av(*a);
+      for (int64_t i = 0; i < n; i += W) f(av, Vec::loadu(b + i)).store(d + i);
+    } else {
+      for (int64_t i = 0; i < n; i += W) f(Vec::loadu(a + i), Vec::loadu(b + i)).store(d + i);
+    }
   }
   template <class F>
   static void map3(M* d, const M* a, const M* b, const M* c, int64_t n, const F& f) {
@@ -73,6 +86,49 @@ struct Interp {
     map1(d, a, n, [&](Vec x) { return x.pow(ev); });
   }
 
+#if defined(CPU_CAPABILITY_AVX2)
+  // Philox4x32-10 of the 8 counters c..c+7 (the low words must not wrap),
+  // written as 32 words in counter order, bitwise equal to philox4x32_10.
+  static inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+    const __m256i pe = _mm256_mul_epu32(a, m);
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+  }
+  static void philox8(uint64_t c, uint32_t stream, uint32_t group, uint32_t k0s, uint32_t k1s, uint32_t* out) {
+    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i x1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32)));
+    __m256i x2 = _mm256_set1_epi32(static_cast<int>(stream));
+    __m256i x3 = _mm256_set1_epi32(static_cast<int>(group));
+    __m256i k0 = _mm256_set1_epi32(static_cast<int>(k0s)), k1 = _mm256_set1_epi32(static_cast<int>(k1s));
+    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u)), m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+    const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u)), w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+    for (int r = 0; r < 10; ++r) {
+      if (r > 0) {
+        k0 = _mm256_add_epi32(k0, w0);
+        k1 = _mm256_add_epi32(k1, w1);
+      }
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(x0, m0, hi0, lo0);
+      mulhilo8(x2, m1, hi1, lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), k0);
+      x1 = lo1;
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), k1);
+      x3 = lo0;
+    }
+    // 4x8 transpose: counter-major words.
+    const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
+    const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(u0, u1, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(u2, u3, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), _mm256_permute2x128_si256(u0, u1, 0x31));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 24), _mm256_permute2x128_si256(u2, u3, 0x31));
+  }
+#endif
+
   // Random values for elements [e0, e0 + n) of stream `stream` (e0 includes
   // the call's offset); words: scratch for the Philox outputs.
   static void random(M* d, uint64_t e0, int64_t n, bool normal, uint32_t stream, const GroupJob& job,
@@ -81,7 +137,13 @@ struct Interp {
     const uint64_t c_first = e0 >> shift, c_last = (e0 + n - 1) >> shift;
     const int64_t nc = static_cast<int64_t>(c_last - c_first) + 1;
     const uint32_t k0 = static_cast<uint32_t>(job.seed), k1 = static_cast<uint32_t>(job.seed >> 32);
-    for (int64_t j = 0; j < nc; ++j) {
+    int64_t j0 = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+    for (; j0 + 8 <= nc && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFF7u; j0 += 8) {
+      philox8(c_first + j0, stream, job.group, k0, k1, words + 4 * j0);
+    }
+#endif
+    for (int64_t j = j0; j < nc; ++j) {
       const uint64_t c = c_first + j;
       const Philox4 r = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), stream, job.group, k0, k1);
       words[4 * j] = r.w[0];
@@ -133,26 +195,110 @@ struct Interp {
     }
   }
 
+  // Full float32/float64 blocks read inputs in place, and an instruction whose
+  // value only feeds one STORE writes the output directly (no copy) when no
+  // later instruction reads that output's memory as an input. Returns, per
+  // instruction, the output it writes directly or -1; skip: stores so covered.
+  static std::vector<int> plan_direct(const Program& p, const GroupJob& job, std::vector<char>& skip,
+                                      std::vector<char>& alias_ok) {
+    const int ni = static_cast<int>(p.vec.size());
+    std::vector<int> direct(ni, -1);
+    skip.assign(ni, 0);
+    std::vector<int> origin(p.n_vreg, -1);           // input whose memory a register holds
+    std::vector<std::array<int, 4>> reads(ni);       // inputs whose memory each instruction reads
+    for (int i = 0; i < ni; ++i) {
+      const Instr& in = p.vec[i];
+      const FOp op = static_cast<FOp>(in.op);
+      const int32_t o[3] = {in.a, in.b, in.c};
+      reads[i] = {-1, -1, -1, -1};
+      const int na = arity(op);
+      for (int k = 0; k < na; ++k) {
+        if (o[k] >= 0) reads[i][k] = origin[o[k]];
+      }
+      if (op == FOp::Load) {
+        reads[i][3] = in.a;
+        origin[in.dst] = in.a;
+      } else if (op != FOp::Store) {
+        origin[in.dst] = -1;
+      }
+    }
+    for (int i = 0; i < ni; ++i) {
+      const Instr& in = p.vec[i];
+      const FOp op = static_cast<FOp>(in.op);
+      if (op == FOp::Load || op == FOp::Store) continue;
+      int uses = 0, store = -1;
+      for (int k = i + 1; k < ni; ++k) {
+        const Instr& u = p.vec[k];
+        const FOp uop = static_cast<FOp>(u.op);
+        const int32_t o[3] = {u.a, u.b, u.c};
+        const int na = arity(uop);
+        for (int m = 0; m < na; ++m) {
+          if (o[m] == in.dst) {
+            ++uses;
+            if (uop == FOp::Store) store = k;
+          }
+        }
+        if (uop != FOp::Store && u.dst == in.dst) break;  // overwritten
+      }
+      if (uses != 1 || store < 0) continue;
+      const int j = p.vec[store].dst;
+      bool ok = true;
+      for (int k = i + 1; k < ni && ok; ++k) {
+        for (int m = 0; m < 4; ++m) {
+          if (reads[k][m] >= 0 && job.in[reads[k][m]] == job.out[j]) ok = false;
+        }
+      }
+      if (ok) {
+        direct[i] = j;
+        skip[store] = 1;
+      }
+    }
+    // An input that is also an output is read in place only if every read of
+    // it comes before the first write of its memory; else LOAD copies it.
+    alias_ok.assign(p.n_in, 1);
+    for (int k = 0; k < p.n_in; ++k) {
+      if (!job.in_is_out[k]) continue;
+      int first_write = ni, last_read = -1;
+      for (int i = 0; i < ni; ++i) {
+        const Instr& in = p.vec[i];
+        const int j = static_cast<FOp>(in.op) == FOp::Store ? (skip[i] ? -1 : in.dst) : direct[i];
+        if (j >= 0 && job.out[j] == job.in[k]) first_write = std::min(first_write, i);
+        for (int m = 0; m < 3; ++m) {
+          if (reads[i][m] == k) last_read = i;
+        }
+      }
+      alias_ok[k] = last_read < first_write;
+    }
+    return direct;
+  }
+
   template <class T>
   static void run(const Program& p, const GroupJob& job) {
+    constexpr bool native = std::is_same_v<T, M>;
+    std::vector<char> skip_store, alias_ok;
+    std::vector<int> direct;
+    if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
     const int64_t nblocks = (job.n + B - 1) / B;
     at::parallel_for(0, nblocks, std::max<int64_t>(1, kGrain / B), [&](int64_t b0, int64_t b1) {
       // Registers, scalar broadcasts and random scratch of this task.
+      // Register k starts k * (B + pad) elements in: register strides that
+      // are not multiples of 4 KiB (no false store-to-load aliasing).
       const int nv = p.n_vreg, ns = p.n_sreg;
-      const int64_t elems = (nv + ns + 3) * B + 64 / sizeof(M);
+      constexpr int64_t R = B + 64 / sizeof(M);
+      const int64_t elems = (nv + ns + 4) * R + 64 / sizeof(M);
       std::unique_ptr<M[]> mem(new M[elems]);
       M* base = reinterpret_cast<M*>((reinterpret_cast<uintptr_t>(mem.get()) + 63) & ~uintptr_t(63));
       std::vector<M*> vbuf(nv);
       std::vector<const M*> vptr(nv, nullptr);
       std::vector<const M*> sptr(ns, nullptr);
-      for (int r = 0; r < nv; ++r) vbuf[r] = base + r * B;
+      for (int r = 0; r < nv; ++r) vbuf[r] = base + r * R;
       for (int s = 0; s < ns; ++s) {
         if (!p.s_used[s]) continue;
-        M* b = base + (nv + s) * B;
+        M* b = base + (nv + s) * R;
         std::fill(b, b + B, static_cast<M>(p.sval[s]));
         sptr[s] = b;
       }
-      M* scratch = base + (nv + ns) * B;
+      M* scratch = base + (nv + ns) * R;
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (B + 4)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
 
@@ -160,9 +306,12 @@ struct Interp {
         const int64_t g0 = blk * B;
         const int64_t n = std::min(B, job.n - g0);
         const int64_t nw = (n + W - 1) / W * W;
-        for (const Instr& ins : p.vec) {
+        const bool full = native && n == B;
+        for (size_t ii = 0; ii < p.vec.size(); ++ii) {
+          const Instr& ins = p.vec[ii];
           const FOp op = static_cast<FOp>(ins.op);
           if (op == FOp::Store) {
+            if (full && skip_store[ii]) continue;  // written directly
             T* out = static_cast<T*>(job.out[ins.dst]) + g0;
             const M* s = src(ins.a);
             if constexpr (std::is_same_v<T, M>) {
@@ -172,13 +321,13 @@ struct Interp {
             }
             continue;
           }
-          M* d = vbuf[ins.dst];
+          M* d = full && direct[ii] >= 0 ? static_cast<M*>(job.out[direct[ii]]) + g0 : vbuf[ins.dst];
           switch (op) {
             case FOp::Load: {
               const T* in = static_cast<const T*>(job.in[ins.a]) + g0;
               if constexpr (std::is_same_v<T, M>) {
-                if (n == B && !job.in_is_out[ins.a]) {
-                  vptr[ins.dst] = in;  // read in place
+                if (full && alias_ok[ins.a]) {
+                  vptr[ins.dst] = in;  // read in place (see plan_direct)
                   continue;
                 }
                 std::memcpy(d, in, n * sizeof(T));
@@ -202,25 +351,25 @@ struct Interp {
             case FOp::Sign:
               map1(d, src(ins.a), nw, [](Vec a) { return Vec(M(0)).lt(a) - a.lt(Vec(M(0))); });
               break;
-            case FOp::Add: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a + b; }); break;
-            case FOp::Sub: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a - b; }); break;
-            case FOp::Mul: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a * b; }); break;
-            case FOp::Div: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a / b; }); break;
+            case FOp::Add: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a + b; }, ins.a < 0, ins.b < 0); break;
+            case FOp::Sub: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a - b; }, ins.a < 0, ins.b < 0); break;
+            case FOp::Mul: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a * b; }, ins.a < 0, ins.b < 0); break;
+            case FOp::Div: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a / b; }, ins.a < 0, ins.b < 0); break;
             case FOp::Pow:
               if (ins.b < 0 && ins.a >= 0) {
                 pow_scalar(d, src(ins.a), p.sval[-1 - ins.b], nw);
               } else {
-                map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.pow(b); });
+                map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.pow(b); }, ins.a < 0, ins.b < 0);
               }
               break;
-            case FOp::Min: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return at::vec::minimum(a, b); }); break;
-            case FOp::Max: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return at::vec::maximum(a, b); }); break;
-            case FOp::Lt: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.lt(b); }); break;
-            case FOp::Le: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.le(b); }); break;
-            case FOp::Gt: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.gt(b); }); break;
-            case FOp::Ge: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.ge(b); }); break;
-            case FOp::Eq: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.eq(b); }); break;
-            case FOp::Ne: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.ne(b); }); break;
+            case FOp::Min: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return at::vec::minimum(a, b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Max: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return at::vec::maximum(a, b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Lt: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.lt(b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Le: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.le(b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Gt: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.gt(b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Ge: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.ge(b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Eq: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.eq(b); }, ins.a < 0, ins.b < 0); break;
+            case FOp::Ne: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.ne(b); }, ins.a < 0, ins.b < 0); break;
             case FOp::Where:
               map3(d, src(ins.a), src(ins.b), src(ins.c), nw,
                    [](Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c != Vec(M(0))); });
