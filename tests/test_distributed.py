@@ -85,14 +85,20 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, scenario: str, out_dir: str, pg_timeout: float,
-           args: tuple) -> None:
+           args: tuple, via_env: bool) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
     torch.set_num_threads(1)
     t0 = time.monotonic()
     try:
         import torch.distributed as dist
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=pg_timeout))
+        if via_env:  # what torchrun sets: nd.init() reads it
+            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            assert nd.init(timeout=pg_timeout) == (rank, world)
+            assert dist.get_backend() == "gloo"
+        else:
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                    world_size=world, timeout=datetime.timedelta(seconds=pg_timeout))
         result = globals()[scenario](rank, world, out_dir, *args)
     except BaseException as e:  # noqa: BLE001  (reported to the test)
         result = {"error": type(e).__name__, "message": str(e), "trace": traceback.format_exc()}
@@ -103,10 +109,11 @@ def _entry(rank: int, world: int, port: int, scenario: str, out_dir: str, pg_tim
 
 
 def launch(scenario: str, world: int = WORLD, pg_timeout: float = 20.0, wait_for: Optional[List[int]] = None,
-           out_dir: Optional[str] = None, args: tuple = ()) -> List[Optional[Dict[str, Any]]]:
+           out_dir: Optional[str] = None, args: tuple = (), via_env: bool = False) -> List[Optional[Dict[str, Any]]]:
     """Run ``scenario(rank, world, out_dir, *args)`` in ``world`` spawned
     ranks; wait (bounded) for the ranks in ``wait_for`` (default all), kill
-    the rest; return each rank's result dict (None: no result)."""
+    the rest; return each rank's result dict (None: no result). ``via_env``:
+    the ranks join with ``nd.init()`` from torchrun-style environment variables."""
     ctx = multiprocessing.get_context("spawn")
     tmp = None
     if out_dir is None:
@@ -117,7 +124,8 @@ def launch(scenario: str, world: int = WORLD, pg_timeout: float = 20.0, wait_for
         if os.path.exists(path):
             os.remove(path)
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, scenario, out_dir, pg_timeout, args), daemon=True)
+    procs = [ctx.Process(target=_entry, args=(r, world, port, scenario, out_dir, pg_timeout, args, via_env),
+                         daemon=True)
              for r in range(world)]
     for p in procs:
         p.start()
@@ -576,7 +584,7 @@ def _run_examples() -> Optional[Dict[str, Any]]:
 @pytest.fixture(scope="module")
 def sharded():
     pytest.importorskip("nytorch.algorithms")
-    return [ok(r) for r in launch("_sharded", world=2, pg_timeout=PG_TIMEOUT_S)]
+    return [ok(r) for r in launch("_sharded", world=2, pg_timeout=PG_TIMEOUT_S, via_env=True)]
 
 
 def test_swarm_collectives(sharded):
