@@ -113,7 +113,17 @@ def launch(scenario: str, world: int = WORLD, pg_timeout: float = 20.0, wait_for
     """Run ``scenario(rank, world, out_dir, *args)`` in ``world`` spawned
     ranks; wait (bounded) for the ranks in ``wait_for`` (default all), kill
     the rest; return each rank's result dict (None: no result). ``via_env``:
-    the ranks join with ``nd.init()`` from torchrun-style environment variables."""
+    the ranks join with ``nd.init()`` from torchrun-style environment variables.
+    Relaunched once on another port when the free port was taken meanwhile."""
+    for attempt in range(2):
+        results = _launch_once(scenario, world, pg_timeout, wait_for, out_dir, args, via_env)
+        first = results[0] or {}
+        if "address already in use" not in str(first.get("message", "")).lower():
+            break
+    return results
+
+
+def _launch_once(scenario, world, pg_timeout, wait_for, out_dir, args, via_env):
     ctx = multiprocessing.get_context("spawn")
     tmp = None
     if out_dir is None:
