@@ -12,14 +12,21 @@ rows, plus the collectives that make the step global:
   sums the gradient terms of its share of the noise rows; one all-reduce per
   dtype group gives the estimate, and every rank moves the same center.
 
-Random numbers, ``rng="replicated"`` (default): every rank steps the one
-generator of the single-process run and keeps the numbers of its rows (PSO's
-r1/r2 draws of other rows are skipped in chunks of ``SKIP_CHUNK`` values on
-the CPU), so a run with the same seed follows the single-process trajectory:
-PSO bitwise, ES within float rounding of the gradient sum (it is summed in
-another order). ``rng="local"`` (PSO): each rank draws only its rows from
-its own stream (seed, rank): faster, statistically the same, not the same
-trajectory.
+Random numbers, ``rng="replicated"`` (default): every rank draws exactly its
+rows of the single-process run's random numbers. PSO's fused backend makes
+r1/r2 in the kernel from Philox counters: the shard passes its first element
+index as the counter ``offset`` (free). PSO's ops backend steps the one torch
+generator over the other rows' numbers (skipped in chunks of ``SKIP_CHUNK``
+values on the CPU; drawn in full and sliced elsewhere). So a run with the
+same seed follows the single-process trajectory: PSO bitwise, ES within float
+rounding of the gradient sum (summed in another order). ``rng="local"``
+(PSO): each rank its own stream (seed, rank): statistically the same, not
+the same trajectory.
+
+These classes override PSO's ``_update_bests``/``_move``/``_record`` and
+ES's ``tell`` (the same update, with the reduce in the middle): a change to
+those in ``nytorch.algorithms`` must be mirrored here; tests/test_distributed.py
+compares both against the single-process runs and fails when they drift.
 """
 from __future__ import annotations
 
