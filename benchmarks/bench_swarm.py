@@ -28,6 +28,10 @@ interleaved (``_timing.compare``):
               personal-best copies not counted)
 
     python benchmarks/bench_swarm.py [--quick] [--device cpu|cuda] [--threads N] [--json out.json]
+                                     [--no-110] [--no-tensordict]
+
+On a machine without network, carry benchmarks/.tensordict and
+benchmarks/.nytorch110 along (both are git-ignored install targets).
 
 Target (informational): swarm update within 1.3x of the floor.
 """
@@ -84,8 +88,13 @@ def load_tensordict():
     if not os.path.isdir(os.path.join(TD_DIR, "tensordict")):
         print(f"tensordict not found in {TD_DIR}: installing it there (pip install --no-deps --target ...)",
               flush=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", TD_DIR,
-                            "tensordict", "pyvers<0.3,>=0.2", "cloudpickle"], capture_output=True, text=True)
+        try:
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--retries", "0",
+                                "--timeout", "15", "--target", TD_DIR, "tensordict", "pyvers<0.3,>=0.2",
+                                "cloudpickle"], capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            print("  pip timed out (no network?): emulating tensordict")
+            return None
         if r.returncode:
             print(f"  could not install tensordict ({r.stderr.strip().splitlines()[-1:]}): emulating it")
             return None
@@ -219,6 +228,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-110", action="store_true", help="skip the nytorch 1.1.0 column")
+    ap.add_argument("--no-tensordict", action="store_true", help="emulate tensordict with plain stacked tensors")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,7 +247,7 @@ def main() -> int:
             v110 = load_nytorch110()
         except Exception as e:  # noqa: BLE001
             print(f"nytorch 1.1.0 unavailable ({type(e).__name__}: {e}): column n/a")
-    tensordict = load_tensordict()
+    tensordict = None if args.no_tensordict else load_tensordict()
     rounds = 3 if args.quick else 7
     results = {}
     for name, cfg in WORKLOADS.items():
