@@ -208,6 +208,10 @@ KINDS = ["swarm", "particle", "number", "per-particle"]
 def close(a, b, op):
     if op == "pow":
         return torch.allclose(a, b, rtol=1e-6 if a.dtype == torch.float32 else 1e-13, atol=0)
+    if op == "div" and a.is_cuda:
+        # torch's CUDA `x / number` (and so the particle reference) multiplies
+        # by the reciprocal; a swarm divided by an [N] tensor divides: 1 ulp.
+        return torch.allclose(a, b, rtol=torch.finfo(a.dtype).eps, atol=0)
     return torch.equal(a, b)
 
 
