@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -31,6 +32,7 @@ namespace {
 
 constexpr int64_t kBlockBytes = 2048;  // one register: 512 floats or 256 doubles
 constexpr int64_t kGrain = 1 << 15;    // elements per parallel task at least
+constexpr int64_t kAhead = 2;          // software prefetch distance, in blocks
 
 template <class M>
 struct Interp {
@@ -267,7 +269,7 @@ struct Interp {
           if (reads[i][m] == k) last_read = i;
         }
       }
-      alias_ok[k] = last_read < first_write;
+      alias_ok[k] = last_read <= first_write;  // an instruction reads each element before writing it
     }
     return direct;
   }
@@ -279,7 +281,13 @@ struct Interp {
     std::vector<int> direct;
     if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
     const int64_t nblocks = (job.n + B - 1) / B;
-    at::parallel_for(0, nblocks, std::max<int64_t>(1, kGrain / B), [&](int64_t b0, int64_t b1) {
+    // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
+    // a worker descheduled by other load (shared machines) delays nobody.
+    constexpr int64_t kChunk = std::max<int64_t>(1, kGrain / B);
+    const int64_t nchunks = (nblocks + kChunk - 1) / kChunk;
+    std::atomic<int64_t> next{0};
+    const int64_t workers = std::min<int64_t>(nchunks, at::get_num_threads());
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
       // Registers, scalar broadcasts and random scratch of this task.
       // Register k starts k * (B + pad) elements in: register strides that
       // are not multiples of 4 KiB (no false store-to-load aliasing).
@@ -301,12 +309,28 @@ struct Interp {
       M* scratch = base + (nv + ns) * R;
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (B + 4)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
+     for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
+      const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
 
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t g0 = blk * B;
         const int64_t n = std::min(B, job.n - g0);
         const int64_t nw = (n + W - 1) / W * W;
         const bool full = native && n == B;
+        // The block after next: each input and output is touched in bursts
+        // of one block per instruction, which the hardware prefetchers follow
+        // poorly with many streams; ask for the lines ahead of time.
+        if (blk + kAhead < b1) {
+          const int64_t ahead = (blk + kAhead) * B;
+          for (int k = 0; k < p.n_in; ++k) {
+            const char* q = static_cast<const char*>(job.in[k]) + ahead * sizeof(T);
+            for (int64_t off = 0; off < B * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(q + off, 0, 3);
+          }
+          for (int j = 0; j < p.n_out; ++j) {
+            const char* q = static_cast<const char*>(job.out[j]) + ahead * sizeof(T);
+            for (int64_t off = 0; off < B * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(q + off, 1, 3);
+          }
+        }
         for (size_t ii = 0; ii < p.vec.size(); ++ii) {
           const Instr& ins = p.vec[ii];
           const FOp op = static_cast<FOp>(ins.op);
@@ -381,12 +405,23 @@ struct Interp {
                 return Vec::blendv(fma(w - Vec(M(1)), diff, e), fma(w, diff, x), small);
               });
               break;
+            case FOp::MulAdd:  // a * b + c, two roundings (the unfused pair; no contraction here)
+              if (ins.a < 0 && ins.b >= 0 && ins.c >= 0) {
+                const Vec av(*src(ins.a));
+                const M* b = src(ins.b);
+                const M* c = src(ins.c);
+                for (int64_t i = 0; i < nw; i += W) (av * Vec::loadu(b + i) + Vec::loadu(c + i)).store(d + i);
+              } else {
+                map3(d, src(ins.a), src(ins.b), src(ins.c), nw, [](Vec a, Vec b, Vec c) { return a * b + c; });
+              }
+              break;
             case FOp::Fma: map3(d, src(ins.a), src(ins.b), src(ins.c), nw, [](Vec a, Vec b, Vec c) { return fma(a, b, c); }); break;
             default: break;  // decode() admits no other op
           }
           vptr[ins.dst] = d;
         }
       }
+     }
     });
   }
 };

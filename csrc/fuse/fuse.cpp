@@ -31,7 +31,7 @@ Runner cpu_runner() {
 constexpr const char* kNames[] = {
     "load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
     "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
-    "where", "lerp", "fma"};
+    "where", "lerp", "fma", "muladd"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(FOp::NumOps));
 
 // Python number semantics, in double, for scalar instructions.
@@ -60,6 +60,7 @@ double scalar_op(FOp op, double a, double b, double c) {
     case FOp::Where: return a != 0 ? b : c;
     case FOp::Lerp: return std::fabs(c) < 0.5 ? std::fma(c, b - a, a) : std::fma(c - 1, b - a, b);
     case FOp::Fma: return std::fma(a, b, c);
+    case FOp::MulAdd: return a * b + c;
     default: TORCH_CHECK(false, "nytorch.fuse: ", kNames[static_cast<int>(op)], " has no scalar form");
   }
 }
@@ -74,7 +75,7 @@ int arity(FOp op) {
     case FOp::Load: case FOp::Rand: case FOp::Randn: return 0;
     case FOp::Store: case FOp::Neg: case FOp::Pos: case FOp::Abs: case FOp::Sqrt: case FOp::Exp:
     case FOp::Log: case FOp::Sign: return 1;
-    case FOp::Where: case FOp::Lerp: case FOp::Fma: return 3;
+    case FOp::Where: case FOp::Lerp: case FOp::Fma: case FOp::MulAdd: return 3;
     default: return 2;
   }
 }

@@ -164,6 +164,7 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(KArgs a) {
           break;
         }
         case FOp::Fma: NYTO_LANES(::fma(get(x, l), get(y, l), get(z, l)))
+        case FOp::MulAdd: NYTO_LANES(get(x, l) * get(y, l) + get(z, l))
         default: break;
       }
 #undef NYTO_LANES

@@ -27,6 +27,7 @@ enum class FOp : int32_t {
   Neg, Pos, Abs, Sqrt, Exp, Log, Sign,
   Add, Sub, Mul, Div, Pow, Min, Max, Lt, Le, Gt, Ge, Eq, Ne,
   Where, Lerp, Fma,
+  MulAdd,  // a * b + c, rounded after the product and after the sum (the unfused pair)
   NumOps
 };
 

@@ -18,7 +18,7 @@ __all__ = ["OPS", "Program", "compile_nodes"]
 # csrc/fuse/program.h enum FOp, in order.
 OPS = ("load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
        "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
-       "where", "lerp", "fma")
+       "where", "lerp", "fma", "muladd")
 CODE = {name: i for i, name in enumerate(OPS)}
 MAGIC = 0x4E590001
 MAX_INSTR = 4096
@@ -79,10 +79,39 @@ def _postorder(outputs: Sequence[Node]) -> List[Node]:
     return order
 
 
+def _peephole(outputs: Sequence[Node]) -> List[Node]:
+    """``x + a*b`` (either order) -> ``muladd(a, b, x)`` where the product has
+    no other use: one pass over the block instead of two, same roundings."""
+    order = _postorder(outputs)
+    uses: Dict[int, int] = {}
+    for node in order:
+        for a in node.args:
+            uses[id(a)] = uses.get(id(a), 0) + 1
+    for node in outputs:
+        uses[id(node)] = uses.get(id(node), 0) + 1
+
+    def lone_mul(n: Node) -> bool:
+        return n.op == "mul" and not n.scalar and uses.get(id(n), 0) == 1
+
+    new: Dict[int, Node] = {}
+    for n in order:
+        args = tuple(new[id(a)] for a in n.args)
+        if n.op == "add" and not n.scalar:
+            x, y = n.args
+            m, other = (y, args[0]) if lone_mul(y) else (x, args[1]) if lone_mul(x) else (None, None)
+            if m is not None:
+                new[id(n)] = Node("muladd", (new[id(m.args[0])], new[id(m.args[1])], other), None, False)
+                continue
+        same = all(a is b for a, b in zip(args, n.args))
+        new[id(n)] = n if same else Node(n.op, args, n.value, n.scalar)
+    return [new[id(o)] for o in outputs]
+
+
 def compile_nodes(outputs: Sequence[Node], n_in: int, n_num: int, single: bool = True) -> Program:
     """The program computing ``outputs`` from ``n_in`` buffer inputs and ``n_num`` numbers."""
     if n_in < 1:
         raise FuseError("nytorch.fuse: a fused function needs at least one particle (buffer) argument")
+    outputs = _peephole(outputs)
     order = _postorder(outputs)
     # Scalar slots: the numbers, then the constants, then scalar results.
     slot: Dict[int, int] = {}

@@ -134,7 +134,7 @@ SUPPORTED = ("+ - * / ** (with numbers and particles), unary -, +, abs, < <= > >
 
 _UNARY = ("neg", "pos", "abs", "sqrt", "exp", "log", "sign")
 _BINARY = ("add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne")
-_TERNARY = ("where", "lerp", "fma")
+_TERNARY = ("where", "lerp", "fma", "muladd")
 ARITY = {**{k: 1 for k in _UNARY}, **{k: 2 for k in _BINARY}, **{k: 3 for k in _TERNARY}}
 
 

@@ -462,7 +462,7 @@ def _fake_fused_(program, numbers, inputs, out, seed, offset=0):
 torch.library.register_fake("nytorch::fused")(_fake_fused)
 torch.library.register_fake("nytorch::fused_")(_fake_fused_)
 
-assert len(OPS) == 27  # csrc/fuse/program.h enum FOp
+assert len(OPS) == 28  # csrc/fuse/program.h enum FOp
 
 # `nytorch.fuse` is this function (the package exports it); its helpers hang
 # on it, so `nytorch.fuse.run_flat`, `nytorch.fuse.program` work as documented.
