@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -460,17 +461,33 @@ def test_scalar_subexpressions_computed_once_in_double():
     close(step(x, w), (1 - w) * x + w ** 2 * x + math.sqrt(w) + 0.0, torch.float32)
 
 
+@pytest.mark.parametrize("name", ["nytorch.fuse", "nytorch._fuse_trace", "nytorch._fuse_program"])
+def test_docstring_examples(name):
+    import doctest
+    result = doctest.testmod(sys.modules[name], optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_portable_cpu_build_agrees():
+    # the DEFAULT build (scalar Philox, std:: math) against this one (AVX2 here)
     code = ("import torch, nytorch as nyto\n"
             "assert nyto._C.cpu_isa() == 'DEFAULT'\n"
             "p = nyto.fuse.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + "
-            "nyto.rand_like(x), 'ppn')\n"
+            "nyto.randn_like(x), 'ppn')\n"
+            "u = nyto.fuse.program(lambda x: nyto.rand_like(x), 'p')\n"
             "g = torch.Generator().manual_seed(0); x = torch.randn(5000, generator=g); y = torch.randn(5000, generator=g)\n"
-            "print(repr(nyto.fuse.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()))\n")
+            "print(repr(nyto.fuse.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()))\n"
+            "torch.save(nyto.fuse.run_flat(u, [[x]], seed=3, offset=5)[0][0], __import__('sys').argv[1])\n")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "u.pt")
+        out = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        portable_u = torch.load(path)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(5000, generator=g), torch.randn(5000, generator=g)
-    p = F.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + nyto.rand_like(x), "ppn")
+    p = F.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + nyto.randn_like(x), "ppn")
     mine = F.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()
     assert abs(float(out) - mine) < 1e-3
+    u = F.program(lambda x: nyto.rand_like(x), "p")
+    assert torch.equal(F.run_flat(u, [[x]], seed=3, offset=5)[0][0], portable_u)  # same Philox bits

@@ -12,8 +12,8 @@ the kernel.
 ...     def __init__(self):
 ...         super().__init__()
 ...         self.w = torch.nn.Parameter(torch.ones(3)); self.b = torch.nn.Parameter(torch.zeros(2))
->>> x, v, best = P(), P(), P()
->>> v, best = v.clone_from(x) * 0, (x.clone() + 1)
+>>> x = P()
+>>> v, best = x * 0, x + 1                                 # the same species as x
 >>> @nyto.fuse
 ... def pso(x, v, g, w, c):
 ...     v = w * v + c * nyto.rand_like(x) * (g - x)
