@@ -322,6 +322,19 @@ def test_random_independent_of_threads_and_chunks():
     assert torch.equal(torch.cat([a, b]), one)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_scaled_uniform_folds_exactly(dtype):
+    # `s * rand_like(x)` is compiled to one scaled draw; it must equal the product
+    buf = torch.empty(3001, dtype=dtype)
+    folded = F.program(lambda x, s: (s * nyto.rand_like(x), nyto.rand_like(x) * s), "pn")
+    plain = F.program(lambda x, s: (lambda r, q: (s * r, q * s, r, q))(nyto.rand_like(x), nyto.rand_like(x)), "pn")
+    assert "rands" in repr(folded) and "rands" not in repr(plain)
+    a = F.run_flat(folded, [[buf]], [0.37], seed=9)
+    b = F.run_flat(plain, [[buf]], [0.37], seed=9)
+    assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[1][0], b[1][0])
+    assert torch.equal(b[0][0], b[2][0] * 0.37)
+
+
 def test_random_bfloat16_is_rounded_float32_stream():
     x32 = particles(1, torch.float32, n=10_000)[0]
     x16 = x32.clone().to(torch.bfloat16)

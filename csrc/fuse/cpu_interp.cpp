@@ -134,7 +134,7 @@ struct Interp {
   // Random values for elements [e0, e0 + n) of stream `stream` (e0 includes
   // the call's offset); words: scratch for the Philox outputs.
   static void random(M* d, uint64_t e0, int64_t n, bool normal, uint32_t stream, const GroupJob& job,
-                     uint32_t* words, M* scratch) {
+                     uint32_t* words, M* scratch, M scale = M(1)) {
     constexpr int shift = RandShift<M>::value;
     const uint64_t c_first = e0 >> shift, c_last = (e0 + n - 1) >> shift;
     const int64_t nc = static_cast<int64_t>(c_last - c_first) + 1;
@@ -155,13 +155,16 @@ struct Interp {
     }
     const int64_t skip = static_cast<int64_t>(e0 - (c_first << shift));  // elements before e0 in the first counter
     if (!normal) {
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = skip + i;
-        if constexpr (sizeof(M) == 8) {
-          d[i] = u53(words[2 * k], words[2 * k + 1]);
-        } else {
-          d[i] = u24(words[k]);
+      // (bits * 2^-24) * scale == bits * (2^-24 * scale): a power of two is exact
+      if constexpr (sizeof(M) == 8) {
+        const M sc = scale * M(1.1102230246251565e-16);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t k = skip + i;
+          d[i] = static_cast<M>(((static_cast<uint64_t>(words[2 * k]) << 32) | words[2 * k + 1]) >> 11) * sc;
         }
+      } else {
+        const M sc = scale * M(5.9604644775390625e-08);
+        for (int64_t i = 0; i < n; ++i) d[i] = static_cast<M>(words[skip + i] >> 8) * sc;
       }
       return;
     }
@@ -198,8 +201,8 @@ struct Interp {
   }
 
   // Full float32/float64 blocks read inputs in place, and an instruction whose
-  // value only feeds one STORE writes the output directly (no copy) when no
-  // later instruction reads that output's memory as an input. Returns, per
+  // value feeds one STORE writes the output directly (no copy) when no later
+  // instruction reads that output's memory as an input. Returns, per
   // instruction, the output it writes directly or -1; skip: stores so covered.
   static std::vector<int> plan_direct(const Program& p, const GroupJob& job, std::vector<char>& skip,
                                       std::vector<char>& alias_ok) {
@@ -228,21 +231,21 @@ struct Interp {
       const Instr& in = p.vec[i];
       const FOp op = static_cast<FOp>(in.op);
       if (op == FOp::Load || op == FOp::Store) continue;
-      int uses = 0, store = -1;
+      int stores = 0, store = -1;
       for (int k = i + 1; k < ni; ++k) {
         const Instr& u = p.vec[k];
         const FOp uop = static_cast<FOp>(u.op);
         const int32_t o[3] = {u.a, u.b, u.c};
         const int na = arity(uop);
         for (int m = 0; m < na; ++m) {
-          if (o[m] == in.dst) {
-            ++uses;
-            if (uop == FOp::Store) store = k;
+          if (o[m] == in.dst && uop == FOp::Store) {
+            ++stores;
+            store = k;
           }
         }
         if (uop != FOp::Store && u.dst == in.dst) break;  // overwritten
       }
-      if (uses != 1 || store < 0) continue;
+      if (stores != 1) continue;  // later readers then read the output's (L1-hot) memory
       const int j = p.vec[store].dst;
       bool ok = true;
       for (int k = i + 1; k < ni && ok; ++k) {
@@ -365,6 +368,10 @@ struct Interp {
             case FOp::Randn:
               random(d, static_cast<uint64_t>(g0) + job.offset, nw, op == FOp::Randn,
                      static_cast<uint32_t>(ins.a), job, words.get(), scratch);
+              break;
+            case FOp::Rands:
+              random(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
+                     words.get(), scratch, static_cast<M>(p.sval[-1 - ins.b]));
               break;
             case FOp::Neg: map1(d, src(ins.a), nw, [](Vec a) { return a.neg(); }); break;
             case FOp::Pos: map1(d, src(ins.a), nw, [](Vec a) { return a; }); break;

@@ -31,7 +31,7 @@ Runner cpu_runner() {
 constexpr const char* kNames[] = {
     "load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
     "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
-    "where", "lerp", "fma", "muladd"};
+    "where", "lerp", "fma", "muladd", "rands"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(FOp::NumOps));
 
 // Python number semantics, in double, for scalar instructions.
@@ -72,7 +72,7 @@ bool fast_dtype(at::ScalarType t) {
 
 int arity(FOp op) {
   switch (op) {
-    case FOp::Load: case FOp::Rand: case FOp::Randn: return 0;
+    case FOp::Load: case FOp::Rand: case FOp::Randn: case FOp::Rands: return 0;
     case FOp::Store: case FOp::Neg: case FOp::Pos: case FOp::Abs: case FOp::Sqrt: case FOp::Exp:
     case FOp::Log: case FOp::Sign: return 1;
     case FOp::Where: case FOp::Lerp: case FOp::Fma: case FOp::MulAdd: return 3;
@@ -155,8 +155,10 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
     if (op == FOp::Load) {
       TORCH_CHECK(ins.a >= 0 && ins.a < p.n_in, "nytorch.fuse: instruction ", i, ": input ", ins.a,
                   " out of range");
-    } else if (op == FOp::Rand || op == FOp::Randn) {
+    } else if (op == FOp::Rand || op == FOp::Randn || op == FOp::Rands) {
       TORCH_CHECK(ins.a >= 0, "nytorch.fuse: instruction ", i, ": bad random stream ", ins.a);
+      TORCH_CHECK(op != FOp::Rands || (ins.b < 0 && -1 - ins.b < p.n_sreg && s_def[-1 - ins.b]),
+                  "nytorch.fuse: instruction ", i, " (rands) needs a defined scalar scale");
       p.has_rand = true;
     } else {
       for (int k = 0; k < na; ++k) {

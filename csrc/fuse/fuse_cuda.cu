@@ -53,7 +53,7 @@ __device__ __forceinline__ void sincos2pi(double u, double* s, double* c) { sinc
 
 // Random values of elements base..base+3 (see philox.h for the counter layout).
 template <class M>
-__device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const KArgs& a) {
+__device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const KArgs& a, M scale) {
   constexpr int shift = RandShift<M>::value;
   const uint32_t k0 = static_cast<uint32_t>(a.seed), k1 = static_cast<uint32_t>(a.seed >> 32);
   uint64_t cur = ~uint64_t(0);
@@ -67,11 +67,12 @@ __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, cons
       cur = c;
     }
     const int k = static_cast<int>(e - (c << shift));
-    if (!normal) {
+    if (!normal) {  // (bits * 2^-n) * scale == bits * (2^-n * scale) exactly
       if constexpr (sizeof(M) == 8) {
-        dst[l] = u53(w.w[2 * k], w.w[2 * k + 1]);
+        dst[l] = static_cast<M>(((static_cast<uint64_t>(w.w[2 * k]) << 32) | w.w[2 * k + 1]) >> 11) *
+                 (scale * M(1.1102230246251565e-16));
       } else {
-        dst[l] = u24(w.w[k]);
+        dst[l] = static_cast<M>(w.w[k] >> 8) * (scale * M(5.9604644775390625e-08));
       }
     } else {
       M u1, u2;
@@ -121,9 +122,11 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(KArgs a) {
           break;
         }
         case FOp::Rand:
-        case FOp::Randn: {
+        case FOp::Randn:
+        case FOp::Rands: {
           M v[4];
-          random4<M>(v, base, op == static_cast<int>(FOp::Randn), static_cast<uint32_t>(x), a);
+          random4<M>(v, base, op == static_cast<int>(FOp::Randn), static_cast<uint32_t>(x), a,
+                     op == static_cast<int>(FOp::Rands) ? static_cast<M>(a.sval[-1 - y]) : M(1));
 #pragma unroll
           for (int l = 0; l < 4; ++l) r[d][l] = v[l];
           break;

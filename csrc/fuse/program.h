@@ -28,6 +28,7 @@ enum class FOp : int32_t {
   Add, Sub, Mul, Div, Pow, Min, Max, Lt, Le, Gt, Ge, Eq, Ne,
   Where, Lerp, Fma,
   MulAdd,  // a * b + c, rounded after the product and after the sum (the unfused pair)
+  Rands,   // uniform stream a times scalar b: k * (2^-24 * b) == (k * 2^-24) * b exactly
   NumOps
 };
 

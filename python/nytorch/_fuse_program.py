@@ -18,7 +18,7 @@ __all__ = ["OPS", "Program", "compile_nodes"]
 # csrc/fuse/program.h enum FOp, in order.
 OPS = ("load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
        "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
-       "where", "lerp", "fma", "muladd")
+       "where", "lerp", "fma", "muladd", "rands")
 CODE = {name: i for i, name in enumerate(OPS)}
 MAGIC = 0x4E590001
 MAX_INSTR = 4096
@@ -96,6 +96,13 @@ def _peephole(outputs: Sequence[Node]) -> List[Node]:
     new: Dict[int, Node] = {}
     for n in order:
         args = tuple(new[id(a)] for a in n.args)
+        if n.op == "mul" and not n.scalar:
+            x, y = n.args
+            r, k = (y, args[0]) if (y.op == "rand" and x.scalar and uses.get(id(y), 0) == 1) else \
+                (x, args[1]) if (x.op == "rand" and y.scalar and uses.get(id(x), 0) == 1) else (None, None)
+            if r is not None:  # s * rand_like(x): the scale folds into the conversion, same value
+                new[id(n)] = Node("rands", (k,), r.value, False)
+                continue
         if n.op == "add" and not n.scalar:
             x, y = n.args
             m, other = (y, args[0]) if lone_mul(y) else (x, args[1]) if lone_mul(x) else (None, None)
@@ -138,7 +145,6 @@ def compile_nodes(outputs: Sequence[Node], n_in: int, n_num: int, single: bool =
     free: List[int] = []
     n_vreg = 0
     has_rand = False
-    stream = 0
 
     def operand(n: Node) -> int:
         return -1 - slot[id(n)] if n.scalar else reg[id(n)]
@@ -158,8 +164,12 @@ def compile_nodes(outputs: Sequence[Node], n_in: int, n_num: int, single: bool =
             args[0] = node.value
             code = CODE["load"]
         elif op in ("rand", "randn"):
-            args[0] = stream
-            stream += 1
+            args[0] = node.value
+            has_rand = True
+            code = CODE[op]
+        elif op == "rands":
+            args[0] = node.value
+            args[1] = operand(node.args[0])
             has_rand = True
             code = CODE[op]
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
-__all__ = ["FuseError", "Node", "lift", "apply", "is_node"]
+__all__ = ["FuseError", "Node", "lift", "apply", "is_node", "random_node", "start_trace"]
 
 
 class FuseError(TypeError):
@@ -135,6 +135,7 @@ SUPPORTED = ("+ - * / ** (with numbers and particles), unary -, +, abs, < <= > >
 _UNARY = ("neg", "pos", "abs", "sqrt", "exp", "log", "sign")
 _BINARY = ("add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne")
 _TERNARY = ("where", "lerp", "fma", "muladd")
+# rands: a uniform stream times a number, (k * 2^-24) * s == k * (2^-24 * s) exactly
 ARITY = {**{k: 1 for k in _UNARY}, **{k: 2 for k in _BINARY}, **{k: 3 for k in _TERNARY}}
 
 
@@ -168,7 +169,18 @@ def random_node(kind: str, like: Any) -> Node:
     if type(like) is not Node or like.scalar:
         raise FuseError(f"nytorch.fuse: {kind}_like needs a particle argument of the fused function, "
                         f"got {type(like).__name__}")
-    return Node(kind, (), None, False)
+    stream = _STREAMS[0]
+    _STREAMS[0] += 1
+    return Node(kind, (), stream, False)
+
+
+# Random calls are numbered in trace order (the k-th call is stream k):
+# reset by start_trace() before each trace.
+_STREAMS = [0]
+
+
+def start_trace() -> None:
+    _STREAMS[0] = 0
 
 
 def clamp(x: Any, min: Any = None, max: Any = None) -> Node:  # noqa: A002

@@ -78,7 +78,7 @@ import torch
 
 from . import _C
 from ._fuse_program import OPS, Program, compile_nodes
-from ._fuse_trace import FuseError, Node, apply, clamp as _clamp, lift, random_node, scalar_eval
+from ._fuse_trace import FuseError, Node, apply, clamp as _clamp, lift, random_node, scalar_eval, start_trace
 from ._storage import state_of
 from .particle import NytoModule, _number, _same_species
 
@@ -92,6 +92,7 @@ _MAX_CACHE = 64
 # ---------------------------------------------------------------------------
 # Tracing and compiling
 def _trace(fn: Callable, kinds: str) -> Program:
+    start_trace()
     args = []
     n_in = n_num = 0
     for k in kinds:
@@ -462,7 +463,7 @@ def _fake_fused_(program, numbers, inputs, out, seed, offset=0):
 torch.library.register_fake("nytorch::fused")(_fake_fused)
 torch.library.register_fake("nytorch::fused_")(_fake_fused_)
 
-assert len(OPS) == 28  # csrc/fuse/program.h enum FOp
+assert len(OPS) == 29  # csrc/fuse/program.h enum FOp
 
 # `nytorch.fuse` is this function (the package exports it); its helpers hang
 # on it, so `nytorch.fuse.run_flat`, `nytorch.fuse.program` work as documented.
