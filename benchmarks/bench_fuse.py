@@ -93,6 +93,9 @@ def probe(fn, label):
 def compiled(fn, label, args):
     """torch.compile(fn) and its compile time (first call), or (None, nan)."""
     try:
+        import torch._inductor.config as inductor_config
+        inductor_config.force_disable_caches = True  # a cold compile: what a fresh process pays
+        torch._dynamo.reset()
         cf = torch.compile(fn, dynamic=False)
         t0 = time.perf_counter()
         cf(*args)

@@ -294,22 +294,29 @@ struct Interp {
       // Registers, scalar broadcasts and random scratch of this task.
       // Register k starts k * (B + pad) elements in: register strides that
       // are not multiples of 4 KiB (no false store-to-load aliasing).
+      // Scalars: one value each (register operands read *sptr), or a
+      // broadcast block where an instruction reads them as a vector.
       const int nv = p.n_vreg, ns = p.n_sreg;
       constexpr int64_t R = B + 64 / sizeof(M);
-      const int64_t elems = (nv + ns + 4) * R + 64 / sizeof(M);
+      int nfull = 0;
+      for (int s = 0; s < ns; ++s) nfull += p.s_used[s];
+      const int64_t elems = (nv + nfull + (p.has_rand ? 4 : 0)) * R + ns + 64 / sizeof(M);
       std::unique_ptr<M[]> mem(new M[elems]);
       M* base = reinterpret_cast<M*>((reinterpret_cast<uintptr_t>(mem.get()) + 63) & ~uintptr_t(63));
       std::vector<M*> vbuf(nv);
       std::vector<const M*> vptr(nv, nullptr);
       std::vector<const M*> sptr(ns, nullptr);
       for (int r = 0; r < nv; ++r) vbuf[r] = base + r * R;
-      for (int s = 0; s < ns; ++s) {
+      M* one = base + (nv + nfull + (p.has_rand ? 4 : 0)) * R;
+      for (int s = 0, f = 0; s < ns; ++s) {
+        one[s] = static_cast<M>(p.sval[s]);
+        sptr[s] = one + s;
         if (!p.s_used[s]) continue;
-        M* b = base + (nv + s) * R;
-        std::fill(b, b + B, static_cast<M>(p.sval[s]));
+        M* b = base + (nv + f++) * R;
+        std::fill(b, b + B, one[s]);
         sptr[s] = b;
       }
-      M* scratch = base + (nv + ns) * R;
+      M* scratch = base + (nv + nfull) * R;
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (B + 4)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
@@ -323,7 +330,7 @@ struct Interp {
         // The block after next: each input and output is touched in bursts
         // of one block per instruction, which the hardware prefetchers follow
         // poorly with many streams; ask for the lines ahead of time.
-        if (blk + kAhead < b1) {
+        if (kAhead > 0 && blk + kAhead < b1) {
           const int64_t ahead = (blk + kAhead) * B;
           for (int k = 0; k < p.n_in; ++k) {
             const char* q = static_cast<const char*>(job.in[k]) + ahead * sizeof(T);

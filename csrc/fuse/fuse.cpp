@@ -162,7 +162,10 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
       p.has_rand = true;
     } else {
       for (int k = 0; k < na; ++k) {
-        if (opnd[k] < 0 && !(op == FOp::Pow && k == 1 && opnd[0] >= 0)) p.s_used[-1 - opnd[k]] = 1;
+        // Binary ops and muladd's scalar factor keep a scalar in a register;
+        // other scalar operands are read from a broadcast block.
+        const bool in_register = na == 2 || (op == FOp::MulAdd && k == 0 && opnd[1] >= 0 && opnd[2] >= 0);
+        if (opnd[k] < 0 && !in_register) p.s_used[-1 - opnd[k]] = 1;
       }
     }
     v_def[ins.dst] = 1;

@@ -44,7 +44,7 @@ struct Program {
   int n_in = 0, n_out = 0, n_vreg = 0, n_sreg = 0;
   std::vector<Instr> vec;       // vector instructions (loads, math, rand, stores)
   std::vector<double> sval;     // every scalar slot's value
-  std::vector<char> s_used;     // scalar slots read by vector instructions
+  std::vector<char> s_used;     // scalar slots vector instructions read as a broadcast block
   bool has_rand = false;
 };
 
