@@ -857,6 +857,30 @@ def test_parameter_data_reshaped_at_same_address(how):
     assert_flat_storage(r)
 
 
+REPOINTS = {
+    "new_storage": lambda net: torch.randn_like(net.weight),
+    "clone": lambda net: net.weight.data.clone() + 1,
+    # same storage (the flat), same shape, another offset: over the bias and beyond
+    "other_offset": lambda net: net.weight.data.view(-1)[0:1].new_empty(0).set_(
+        net.weight.untyped_storage(), net.weight.storage_offset() + 1, net.weight.shape),
+}
+
+
+@pytest.mark.parametrize("how", list(REPOINTS))
+def test_parameter_data_repointed(how):
+    # `p.data = t` rewrites p's TensorImpl in place: the view keys must notice
+    net = NytoLinear(torch.randn(3, 4), torch.randn(3 * 4 + 8)[:4].clone())
+    net + 1
+    w = net.weight
+    net.weight.data = REPOINTS[how](net)
+    ref = reference(lambda p: p + 1, net)
+    assert_values(net + 1, ref)
+    ref = reference(lambda p: p * 2, net)
+    net *= 2
+    assert net.weight is w
+    assert_values(net, ref)
+
+
 CONVERSIONS = {
     "double": lambda m: m.double(),
     "to_float64": lambda m: m.to(torch.float64),
