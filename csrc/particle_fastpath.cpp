@@ -350,3 +350,118 @@ PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_
 }
 
 }  // namespace nyto::py
+
+// The particle dunders (`__add__`, `__radd__`, `__iadd__`, ...) as a C
+// method descriptor: `a + b` goes from the type slot straight into fast_op,
+// without a Python frame; when fast_op declines, the Python `general(self,
+// other)` decides and raises (python/nytorch/particle.py, _arith_method).
+namespace nyto::py {
+namespace {
+
+struct OpMethod {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;
+  PyObject* list_op;    // int, or None for reflected ops
+  PyObject* scalar_op;  // int
+  PyObject* inplace;    // bool
+  PyObject* general;    // general(self, other)
+  PyObject* name;
+  PyObject* doc;
+};
+
+PyObject* op_method_call(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* m = reinterpret_cast<OpMethod*>(callable);
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs != 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 0)) {
+    PyErr_Format(PyExc_TypeError, "%U(self, other) takes 2 positional arguments", m->name);
+    return nullptr;
+  }
+  PyObject* fa[5] = {args[0], args[1], m->list_op, m->scalar_op, m->inplace};
+  PyObject* out = py_fast_op(nullptr, fa, 5);
+  if (out != Py_None) return out;  // a result, or an error
+  Py_DECREF(out);
+  return PyObject_Vectorcall(m->general, args, 2, nullptr);
+}
+
+PyObject* op_method_get(PyObject* self, PyObject* obj, PyObject*) {
+  if (obj == nullptr || obj == Py_None) {
+    Py_INCREF(self);
+    return self;
+  }
+  return PyMethod_New(self, obj);
+}
+
+void op_method_dealloc(PyObject* self) {
+  auto* m = reinterpret_cast<OpMethod*>(self);
+  PyObject_GC_UnTrack(self);
+  Py_CLEAR(m->list_op);
+  Py_CLEAR(m->scalar_op);
+  Py_CLEAR(m->inplace);
+  Py_CLEAR(m->general);
+  Py_CLEAR(m->name);
+  Py_CLEAR(m->doc);
+  PyObject_GC_Del(self);
+}
+
+int op_method_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* m = reinterpret_cast<OpMethod*>(self);
+  Py_VISIT(m->general);
+  return 0;
+}
+
+PyObject* op_method_name(PyObject* self, void*) {
+  PyObject* n = reinterpret_cast<OpMethod*>(self)->name;
+  Py_INCREF(n);
+  return n;
+}
+
+PyObject* op_method_doc(PyObject* self, void*) {
+  PyObject* d = reinterpret_cast<OpMethod*>(self)->doc;
+  Py_INCREF(d);
+  return d;
+}
+
+PyGetSetDef op_method_getset[] = {
+    {"__name__", op_method_name, nullptr, nullptr, nullptr},
+    {"__qualname__", op_method_name, nullptr, nullptr, nullptr},
+    {"__doc__", op_method_doc, nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyTypeObject op_method_type = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "nytorch._C.OpMethod";
+  t.tp_basicsize = sizeof(OpMethod);
+  t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR;
+  t.tp_vectorcall_offset = offsetof(OpMethod, vectorcall);
+  t.tp_call = PyVectorcall_Call;
+  t.tp_descr_get = op_method_get;
+  t.tp_dealloc = op_method_dealloc;
+  t.tp_traverse = op_method_traverse;
+  t.tp_getset = op_method_getset;
+  t.tp_doc = "A particle operator method (nytorch._C.op_method).";
+  return t;
+}();
+
+}  // namespace
+
+// op_method(name, list_op, scalar_op, inplace, general, doc) -> a method descriptor.
+PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 6 || !PyUnicode_Check(args[0]) || !PyBool_Check(args[3]) || !PyCallable_Check(args[4])) {
+    PyErr_SetString(PyExc_TypeError, "op_method(name, list_op, scalar_op, inplace, general, doc)");
+    return nullptr;
+  }
+  if (!(op_method_type.tp_flags & Py_TPFLAGS_READY) && PyType_Ready(&op_method_type) < 0) return nullptr;
+  auto* m = PyObject_GC_New(OpMethod, &op_method_type);
+  if (!m) return nullptr;
+  m->vectorcall = op_method_call;
+  PyObject** fields[6] = {&m->name, &m->list_op, &m->scalar_op, &m->inplace, &m->general, &m->doc};
+  for (int i = 0; i < 6; ++i) {
+    Py_INCREF(args[i]);
+    *fields[i] = args[i];
+  }
+  PyObject_GC_Track(m);
+  return reinterpret_cast<PyObject*>(m);
+}
+
+}  // namespace nyto::py

@@ -33,6 +33,7 @@ PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
 PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record);

@@ -538,6 +538,8 @@ PyMethodDef methods[] = {
     {"pooled_like", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_pooled_like)), METH_FASTCALL,
      "pooled_like(tensors, pool): uninitialized buffers like tensors, reused from the pool."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},
+    {"op_method", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_op_method)), METH_FASTCALL,
+     "op_method(name, list_op, scalar_op, inplace, general, doc): a particle dunder in C."},
     {"lazy_result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_lazy_result)), METH_FASTCALL,
      "lazy_result(self, state, flats): a result particle viewing flats (Parameters made on first use)."},
     {"materialize", py_materialize, METH_O, "materialize(record): make a lazy result particle's Parameters."},

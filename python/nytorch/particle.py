@@ -277,12 +277,12 @@ class _ParticleMethod:
 # same layout, plain number or same-species particle), which returns None
 # whenever the general Python path has to decide.
 def _arith_method(name: str, list_op: Optional[int], scalar_op: int, inplace: bool, general, doc: str):
-    def method(self, other):
-        out = _fast_op(self, other, list_op, scalar_op, inplace)
-        return general(self, other) if out is None else out
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc
-    return method
+    """``method(self, other)``: the C hot path (``_C.fast_op``), else ``general``.
+
+    Built in C (``_C.op_method``, a method descriptor: no Python frame per
+    call); the named methods (``add``, ``add_``...) wrap the same object.
+    """
+    return _C.op_method(name, list_op, scalar_op, inplace, general, doc)
 
 
 def _arith_methods(name: str, list_op: int, scalar_op: int, rname: str, rscalar_op: int, sym: str):
@@ -334,6 +334,5 @@ for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
     setattr(NytoModule, _dunder, _method)
 _PARTICLE_METHOD_NAMES = frozenset(
     name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod))
-_fast_op = _C.fast_op
 _C.register_particle_types(NytoModule, S.State, S._CONTAINER_ATTRS)
 del _row, _d, _method, _dunder
