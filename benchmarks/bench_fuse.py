@@ -35,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -300,6 +301,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*force_disable_caches.*")
     if args.device == "cuda" and not (torch.cuda.is_available() and nyto._C.has_cuda()):
         print("bench_fuse: no CUDA device or nytorch built without CUDA kernels")
         return 0

@@ -446,6 +446,44 @@ def test_run_flat_groups_and_stacked_buffers():
     assert nv32.shape == (4, 100) and torch.equal(nv64, v64 * 2)
 
 
+class Mixed(nyto.NytoModule):
+    """Two storage groups: float32 and float64 parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = torch.nn.Parameter(torch.randn(700))
+        self.d = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+
+
+def test_particles_with_several_groups():
+    x = Mixed()
+    y = x.randn()
+    step = nyto.fuse(lambda a, b, s: (a * s + b, nyto.rand_like(a)))
+    torch.manual_seed(0)
+    got, r = step(x, y, 0.5)
+    assert torch.equal(got.f.data, (x.f * 0.5 + y.f).detach())
+    assert torch.equal(got.d.data, (x.d * 0.5 + y.d).detach()) and got.d.dtype == torch.float64
+    assert 0 <= r.d.min() and r.d.max() < 1 and r.f.std() > 0.2
+    xd, yd, xf, yf = x.d.detach().clone(), y.d.detach().clone(), x.f.detach().clone(), y.f.detach().clone()
+    step(x, y, 2.0, out=(y, x))  # y = 2x + y, x = uniform: in place, crossed
+    assert torch.equal(y.d.data, xd * 2.0 + yd) and torch.equal(y.f.data, xf * 2.0 + yf)
+    assert 0 <= x.d.min() and x.d.max() < 1
+
+
+def test_torch_op_route_matches_eager_entry():
+    prog = F.program(lambda x, y, s: (x * s + y, x - y), "ppn")
+    ins = [[torch.randn(6), torch.randn(4, dtype=torch.float64)], [torch.randn(6), torch.randn(4, dtype=torch.float64)]]
+    eager = F.run_flat(prog, ins, [3.0])
+    run_op = sys.modules["nytorch.fuse"]._run_op
+    via_op = run_op(prog, ins, [3.0, *prog.lits], None, 0, 0)
+    for a, b in zip(eager, via_op):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+    out = [[torch.empty(6), torch.empty(4, dtype=torch.float64)], [torch.empty(6), torch.empty(4, dtype=torch.float64)]]
+    run_op(prog, ins, [3.0, *prog.lits], out, 0, 0)
+    assert all(torch.equal(u, v) for a, b in zip(eager, out) for u, v in zip(a, b))
+
+
 def test_opcheck_fused_ops():
     prog = F.program(lambda x, y, s: (x * s + y, nyto.sqrt(abs(x))), "ppn")
     ins = [torch.randn(5), torch.randn(5), torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
