@@ -183,6 +183,32 @@ def test_chain_multi_output_matches_particle_chain(dtype, device):
     close(nv, ev, dtype)
 
 
+LINEAR_COMBINATIONS = {
+    "scalar_second": lambda a, b, c, s, t: a * s + b * t + c * 0.5,
+    "scalar_first": lambda a, b, c, s, t: s * a + t * b + 0.25 * c,
+    "vector_products": lambda a, b, c, s, t: a * b + b * c + c * a,
+    "constant_tail": lambda a, b, c, s, t: s * a + 1.0,
+    "constant_head": lambda a, b, c, s, t: 1.0 + s * a + b * t,
+    "mixed": lambda a, b, c, s, t: (a - b) * s + c * (a + b) + t * b * c,
+    "reused_product": lambda a, b, c, s, t: (lambda m: (m + c, m * 2))(a * s),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("expr", list(LINEAR_COMBINATIONS))
+def test_linear_combinations_bitwise(expr, dtype, device):
+    fn = LINEAR_COMBINATIONS[expr]
+    a, b, c = particles(3, dtype, device, n=5000)
+    got = nyto.fuse(fn)(a, b, c, 0.3, -1.7)
+    want = fn(a, b, c, 0.3, -1.7)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        close(g, w, dtype)
+    nyto.fuse(fn)(a, b, c, 0.3, -1.7, out=(a, b) if isinstance(want, tuple) else a)  # in place too
+    for g, w in zip((a, b) if isinstance(want, tuple) else (a,), want if isinstance(want, tuple) else (want,)):
+        close(g, w, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_in_place_out_into_operands(device):
     x, v, p, g = particles(4, torch.float32, device, n=5000)

@@ -277,12 +277,38 @@ struct Interp {
     return direct;
   }
 
+  // Runs of `mul`/`muladd` then `muladd`s accumulating into one register
+  // (a*b + c*d + ...: soups, EMA, PSO's velocity) run as one loop with the
+  // sum in a CPU register, in the same order and roundings. chain[i]: the
+  // length of the run starting at instruction i (1: none).
+  static constexpr int kMaxChain = 16;
+  static std::vector<int> chains(const Program& p) {
+    const int ni = static_cast<int>(p.vec.size());
+    std::vector<int> chain(ni, 1);
+    for (int i = 0; i < ni; ++i) {
+      const FOp op = static_cast<FOp>(p.vec[i].op);
+      if (op != FOp::Mul && op != FOp::MulAdd) continue;
+      int k = i;
+      while (k + 1 < ni && k + 1 - i < kMaxChain) {
+        const Instr& cur = p.vec[k];
+        const Instr& nx = p.vec[k + 1];
+        if (static_cast<FOp>(nx.op) != FOp::MulAdd || nx.c != cur.dst || nx.dst != cur.dst || nx.a == cur.dst ||
+            nx.b == cur.dst) break;
+        ++k;
+      }
+      chain[i] = k - i + 1;
+      i = k;
+    }
+    return chain;
+  }
+
   template <class T>
   static void run(const Program& p, const GroupJob& job) {
     constexpr bool native = std::is_same_v<T, M>;
     std::vector<char> skip_store, alias_ok;
     std::vector<int> direct;
     if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
+    const std::vector<int> chain = chains(p);
     const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
     // a worker descheduled by other load (shared machines) delays nobody.
@@ -353,6 +379,37 @@ struct Interp {
             } else {
               at::vec::convert(s, out, n);
             }
+            continue;
+          }
+          if (chain[ii] > 1) {
+            const int K = chain[ii];
+            const size_t last = ii + K - 1;
+            M* d = full && direct[last] >= 0 ? static_cast<M*>(job.out[direct[last]]) + g0 : vbuf[p.vec[last].dst];
+            const M* pa[kMaxChain];
+            const M* pb[kMaxChain];
+            Vec sa[kMaxChain];
+            bool a_s[kMaxChain];
+            for (int t = 0; t < K; ++t) {
+              const Instr& q = p.vec[ii + t];
+              a_s[t] = q.a < 0;  // a scalar factor stays in a register
+              if (a_s[t]) sa[t] = Vec(*src(q.a));
+              pa[t] = src(q.a);
+              pb[t] = src(q.b);  // muladd/mul have at most one scalar operand: a (see _peephole)
+            }
+            const M* c0 = op == FOp::MulAdd ? src(ins.c) : nullptr;
+            const bool b_s0 = ins.b < 0;
+            for (int64_t i = 0; i < nw; i += W) {
+              const Vec a0 = a_s[0] ? sa[0] : Vec::loadu(pa[0] + i);
+              Vec acc = b_s0 ? a0 * Vec(*pb[0]) : a0 * Vec::loadu(pb[0] + i);
+              if (c0) acc = acc + Vec::loadu(c0 + i);
+              for (int t = 1; t < K; ++t) {
+                const Vec at = a_s[t] ? sa[t] : Vec::loadu(pa[t] + i);
+                acc = at * Vec::loadu(pb[t] + i) + acc;
+              }
+              acc.store(d + i);
+            }
+            vptr[p.vec[last].dst] = d;
+            ii = last;
             continue;
           }
           M* d = full && direct[ii] >= 0 ? static_cast<M*>(job.out[direct[ii]]) + g0 : vbuf[ins.dst];

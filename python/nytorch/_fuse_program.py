@@ -107,7 +107,10 @@ def _peephole(outputs: Sequence[Node]) -> List[Node]:
             x, y = n.args
             m, other = (y, args[0]) if lone_mul(y) else (x, args[1]) if lone_mul(x) else (None, None)
             if m is not None:
-                new[id(n)] = Node("muladd", (new[id(m.args[0])], new[id(m.args[1])], other), None, False)
+                f, g = new[id(m.args[0])], new[id(m.args[1])]
+                if g.scalar:  # the scalar factor first (it stays in a register); a*b == b*a exactly
+                    f, g = g, f
+                new[id(n)] = Node("muladd", (f, g, other), None, False)
                 continue
         same = all(a is b for a, b in zip(args, n.args))
         new[id(n)] = n if same else Node(n.op, args, n.value, n.scalar)
