@@ -30,9 +30,9 @@ namespace nyto::fuse {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kBlockBytes = 2048;  // one register: 512 floats or 256 doubles
+constexpr int64_t kBlockBytes = 4096;  // one register: 1024 floats or 512 doubles
 constexpr int64_t kGrain = 1 << 15;    // elements per parallel task at least
-constexpr int64_t kAhead = 2;          // software prefetch distance, in blocks
+constexpr int64_t kAhead = 1;          // software prefetch distance, in blocks
 
 template <class M>
 struct Interp {
@@ -302,6 +302,42 @@ struct Interp {
     return chain;
   }
 
+  // acc = a0*b0 (+ c0); acc = a_t*b_t + acc for t < K; every operand a block
+  // (scalars as broadcast blocks): no branches, the sum stays in a register.
+  template <int K, bool HasC>
+  static void chain_loop(M* d, const M* const* pa_, const M* const* pb_, const M* c0, int64_t nw) {
+    const M* pa[K];
+    const M* pb[K];
+    for (int t = 0; t < K; ++t) {
+      pa[t] = pa_[t];
+      pb[t] = pb_[t];
+    }
+    for (int64_t i = 0; i < nw; i += W) {
+      Vec acc = Vec::loadu(pa[0] + i) * Vec::loadu(pb[0] + i);
+      if constexpr (HasC) acc = acc + Vec::loadu(c0 + i);
+#pragma GCC unroll 16
+      for (int t = 1; t < K; ++t) acc = Vec::loadu(pa[t] + i) * Vec::loadu(pb[t] + i) + acc;
+      acc.store(d + i);
+    }
+  }
+  template <bool HasC>
+  static void chain_any(int K, M* d, const M* const* pa, const M* const* pb, const M* c0, int64_t nw) {
+    switch (K) {
+      case 2: return chain_loop<2, HasC>(d, pa, pb, c0, nw);
+      case 3: return chain_loop<3, HasC>(d, pa, pb, c0, nw);
+      case 4: return chain_loop<4, HasC>(d, pa, pb, c0, nw);
+      case 5: return chain_loop<5, HasC>(d, pa, pb, c0, nw);
+      case 6: return chain_loop<6, HasC>(d, pa, pb, c0, nw);
+      default:
+        for (int64_t i = 0; i < nw; i += W) {
+          Vec acc = Vec::loadu(pa[0] + i) * Vec::loadu(pb[0] + i);
+          if constexpr (HasC) acc = acc + Vec::loadu(c0 + i);
+          for (int t = 1; t < K; ++t) acc = Vec::loadu(pa[t] + i) * Vec::loadu(pb[t] + i) + acc;
+          acc.store(d + i);
+        }
+    }
+  }
+
   template <class T>
   static void run(const Program& p, const GroupJob& job) {
     constexpr bool native = std::is_same_v<T, M>;
@@ -309,6 +345,15 @@ struct Interp {
     std::vector<int> direct;
     if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
     const std::vector<int> chain = chains(p);
+    std::vector<char> s_block = p.s_used;  // scalars read as blocks: also those in chains
+    for (size_t i = 0; i < chain.size(); ++i) {
+      for (int t = 0; t < chain[i] && chain[i] > 1; ++t) {
+        const Instr& q = p.vec[i + t];
+        for (int32_t o : {q.a, q.b, q.c}) {
+          if (o < 0 && (t == 0 || o != q.c)) s_block[-1 - o] = 1;
+        }
+      }
+    }
     const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
     // a worker descheduled by other load (shared machines) delays nobody.
@@ -325,7 +370,7 @@ struct Interp {
       const int nv = p.n_vreg, ns = p.n_sreg;
       constexpr int64_t R = B + 64 / sizeof(M);
       int nfull = 0;
-      for (int s = 0; s < ns; ++s) nfull += p.s_used[s];
+      for (int s = 0; s < ns; ++s) nfull += s_block[s];
       const int64_t elems = (nv + nfull + (p.has_rand ? 4 : 0)) * R + ns + 64 / sizeof(M);
       std::unique_ptr<M[]> mem(new M[elems]);
       M* base = reinterpret_cast<M*>((reinterpret_cast<uintptr_t>(mem.get()) + 63) & ~uintptr_t(63));
@@ -337,7 +382,7 @@ struct Interp {
       for (int s = 0, f = 0; s < ns; ++s) {
         one[s] = static_cast<M>(p.sval[s]);
         sptr[s] = one + s;
-        if (!p.s_used[s]) continue;
+        if (!s_block[s]) continue;
         M* b = base + (nv + f++) * R;
         std::fill(b, b + B, one[s]);
         sptr[s] = b;
@@ -387,26 +432,14 @@ struct Interp {
             M* d = full && direct[last] >= 0 ? static_cast<M*>(job.out[direct[last]]) + g0 : vbuf[p.vec[last].dst];
             const M* pa[kMaxChain];
             const M* pb[kMaxChain];
-            Vec sa[kMaxChain];
-            bool a_s[kMaxChain];
             for (int t = 0; t < K; ++t) {
-              const Instr& q = p.vec[ii + t];
-              a_s[t] = q.a < 0;  // a scalar factor stays in a register
-              if (a_s[t]) sa[t] = Vec(*src(q.a));
-              pa[t] = src(q.a);
-              pb[t] = src(q.b);  // muladd/mul have at most one scalar operand: a (see _peephole)
+              pa[t] = src(p.vec[ii + t].a);
+              pb[t] = src(p.vec[ii + t].b);
             }
-            const M* c0 = op == FOp::MulAdd ? src(ins.c) : nullptr;
-            const bool b_s0 = ins.b < 0;
-            for (int64_t i = 0; i < nw; i += W) {
-              const Vec a0 = a_s[0] ? sa[0] : Vec::loadu(pa[0] + i);
-              Vec acc = b_s0 ? a0 * Vec(*pb[0]) : a0 * Vec::loadu(pb[0] + i);
-              if (c0) acc = acc + Vec::loadu(c0 + i);
-              for (int t = 1; t < K; ++t) {
-                const Vec at = a_s[t] ? sa[t] : Vec::loadu(pa[t] + i);
-                acc = at * Vec::loadu(pb[t] + i) + acc;
-              }
-              acc.store(d + i);
+            if (op == FOp::MulAdd) {
+              chain_any<true>(K, d, pa, pb, src(ins.c), nw);
+            } else {
+              chain_any<false>(K, d, pa, pb, nullptr, nw);
             }
             vptr[p.vec[last].dst] = d;
             ii = last;
