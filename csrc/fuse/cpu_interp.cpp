@@ -171,8 +171,10 @@ struct Interp {
     // Box-Muller: one (u1, u2) pair feeds two neighbouring elements, the even
     // one takes r*cos(2 pi u2), the odd one r*sin(2 pi u2).
     M* u1 = scratch;
-    M* u2 = scratch + B;
-    M* odd = scratch + 2 * B;
+    // scratch holds 3 blocks of n (rounded up to whole vectors) elements
+    const int64_t sn = (n + W - 1) / W * W;
+    M* u2 = scratch + sn;
+    M* odd = scratch + 2 * sn;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t k = skip + i;
       const int64_t pair = k >> 1;
@@ -368,7 +370,9 @@ struct Interp {
       // Scalars: one value each (register operands read *sptr), or a
       // broadcast block where an instruction reads them as a vector.
       const int nv = p.n_vreg, ns = p.n_sreg;
-      constexpr int64_t R = B + 64 / sizeof(M);
+      // Blocks of a small group are as small as the group.
+      const int64_t Bk = std::min<int64_t>(B, (job.n + W - 1) / W * W);
+      const int64_t R = Bk + 64 / sizeof(M);
       int nfull = 0;
       for (int s = 0; s < ns; ++s) nfull += s_block[s];
       const int64_t elems = (nv + nfull + (p.has_rand ? 4 : 0)) * R + ns + 64 / sizeof(M);
@@ -384,11 +388,11 @@ struct Interp {
         sptr[s] = one + s;
         if (!s_block[s]) continue;
         M* b = base + (nv + f++) * R;
-        std::fill(b, b + B, one[s]);
+        std::fill(b, b + Bk, one[s]);
         sptr[s] = b;
       }
       M* scratch = base + (nv + nfull) * R;
-      std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (B + 4)] : nullptr);
+      std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (Bk + 8)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
       const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
