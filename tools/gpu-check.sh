@@ -22,9 +22,11 @@ step bench_ops
 [ -n "${SKIP_OPS:-}" ] || timeout 60 python3 benchmarks/bench_ops.py --device cuda --quick 2>&1 | tee "$OUT/bench_ops.log" | tail -60
 step particles
 timeout 60 python3 tools/gpu_particle_timing.py 2>&1 | tee "$OUT/particles.log"
+# FUSE_ARGS (e.g. --no-compile), SWARM_ARGS (e.g. --no-tensordict): no downloads on the GPU machine
 for b in bench_fuse bench_swarm; do
   [ -f benchmarks/$b.py ] || continue
-  step $b; timeout 110 python3 benchmarks/$b.py --device cuda --quick 2>&1 | tee "$OUT/$b.log" | tail -45
+  args=FUSE_ARGS; [ $b = bench_swarm ] && args=SWARM_ARGS
+  step $b; timeout 110 python3 benchmarks/$b.py --device cuda --quick ${!args:-} 2>&1 | tee "$OUT/$b.log" | tail -45
 done
 for f in ${GPU_EXTRA:-}; do step "$f"; timeout 120 python3 $f 2>&1 | tee "$OUT/$(basename $f).log"; done
 step done

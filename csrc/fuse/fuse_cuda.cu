@@ -141,7 +141,13 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(KArgs a) {
         case FOp::Add: NYTO_LANES(get(x, l) + get(y, l))
         case FOp::Sub: NYTO_LANES(get(x, l) - get(y, l))
         case FOp::Mul: NYTO_LANES(get(x, l) * get(y, l))
-        case FOp::Div: NYTO_LANES(get(x, l) / get(y, l))
+        case FOp::Div:
+          if (y < 0) {  // x / number: torch's CUDA kernel multiplies by the reciprocal
+            const M inv = M(1) / get(y, 0);
+            NYTO_LANES(get(x, l) * inv)
+          } else {
+            NYTO_LANES(get(x, l) / get(y, l))
+          }
         case FOp::Pow:
           if (y < 0 && x >= 0) {
             NYTO_LANES(pow_scalar<M>(get(x, l), get(y, l)))
