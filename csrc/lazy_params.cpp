@@ -30,27 +30,78 @@ namespace {
 PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
 }  // namespace
 
-// A new LazyParams for a result module `owner`: the keys of `old` (the
-// source module's _parameters, lazy or not) with None values.
-PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record) {
-  static PyObject* s_record = intern("_nyto_record");
-  static PyObject* s_owner = intern("_nyto_owner");
-  static PyObject* empty = PyTuple_New(0);
-  auto* tp = reinterpret_cast<PyTypeObject*>(lazy_params_cls);
-  PyObject* lp = PyDict_Type.tp_new(tp, empty, nullptr);
-  if (!lp) return nullptr;
+// Fills `dst` with the keys of `src` (a dict, read raw: a LazyParams is never
+// made by it), each with the value None.
+bool copy_keys(PyObject* dst, PyObject* src) {
   Py_ssize_t pos = 0;
   PyObject *k, *v;
-  while (PyDict_Next(old, &pos, &k, &v)) {  // raw: never materializes `old`
-    if (PyDict_SetItem(lp, k, Py_None) < 0) { Py_DECREF(lp); return nullptr; }
+  while (PyDict_Next(src, &pos, &k, &v)) {
+    if (PyDict_SetItem(dst, k, Py_None) < 0) return false;
   }
-  PyObject* wr = PyWeakref_NewRef(owner, nullptr);
-  if (!wr || PyObject_SetAttr(lp, s_record, record) < 0 || PyObject_SetAttr(lp, s_owner, wr) < 0) {
-    Py_XDECREF(wr);
-    Py_DECREF(lp);
-    return nullptr;
+  return true;
+}
+
+// A new LazyParams for a result module `owner`: the keys of `old` (the
+// source module's _parameters, lazy or not) with None values. When `old` is
+// an unmade LazyParams (its keys cannot have changed) its keys are kept as
+// an exact-dict template that later results clone in one copy (an empty
+// dict updated from a fresh exact dict clones the key table): chains of
+// results (`w*v + c1*r1*(p - x)`) pay ~2 us for 1000 keys instead of ~40.
+// Whether dicts `a` and `b` hold the same key objects in the same order.
+bool same_keys(PyObject* a, PyObject* b) {
+  if (PyDict_GET_SIZE(a) != PyDict_GET_SIZE(b)) return false;
+  Py_ssize_t pa = 0, pb = 0;
+  PyObject *ka, *kb, *v;
+  while (PyDict_Next(a, &pa, &ka, &v)) {
+    if (!PyDict_Next(b, &pb, &kb, &v) || ka != kb) return false;
   }
-  Py_DECREF(wr);
+  return true;
+}
+
+PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record, PyObject* cache, Py_ssize_t mi) {
+  static PyObject* s_record = intern("_nyto_record");
+  static PyObject* s_owner = intern("_nyto_owner");
+  static PyObject* s_template = intern("_nyto_template");
+  static PyObject* empty = PyTuple_New(0);
+  PyObject* tmpl = nullptr;
+  if (cache && PyList_Check(cache) && reinterpret_cast<PyObject*>(Py_TYPE(old)) != lazy_params_cls) {
+    // A made module (a user's particle): the layout caches a template per
+    // module, checked key by key (a None-valued parameter can come and go
+    // without a registration hook).
+    while (PyList_GET_SIZE(cache) <= mi) {
+      if (PyList_Append(cache, Py_None) < 0) return nullptr;
+    }
+    PyObject* c = PyList_GET_ITEM(cache, mi);
+    if (PyDict_CheckExact(c) && same_keys(old, c)) {
+      tmpl = c;
+      Py_INCREF(tmpl);
+    } else {
+      tmpl = PyDict_New();
+      if (!tmpl || !copy_keys(tmpl, old)) { Py_XDECREF(tmpl); return nullptr; }
+      Py_INCREF(tmpl);
+      PyList_SetItem(cache, mi, tmpl);
+    }
+  } else if (reinterpret_cast<PyObject*>(Py_TYPE(old)) == lazy_params_cls) {
+    tmpl = PyObject_GetAttr(old, s_template);
+    if (tmpl && !PyDict_CheckExact(tmpl)) {
+      Py_DECREF(tmpl);
+      tmpl = PyDict_New();
+      if (!tmpl || !copy_keys(tmpl, old) || PyObject_SetAttr(old, s_template, tmpl) < 0) {
+        Py_XDECREF(tmpl);
+        return nullptr;
+      }
+    }
+    if (!tmpl) return nullptr;
+  }
+  auto* tp = reinterpret_cast<PyTypeObject*>(lazy_params_cls);
+  PyObject* lp = PyDict_Type.tp_new(tp, empty, nullptr);
+  PyObject* wr = lp ? PyWeakref_NewRef(owner, nullptr) : nullptr;
+  const bool ok = wr && (tmpl ? PyDict_Update(lp, tmpl) == 0 : copy_keys(lp, old)) &&
+                  PyObject_SetAttr(lp, s_record, record) == 0 && PyObject_SetAttr(lp, s_owner, wr) == 0 &&
+                  PyObject_SetAttr(lp, s_template, tmpl ? tmpl : Py_None) == 0;
+  Py_XDECREF(wr);
+  Py_XDECREF(tmpl);
+  if (!ok) { Py_XDECREF(lp); return nullptr; }
   return lp;
 }
 
@@ -68,7 +119,7 @@ PyObject* requires_grad_bytes(PyObject* params, PyObject* record) {
   char* b = PyBytes_AS_STRING(out);
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* p = PyTuple_GET_ITEM(params, i);
-    b[i] = THPVariable_Check(p) && THPVariable_Unpack(p).requires_grad();
+    b[i] = is_tensor(p) && THPVariable_Unpack(p).requires_grad();
   }
   return out;
 }
@@ -80,6 +131,7 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
   static PyObject* s_record = intern("_nyto_record");
   static PyObject* s_owner = intern("_nyto_owner");
   static PyObject* s_class = intern("__class__");
+  static PyObject* s_template = intern("_nyto_template");
   if (!PyList_Check(record) || PyList_GET_SIZE(record) != 7) {
     PyErr_SetString(PyExc_TypeError, "materialize(record)");
     return nullptr;
@@ -131,7 +183,7 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
     if (!lp || lp == Py_None) continue;
     Py_INCREF(lp);
     const bool ok = PyObject_SetAttr(lp, s_record, Py_None) == 0 && PyObject_SetAttr(lp, s_owner, Py_None) == 0 &&
-                    PyObject_SetAttr(lp, s_class, param_dict_cls) == 0;
+                    PyObject_SetAttr(lp, s_template, Py_None) == 0 && PyObject_SetAttr(lp, s_class, param_dict_cls) == 0;
     Py_DECREF(lp);
     if (!ok) return fail();
   }

@@ -205,9 +205,12 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
     Py_INCREF(m);
     PyTuple_SET_ITEM(olds.get(), i + 1, m);
   }
-  PyObject* bm_args[8] = {olds.get(), containers, children.get(), pslots.get(), Py_None, bslots.get(),
-                          buffers.get(), record.get()};
-  Ref mods(py_build_modules(nullptr, bm_args, 8));
+  static PyObject* s_key_templates = intern("key_templates");
+  Ref key_cache(PyObject_GetAttr(sv.layout.get(), s_key_templates));
+  if (!key_cache) return nullptr;
+  PyObject* bm_args[9] = {olds.get(), containers, children.get(), pslots.get(), Py_None, bslots.get(),
+                          buffers.get(), record.get(), key_cache.get()};
+  Ref mods(py_build_modules(nullptr, bm_args, 9));
   if (!mods) return nullptr;
   Ref new_modules(PyList_GetSlice(mods.get(), 1, nm + 1));
   Ref new_modules_t(new_modules ? PyList_AsTuple(new_modules.get()) : nullptr);

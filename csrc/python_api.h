@@ -4,9 +4,19 @@
 #pragma once
 #include <Python.h>
 #include <ATen/core/Tensor.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <vector>
 
 namespace nyto::py {
+extern PyObject* parameter_class;  // torch.nn.Parameter (set_parameter_class)
+
+// THPVariable_Check with the common exact types first: torch's check is an
+// isinstance call (a walk of the type's MRO), tens of ns per parameter.
+inline bool is_tensor(PyObject* obj) {
+  PyObject* t = reinterpret_cast<PyObject*>(Py_TYPE(obj));
+  return t == parameter_class || THPVariable_CheckExact(obj) || THPVariable_Check(obj);
+}
+
 // The tensors of a Python sequence, borrowed: no refcount traffic (each
 // at::Tensor copy of a Python-owned tensor costs a GIL-guarded PyObject
 // incref/decref pair). Valid while the object lives; hold the GIL to destroy.
@@ -36,7 +46,7 @@ PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
-PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record);
+PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record, PyObject* cache, Py_ssize_t mi);
 PyObject* requires_grad_bytes(PyObject* params, PyObject* record);
 PyObject* py_materialize(PyObject*, PyObject* record);
 PyObject* py_register_lazy_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);

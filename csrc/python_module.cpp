@@ -20,13 +20,6 @@ namespace nyto::py {
 
 PyObject* parameter_class = nullptr;
 
-// THPVariable_Check with the common exact types first: torch's check is an
-// isinstance call (a walk of the type's MRO), several ns per parameter.
-inline bool is_tensor(PyObject* obj) {
-  PyObject* t = reinterpret_cast<PyObject*>(Py_TYPE(obj));
-  return t == parameter_class || THPVariable_CheckExact(obj) || THPVariable_Check(obj);
-}
-
 at::Tensor unpack(PyObject* obj) {
   if (!is_tensor(obj)) raise_type("nytorch._C: expected a torch.Tensor");
   return THPVariable_Unpack(obj);
@@ -380,11 +373,12 @@ PyObject* copy_container(PyObject* v, PyObject* s_copy) {
 //   buffers placed per their slots ((module, name, index)).
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 7 && nargs != 8)
-      raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers[, record])");
+    if (nargs < 7 || nargs > 9)
+      raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers[, record[, key_templates]])");
+    PyObject* key_cache = nargs == 9 ? args[8] : nullptr;  // Layout.key_templates
     // With a lazy record, each module gets a LazyParams (keys only) and the
     // record learns weak references to them; `params` is not read.
-    PyObject* record = nargs == 8 && args[7] != Py_None ? args[7] : nullptr;
+    PyObject* record = nargs >= 8 && args[7] != Py_None ? args[7] : nullptr;
     if (record && (!PyList_Check(record) || PyList_GET_SIZE(record) != 7)) raise_type("build_modules: bad record");
     static PyObject* s_modules = PyUnicode_InternFromString("_modules");
     static PyObject* s_parameters = PyUnicode_InternFromString("_parameters");
@@ -436,7 +430,7 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         PyObject* oldp = PyDict_GetItemWithError(dicts[i], s_parameters);  // the source's (shallow-copied) dict
         PyObject* wr = Py_None;
         if (oldp && PyDict_Check(oldp)) {
-          PyObject* lp = new_lazy_params(oldp, PyList_GET_ITEM(out, i), record);
+          PyObject* lp = new_lazy_params(oldp, PyList_GET_ITEM(out, i), record, key_cache, i);
           wr = lp ? PyWeakref_NewRef(lp, nullptr) : nullptr;
           const bool ok = wr && PyDict_SetItem(dicts[i], s_parameters, lp) == 0;
           Py_XDECREF(lp);

@@ -219,3 +219,18 @@ def test_load_state_dict_into_a_lazy_result():
     r.load_state_dict(a.state_dict())
     assert_values(r, {k: p.detach() for k, p in a.named_parameters()})
     torch.testing.assert_close((r - a).fc.weight.detach(), torch.zeros(2, 3))
+
+
+def test_result_keys_follow_none_parameters_added_without_hooks():
+    # register_parameter(name, None) runs no registration hook: the cached key
+    # templates must still notice the new key (and its removal)
+    a, b, _ = lazy_result()
+    a + b
+    a.fc.register_parameter("gate", None)
+    r = a + b
+    assert list(r.fc._parameters.keys()) == ["weight", "bias", "gate"]
+    assert r.fc._parameters["gate"] is None
+    assert list((r * 2).fc._parameters.keys()) == ["weight", "bias", "gate"]  # from a lazy source
+    del a.fc.gate
+    assert list((a + b).fc._parameters.keys()) == ["weight", "bias"]
+    assert_values(a + b, expected(a, b))

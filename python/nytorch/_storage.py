@@ -65,11 +65,13 @@ class Layout:
     ``buffer_slots``: (module, name, index) places of each unique tensor (tied
     parameters have several slots); ``view_spec``: (group, offset, shape) of
     each parameter in the flats; ``groups``: (device, dtype, numel) per flat;
-    ``pool``: recently freed result flats per group, reused by out-of-place ops.
+    ``pool``: recently freed result flats per group, reused by out-of-place ops;
+    ``key_templates``: per module, its parameter names (values None), the
+    template lazy results clone their ``_parameters`` keys from.
     """
 
     __slots__ = ("children", "param_slots", "buffer_slots", "view_spec", "groups", "param_sig",
-                 "pool", "__weakref__")
+                 "pool", "key_templates", "__weakref__")
 
     def __init__(self, children, param_slots, buffer_slots, view_spec, groups) -> None:
         self.children = children
@@ -79,6 +81,8 @@ class Layout:
         self.groups = groups
         self.param_sig = (groups, view_spec)
         self.pool: List[List[torch.Tensor]] = [[] for _ in groups]
+        # per module: its parameter names with None values (nytorch._lazy), filled by C
+        self.key_templates: List[Optional[dict]] = []
 
 
 class State:
