@@ -3,7 +3,9 @@
 // keeps its registers in a small per-thread array, and runs the instructions
 // with a switch: all loads of its elements happen before any store, so an
 // output may be one of the inputs. The program, scalar values and buffer
-// addresses travel by value in the launch arguments (< 4 KB).
+// addresses travel by value in the launch arguments (< 4 KB), read in place
+// (__grid_constant__: indexing them at run time never copies them to local
+// memory).
 // float/double compute natively, bfloat16/float16 in float. Built with
 // --fmad=false: only explicit fma (lerp, fma) contracts.
 #include <c10/cuda/CUDAException.h>
@@ -91,7 +93,7 @@ __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, cons
 }
 
 template <class T, class M>
-__global__ void __launch_bounds__(kThreads) fuse_kernel(KArgs a) {
+__global__ void __launch_bounds__(kThreads) fuse_kernel(const __grid_constant__ KArgs a) {
   const int64_t nq = (a.n + 3) / 4;
   M r[kCudaMaxVreg][4];
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < nq;
