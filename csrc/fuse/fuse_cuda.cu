@@ -13,9 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include "fuse/philox.h"
 #include "fuse/program.h"
 
@@ -222,21 +220,7 @@ void launch(const Program& p, const GroupJob& job) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev).stream();
   const int64_t nq = (job.n + 3) / 4;
   const int64_t sms = sm_count(dev);
-  // The registers live in per-thread local memory (indexed at run time), which
-  // is cached in L1: keep the threads resident on one SM few enough that their
-  // registers (n_vreg x 4 lanes) fit in ~160 KB of it, else every instruction
-  // goes to L2. The grid-stride loop takes up the rest. L1 gets the whole
-  // shared-memory carveout (the kernel uses no shared memory).
-  static const bool full_occupancy = std::getenv("NYTO_FUSE_CUDA_FULL_OCCUPANCY") != nullptr;
-  static bool carveout_set = false;
-  if (!carveout_set) {
-    cudaFuncSetAttribute(fuse_kernel<T, M>, cudaFuncAttributePreferredSharedMemoryCarveout, 0);
-    (void)cudaGetLastError();  // a hint only
-    carveout_set = true;
-  }
-  const int64_t reg_bytes = std::max<int64_t>(1, static_cast<int64_t>(p.n_vreg) * 4 * sizeof(M));
-  const int64_t per_sm = full_occupancy ? 16 : std::clamp<int64_t>(160 * 1024 / reg_bytes / kThreads, 1, 8);
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((nq + kThreads - 1) / kThreads, sms * per_sm));
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((nq + kThreads - 1) / kThreads, sms * 16));
   fuse_kernel<T, M><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
