@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <stdexcept>
 #include <vector>
 
 namespace nyto::py {
@@ -34,6 +35,30 @@ class TensorRefs {
   PyObject* fast_ = nullptr;
 };
 std::vector<at::Tensor> unpack_list(PyObject* seq);  // owning copies
+
+// A new Python list of the tensors (moved out).
+inline PyObject* wrap_list(std::vector<at::Tensor>&& ts) {
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(ts.size()));
+  if (!list) return nullptr;
+  for (size_t i = 0; i < ts.size(); ++i) PyList_SET_ITEM(list, i, THPVariable_Wrap(std::move(ts[i])));
+  return list;
+}
+
+// Runs f, translating C++ exceptions into Python ones (RuntimeError /
+// TypeError); nullptr with the Python error set on failure.
+template <class F>
+PyObject* guarded(F&& f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  } catch (const std::invalid_argument& e) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, e.what());
+  } catch (const std::exception& e) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
 PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);

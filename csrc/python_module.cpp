@@ -71,28 +71,6 @@ c10::Scalar to_scalar(PyObject* obj) {
   raise_type("nytorch._C: expected a real number (bool, int or float)");
 }
 
-PyObject* wrap_list(std::vector<at::Tensor>&& ts) {
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(ts.size()));
-  if (!list) return nullptr;
-  for (size_t i = 0; i < ts.size(); ++i) PyList_SET_ITEM(list, i, THPVariable_Wrap(std::move(ts[i])));
-  return list;
-}
-
-// Translates C++ exceptions into Python ones (RuntimeError / TypeError).
-template <class F>
-PyObject* guarded(F&& f) {
-  try {
-    return f();
-  } catch (const c10::Error& e) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-  } catch (const std::invalid_argument& e) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, e.what());
-  } catch (const std::exception& e) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return nullptr;
-}
-
 // A pooled output buffer is free when nothing but the pool holds it: one
 // Python reference (the pool list), one owner of the TensorImpl, and no view
 // of its storage left (the particle whose parameters viewed it is gone).

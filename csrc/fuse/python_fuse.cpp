@@ -47,12 +47,11 @@ PyObject* wrap(std::vector<std::vector<at::Tensor>>&& outs) {
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(outs.size()));
   if (!list) return nullptr;
   for (size_t j = 0; j < outs.size(); ++j) {
-    PyObject* inner = PyList_New(static_cast<Py_ssize_t>(outs[j].size()));
+    PyObject* inner = py::wrap_list(std::move(outs[j]));
     if (!inner) {
       Py_DECREF(list);
       return nullptr;
     }
-    for (size_t g = 0; g < outs[j].size(); ++g) PyList_SET_ITEM(inner, g, THPVariable_Wrap(std::move(outs[j][g])));
     PyList_SET_ITEM(list, j, inner);
   }
   return list;
@@ -66,7 +65,7 @@ namespace nyto::py {
 //          outs: [[Tensor per group] per output] | None, seed: int, offset: int)
 // -> None (outs given) | the new outputs, [[Tensor per group] per output]
 PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  try {
+  return guarded([&]() -> PyObject* {
     if (nargs != 6) throw std::invalid_argument("nytorch._C.fuse_run: expected 6 arguments");
     if (!PyBytes_Check(args[0])) throw std::invalid_argument("nytorch._C.fuse_run: program must be bytes");
     const auto* words = reinterpret_cast<const int32_t*>(PyBytes_AS_STRING(args[0]));
@@ -82,13 +81,6 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     auto res = fuse::run(words, n_words, consts, ins, std::move(outs), seed, offset);
     if (given) Py_RETURN_NONE;
     return fuse::wrap(std::move(res));
-  } catch (const c10::Error& e) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-  } catch (const std::invalid_argument& e) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, e.what());
-  } catch (const std::exception& e) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return nullptr;
+  });
 }
 }  // namespace nyto::py
