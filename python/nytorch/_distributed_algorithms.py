@@ -39,9 +39,8 @@ from . import ops
 from ._distributed_core import check_signature, launch, particle_lines, particle_signature, require_group, \
     small_device, wait_work
 from ._distributed_swarm import ShardedSwarm, gather_rows, load_sharded, owner_of, save_sharded, shard_rows
-from ._storage import state_of
 from .algorithms._base import as_fitness
-from .algorithms.es import ES, centered_ranks
+from .algorithms.es import ES
 from .algorithms import pso as _pso
 from .algorithms.pso import PSO
 from .particle import NytoModule
@@ -309,39 +308,16 @@ class ShardedES(ES):
         """ES.tell with the fitness of this rank's rows; the gradient terms are
         summed per rank and all-reduced."""
         f_loc = as_fitness(fitness, self.hi - self.lo, self.device, "ShardedES.tell")
-        f = gather_rows(f_loc, self.popsize, self.group, "ShardedES.tell")
-        if self.maximize:
-            f = -f
-        u = centered_ranks(f) if self.rank_shaping else -(f - f.mean()) / (f.std() + 1e-12)
-        if self.antithetic:
-            h = self.popsize // 2
-            u = u[:h] - u[h:]
-        c = state_of(self.center).flats
-        scale = -1.0 / (self.popsize * self.sigma)
-        self.steps_done += 1
-        t = self.steps_done
-        with torch.no_grad():
-            part = [u[self.plo:self.phi].to(eps.dtype) @ eps[self.plo:self.phi] for eps in self.noise]
-            works = [launch("ShardedES.tell", lambda p=p: dist.all_reduce(p, group=self.group, async_op=True))
-                     for p in part]
-            for w in works:
-                wait_work("ShardedES.tell", w, None)
-            for cf, gsum, m, v in zip(c, part, self.m, self.v):
-                g = gsum * scale
-                if self.weight_decay:
-                    g.add_(cf, alpha=self.weight_decay)
-                if self.optimizer == "adam":
-                    b1, b2 = self.betas
-                    m.lerp_(g, 1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (v / (1 - b2 ** t)).sqrt_().add_(self.eps)
-                    cf.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
-                else:
-                    m.mul_(self.momentum).add_(g)
-                    cf.add_(m, alpha=-self.lr)
-        self.best_fitness_ = min(self.best_fitness_, float(f.min()))
-        div = self.population.diversity() if self.track_diversity else None
-        self._record(f, self.best_fitness_, div)
+        self._update(gather_rows(f_loc, self.popsize, self.group, "ShardedES.tell"), self._reduced_gradient_sums)
+
+    def _reduced_gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
+        """This rank's share of ES._gradient_sums, all-reduced over the group."""
+        part = [u[self.plo:self.phi].to(eps.dtype) @ eps[self.plo:self.phi] for eps in self.noise]
+        works = [launch("ShardedES.tell", lambda p=p: dist.all_reduce(p, group=self.group, async_op=True))
+                 for p in part]
+        for w in works:
+            wait_work("ShardedES.tell", w, None)
+        return part
 
     def save(self, path: str) -> None:
         """Checkpoint directory ``path`` (every rank's state is the same; each

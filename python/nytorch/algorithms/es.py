@@ -13,7 +13,7 @@ True
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -105,7 +105,15 @@ class ES(SwarmOptimizer):
         return self.population
 
     def tell(self, fitness: Any) -> None:
-        f = as_fitness(fitness, self.popsize, self.device, "ES.tell")
+        self._update(as_fitness(fitness, self.popsize, self.device, "ES.tell"), self._gradient_sums)
+
+    def _gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
+        """Per group: the utilities times the noise rows (the unscaled gradient)."""
+        return [u.to(eps.dtype) @ eps for eps in self.noise]
+
+    def _update(self, f: torch.Tensor, gradient_sums: Callable[[torch.Tensor], List[torch.Tensor]]) -> None:
+        """The step from the whole population's fitness ``f``; ``gradient_sums``
+        (utilities -> per-group sums) is where a sharded ES reduces across ranks."""
         if self.maximize:
             f = -f
         u = centered_ranks(f) if self.rank_shaping else -(f - f.mean()) / (f.std() + 1e-12)
@@ -117,8 +125,8 @@ class ES(SwarmOptimizer):
         self.steps_done += 1
         t = self.steps_done
         with torch.no_grad():
-            for cf, eps, m, v in zip(c, self.noise, self.m, self.v):
-                g = (u.to(eps.dtype) @ eps) * scale
+            for cf, gsum, m, v in zip(c, gradient_sums(u), self.m, self.v):
+                g = gsum * scale
                 if self.weight_decay:
                     g.add_(cf, alpha=self.weight_decay)
                 if self.optimizer == "adam":
