@@ -230,12 +230,7 @@ class Fused:
         layout = st.layout
         inputs = [st.flats]
         for p in parts[1:]:
-            if p._nyto_species is not sp:
-                _same_species(first, p)
-            s = state_of(p)
-            if s.layout is not layout and s.layout.param_sig != layout.param_sig:
-                _layout_error(first, p)
-            inputs.append(s.flats)
+            inputs.append(_flats_like(first, p, sp, layout))
         if prog.lits:
             nums += prog.lits
         if out is None:
@@ -257,14 +252,19 @@ class Fused:
             else:
                 if not isinstance(o, NytoModule):
                     raise TypeError(f"nytorch.fuse: out= takes particles, got {type(o).__name__}")
-                if o._nyto_species is not sp:
-                    _same_species(first, o)
-                s = state_of(o)
-                if s.layout is not layout and s.layout.param_sig != layout.param_sig:
-                    _layout_error(first, o)
-                flats.append(s.flats)
+                flats.append(_flats_like(first, o, sp, layout))
         _fuse_run(prog.words, nums, inputs, flats, -1, 0)
         return out
+
+
+def _flats_like(first: NytoModule, p: NytoModule, species: Any, layout: Any) -> list:
+    """The flats of particle ``p``, which must be of ``first``'s species and layout."""
+    if p._nyto_species is not species:
+        _same_species(first, p)
+    s = state_of(p)
+    if s.layout is not layout and s.layout.param_sig != layout.param_sig:
+        _layout_error(first, p)
+    return s.flats
 
 
 def _as_number(a: Any) -> float:
