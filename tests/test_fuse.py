@@ -545,26 +545,60 @@ def test_docstring_examples(name):
     assert result.attempted > 0 and result.failed == 0
 
 
+# uniform draws compared bit for bit between the builds: offsets on and off
+# the 4-element Philox counters, sizes with ragged tails, scaled draws, doubles
+PORTABLE_DRAWS = [("rand", "float32", 5000, 5), ("rand", "float32", 5000, 0), ("rand", "float32", 4099, 8),
+                  ("rands", "float32", 3001, 0), ("rands", "float32", 2077, 3), ("rand", "float64", 3001, 0),
+                  ("rands", "float64", 1500, 1)]
+
+
 def test_portable_cpu_build_agrees():
     # the DEFAULT build (scalar Philox, std:: math) against this one (AVX2 here)
-    code = ("import torch, nytorch as nyto\n"
+    code = ("import torch, nytorch as nyto, sys\n"
             "assert nyto._C.cpu_isa() == 'DEFAULT'\n"
             "p = nyto.fuse.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + "
             "nyto.randn_like(x), 'ppn')\n"
-            "u = nyto.fuse.program(lambda x: nyto.rand_like(x), 'p')\n"
             "g = torch.Generator().manual_seed(0); x = torch.randn(5000, generator=g); y = torch.randn(5000, generator=g)\n"
             "print(repr(nyto.fuse.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()))\n"
-            "torch.save(nyto.fuse.run_flat(u, [[x]], seed=3, offset=5)[0][0], __import__('sys').argv[1])\n")
+            "progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
+            "         'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
+            f"draws = {PORTABLE_DRAWS!r}\n"
+            "outs = [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == 'rands' "
+            "else [], seed=3, offset=o)[0][0] for k, dt, n, o in draws]\n"
+            "torch.save(outs, sys.argv[1])\n")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "u.pt")
         out = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True,
                              check=True).stdout
-        portable_u = torch.load(path)
+        portable = torch.load(path)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(5000, generator=g), torch.randn(5000, generator=g)
     p = F.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + nyto.randn_like(x), "ppn")
     mine = F.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()
     assert abs(float(out) - mine) < 1e-3
-    u = F.program(lambda x: nyto.rand_like(x), "p")
-    assert torch.equal(F.run_flat(u, [[x]], seed=3, offset=5)[0][0], portable_u)  # same Philox bits
+    progs = {"rand": F.program(lambda x: nyto.rand_like(x), "p"),
+             "rands": F.program(lambda x, c: c * nyto.rand_like(x), "pn")}
+    for (k, dt, n, o), theirs in zip(PORTABLE_DRAWS, portable):
+        ours = F.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == "rands" else [],
+                          seed=3, offset=o)[0][0]
+        assert torch.equal(ours, theirs), (k, dt, n, o)  # same Philox bits, same scaling
+        assert 0 <= ours.min() and ours.max() < (1.7 if k == "rands" else 1.0)
+
+
+def test_big_call_streams_outputs():
+    # calls past the caches write outputs that share no input with
+    # non-temporal stores (chains and plain stores), aligned or not
+    n = (5 << 20) + 333
+    g = torch.Generator().manual_seed(1)
+    a, b, c = (torch.randn(n + 1, generator=g) for _ in range(3))
+    soup = F.program(lambda a, b, c: 0.5 * a + 0.25 * b + 0.125 * c, "ppp")
+    two = F.program(lambda a, b, c: (a * b + c, a - c), "ppp")
+    for lo in (0, 1):  # 1: outputs 4 bytes past 32-byte alignment
+        ins = [[t[lo:lo + n]] for t in (a, b, c)]
+        o1, o2 = torch.full((n + 1,), 7.0)[lo:lo + n], torch.full((n + 1,), 7.0)[lo:lo + n]
+        F.run_flat(soup, ins, out=[[o1]])
+        torch.testing.assert_close(o1, 0.5 * ins[0][0] + 0.25 * ins[1][0] + 0.125 * ins[2][0], rtol=0, atol=1e-6)
+        F.run_flat(two, ins, out=[[o1], [o2]])
+        assert torch.equal(o2, ins[0][0] - ins[2][0])
+        torch.testing.assert_close(o1, ins[0][0] * ins[1][0] + ins[2][0], rtol=0, atol=1e-6)

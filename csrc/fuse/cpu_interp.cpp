@@ -32,7 +32,39 @@ namespace {
 
 constexpr int64_t kBlockBytes = 4096;  // one register: 1024 floats or 512 doubles
 constexpr int64_t kGrain = 1 << 15;    // elements per parallel task at least
-constexpr int64_t kAhead = 1;          // software prefetch distance, in blocks
+constexpr int64_t kStreamBytes = 64 << 20;  // calls touching more: non-temporal output stores
+
+// Prefetches the next block's lines a few at a time while this block draws
+// its random numbers: Philox is compute-bound, so those memory fetches then
+// overlap the rounds instead of following them. (Prefetching a whole block
+// at once floods the miss buffers and measured slower than none.)
+struct LinePrefetcher {
+  static constexpr int kMax = 16;
+  const char* base[kMax];
+  bool write[kMax];
+  int n = 0, s = 0;
+  int64_t bytes = 0, off = 0, per_call = 0;
+  void add(const void* p, bool w) {
+    if (n < kMax) {
+      base[n] = static_cast<const char*>(p);
+      write[n++] = w;
+    }
+  }
+  void step() {
+    for (int64_t k = 0; k < per_call && s < n; ++k) {
+      if (write[s]) {
+        __builtin_prefetch(base[s] + off, 1, 3);
+      } else {
+        __builtin_prefetch(base[s] + off, 0, 3);
+      }
+      off += 64;
+      if (off >= bytes) {
+        off = 0;
+        ++s;
+      }
+    }
+  }
+};
 
 template <class M>
 struct Interp {
@@ -91,58 +123,78 @@ struct Interp {
 #if defined(CPU_CAPABILITY_AVX2)
   // Philox4x32-10 of the 8 counters c..c+7 (the low words must not wrap),
   // written as 32 words in counter order, bitwise equal to philox4x32_10.
-  static inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-    const __m256i pe = _mm256_mul_epu32(a, m);
-    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-    lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
-    hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
-  }
-  static void philox8(uint64_t c, uint32_t stream, uint32_t group, uint32_t k0s, uint32_t k1s, uint32_t* out) {
-    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))),
-                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i x1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32)));
-    __m256i x2 = _mm256_set1_epi32(static_cast<int>(stream));
-    __m256i x3 = _mm256_set1_epi32(static_cast<int>(group));
-    __m256i k0 = _mm256_set1_epi32(static_cast<int>(k0s)), k1 = _mm256_set1_epi32(static_cast<int>(k1s));
-    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u)), m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-    const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u)), w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+  // Each 64-bit lane carries one counter's word in its low half: vpmuludq
+  // reads only those halves, so the high product needs one shift and the
+  // upper halves may hold anything until the final packing.
+  static void philox8(uint64_t c, uint32_t stream, uint32_t group, uint32_t k0s, uint32_t k1s, __m256i* out) {
+    const __m256i lo_c = _mm256_set1_epi64x(static_cast<uint32_t>(c));
+    __m256i x0[2] = {_mm256_add_epi64(lo_c, _mm256_setr_epi64x(0, 1, 2, 3)),
+                     _mm256_add_epi64(lo_c, _mm256_setr_epi64x(4, 5, 6, 7))};
+    __m256i x1[2], x2[2], x3[2];
+    for (int h = 0; h < 2; ++h) {
+      x1[h] = _mm256_set1_epi64x(static_cast<uint32_t>(c >> 32));
+      x2[h] = _mm256_set1_epi64x(stream);
+      x3[h] = _mm256_set1_epi64x(group);
+    }
+    __m256i k0 = _mm256_set1_epi64x(k0s), k1 = _mm256_set1_epi64x(k1s);
+    const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
+    const __m256i w0 = _mm256_set1_epi64x(0x9E3779B9u), w1 = _mm256_set1_epi64x(0xBB67AE85u);
     for (int r = 0; r < 10; ++r) {
       if (r > 0) {
-        k0 = _mm256_add_epi32(k0, w0);
+        k0 = _mm256_add_epi32(k0, w0);  // 32-bit adds: the low halves wrap like uint32
         k1 = _mm256_add_epi32(k1, w1);
       }
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo8(x0, m0, hi0, lo0);
-      mulhilo8(x2, m1, hi1, lo1);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), k0);
-      x1 = lo1;
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), k1);
-      x3 = lo0;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i p0 = _mm256_mul_epu32(x0[h], m0), p1 = _mm256_mul_epu32(x2[h], m1);
+        x0[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), x1[h]), k0);
+        x2[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), x3[h]), k1);
+        x1[h] = p1;
+        x3[h] = p0;
+      }
     }
-    // 4x8 transpose: counter-major words.
-    const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
-    const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(u0, u1, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(u2, u3, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), _mm256_permute2x128_si256(u0, u1, 0x31));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 24), _mm256_permute2x128_si256(u2, u3, 0x31));
+    for (int h = 0; h < 2; ++h) {  // counters 4h..4h+3: [w0 w1 w2 w3] each
+      const __m256i w01 = _mm256_blend_epi32(x0[h], _mm256_slli_epi64(x1[h], 32), 0xAA);
+      const __m256i w23 = _mm256_blend_epi32(x2[h], _mm256_slli_epi64(x3[h], 32), 0xAA);
+      const __m256i even = _mm256_unpacklo_epi64(w01, w23), odd = _mm256_unpackhi_epi64(w01, w23);
+      out[2 * h] = _mm256_permute2x128_si256(even, odd, 0x20);
+      out[2 * h + 1] = _mm256_permute2x128_si256(even, odd, 0x31);
+    }
   }
 #endif
 
   // Random values for elements [e0, e0 + n) of stream `stream` (e0 includes
   // the call's offset); words: scratch for the Philox outputs.
   static void random(M* d, uint64_t e0, int64_t n, bool normal, uint32_t stream, const GroupJob& job,
-                     uint32_t* words, M* scratch, M scale = M(1)) {
+                     uint32_t* words, M* scratch, LinePrefetcher& pf, M scale = M(1)) {
     constexpr int shift = RandShift<M>::value;
     const uint64_t c_first = e0 >> shift, c_last = (e0 + n - 1) >> shift;
     const int64_t nc = static_cast<int64_t>(c_last - c_first) + 1;
     const uint32_t k0 = static_cast<uint32_t>(job.seed), k1 = static_cast<uint32_t>(job.seed >> 32);
+    const int64_t skip = static_cast<int64_t>(e0 - (c_first << shift));  // elements before e0 in the first counter
     int64_t j0 = 0;
 #if defined(CPU_CAPABILITY_AVX2)
+    __m256i w[4];
+    if constexpr (sizeof(M) == 4) {
+      if (!normal && skip == 0) {  // float uniforms straight from the registers
+        const __m256 sc = _mm256_set1_ps(scale * 5.9604644775390625e-08f);
+        for (; j0 + 8 <= nc && 4 * j0 + 32 <= n && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFF7u; j0 += 8) {
+          philox8(c_first + j0, stream, job.group, k0, k1, w);
+          for (int q = 0; q < 4; ++q) {
+            const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w[q], 8)), sc);
+            _mm256_storeu_ps(reinterpret_cast<float*>(d) + 4 * j0 + 8 * q, u);
+          }
+          pf.step();
+        }
+        if (j0 > 0) {  // the rest (under 32 elements, or past a low-word wrap) below
+          if (4 * j0 < n) random(d + 4 * j0, e0 + 4 * j0, n - 4 * j0, normal, stream, job, words, scratch, pf, scale);
+          return;
+        }
+      }
+    }
     for (; j0 + 8 <= nc && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFF7u; j0 += 8) {
-      philox8(c_first + j0, stream, job.group, k0, k1, words + 4 * j0);
+      philox8(c_first + j0, stream, job.group, k0, k1, w);
+      for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + 4 * j0 + 8 * q), w[q]);
+      pf.step();
     }
 #endif
     for (int64_t j = j0; j < nc; ++j) {
@@ -152,8 +204,8 @@ struct Interp {
       words[4 * j + 1] = r.w[1];
       words[4 * j + 2] = r.w[2];
       words[4 * j + 3] = r.w[3];
+      if (j % 8 == 7) pf.step();
     }
-    const int64_t skip = static_cast<int64_t>(e0 - (c_first << shift));  // elements before e0 in the first counter
     if (!normal) {
       // (bits * 2^-24) * scale == bits * (2^-24 * scale): a power of two is exact
       if constexpr (sizeof(M) == 8) {
@@ -304,32 +356,66 @@ struct Interp {
     return chain;
   }
 
-  // acc = a0*b0 (+ c0); acc = a_t*b_t + acc for t < K; every operand a block
-  // (scalars as broadcast blocks): no branches, the sum stays in a register.
-  template <int K, bool HasC>
-  static void chain_loop(M* d, const M* const* pa_, const M* const* pb_, const M* c0, int64_t nw) {
+  // acc = a0*b0 (+ c0); acc = a_t*b_t + acc for t < K, the sum in a register.
+  // A: the a_t operands, either blocks (scalars as broadcast blocks) or, when
+  // every a_t is a number (soups, EMA), values held in registers (sa).
+  // Non-temporal store (AVX2; d 32-byte aligned): writes an output that is
+  // not read in this call around the caches, so the store costs no read.
+  static void store_nt(const Vec& v, M* d) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (sizeof(M) == 4) {
+      _mm256_stream_ps(reinterpret_cast<float*>(d), v);
+    } else {
+      _mm256_stream_pd(reinterpret_cast<double*>(d), v);
+    }
+#else
+    v.store(d);
+#endif
+  }
+  static void copy_nt(M* d, const M* s, int64_t n) {
+    for (int64_t i = 0; i < n; i += W) store_nt(Vec::loadu(s + i), d + i);
+  }
+
+  template <int K, bool HasC, bool AScalar>
+  static void chain_loop(M* d, const M* const* pa_, const M* const* pb_, const M* c0, int64_t nw, bool nt) {
     const M* pa[K];
     const M* pb[K];
+    Vec sa[K];
     for (int t = 0; t < K; ++t) {
       pa[t] = pa_[t];
       pb[t] = pb_[t];
+      if constexpr (AScalar) sa[t] = Vec(*pa_[t]);
     }
-    for (int64_t i = 0; i < nw; i += W) {
-      Vec acc = Vec::loadu(pa[0] + i) * Vec::loadu(pb[0] + i);
-      if constexpr (HasC) acc = acc + Vec::loadu(c0 + i);
+    auto a_at = [&](int t, int64_t i) {
+      if constexpr (AScalar) {
+        return sa[t];
+      } else {
+        return Vec::loadu(pa[t] + i);
+      }
+    };
+    auto loop = [&](auto put) {
+      for (int64_t i = 0; i < nw; i += W) {
+        Vec acc = a_at(0, i) * Vec::loadu(pb[0] + i);
+        if constexpr (HasC) acc = acc + Vec::loadu(c0 + i);
 #pragma GCC unroll 16
-      for (int t = 1; t < K; ++t) acc = Vec::loadu(pa[t] + i) * Vec::loadu(pb[t] + i) + acc;
-      acc.store(d + i);
+        for (int t = 1; t < K; ++t) acc = a_at(t, i) * Vec::loadu(pb[t] + i) + acc;
+        put(acc, d + i);
+      }
+    };
+    if (nt) {
+      loop([](const Vec& v, M* q) { store_nt(v, q); });
+    } else {
+      loop([](const Vec& v, M* q) { v.store(q); });
     }
   }
-  template <bool HasC>
-  static void chain_any(int K, M* d, const M* const* pa, const M* const* pb, const M* c0, int64_t nw) {
+  template <bool HasC, bool AScalar>
+  static void chain_k(int K, M* d, const M* const* pa, const M* const* pb, const M* c0, int64_t nw, bool nt) {
     switch (K) {
-      case 2: return chain_loop<2, HasC>(d, pa, pb, c0, nw);
-      case 3: return chain_loop<3, HasC>(d, pa, pb, c0, nw);
-      case 4: return chain_loop<4, HasC>(d, pa, pb, c0, nw);
-      case 5: return chain_loop<5, HasC>(d, pa, pb, c0, nw);
-      case 6: return chain_loop<6, HasC>(d, pa, pb, c0, nw);
+      case 2: return chain_loop<2, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 3: return chain_loop<3, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 4: return chain_loop<4, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 5: return chain_loop<5, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 6: return chain_loop<6, HasC, AScalar>(d, pa, pb, c0, nw, nt);
       default:
         for (int64_t i = 0; i < nw; i += W) {
           Vec acc = Vec::loadu(pa[0] + i) * Vec::loadu(pb[0] + i);
@@ -339,6 +425,15 @@ struct Interp {
         }
     }
   }
+  // a_scalar: every a_t is a number (then pa[t] points at its value; only up
+  // to 6 terms, the general loop reads broadcast blocks).
+  static void chain_any(int K, bool has_c, bool a_scalar, M* d, const M* const* pa, const M* const* pb, const M* c0,
+                        int64_t nw, bool nt) {
+    if (has_c) {
+      return a_scalar ? chain_k<true, true>(K, d, pa, pb, c0, nw, nt) : chain_k<true, false>(K, d, pa, pb, c0, nw, nt);
+    }
+    return a_scalar ? chain_k<false, true>(K, d, pa, pb, c0, nw, nt) : chain_k<false, false>(K, d, pa, pb, c0, nw, nt);
+  }
 
   template <class T>
   static void run(const Program& p, const GroupJob& job) {
@@ -347,14 +442,41 @@ struct Interp {
     std::vector<int> direct;
     if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
     const std::vector<int> chain = chains(p);
-    std::vector<char> s_block = p.s_used;  // scalars read as blocks: also those in chains
+    // A chain whose every product has one number operand (up to 6 terms)
+    // keeps those numbers in registers; other chains read numbers as blocks.
+    std::vector<char> chain_scalar(chain.size(), 0);
+    std::vector<char> s_block = p.s_used;  // numbers read as broadcast blocks
     for (size_t i = 0; i < chain.size(); ++i) {
-      for (int t = 0; t < chain[i] && chain[i] > 1; ++t) {
+      if (chain[i] < 2) continue;
+      bool sc = chain[i] <= 6;
+      for (int t = 0; t < chain[i]; ++t) sc = sc && ((p.vec[i + t].a < 0) != (p.vec[i + t].b < 0));
+      chain_scalar[i] = sc;
+      for (int t = 0; t < chain[i]; ++t) {
         const Instr& q = p.vec[i + t];
         for (int32_t o : {q.a, q.b, q.c}) {
-          if (o < 0 && (t == 0 || o != q.c)) s_block[-1 - o] = 1;
+          const bool acc = t > 0 && o == q.c;  // the running sum
+          if (o < 0 && !acc && !(sc && o != q.c)) s_block[-1 - o] = 1;
         }
       }
+    }
+    int64_t n_rand = 0;  // random instructions: prefetching rides on them
+    for (const Instr& in : p.vec) {
+      const FOp op = static_cast<FOp>(in.op);
+      n_rand += op == FOp::Rand || op == FOp::Randn || op == FOp::Rands;
+    }
+    std::vector<char> out_is_in(p.n_out, 0);
+    for (int j = 0; j < p.n_out; ++j) {
+      for (int k = 0; k < p.n_in; ++k) out_is_in[j] |= job.out[j] == job.in[k];
+    }
+    // Outputs written around the caches: those no input shares, when the
+    // call's memory is well past the caches (else a reader soon after would
+    // find them in cache) and blocks start 32-byte aligned.
+    int64_t call_bytes = 0;
+    for (int j = 0; j < p.n_out; ++j) call_bytes += out_is_in[j] ? 0 : 1;
+    call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
+    std::vector<char> out_nt(p.n_out, 0);
+    for (int j = 0; j < p.n_out; ++j) {
+      out_nt[j] = native && !out_is_in[j] && call_bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
     }
     const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
@@ -394,6 +516,7 @@ struct Interp {
       M* scratch = base + (nv + nfull) * R;
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (Bk + 8)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
+      LinePrefetcher pf;
      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
       const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
 
@@ -402,19 +525,17 @@ struct Interp {
         const int64_t n = std::min(B, job.n - g0);
         const int64_t nw = (n + W - 1) / W * W;
         const bool full = native && n == B;
-        // The block after next: each input and output is touched in bursts
-        // of one block per instruction, which the hardware prefetchers follow
-        // poorly with many streams; ask for the lines ahead of time.
-        if (kAhead > 0 && blk + kAhead < b1) {
-          const int64_t ahead = (blk + kAhead) * B;
-          for (int k = 0; k < p.n_in; ++k) {
-            const char* q = static_cast<const char*>(job.in[k]) + ahead * sizeof(T);
-            for (int64_t off = 0; off < B * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(q + off, 0, 3);
-          }
+        pf.n = pf.s = 0;
+        pf.off = 0;
+        if (n_rand > 0 && blk + 1 < b1) {  // the next block's inputs and outputs
+          const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
+          for (int k = 0; k < p.n_in; ++k) pf.add(static_cast<const char*>(job.in[k]) + at, false);
           for (int j = 0; j < p.n_out; ++j) {
-            const char* q = static_cast<const char*>(job.out[j]) + ahead * sizeof(T);
-            for (int64_t off = 0; off < B * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(q + off, 1, 3);
+            if (!out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
           }
+          pf.bytes = B * static_cast<int64_t>(sizeof(T));
+          const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
+          pf.per_call = (pf.n * pf.bytes / 64 + calls - 1) / calls;
         }
         for (size_t ii = 0; ii < p.vec.size(); ++ii) {
           const Instr& ins = p.vec[ii];
@@ -424,7 +545,11 @@ struct Interp {
             T* out = static_cast<T*>(job.out[ins.dst]) + g0;
             const M* s = src(ins.a);
             if constexpr (std::is_same_v<T, M>) {
-              std::memcpy(out, s, n * sizeof(T));
+              if (full && out_nt[ins.dst]) {
+                copy_nt(out, s, n);
+              } else {
+                std::memcpy(out, s, n * sizeof(T));
+              }
             } else {
               at::vec::convert(s, out, n);
             }
@@ -437,14 +562,13 @@ struct Interp {
             const M* pa[kMaxChain];
             const M* pb[kMaxChain];
             for (int t = 0; t < K; ++t) {
-              pa[t] = src(p.vec[ii + t].a);
-              pb[t] = src(p.vec[ii + t].b);
+              const Instr& q = p.vec[ii + t];
+              const bool swap = chain_scalar[ii] && q.b < 0;  // the number first (a * b == b * a)
+              pa[t] = src(swap ? q.b : q.a);
+              pb[t] = src(swap ? q.a : q.b);
             }
-            if (op == FOp::MulAdd) {
-              chain_any<true>(K, d, pa, pb, src(ins.c), nw);
-            } else {
-              chain_any<false>(K, d, pa, pb, nullptr, nw);
-            }
+            const bool nt = full && direct[last] >= 0 && out_nt[direct[last]];
+            chain_any(K, op == FOp::MulAdd, chain_scalar[ii], d, pa, pb, op == FOp::MulAdd ? src(ins.c) : nullptr, nw, nt);
             vptr[p.vec[last].dst] = d;
             ii = last;
             continue;
@@ -468,11 +592,11 @@ struct Interp {
             case FOp::Rand:
             case FOp::Randn:
               random(d, static_cast<uint64_t>(g0) + job.offset, nw, op == FOp::Randn,
-                     static_cast<uint32_t>(ins.a), job, words.get(), scratch);
+                     static_cast<uint32_t>(ins.a), job, words.get(), scratch, pf);
               break;
             case FOp::Rands:
               random(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
-                     words.get(), scratch, static_cast<M>(p.sval[-1 - ins.b]));
+                     words.get(), scratch, pf, static_cast<M>(p.sval[-1 - ins.b]));
               break;
             case FOp::Neg: map1(d, src(ins.a), nw, [](Vec a) { return a.neg(); }); break;
             case FOp::Pos: map1(d, src(ins.a), nw, [](Vec a) { return a; }); break;
@@ -530,6 +654,9 @@ struct Interp {
         }
       }
      }
+#if defined(CPU_CAPABILITY_AVX2)
+      _mm_sfence();  // order this worker's non-temporal stores before the join
+#endif
     });
   }
 };
