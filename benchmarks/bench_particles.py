@@ -361,7 +361,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.rounds = 31 if args.quick else 101
-    args.block_s = 2e-4 if args.quick else 3e-4
+    # Blocks of ~2 ms: steady back-to-back calls, as a training loop makes
+    # them. (With 0.3 ms blocks a block was ~3 calls of a many-small op, so
+    # the first call after 1.1.0's 10 ms of cache churn dominated: a
+    # cold-cache measurement of every candidate.)
+    args.block_s = 1e-3 if args.quick else 2e-3
     args.budget_small = 0.3 if args.quick else 1.5
     args.budget_big = 1.0 if args.quick else 4.0
     args.min_rounds = 2 if args.quick else 3

@@ -222,17 +222,24 @@ PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
     const auto* key = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(args[1]));
     const auto* end = key + PyBytes_GET_SIZE(args[1]) / static_cast<Py_ssize_t>(sizeof(int64_t));
-    // Ask for every impl's first cache lines up front: when the particle's
-    // impls are out of cache (other work ran in between), their misses then
-    // overlap instead of being paid one after another.
-    for (const int64_t* k = key; k + 4 <= end; k += 4 + std::max<int64_t>(k[3], 0)) {
-      const char* impl = reinterpret_cast<const char*>(static_cast<uintptr_t>(k[0]));
-      __builtin_prefetch(impl);
-      __builtin_prefetch(impl + 64);
-      __builtin_prefetch(impl + 128);
-    }
+    // Ask for the impl lines kAhead parameters ahead of the one checked (the
+    // fields read: storage at 16, sizes from 56, storage offset and policy
+    // bits at 144-168): when the impls are out of cache their misses overlap,
+    // and nothing is fetched so early that it is evicted before its check.
+    constexpr int kAhead = 12;
+    const int64_t* ahead = key;
+    auto prefetch_next = [&]() {
+      if (ahead + 4 > end) return;
+      const char* impl = reinterpret_cast<const char*>(static_cast<uintptr_t>(ahead[0]));
+      __builtin_prefetch(impl + 16);
+      __builtin_prefetch(impl + 88);
+      __builtin_prefetch(impl + 160);
+      ahead += 4 + std::max<int64_t>(ahead[3], 0);
+    };
+    for (int k = 0; k < kAhead; ++k) prefetch_next();
     for (Py_ssize_t i = 0; i < n; ++i) {
       if (key + 4 > end) Py_RETURN_FALSE;
+      prefetch_next();
       const auto* t = reinterpret_cast<const c10::TensorImpl*>(static_cast<uintptr_t>(key[0]));
       const int64_t nd = key[3];
       if (t->dim() != nd || key + 4 + nd > end || !t->is_contiguous()) Py_RETURN_FALSE;
