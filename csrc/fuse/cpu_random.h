@@ -60,12 +60,12 @@ struct Random {
   // Each 64-bit lane carries one counter's word in its low half: vpmuludq
   // reads only those halves, so the high product needs one shift and the
   // upper halves may hold anything until the final packing.
+  static constexpr int H = 2;  // 2 groups of 4 counters (4 groups measured no faster in place)
   static void philox8(uint64_t c, uint32_t stream, uint32_t group, uint32_t k0s, uint32_t k1s, __m256i* out) {
     const __m256i lo_c = _mm256_set1_epi64x(static_cast<uint32_t>(c));
-    __m256i x0[2] = {_mm256_add_epi64(lo_c, _mm256_setr_epi64x(0, 1, 2, 3)),
-                     _mm256_add_epi64(lo_c, _mm256_setr_epi64x(4, 5, 6, 7))};
-    __m256i x1[2], x2[2], x3[2];
-    for (int h = 0; h < 2; ++h) {
+    __m256i x0[H], x1[H], x2[H], x3[H];
+    for (int h = 0; h < H; ++h) {
+      x0[h] = _mm256_add_epi64(lo_c, _mm256_setr_epi64x(4 * h, 4 * h + 1, 4 * h + 2, 4 * h + 3));
       x1[h] = _mm256_set1_epi64x(static_cast<uint32_t>(c >> 32));
       x2[h] = _mm256_set1_epi64x(stream);
       x3[h] = _mm256_set1_epi64x(group);
@@ -78,7 +78,8 @@ struct Random {
         k0 = _mm256_add_epi32(k0, w0);  // 32-bit adds: the low halves wrap like uint32
         k1 = _mm256_add_epi32(k1, w1);
       }
-      for (int h = 0; h < 2; ++h) {
+#pragma GCC unroll 2
+      for (int h = 0; h < H; ++h) {
         const __m256i p0 = _mm256_mul_epu32(x0[h], m0), p1 = _mm256_mul_epu32(x2[h], m1);
         x0[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), x1[h]), k0);
         x2[h] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), x3[h]), k1);
@@ -86,12 +87,28 @@ struct Random {
         x3[h] = p0;
       }
     }
-    for (int h = 0; h < 2; ++h) {  // counters 4h..4h+3: [w0 w1 w2 w3] each
+    for (int h = 0; h < H; ++h) {  // counters 4h..4h+3: [w0 w1 w2 w3] each
       const __m256i w01 = _mm256_blend_epi32(x0[h], _mm256_slli_epi64(x1[h], 32), 0xAA);
       const __m256i w23 = _mm256_blend_epi32(x2[h], _mm256_slli_epi64(x3[h], 32), 0xAA);
       const __m256i even = _mm256_unpacklo_epi64(w01, w23), odd = _mm256_unpackhi_epi64(w01, w23);
       out[2 * h] = _mm256_permute2x128_si256(even, odd, 0x20);
       out[2 * h + 1] = _mm256_permute2x128_si256(even, odd, 0x31);
+    }
+  }
+
+  // Philox words of counters c_first + j0 ... in steps of 8 counters (while
+  // the low counter word does not wrap inside a step; `limit` caps the
+  // counters taken), each step's 4 vectors in counter order handed to
+  // emit(j0, w); j0 ends at the first counter left to the caller.
+  template <class Emit>
+  static void philox_steps(uint64_t c_first, int64_t limit, int64_t& j0, uint32_t stream, const GroupJob& job,
+                           LinePrefetcher& pf, const Emit& emit) {
+    const uint32_t k0 = static_cast<uint32_t>(job.seed), k1 = static_cast<uint32_t>(job.seed >> 32);
+    __m256i w[4];
+    for (; j0 + 8 <= limit && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFF8u; j0 += 8) {
+      philox8(c_first + j0, stream, job.group, k0, k1, w);
+      emit(j0, w);
+      pf.step();
     }
   }
 #endif
@@ -107,29 +124,24 @@ struct Random {
     const int64_t skip = static_cast<int64_t>(e0 - (c_first << shift));  // elements before e0 in the first counter
     int64_t j0 = 0;
 #if defined(CPU_CAPABILITY_AVX2)
-    __m256i w[4];
     if constexpr (sizeof(M) == 4) {
       if (!normal && skip == 0) {  // float uniforms straight from the registers
         const __m256 sc = _mm256_set1_ps(scale * 5.9604644775390625e-08f);
-        for (; j0 + 8 <= nc && 4 * j0 + 32 <= n && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFF7u; j0 += 8) {
-          philox8(c_first + j0, stream, job.group, k0, k1, w);
+        philox_steps(c_first, std::min<int64_t>(nc, n / 4), j0, stream, job, pf, [&](int64_t j, const __m256i* w) {
           for (int q = 0; q < 4; ++q) {
             const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w[q], 8)), sc);
-            _mm256_storeu_ps(reinterpret_cast<float*>(d) + 4 * j0 + 8 * q, u);
+            _mm256_storeu_ps(reinterpret_cast<float*>(d) + 4 * j + 8 * q, u);
           }
-          pf.step();
-        }
+        });
         if (j0 > 0) {  // the rest (under 32 elements, or past a low-word wrap) below
           if (4 * j0 < n) fill(d + 4 * j0, e0 + 4 * j0, n - 4 * j0, normal, stream, job, words, scratch, pf, scale);
           return;
         }
       }
     }
-    for (; j0 + 8 <= nc && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFF7u; j0 += 8) {
-      philox8(c_first + j0, stream, job.group, k0, k1, w);
-      for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + 4 * j0 + 8 * q), w[q]);
-      pf.step();
-    }
+    philox_steps(c_first, nc, j0, stream, job, pf, [&](int64_t j, const __m256i* w) {
+      for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + 4 * j + 8 * q), w[q]);
+    });
 #endif
     for (int64_t j = j0; j < nc; ++j) {
       const uint64_t c = c_first + j;
