@@ -8,6 +8,7 @@
 // returns None and Python takes the general path (which also raises the
 // errors), so this file never decides semantics, it only skips interpreter
 // work. Out-of-place results reuse the layout's pooled buffers.
+#include <deque>
 #include "nyto.h"
 #include "python_api.h"
 #include <structmember.h>
@@ -468,3 +469,111 @@ PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 }  // namespace nyto::py
+
+// nytorch.fuse's hot path: an in-place call (out= given) of a traced program
+// with every particle's cached state valid, in C: no Python frame between
+// the call and the kernel. Anything else (a new argument pattern or species,
+// out-of-place results, another layout, bad input) returns None and the
+// Python front end (python/nytorch/fuse.py, Fused.__call__) decides.
+namespace nyto::py {
+PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
+
+// fuse_call(programs: dict, args: tuple, out) -> out, or None to fall back.
+PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyDict_Check(a[0]) || !PyTuple_Check(a[1]) || a[2] == Py_None || !nyto_module_cls) Py_RETURN_NONE;
+  static PyObject* s_species = intern("_nyto_species");
+  static PyObject* s_words = intern("words");
+  static PyObject* s_lits = intern("lits");
+  static PyObject* s_n_out = intern("n_out");
+  PyObject* args = a[1];
+  const Py_ssize_t n = PyTuple_GET_SIZE(args);
+  auto* cls = reinterpret_cast<PyTypeObject*>(nyto_module_cls);
+  auto species_of = [&](PyObject* m) -> PyObject* {  // borrowed, or nullptr
+    PyObject* d = module_dict(m);
+    return d ? PyDict_GetItem(d, s_species) : nullptr;
+  };
+  std::string kinds(static_cast<size_t>(n), 'n');
+  Ref nums(PyList_New(0));
+  std::vector<PyObject*> parts;  // borrowed from args
+  if (!nums) return nullptr;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* x = PyTuple_GET_ITEM(args, i);
+    if (PyFloat_CheckExact(x) || PyLong_CheckExact(x)) {
+      if (PyList_Append(nums.get(), x) < 0) return nullptr;
+    } else if (PyObject_TypeCheck(x, cls)) {
+      kinds[i] = 'p';
+      parts.push_back(x);
+    } else {
+      Py_RETURN_NONE;
+    }
+  }
+  if (parts.empty()) Py_RETURN_NONE;
+  PyObject* species = species_of(parts[0]);
+  if (!species) Py_RETURN_NONE;
+  Ref kinds_str(PyUnicode_FromStringAndSize(kinds.data(), static_cast<Py_ssize_t>(kinds.size())));
+  Ref key(kinds_str ? PyTuple_Pack(2, kinds_str.get(), species) : nullptr);
+  if (!key) return nullptr;
+  PyObject* prog = PyDict_GetItemWithError(a[0], key.get());  // borrowed
+  if (!prog) {
+    if (PyErr_Occurred()) return nullptr;
+    Py_RETURN_NONE;
+  }
+  // The flats of particle m: same species and layout as the first, valid state.
+  PyObject* layout = nullptr;
+  std::deque<StateView> views;  // keeps each state's references while the kernel runs
+  auto flats_of = [&](PyObject* m) -> PyObject* {  // borrowed from a StateView kept in `views`
+    if (species_of(m) != species) return nullptr;
+    views.emplace_back();
+    StateView& sv = views.back();
+    if (!valid_state(m, sv)) return nullptr;
+    if (!layout) layout = sv.layout.get();
+    return sv.layout.get() == layout ? sv.flats.get() : nullptr;
+  };
+  Ref inputs(PyList_New(0));
+  if (!inputs) return nullptr;
+  for (PyObject* m : parts) {
+    PyObject* f = flats_of(m);
+    if (!f) Py_RETURN_NONE;
+    if (PyList_Append(inputs.get(), f) < 0) return nullptr;
+  }
+  const bool single = PyObject_TypeCheck(a[2], cls);
+  Ref targets(single ? PyTuple_Pack(1, a[2]) : PySequence_Tuple(a[2]));
+  if (!targets) {
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
+  Ref n_out(PyObject_GetAttr(prog, s_n_out));
+  if (!n_out || PyLong_AsSsize_t(n_out.get()) != PyTuple_GET_SIZE(targets.get())) {
+    PyErr_Clear();
+    Py_RETURN_NONE;  // Python raises the error
+  }
+  Ref outs(PyList_New(0));
+  if (!outs) return nullptr;
+  for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(targets.get()); ++j) {
+    PyObject* o = PyTuple_GET_ITEM(targets.get(), j);
+    PyObject* f = nullptr;
+    for (size_t k = 0; k < parts.size() && !f; ++k) {
+      if (parts[k] == o) f = PyList_GET_ITEM(inputs.get(), static_cast<Py_ssize_t>(k));
+    }
+    if (!f) f = PyObject_TypeCheck(o, cls) ? flats_of(o) : nullptr;
+    if (!f) Py_RETURN_NONE;
+    if (PyList_Append(outs.get(), f) < 0) return nullptr;
+  }
+  Ref words(PyObject_GetAttr(prog, s_words));
+  Ref lits(PyObject_GetAttr(prog, s_lits));
+  if (!words || !lits) return nullptr;
+  if (!PyTuple_Check(lits.get())) Py_RETURN_NONE;
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(lits.get()); ++k) {  // the traced constants follow the numbers
+    if (PyList_Append(nums.get(), PyTuple_GET_ITEM(lits.get(), k)) < 0) return nullptr;
+  }
+  Ref seed(PyLong_FromLong(-1));
+  Ref offset(PyLong_FromLong(0));
+  if (!seed || !offset) return nullptr;
+  PyObject* run_args[6] = {words.get(), nums.get(), inputs.get(), outs.get(), seed.get(), offset.get()};
+  Ref done(py_fuse_run(nullptr, run_args, 6));
+  if (!done) return nullptr;
+  Py_INCREF(a[2]);
+  return a[2];
+}
+}  // namespace nyto::py
+

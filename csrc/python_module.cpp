@@ -503,6 +503,7 @@ PyObject* py_has_cuda(PyObject*, PyObject*) {
 
 namespace nyto::py {
 PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
+PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/particle_fastpath.cpp
 }
 
 namespace {
@@ -511,6 +512,8 @@ using namespace nyto::py;
 PyMethodDef methods[] = {
     {"fuse_run", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_run)), METH_FASTCALL,
      "fuse_run(program, numbers, inputs, outs, seed, offset): run a nytorch.fuse program."},
+    {"fuse_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_call)), METH_FASTCALL,
+     "fuse_call(programs, args, out): nytorch.fuse's in-place hot path, or None (the Python front end decides)."},
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
     {"apply_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply_eager)), METH_FASTCALL,

@@ -602,3 +602,72 @@ def test_big_call_streams_outputs():
         F.run_flat(two, ins, out=[[o1], [o2]])
         assert torch.equal(o2, ins[0][0] - ins[2][0])
         torch.testing.assert_close(o1, ins[0][0] * ins[1][0] + ins[2][0], rtol=0, atol=1e-6)
+
+
+# --- the C hot path of in-place calls (_C.fuse_call) ------------------------
+FUSE_MOD = sys.modules["nytorch.fuse"]
+
+
+def pso_step(x, v, p, g, w, c1, c2):
+    nv = w * v + c1 * nyto.rand_like(x) * (p - x) + c2 * nyto.rand_like(x) * (g - x)
+    return x + nv, nv
+
+
+def test_in_place_calls_take_the_c_path_and_decline_the_rest():
+    from nytorch import _C
+    x, v, p, g = particles(4)
+    step = nyto.fuse(pso_step)
+    step(x, v, p, g, 0.7, 1.5, 1.5, out=(x, v))  # traced by the Python front end
+    out, out_list = (x, v), [x, v]
+    assert _C.fuse_call(step.programs, (x, v, p, g, 0.7, 1.5, 1.5), out) is out
+    assert _C.fuse_call(step.programs, (x, v, p, g, 0.7, 1.5, 1.5), out_list) is out_list
+    other = Net(37)  # another species
+    declined = [
+        ((x, v, p, g, 0.7, 1.5, 1.5), None),            # out-of-place: Python builds the results
+        ((x, v, p, g, 0.7, 1.5), (x, v)),               # an argument pattern not traced
+        ((x, v, p, other, 0.7, 1.5, 1.5), (x, v)),      # mixed species: Python raises
+        ((x, v, p, g, True, 1.5, 1.5), (x, v)),         # a bool number
+        ((x, v, p, g, 0.7, 1.5, 1.5), (x,)),            # wrong number of outputs: Python raises
+        ((x, v, p, g, 0.7, 1.5, 1.5), (x, "v")),        # not a particle
+    ]
+    for args, out in declined:
+        assert _C.fuse_call(step.programs, args, out) is None
+    with pytest.raises(AssertionError):
+        step(x, v, p, other, 0.7, 1.5, 1.5, out=(x, v))
+    with pytest.raises(TypeError):
+        step(x, v, p, g, 0.7, 1.5, 1.5, out=(x,))
+
+
+FUSED = {
+    "pso": (pso_step, 4, 3, (0, 1)),
+    "ema": (lambda a, b, d: a * d + b * (1 - d), 2, 1, (0,)),
+    "soup": (lambda a, b, c, w: w * a + (1 - w) * b + c / 3, 3, 1, (3,)),
+    "new-out": (lambda a, b: nyto.where(a > b, a, b) + nyto.randn_like(a), 2, 0, (5,)),  # out is no argument
+}
+
+
+@pytest.mark.parametrize("kind", list(FUSED))
+def test_c_path_matches_python_path(kind, monkeypatch):
+    fn, n_parts, n_nums, outs = FUSED[kind]
+    nums = (0.7, 1.5, 1.5)[:n_nums]
+
+    def run(c_path):
+        calls = []
+        real = FUSE_MOD._C.fuse_call
+        monkeypatch.setattr(FUSE_MOD, "_fuse_call",
+                            (lambda *a: calls.append(real(*a)) or calls[-1]) if c_path else (lambda *a: None))
+        ps = particles(6, seed=3)
+        step = nyto.fuse(fn)
+        warm = [q.clone() for q in ps]  # same species: traces the program
+        step(*warm[:n_parts], *nums, out=tuple(warm[i] for i in outs))
+        torch.manual_seed(11)
+        step(*ps[:n_parts], *nums, out=tuple(ps[i] for i in outs))
+        assert step.traces == 1
+        if c_path:  # the first call traced (C declined), the second ran in C
+            assert calls[0] is None and calls[1] is not None
+        return [q.detach().clone() for i in outs for q in ps[i].parameters()]
+
+    python_route, c_route = run(False), run(True)
+    assert len(python_route) == len(c_route) > 0
+    for a, b in zip(python_route, c_route):
+        assert torch.equal(a, b)

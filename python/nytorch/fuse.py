@@ -86,6 +86,7 @@ __all__ = ["fuse", "Fused", "FuseError", "Program", "program", "run_flat", "rand
            "where", "clamp", "minimum", "maximum", "lerp", "fma", "sqrt", "exp", "log", "sign", "abs"]
 
 _fuse_run = _C.fuse_run
+_fuse_call = _C.fuse_call
 _MAX_CACHE = 64
 
 
@@ -201,7 +202,12 @@ class Fused:
         return prog
 
     def __call__(self, *args: Any, out: Union[None, NytoModule, Sequence[NytoModule]] = None):
-        # The hot path: a few microseconds of Python around one _C.fuse_run.
+        # The hot path: an in-place call of a traced program on valid particles
+        # runs in C (_C.fuse_call); it returns None for anything else.
+        if out is not None:
+            done = _fuse_call(self.programs, args, out)
+            if done is not None:
+                return done
         nums: List[Any] = []
         parts: List[NytoModule] = []
         kinds = ""
