@@ -101,13 +101,13 @@ struct Interp {
   // value feeds one STORE writes the output directly (no copy) when no later
   // instruction reads that output's memory as an input. Returns, per
   // instruction, the output it writes directly or -1; skip: stores so covered.
-  static std::vector<int> plan_direct(const Program& p, const GroupJob& job, std::vector<char>& skip,
-                                      std::vector<char>& alias_ok) {
+  static Small<int> plan_direct(const Program& p, const GroupJob& job, Small<char>& skip,
+                                Small<char>& alias_ok) {
     const int ni = static_cast<int>(p.vec.size());
-    std::vector<int> direct(ni, -1);
+    Small<int> direct(ni, -1);
     skip.assign(ni, 0);
-    std::vector<int> origin(p.n_vreg, -1);           // input whose memory a register holds
-    std::vector<std::array<int, 4>> reads(ni);       // inputs whose memory each instruction reads
+    Small<int> origin(p.n_vreg, -1);           // input whose memory a register holds
+    Small<std::array<int, 4>> reads(ni);       // inputs whose memory each instruction reads
     for (int i = 0; i < ni; ++i) {
       const Instr& in = p.vec[i];
       const FOp op = static_cast<FOp>(in.op);
@@ -179,9 +179,9 @@ struct Interp {
   // sum in a CPU register, in the same order and roundings. chain[i]: the
   // length of the run starting at instruction i (1: none).
   static constexpr int kMaxChain = 16;
-  static std::vector<int> chains(const Program& p) {
+  static Small<int> chains(const Program& p) {
     const int ni = static_cast<int>(p.vec.size());
-    std::vector<int> chain(ni, 1);
+    Small<int> chain(ni, 1);
     for (int i = 0; i < ni; ++i) {
       const FOp op = static_cast<FOp>(p.vec[i].op);
       if (op != FOp::Mul && op != FOp::MulAdd) continue;
@@ -281,14 +281,14 @@ struct Interp {
   template <class T>
   static void run(const Program& p, const GroupJob& job) {
     constexpr bool native = std::is_same_v<T, M>;
-    std::vector<char> skip_store, alias_ok;
-    std::vector<int> direct;
+    Small<char> skip_store, alias_ok;
+    Small<int> direct;
     if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
-    const std::vector<int> chain = chains(p);
+    const Small<int> chain = chains(p);
     // A chain whose every product has one number operand (up to 6 terms)
     // keeps those numbers in registers; other chains read numbers as blocks.
-    std::vector<char> chain_scalar(chain.size(), 0);
-    std::vector<char> s_block = p.s_used;  // numbers read as broadcast blocks
+    Small<char> chain_scalar(chain.size(), 0);
+    Small<char> s_block = p.s_used;  // numbers read as broadcast blocks
     for (size_t i = 0; i < chain.size(); ++i) {
       if (chain[i] < 2) continue;
       bool sc = chain[i] <= 6;
@@ -307,7 +307,7 @@ struct Interp {
       const FOp op = static_cast<FOp>(in.op);
       n_rand += op == FOp::Rand || op == FOp::Randn || op == FOp::Rands;
     }
-    std::vector<char> out_is_in(p.n_out, 0);
+    Small<char> out_is_in(p.n_out, 0);
     for (int j = 0; j < p.n_out; ++j) {
       for (int k = 0; k < p.n_in; ++k) out_is_in[j] |= job.out[j] == job.in[k];
     }
@@ -317,7 +317,7 @@ struct Interp {
     int64_t call_bytes = 0;
     for (int j = 0; j < p.n_out; ++j) call_bytes += out_is_in[j] ? 0 : 1;
     call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
-    std::vector<char> out_nt(p.n_out, 0);
+    Small<char> out_nt(p.n_out, 0);
     for (int j = 0; j < p.n_out; ++j) {
       out_nt[j] = native && !out_is_in[j] && call_bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
     }
@@ -343,9 +343,9 @@ struct Interp {
       const int64_t elems = (nv + nfull + (p.has_rand ? 4 : 0)) * R + ns + 64 / sizeof(M);
       std::unique_ptr<M[]> mem(new M[elems]);
       M* base = reinterpret_cast<M*>((reinterpret_cast<uintptr_t>(mem.get()) + 63) & ~uintptr_t(63));
-      std::vector<M*> vbuf(nv);
-      std::vector<const M*> vptr(nv, nullptr);
-      std::vector<const M*> sptr(ns, nullptr);
+      Small<M*> vbuf(nv);
+      Small<const M*> vptr(nv, nullptr);
+      Small<const M*> sptr(ns, nullptr);
       for (int r = 0; r < nv; ++r) vbuf[r] = base + r * R;
       M* one = base + (nv + nfull + (p.has_rand ? 4 : 0)) * R;
       for (int s = 0, f = 0; s < ns; ++s) {

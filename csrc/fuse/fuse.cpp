@@ -105,7 +105,7 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
               p.n_sreg, " scalar slots");
   p.sval.assign(p.n_sreg, 0.0);
   p.s_used.assign(p.n_sreg, 0);
-  std::vector<char> s_def(p.n_sreg, 0), v_def(p.n_vreg, 0), stored(p.n_out, 0);
+  Small<char> s_def(p.n_sreg, 0), v_def(p.n_vreg, 0), stored(p.n_out, 0);
   for (int s = 0; s < n_consts; ++s) {
     p.sval[s] = consts[s];
     s_def[s] = 1;

@@ -13,6 +13,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <cstdint>
+#include <c10/util/SmallVector.h>
 #include <vector>
 
 namespace nyto::fuse {
@@ -32,6 +33,11 @@ enum class FOp : int32_t {
   NumOps
 };
 
+// Small per-call arrays: a program's handful of instructions, registers
+// and buffers without a heap allocation each (small calls are ~10 of them).
+template <class T>
+using Small = c10::SmallVector<T, 16>;
+
 struct Instr {
   int32_t op, dst, a, b, c;
 };
@@ -42,9 +48,9 @@ const char* fop_name(FOp op);
 // A checked program with its scalar slots evaluated for one call.
 struct Program {
   int n_in = 0, n_out = 0, n_vreg = 0, n_sreg = 0;
-  std::vector<Instr> vec;       // vector instructions (loads, math, rand, stores)
-  std::vector<double> sval;     // every scalar slot's value
-  std::vector<char> s_used;     // scalar slots vector instructions read as a broadcast block
+  Small<Instr> vec;       // vector instructions (loads, math, rand, stores)
+  Small<double> sval;     // every scalar slot's value
+  Small<char> s_used;     // scalar slots vector instructions read as a broadcast block
   bool has_rand = false;
 };
 
@@ -55,9 +61,9 @@ Program decode(const int32_t* words, size_t n_words, const std::vector<double>& 
 struct GroupJob {
   at::ScalarType dtype;
   int64_t n = 0;
-  std::vector<const void*> in;
-  std::vector<void*> out;
-  std::vector<char> in_is_out;  // input k is also an output: never read it in place
+  Small<const void*> in;
+  Small<void*> out;
+  Small<char> in_is_out;  // input k is also an output: never read it in place
   uint64_t seed = 0;            // Philox key
   uint64_t offset = 0;          // added to the element index (random counters)
   uint32_t group = 0;           // group index (random counters)
