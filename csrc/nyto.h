@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/Scalar.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/SmallVector.h>
 #include <array>
 #include <cstdint>
 #include <vector>
@@ -35,8 +37,8 @@ struct Job {
   Op op;
   at::ScalarType dtype;
   int nin;
-  std::vector<void*> ptrs;
-  std::vector<int64_t> numels;
+  c10::SmallVector<void*, 12> ptrs;  // small ops (a particle's flats) need no heap allocation
+  c10::SmallVector<int64_t, 4> numels;
   std::array<double, kMaxScalars> s{};
   int64_t total = 0;
   c10::DeviceIndex device_index = -1;
@@ -54,8 +56,8 @@ void set_cuda_job_runner(JobRunner runner);
 // Out-of-place: returns the results (into `preset` outputs where given: the
 // particle layer's reused buffers). In-place: writes lists[0], returns {}.
 std::vector<at::Tensor> apply(
-    Op op, bool inplace, const std::vector<at::TensorList>& lists,
-    const std::vector<c10::Scalar>& scalars, const std::vector<at::Tensor>* preset = nullptr);
+    Op op, bool inplace, c10::ArrayRef<at::TensorList> lists,
+    c10::ArrayRef<c10::Scalar> scalars, const std::vector<at::Tensor>* preset = nullptr);
 
 // The slow route for one tensor index: plain ATen, identical to torch.
 at::Tensor slow_out(Op op, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s);

@@ -40,7 +40,7 @@ bool is_fast_dtype(at::ScalarType t) {
 }
 
 // Result dtype of the op at one index, by torch's promotion rules.
-at::ScalarType result_dtype(Op op, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s) {
+at::ScalarType result_dtype(Op op, c10::ArrayRef<at::Tensor> xs, c10::ArrayRef<c10::Scalar> s) {
   at::ScalarType rt = xs[0].scalar_type();
   for (size_t k = 1; k < xs.size(); ++k) rt = c10::promoteTypes(rt, xs[k].scalar_type());
   const bool int_like = c10::isIntegralType(rt, /*includeBool=*/true);
@@ -54,8 +54,7 @@ at::ScalarType result_dtype(Op op, const std::vector<at::Tensor>& xs, const std:
 }
 
 // Everything that could make the op fail is checked here, before any write.
-void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& lists,
-                    const std::vector<c10::Scalar>& scalars) {
+void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c10::ArrayRef<c10::Scalar> scalars) {
   const auto name = op_name(op, inplace);
   const size_t n = lists[0].size();
   for (size_t k = 1; k < lists.size(); ++k) {
@@ -66,7 +65,7 @@ void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& list
     TORCH_CHECK(!scalars[k].isComplex(), name, ": scalar argument ", k, " is complex (",
                 scalars[k], "); only real numbers are supported");
   }
-  std::vector<at::Tensor> xs(lists.size());
+  c10::SmallVector<at::Tensor, 4> xs(lists.size());
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& self = lists[0][i];
     TORCH_CHECK(self.defined(), name, ": tensor ", i, " of argument 0 is undefined");
@@ -127,7 +126,7 @@ void check_operands(Op op, bool inplace, const std::vector<at::TensorList>& list
 
 // The fast route takes an index when all its operands share one floating
 // dtype and one device with a kernel, and are contiguous.
-bool fast_index(const std::vector<at::TensorList>& lists, size_t i) {
+bool fast_index(c10::ArrayRef<at::TensorList> lists, size_t i) {
   const at::Tensor& self = lists[0][i];
   const auto dt = self.scalar_type();
   if (!is_fast_dtype(dt)) return false;
@@ -150,9 +149,8 @@ void run_job(const Job& job, at::DeviceType dev) {
 
 void set_cuda_job_runner(JobRunner runner) { cuda_runner = runner; }
 
-std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorList>& lists,
-                              const std::vector<c10::Scalar>& scalars,
-                              const std::vector<at::Tensor>* preset) {
+std::vector<at::Tensor> apply(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists,
+                              c10::ArrayRef<c10::Scalar> scalars, const std::vector<at::Tensor>* preset) {
   check_operands(op, inplace, lists, scalars);
   const size_t n = lists[0].size();
   // Which lists feed the functor: fill only takes its shape from self, and
@@ -163,17 +161,17 @@ std::vector<at::Tensor> apply(Op op, bool inplace, const std::vector<at::TensorL
   if (!inplace) out.resize(n);
 
   // (device, dtype) -> job; a model usually has one or two groups.
-  std::vector<std::pair<std::pair<c10::Device, at::ScalarType>, Job>> jobs;
+  c10::SmallVector<std::pair<std::pair<c10::Device, at::ScalarType>, Job>, 2> jobs;
   std::vector<at::Tensor> xs(lists.size());
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& self = lists[0][i];
     if (!fast_index(lists, i)) {
       for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
       if (inplace) {
-        slow_inplace(op, self, std::vector<at::Tensor>(xs.begin() + 1, xs.end()), scalars);
+        slow_inplace(op, self, std::vector<at::Tensor>(xs.begin() + 1, xs.end()), scalars.vec());
       } else {
         // Contiguous like the fast route's results and the fake kernels' ones.
-        out[i] = slow_out(op, xs, scalars).contiguous();
+        out[i] = slow_out(op, xs, scalars.vec()).contiguous();
       }
       continue;
     }

@@ -84,7 +84,7 @@ constexpr Py_ssize_t kPoolDepth = 8;
 
 // Output i of an out-of-place op on the fast route, taken from pool[i] when a
 // free buffer of the right kind is there, else allocated (and pooled).
-std::vector<at::Tensor> pooled_outputs(PyObject* pool, const std::vector<at::TensorList>& lists) {
+std::vector<at::Tensor> pooled_outputs(PyObject* pool, c10::ArrayRef<at::TensorList> lists) {
   const size_t n = lists[0].size();
   std::vector<at::Tensor> outs(n);
   if (!PyList_Check(pool) || PyList_GET_SIZE(pool) != static_cast<Py_ssize_t>(n))
@@ -129,13 +129,13 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (op < 0 || op >= static_cast<long>(Op::NumOps)) raise_type("nytorch._C.apply: bad op code");
     const bool inplace = PyObject_IsTrue(args[1]);
     if (!PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) raise_type("nytorch._C.apply: lists and scalars must be tuples");
-    std::vector<TensorRefs> owned;
+    c10::SmallVector<TensorRefs, 4> owned;  // small vectors: no heap allocation per call
     const Py_ssize_t nl = PyTuple_GET_SIZE(args[2]);
     owned.reserve(nl);
     for (Py_ssize_t k = 0; k < nl; ++k) owned.emplace_back(PyTuple_GET_ITEM(args[2], k));
-    std::vector<at::TensorList> lists;
+    c10::SmallVector<at::TensorList, 4> lists;
     for (const auto& refs : owned) lists.emplace_back(refs.tensors);
-    std::vector<c10::Scalar> scalars;
+    c10::SmallVector<c10::Scalar, 4> scalars;
     const Py_ssize_t ns = PyTuple_GET_SIZE(args[3]);
     for (Py_ssize_t k = 0; k < ns; ++k) scalars.push_back(to_scalar(PyTuple_GET_ITEM(args[3], k)));
     const auto& info = nyto::op_info(static_cast<Op>(op));

@@ -58,7 +58,7 @@ void drive(const Job& job, const F& f) {
   constexpr int nin = F::nin;
   const int stride = job.nin + 1;
   const size_t nt = job.numels.size();
-  std::vector<int64_t> start(nt + 1, 0);
+  c10::SmallVector<int64_t, 16> start(nt + 1, 0);
   for (size_t t = 0; t < nt; ++t) start[t + 1] = start[t] + job.numels[t];
   const int64_t total = start[nt];
   at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
