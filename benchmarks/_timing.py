@@ -321,6 +321,31 @@ def write_json(path: Optional[str], payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def probe(fn: Callable[[], object], label: str) -> Optional[Callable[[], object]]:
+    """fn after one trial call, or None (a column prints n/a) if that call raises."""
+    try:
+        fn()
+        return fn
+    except Exception as e:  # noqa: BLE001  (a candidate that can't run here: report, go on)
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        print(f"  [{label}] unavailable: {type(e).__name__}: {first}")
+        return None
+
+
+def finish(script: str, results: List[dict], elapsed_s: float, device: str, json_path: Optional[str],
+           **extra) -> None:
+    """The scripts' last lines: the PASS/MISS count (n/a too where a target
+    could not be measured), a load warning if any, and the JSON file."""
+    n_ok = sum(1 for r in results if r.get("ok") is True)
+    n_miss = sum(1 for r in results if r.get("ok") is False)
+    n_na = sum(1 for r in results if r.get("target") and r.get("ok") is None)
+    na = f", {n_na} n/a" if n_na else ""
+    print(f"targets: {n_ok} PASS, {n_miss} MISS{na}   (total {elapsed_s:.0f}s; {machine_line(device)})")
+    if load_warning():
+        print(load_warning())
+    write_json(json_path, dict(script=script, machine=machine_line(device), **extra, results=results))
+
+
 class Stopwatch:
     """Wall time since construction, for the scripts' own time budget."""
 

@@ -82,14 +82,6 @@ def flats(p):
     return f
 
 
-def probe(fn, label):
-    try:
-        fn()
-        return fn
-    except Exception as e:  # noqa: BLE001
-        print(f"  [{label}] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-        return None
-
 
 def compiled(fn, label, args):
     """torch.compile(fn) and its compile time (first call), or (None, nan)."""
@@ -182,7 +174,7 @@ def candidates(kind, shapes, dev, args):
 
         comp, ct = (None, math.nan) if args.no_compile else compiled(flat_soup, "soup", [flats(q) for q in [out] + ms])
         ours = lambda: step(*ms, *ALPHAS, out=out)  # noqa: E731
-    fns = {"particle": particle, "foreach": foreach, "compile": comp, "ours": probe(ours, f"{kind} ours")}
+    fns = {"particle": particle, "foreach": foreach, "compile": comp, "ours": T.probe(ours, f"{kind} ours")}
     return fns, ct
 
 
@@ -341,13 +333,7 @@ def main(argv=None) -> int:
                           title=f"Fused updates in place ({args.device}, float32, per-call medians)")
             print("floor: bytes needed (PSO 24, EMA 12, soup 24 per element) at the add_ bandwidth of the same "
                   "compare; GB/s columns count those bytes.")
-    n_ok = sum(1 for r in results if r.get("ok") is True)
-    n_miss = sum(1 for r in results if r.get("ok") is False)
-    print(f"targets: {n_ok} PASS, {n_miss} MISS   (total {watch():.0f}s; {T.machine_line(args.device)})")
-    if T.load_warning():
-        print(T.load_warning())
-    T.write_json(args.json, dict(script="bench_fuse", machine=T.machine_line(args.device), quick=args.quick,
-                                 results=results))
+    T.finish("bench_fuse", results, watch(), args.device, args.json, quick=args.quick)
     return 0
 
 

@@ -61,15 +61,6 @@ def check_opcodes(device: str) -> None:
     assert torch.allclose(v, want, atol=1e-5), "op code of pso_velocity"
 
 
-def probe(fn, label: str):
-    """fn if one call works, else None (printed): e.g. ours on a device without kernels."""
-    try:
-        fn()
-        return fn
-    except Exception as e:  # noqa: BLE001
-        print(f"  [{label}] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
-        return None
-
 
 def make_lists(shapes, k: int, device: str, scale: float = 1.0):
     """k lists of separately allocated tensors (like a model's parameters)."""
@@ -115,7 +106,7 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
         },
     }
     for op, fns in cases.items():
-        fns["ours"] = probe(fns["ours"], f"{name}/{op} ours")
+        fns["ours"] = T.probe(fns["ours"], f"{name}/{op} ours")
         t = T.compare(fns, **cfg)
         m = {k: v.median for k, v in t.items()}
         r_flat = T.ratio(m["ours"], m["flat"])
@@ -157,8 +148,8 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
         "loop": None if (args.quick and big) else pso_loop,  # seconds per call: full run only
         "foreach": pso_foreach,
         "flat-chain": None if args.quick else pso_flat_chain,
-        "ours": probe(lambda: ops.pso_velocity_(V, X, P, G, R1, R2, W, C1, C2), f"{name}/pso ours"),
-        "ours-1flat": probe(lambda: ops.pso_velocity_(*[[f] for f in flat6], W, C1, C2), f"{name}/pso 1flat"),
+        "ours": T.probe(lambda: ops.pso_velocity_(V, X, P, G, R1, R2, W, C1, C2), f"{name}/pso ours"),
+        "ours-1flat": T.probe(lambda: ops.pso_velocity_(*[[f] for f in flat6], W, C1, C2), f"{name}/pso 1flat"),
         "bw copy": probes["copy"][0],
         "bw add_": probes["add_"][0],
     }
@@ -204,7 +195,7 @@ def bench_call_paths(args, results):
         "nytorch.ops.add (wrapper)": lambda: ops.add(xs, ys),
         "nytorch._C.apply(add, False)": lambda: C.apply(a, False, (xs, ys), ()),
     }
-    fns = {k: probe(f, k) for k, f in fns.items()}
+    fns = {k: T.probe(f, k) for k, f in fns.items()}
     t = T.compare(fns, rounds=args.rounds_paths, block_s=2e-4, device=dev)
     m = {k: v.median for k, v in t.items()}
     ref_in, ref_out = m["torch._foreach_add_(xs, ys)"], m["torch._foreach_add(xs, ys)"]
@@ -274,13 +265,7 @@ def main(argv=None) -> int:
     T.print_table(["workload", "copy GB/s", "add_ GB/s", "mem floor us", "flat chain us", "ours 1-flat us", "ours us",
                    "ours/1-flat"], pso_rows,
                   title="PSO velocity detail (flat chain: torch ops on one flat buffer; 1-flat: our kernel on one tensor)")
-    n_ok = sum(1 for r in results if r.get("ok") is True)
-    n_miss = sum(1 for r in results if r.get("ok") is False)
-    print(f"targets: {n_ok} PASS, {n_miss} MISS   (total {watch():.0f}s; {T.machine_line(args.device)})")
-    if T.load_warning():
-        print(T.load_warning())
-    T.write_json(args.json, dict(script="bench_ops", machine=T.machine_line(args.device), quick=args.quick,
-                                 results=results))
+    T.finish("bench_ops", results, watch(), args.device, args.json, quick=args.quick)
     return 0
 
 

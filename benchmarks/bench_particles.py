@@ -142,14 +142,6 @@ def particle_class(base):
     return Params
 
 
-def probe(fn, label: str):
-    try:
-        fn()
-        return fn
-    except Exception as e:  # noqa: BLE001
-        print(f"  [{label}] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
-        return None
-
 
 def particle_cases(cls, shapes, label):
     """name -> fn for one particle implementation (empty or None where it can't run)."""
@@ -187,7 +179,7 @@ def _particle_cases(cls, shapes, label):
         "a.randn()": lambda: a.randn(),
         "pso step": pso,
     }
-    return {k: probe(f, f"{label} {k}") for k, f in fns.items()}
+    return {k: T.probe(f, f"{label} {k}") for k, f in fns.items()}
 
 
 def torch_cases(shapes):
@@ -307,14 +299,7 @@ def bench(args, v110) -> int:
           "pso step: r1, r2 = x.rand(); v = w*v + c1*r1*(p - x) + c2*r2*(g - x); x += v")
     T.print_table(["workload", "ours us", "flat chain us", "flat fused us", "ours/fused"], pso_rows,
                   title="PSO step detail (flat fused: 2 RNG fills + one pso_velocity_ + x += v on flat buffers)")
-    n_ok = sum(1 for r in results if r["ok"] is True)
-    n_miss = sum(1 for r in results if r["ok"] is False)
-    n_na = sum(1 for r in results if r["target"] and r["ok"] is None)
-    print(f"targets: {n_ok} PASS, {n_miss} MISS, {n_na} n/a   (total {watch():.0f}s; {T.machine_line('cpu')})")
-    if T.load_warning():
-        print(T.load_warning())
-    T.write_json(args.json, dict(script="bench_particles", machine=T.machine_line("cpu"), quick=args.quick,
-                                 has_ours=Ours is not None, results=results))
+    T.finish("bench_particles", results, watch(), "cpu", args.json, quick=args.quick, has_ours=Ours is not None)
     return 0
 
 

@@ -165,6 +165,18 @@ def ok(result: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------
 # Scenario: all value checks in one 3-rank group
+
+def _errors_of(calls):
+    """name -> (exception type, message) of each call, or None where it did not raise."""
+    errors = {}
+    for name, call in calls.items():
+        try:
+            call()
+            errors[name] = None
+        except Exception as e:  # noqa: BLE001
+            errors[name] = (type(e).__name__, str(e))
+    return errors
+
 def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res: Dict[str, Any] = {}
     net = make_net(rank)
@@ -230,8 +242,7 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     # bad input: every rank raises before sending anything; nothing changes
     c = net.clone()
     before = params(c)
-    errors = {}
-    for name, call in {
+    errors = _errors_of({
         "op": lambda: nd.all_reduce_(c, op="max"),
         "weights_len": lambda: nd.all_reduce_(c, weights=[1.0] * (world + 1)),
         "weights_neg": lambda: nd.all_reduce_(c, weights=-1.0),
@@ -243,12 +254,7 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
         "src_type": lambda: nd.broadcast_(c, src=1.0),
         "not_particle": lambda: nd.all_reduce_(nn.Linear(2, 2)),
         "int_mean": lambda: nd.all_reduce_(IntNet()),
-    }.items():
-        try:
-            call()
-            errors[name] = None
-        except Exception as e:  # noqa: BLE001
-            errors[name] = (type(e).__name__, str(e))
+    })
     res["errors"] = errors
     res["errors_unchanged"] = all(torch.equal(before[k], v) for k, v in params(c).items())
 
@@ -549,19 +555,13 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res["swarm_ckpt"] = all(torch.equal(a, b) for a, b in zip(sw3.local.flats, sw.local.flats))
 
     # bad input: the same error on every rank, nothing sent
-    errors = {}
-    for name, call in {
+    errors = _errors_of({
         "ring": lambda: nd.ShardedPSO(sw, topology="ring"),
         "rng": lambda: nd.ShardedPSO(sw, rng="numpy"),
         "small_swarm": lambda: nd.ShardedSwarm(make_net(0), 1),
         "small_pop": lambda: nd.ShardedES(make_net(0), 1),
         "tell_len": lambda: nd.ShardedPSO(sw, seed=1).tell(torch.zeros(N_SWARM)),
-    }.items():
-        try:
-            call()
-            errors[name] = None
-        except Exception as e:  # noqa: BLE001
-            errors[name] = (type(e).__name__, str(e))
+    })
     res["sharded_errors"] = errors
 
     res["examples"] = _run_examples()

@@ -307,19 +307,15 @@ struct Interp {
       const FOp op = static_cast<FOp>(in.op);
       n_rand += op == FOp::Rand || op == FOp::Randn || op == FOp::Rands;
     }
-    Small<char> out_is_in(p.n_out, 0);
-    for (int j = 0; j < p.n_out; ++j) {
-      for (int k = 0; k < p.n_in; ++k) out_is_in[j] |= job.out[j] == job.in[k];
-    }
     // Outputs written around the caches: those no input shares, when the
     // call's memory is well past the caches (else a reader soon after would
     // find them in cache) and blocks start 32-byte aligned.
     int64_t call_bytes = 0;
-    for (int j = 0; j < p.n_out; ++j) call_bytes += out_is_in[j] ? 0 : 1;
+    for (int j = 0; j < p.n_out; ++j) call_bytes += job.out_is_in[j] ? 0 : 1;
     call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
     Small<char> out_nt(p.n_out, 0);
     for (int j = 0; j < p.n_out; ++j) {
-      out_nt[j] = native && !out_is_in[j] && call_bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
+      out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
     }
     const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
@@ -374,7 +370,7 @@ struct Interp {
           const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
           for (int k = 0; k < p.n_in; ++k) pf.add(static_cast<const char*>(job.in[k]) + at, false);
           for (int j = 0; j < p.n_out; ++j) {
-            if (!out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
+            if (!job.out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
           }
           pf.bytes = B * static_cast<int64_t>(sizeof(T));
           const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block

@@ -268,11 +268,16 @@ std::vector<std::vector<at::Tensor>> run(
     job.device_index = ins[0][g].device().index();
     job.in.resize(p.n_in);
     job.in_is_out.assign(p.n_in, 0);
+    job.out_is_in.assign(p.n_out, 0);
     job.out.resize(p.n_out);
     for (int j = 0; j < p.n_out; ++j) job.out[j] = outs[j][g].data_ptr();
     for (int k = 0; k < p.n_in; ++k) {
       job.in[k] = ins[k][g].const_data_ptr();
-      for (int j = 0; j < p.n_out; ++j) job.in_is_out[k] |= job.out[j] == job.in[k];
+      for (int j = 0; j < p.n_out; ++j) {
+        const bool same = job.out[j] == job.in[k];
+        job.in_is_out[k] |= same;
+        job.out_is_in[j] |= same;
+      }
     }
     if (ins[0][g].device().is_cpu()) cpu_runner()(p, job);
     else cuda_runner(p, job);

@@ -64,6 +64,7 @@ struct GroupJob {
   Small<const void*> in;
   Small<void*> out;
   Small<char> in_is_out;  // input k is also an output: never read it in place
+  Small<char> out_is_in;  // output j is also an input (else: written only, may bypass the caches)
   uint64_t seed = 0;            // Philox key
   uint64_t offset = 0;          // added to the element index (random counters)
   uint32_t group = 0;           // group index (random counters)
