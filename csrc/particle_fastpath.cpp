@@ -476,8 +476,6 @@ PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // out-of-place results, another layout, bad input) returns None and the
 // Python front end (python/nytorch/fuse.py, Fused.__call__) decides.
 namespace nyto::py {
-PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
-
 // fuse_call(programs: dict, args: tuple, out) -> out, or None to fall back.
 PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
   if (nargs != 3 || !PyDict_Check(a[0]) || !PyTuple_Check(a[1]) || a[2] == Py_None || !nyto_module_cls) Py_RETURN_NONE;

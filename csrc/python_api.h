@@ -70,6 +70,8 @@ PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs)
 PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);   // csrc/fuse/python_fuse.cpp
+PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/particle_fastpath.cpp
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
 PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record, PyObject* cache, Py_ssize_t mi);
 PyObject* requires_grad_bytes(PyObject* params, PyObject* record);

@@ -501,11 +501,6 @@ PyObject* py_has_cuda(PyObject*, PyObject*) {
 
 }  // namespace nyto::py
 
-namespace nyto::py {
-PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
-PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/particle_fastpath.cpp
-}
-
 namespace {
 using namespace nyto::py;
 
