@@ -28,6 +28,9 @@ PyObject* param_dict_cls = nullptr;   // nytorch._lazy.ParamDict
 
 namespace {
 PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
+// LazyParams' slots (python/nytorch/_lazy.py).
+enum LazySlot { kRecord, kTemplate };
+SlotAccess<2> lazy_slots({"_nyto_record", "_nyto_template"});
 }  // namespace
 
 // Fills `dst` with the keys of `src` (a dict, read raw: a LazyParams is never
@@ -41,7 +44,7 @@ bool copy_keys(PyObject* dst, PyObject* src) {
   return true;
 }
 
-// A new LazyParams for a result module `owner`: the keys of `old` (the
+// A new LazyParams for a result module: the keys of `old` (the
 // source module's _parameters, lazy or not) with None values. When `old` is
 // an unmade LazyParams (its keys cannot have changed) its keys are kept as
 // an exact-dict template that later results clone in one copy (an empty
@@ -58,10 +61,7 @@ bool same_keys(PyObject* a, PyObject* b) {
   return true;
 }
 
-PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record, PyObject* cache, Py_ssize_t mi) {
-  static PyObject* s_record = intern("_nyto_record");
-  static PyObject* s_owner = intern("_nyto_owner");
-  static PyObject* s_template = intern("_nyto_template");
+PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_ssize_t mi) {
   static PyObject* empty = PyTuple_New(0);
   PyObject* tmpl = nullptr;
   if (cache && PyList_Check(cache) && reinterpret_cast<PyObject*>(Py_TYPE(old)) != lazy_params_cls) {
@@ -82,11 +82,11 @@ PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record, PyOb
       PyList_SetItem(cache, mi, tmpl);
     }
   } else if (reinterpret_cast<PyObject*>(Py_TYPE(old)) == lazy_params_cls) {
-    tmpl = PyObject_GetAttr(old, s_template);
+    tmpl = lazy_slots.get(old, kTemplate);
     if (tmpl && !PyDict_CheckExact(tmpl)) {
       Py_DECREF(tmpl);
       tmpl = PyDict_New();
-      if (!tmpl || !copy_keys(tmpl, old) || PyObject_SetAttr(old, s_template, tmpl) < 0) {
+      if (!tmpl || !copy_keys(tmpl, old) || !lazy_slots.set(old, kTemplate, tmpl)) {
         Py_XDECREF(tmpl);
         return nullptr;
       }
@@ -95,11 +95,8 @@ PyObject* new_lazy_params(PyObject* old, PyObject* owner, PyObject* record, PyOb
   }
   auto* tp = reinterpret_cast<PyTypeObject*>(lazy_params_cls);
   PyObject* lp = PyDict_Type.tp_new(tp, empty, nullptr);
-  PyObject* wr = lp ? PyWeakref_NewRef(owner, nullptr) : nullptr;
-  const bool ok = wr && (tmpl ? PyDict_Update(lp, tmpl) == 0 : copy_keys(lp, old)) &&
-                  PyObject_SetAttr(lp, s_record, record) == 0 && PyObject_SetAttr(lp, s_owner, wr) == 0 &&
-                  PyObject_SetAttr(lp, s_template, tmpl ? tmpl : Py_None) == 0;
-  Py_XDECREF(wr);
+  const bool ok = lp && (tmpl ? PyDict_Update(lp, tmpl) == 0 : copy_keys(lp, old)) &&
+                  lazy_slots.set(lp, kRecord, record) && lazy_slots.set(lp, kTemplate, tmpl ? tmpl : Py_None);
   Py_XDECREF(tmpl);
   if (!ok) { Py_XDECREF(lp); return nullptr; }
   return lp;
@@ -140,10 +137,7 @@ PyObject* requires_grad_bytes(PyObject* params, PyObject* record) {
 PyObject* py_materialize(PyObject*, PyObject* record) {
   static PyObject* s_params = intern("params");
   static PyObject* s_keys = intern("keys");
-  static PyObject* s_record = intern("_nyto_record");
-  static PyObject* s_owner = intern("_nyto_owner");
   static PyObject* s_class = intern("__class__");
-  static PyObject* s_template = intern("_nyto_template");
   if (!PyList_Check(record) || PyList_GET_SIZE(record) != 7) {
     PyErr_SetString(PyExc_TypeError, "materialize(record)");
     return nullptr;
@@ -194,8 +188,8 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
     PyObject* lp = wr == Py_None ? nullptr : PyWeakref_GetObject(wr);
     if (!lp || lp == Py_None) continue;
     Py_INCREF(lp);
-    const bool ok = PyObject_SetAttr(lp, s_record, Py_None) == 0 && PyObject_SetAttr(lp, s_owner, Py_None) == 0 &&
-                    PyObject_SetAttr(lp, s_template, Py_None) == 0 && PyObject_SetAttr(lp, s_class, param_dict_cls) == 0;
+    const bool ok = lazy_slots.set(lp, kRecord, Py_None) && lazy_slots.set(lp, kTemplate, Py_None) &&
+                    PyObject_SetAttr(lp, s_class, param_dict_cls) == 0;
     Py_DECREF(lp);
     if (!ok) return fail();
   }

@@ -7,6 +7,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/core/GradMode.h>
+#include <optional>
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
 #include <map>
@@ -31,8 +33,14 @@ namespace {
 
 JobRunner cuda_runner = nullptr;
 
-std::string op_name(Op op, bool inplace) {
-  return std::string("nytorch.") + op_info(op).name + (inplace ? "_" : "");
+// An op's registered name, for error messages: streamed only when a
+// TORCH_CHECK fails (its message arguments are evaluated on failure only).
+struct OpName {
+  Op op;
+  bool inplace;
+};
+std::ostream& operator<<(std::ostream& os, const OpName& n) {
+  return os << "nytorch." << op_info(n.op).name << (n.inplace ? "_" : "");
 }
 
 bool is_fast_dtype(at::ScalarType t) {
@@ -54,8 +62,17 @@ at::ScalarType result_dtype(Op op, c10::ArrayRef<at::Tensor> xs, c10::ArrayRef<c
 }
 
 // Everything that could make the op fail is checked here, before any write.
+// Whether the contiguous tensors a and b use disjoint bytes (the common case:
+// two particles' flats), decided without ATen's overlap machinery.
+bool disjoint_dense(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.is_contiguous() || !b.is_contiguous() || !a.has_storage() || !b.has_storage()) return false;
+  const auto* pa = static_cast<const char*>(a.unsafeGetTensorImpl()->data());
+  const auto* pb = static_cast<const char*>(b.unsafeGetTensorImpl()->data());
+  return pa + a.numel() * a.itemsize() <= pb || pb + b.numel() * b.itemsize() <= pa;
+}
+
 void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c10::ArrayRef<c10::Scalar> scalars) {
-  const auto name = op_name(op, inplace);
+  const OpName name{op, inplace};
   const size_t n = lists[0].size();
   for (size_t k = 1; k < lists.size(); ++k) {
     TORCH_CHECK(lists[k].size() == n, name, ": tensor list arguments must have the same length, "
@@ -80,11 +97,12 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
     if (!inplace) continue;
     // Memory overlap: torch refuses it only while writing this index, after
     // earlier indices were written. fill_ may write an expanded tensor.
-    TORCH_CHECK(op == Op::Fill || at::has_internal_overlap(self) != at::MemOverlap::Yes, name,
+    TORCH_CHECK(op == Op::Fill || self.is_contiguous() || at::has_internal_overlap(self) != at::MemOverlap::Yes, name,
                 ": internal overlap at index ", i, ": more than one element of argument 0 refers to a "
                 "single memory location (e.g. an expanded view); clone it first");
     for (size_t k = 1; k < lists.size(); ++k) {
-      TORCH_CHECK(at::get_overlap_status(self, lists[k][i]) != at::MemOverlapStatus::Partial, name,
+      TORCH_CHECK(disjoint_dense(self, lists[k][i]) ||
+                  at::get_overlap_status(self, lists[k][i]) != at::MemOverlapStatus::Partial, name,
                   ": partial overlap at index ", i, ": argument ", k, " and argument 0 share some, "
                   "but not all, memory locations");
     }
@@ -162,10 +180,14 @@ std::vector<at::Tensor> apply(Op op, bool inplace, c10::ArrayRef<at::TensorList>
 
   // (device, dtype) -> job; a model usually has one or two groups.
   c10::SmallVector<std::pair<std::pair<c10::Device, at::ScalarType>, Job>, 2> jobs;
-  std::vector<at::Tensor> xs(lists.size());
+  // The slow route runs ATen ops with grad mode off: particle ops are not
+  // differentiable updates (the fast route's kernels never see autograd).
+  std::optional<c10::AutoGradMode> no_grad;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& self = lists[0][i];
     if (!fast_index(lists, i)) {
+      if (!no_grad) no_grad.emplace(false);
+      std::vector<at::Tensor> xs(lists.size());
       for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
       if (inplace) {
         slow_inplace(op, self, std::vector<at::Tensor>(xs.begin() + 1, xs.end()), scalars.vec());

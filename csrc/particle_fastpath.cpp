@@ -106,6 +106,10 @@ PyObject* new_state(PyObject* const* values) {
   return st;
 }
 
+// Layout's slots read on every out-of-place op (python/nytorch/_storage.py).
+enum LayoutSlot { kViewSpec, kChildren, kParamSlots, kBufferSlots, kKeyTemplates, kPool };
+SlotAccess<6> layout_slots({"view_spec", "children", "param_slots", "buffer_slots", "key_templates", "pool"});
+
 bool versions_ok(PyObject* root, PyObject* modules, PyObject* versions) {
   if (!PyBytes_Check(versions) || !PyTuple_Check(modules)) return false;
   const Py_ssize_t n = PyTuple_GET_SIZE(modules);
@@ -164,16 +168,14 @@ bool plain_number(PyObject* o) {
 // A new particle like `self` (state `sv`) whose parameters view `flats`;
 // its Parameter objects are made on first use (csrc/lazy_params.cpp).
 PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
-  static PyObject* s_view_spec = intern("view_spec");
-  static PyObject* s_children = intern("children");
-  static PyObject* s_param_slots = intern("param_slots");
-  static PyObject* s_buffer_slots = intern("buffer_slots");
   static PyObject* s_state = intern("_nyto_state");
-  Ref spec(PyObject_GetAttr(sv.layout.get(), s_view_spec));
-  Ref children(PyObject_GetAttr(sv.layout.get(), s_children));
-  Ref pslots(PyObject_GetAttr(sv.layout.get(), s_param_slots));
-  Ref bslots(PyObject_GetAttr(sv.layout.get(), s_buffer_slots));
-  if (!spec || !children || !pslots || !bslots) return nullptr;
+  PyObject* layout = sv.layout.get();
+  Ref spec(layout_slots.get(layout, kViewSpec));
+  Ref children(layout_slots.get(layout, kChildren));
+  Ref pslots(layout_slots.get(layout, kParamSlots));
+  Ref bslots(layout_slots.get(layout, kBufferSlots));
+  Ref key_cache(layout_slots.get(layout, kKeyTemplates));
+  if (!spec || !children || !pslots || !bslots || !key_cache) return nullptr;
   Ref rg(requires_grad_bytes(sv.params.get(), sv.record.get()));
   if (!rg) return nullptr;
   Ref record(PyList_New(7));
@@ -185,11 +187,8 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   }
   Ref buffers;
   if (PyTuple_GET_SIZE(sv.buffers.get()) > 0) {
-    Ref op(PyLong_FromLong(static_cast<long>(Op::Copy)));
-    Ref lists(PyTuple_Pack(1, sv.buffers.get()));
-    Ref none_scalars(PyTuple_New(0));
-    PyObject* a_args[4] = {op.get(), Py_False, lists.get(), none_scalars.get()};
-    Ref copied(py_apply(nullptr, a_args, 4));
+    PyObject* lists[1] = {sv.buffers.get()};
+    Ref copied(apply_operands(static_cast<long>(Op::Copy), false, lists, 1, nullptr, 0, Py_None));
     if (!copied) return nullptr;
     buffers.p = PyList_AsTuple(copied.get());
   } else {
@@ -206,16 +205,17 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
     Py_INCREF(m);
     PyTuple_SET_ITEM(olds.get(), i + 1, m);
   }
-  static PyObject* s_key_templates = intern("key_templates");
-  Ref key_cache(PyObject_GetAttr(sv.layout.get(), s_key_templates));
-  if (!key_cache) return nullptr;
   PyObject* bm_args[9] = {olds.get(), containers, children.get(), pslots.get(), Py_None, bslots.get(),
                           buffers.get(), record.get(), key_cache.get()};
   Ref mods(py_build_modules(nullptr, bm_args, 9));
   if (!mods) return nullptr;
-  Ref new_modules(PyList_GetSlice(mods.get(), 1, nm + 1));
-  Ref new_modules_t(new_modules ? PyList_AsTuple(new_modules.get()) : nullptr);
+  Ref new_modules_t(PyTuple_New(nm));
   if (!new_modules_t) return nullptr;
+  for (Py_ssize_t i = 0; i < nm; ++i) {
+    PyObject* m = PyList_GET_ITEM(mods.get(), i + 1);
+    Py_INCREF(m);
+    PyTuple_SET_ITEM(new_modules_t.get(), i, m);
+  }
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
   const std::string v = versions_of(root, new_modules_t.get());
   Ref versions(PyBytes_FromStringAndSize(v.data(), v.size()));
@@ -238,7 +238,6 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
 //   -> the result (self for in-place), or None to take the general path.
 PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   static PyObject* s_species = intern("_nyto_species");
-  static PyObject* s_pool = intern("pool");
   if (nargs != 5 || !state_cls) {
     PyErr_SetString(PyExc_TypeError, "fast_op(self, other, list_op, scalar_op, inplace)");
     return nullptr;
@@ -248,56 +247,54 @@ PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const bool inplace = args[4] == Py_True;
   StateView a;
   if (!valid_state(self, a)) Py_RETURN_NONE;
-  Ref lists, scalars;
+  PyObject* lists[2] = {a.flats.get(), nullptr};
+  Py_ssize_t nl = 1, ns = 0;
   PyObject* op;
+  StateView b;  // keeps other's flats alive through the call
   if (plain_number(other)) {
     op = args[3];
-    lists.p = PyTuple_Pack(1, a.flats.get());
-    scalars.p = PyTuple_Pack(1, other);
+    ns = 1;
   } else {
     if (args[2] == Py_None) Py_RETURN_NONE;  // reflected ops take numbers only
-    const int is_particle = PyObject_IsInstance(other, nyto_module_cls);
-    if (is_particle != 1) { PyErr_Clear(); Py_RETURN_NONE; }
+    if (!PyObject_TypeCheck(other, reinterpret_cast<PyTypeObject*>(nyto_module_cls))) Py_RETURN_NONE;
     PyObject* da = module_dict(self);
     PyObject* db = module_dict(other);
     if (!da || !db || PyDict_GetItem(da, s_species) != PyDict_GetItem(db, s_species)) Py_RETURN_NONE;
-    StateView b;
     if (!valid_state(other, b) || a.layout.get() != b.layout.get()) Py_RETURN_NONE;
     op = args[2];
-    lists.p = PyTuple_Pack(2, a.flats.get(), b.flats.get());
-    scalars.p = PyTuple_New(0);
+    lists[1] = b.flats.get();
+    nl = 2;
   }
-  if (!lists || !scalars) return nullptr;
+  const long code = PyLong_AsLong(op);
+  if (code == -1 && PyErr_Occurred()) return nullptr;
   if (inplace) {
-    PyObject* a_args[4] = {op, Py_True, lists.get(), scalars.get()};
-    Ref done(py_apply(nullptr, a_args, 4));  // bumps the flats' (shared) version counters
+    // bumps the flats' (shared) version counters
+    Ref done(apply_operands(code, true, lists, nl, &other, ns, Py_None));
     if (!done) return nullptr;
     Py_INCREF(self);
     return self;
   }
-  Ref pool(PyObject_GetAttr(a.layout.get(), s_pool));
+  Ref pool(layout_slots.get(a.layout.get(), kPool));
   if (!pool) return nullptr;
-  PyObject* a_args[5] = {op, Py_False, lists.get(), scalars.get(), pool.get()};
-  Ref flats(py_apply(nullptr, a_args, 5));
+  Ref flats(apply_operands(code, false, lists, nl, &other, ns, pool.get()));
   if (!flats) return nullptr;
   return result_from_flats(self, a, flats.get());
 }
 
 // fast_unary(self, op: int) -> a new particle (clone, neg, pos), or None.
 PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  static PyObject* s_pool = intern("pool");
   if (nargs != 2 || !state_cls) {
     PyErr_SetString(PyExc_TypeError, "fast_unary(self, op)");
     return nullptr;
   }
   StateView a;
   if (!valid_state(args[0], a)) Py_RETURN_NONE;
-  Ref lists(PyTuple_Pack(1, a.flats.get()));
-  Ref scalars(PyTuple_New(0));
-  Ref pool(PyObject_GetAttr(a.layout.get(), s_pool));
-  if (!lists || !scalars || !pool) return nullptr;
-  PyObject* a_args[5] = {args[1], Py_False, lists.get(), scalars.get(), pool.get()};
-  Ref flats(py_apply(nullptr, a_args, 5));
+  const long code = PyLong_AsLong(args[1]);
+  if (code == -1 && PyErr_Occurred()) return nullptr;
+  Ref pool(layout_slots.get(a.layout.get(), kPool));
+  if (!pool) return nullptr;
+  PyObject* lists[1] = {a.flats.get()};
+  Ref flats(apply_operands(code, false, lists, 1, nullptr, 0, pool.get()));
   if (!flats) return nullptr;
   return result_from_flats(args[0], a, flats.get());
 }

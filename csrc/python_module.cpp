@@ -121,31 +121,44 @@ std::vector<at::Tensor> pooled_outputs(PyObject* pool, c10::ArrayRef<at::TensorL
 // apply(op: int, inplace: bool, lists: tuple[list[Tensor], ...], scalars: tuple[number, ...],
 //       pool: list[list[Tensor]] | None = None)
 //   -> list[Tensor] (out-of-place) or None (in-place)
-// Runs with grad mode off: particle ops are not differentiable updates.
+// Runs with grad mode off (nyto::apply's slow route): particle ops are not
+// differentiable updates.
 PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4 && nargs != 5) {
+    PyErr_SetString(PyExc_TypeError, "nytorch._C.apply(op, inplace, lists, scalars, pool=None)");
+    return nullptr;
+  }
+  const long op = PyLong_AsLong(args[0]);
+  if (op == -1 && PyErr_Occurred()) return nullptr;
+  const int inplace = PyObject_IsTrue(args[1]);
+  if (inplace < 0) return nullptr;
+  if (!PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) {
+    PyErr_SetString(PyExc_TypeError, "nytorch._C.apply: lists and scalars must be tuples");
+    return nullptr;
+  }
+  return apply_operands(op, inplace != 0, &PyTuple_GET_ITEM(args[2], 0), PyTuple_GET_SIZE(args[2]),
+                        &PyTuple_GET_ITEM(args[3], 0), PyTuple_GET_SIZE(args[3]),
+                        nargs == 5 ? args[4] : Py_None);
+}
+
+PyObject* apply_operands(long op, bool inplace, PyObject* const* list_objs, Py_ssize_t nl,
+                         PyObject* const* scalar_objs, Py_ssize_t ns, PyObject* pool) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 4 && nargs != 5) raise_type("nytorch._C.apply(op, inplace, lists, scalars, pool=None)");
-    const long op = PyLong_AsLong(args[0]);
     if (op < 0 || op >= static_cast<long>(Op::NumOps)) raise_type("nytorch._C.apply: bad op code");
-    const bool inplace = PyObject_IsTrue(args[1]);
-    if (!PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) raise_type("nytorch._C.apply: lists and scalars must be tuples");
     c10::SmallVector<TensorRefs, 4> owned;  // small vectors: no heap allocation per call
-    const Py_ssize_t nl = PyTuple_GET_SIZE(args[2]);
     owned.reserve(nl);
-    for (Py_ssize_t k = 0; k < nl; ++k) owned.emplace_back(PyTuple_GET_ITEM(args[2], k));
+    for (Py_ssize_t k = 0; k < nl; ++k) owned.emplace_back(list_objs[k]);
     c10::SmallVector<at::TensorList, 4> lists;
     for (const auto& refs : owned) lists.emplace_back(refs.tensors);
     c10::SmallVector<c10::Scalar, 4> scalars;
-    const Py_ssize_t ns = PyTuple_GET_SIZE(args[3]);
-    for (Py_ssize_t k = 0; k < ns; ++k) scalars.push_back(to_scalar(PyTuple_GET_ITEM(args[3], k)));
+    for (Py_ssize_t k = 0; k < ns; ++k) scalars.push_back(to_scalar(scalar_objs[k]));
     const auto& info = nyto::op_info(static_cast<Op>(op));
     const int want_lists = info.n_lists + ((static_cast<Op>(op) == Op::Copy && inplace) ? 1 : 0);
     if (nl != want_lists || ns != info.n_scalars) raise_type("nytorch._C.apply: wrong operand count");
     std::vector<at::Tensor> preset;
-    if (nargs == 5 && args[4] != Py_None && !inplace) preset = pooled_outputs(args[4], lists);
+    if (pool != Py_None && !inplace) preset = pooled_outputs(pool, lists);
     std::vector<at::Tensor> out;
     {
-      c10::AutoGradMode no_grad(false);
       // Releasing the GIL costs more than a small op itself.
       int64_t work = 0;
       for (const auto& t : owned[0].tensors) work += t.numel();
@@ -399,7 +412,7 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         PyObject* v = PyDict_GetItemWithError(d, name);
         if (!v) { if (PyErr_Occurred()) { Py_DECREF(d); return fail(); } continue; }
         if (v == Py_None) continue;
-        if (record && PyUnicode_Compare(name, s_parameters) == 0) continue;  // made lazy below
+        if (record && (name == s_parameters || PyUnicode_Compare(name, s_parameters) == 0)) continue;  // made lazy below
         PyObject* c = copy_container(v, s_copy);
         if (!c || PyDict_SetItem(d, name, c) < 0) { Py_XDECREF(c); Py_DECREF(d); return fail(); }
         Py_DECREF(c);
@@ -425,7 +438,7 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         PyObject* oldp = PyDict_GetItemWithError(dicts[i], s_parameters);  // the source's (shallow-copied) dict
         PyObject* wr = Py_None;
         if (oldp && PyDict_Check(oldp)) {
-          PyObject* lp = new_lazy_params(oldp, PyList_GET_ITEM(out, i), record, key_cache, i);
+          PyObject* lp = new_lazy_params(oldp, record, key_cache, i);
           wr = lp ? PyWeakref_NewRef(lp, nullptr) : nullptr;
           const bool ok = wr && PyDict_SetItem(dicts[i], s_parameters, lp) == 0;
           Py_XDECREF(lp);

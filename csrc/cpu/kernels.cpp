@@ -61,7 +61,7 @@ void drive(const Job& job, const F& f) {
   c10::SmallVector<int64_t, 16> start(nt + 1, 0);
   for (size_t t = 0; t < nt; ++t) start[t + 1] = start[t] + job.numels[t];
   const int64_t total = start[nt];
-  at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
+  auto body = [&](int64_t begin, int64_t end) {
     size_t t = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
     for (int64_t pos = begin; pos < end; ++t) {
       const int64_t lo = pos - start[t];
@@ -78,7 +78,10 @@ void drive(const Job& job, const F& f) {
       }
       pos = start[t] + hi;
     }
-  });
+  };
+  // One task: run it here (parallel_for's own check costs thread-local guards).
+  if (total <= kGrain) body(0, total);
+  else at::parallel_for(0, total, kGrain, body);
 }
 
 template <class T, class M>

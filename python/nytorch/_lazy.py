@@ -31,7 +31,7 @@ from . import _C
 class ParamDict(dict):
     """A module's ``_parameters`` once made: a dict (pickles and copies as one)."""
 
-    __slots__ = ("_nyto_record", "_nyto_owner", "_nyto_template", "__weakref__")
+    __slots__ = ("_nyto_record", "_nyto_template", "__weakref__")
 
     def __reduce_ex__(self, protocol: int) -> Any:
         return dict, (dict(self),)
