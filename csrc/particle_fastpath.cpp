@@ -299,6 +299,26 @@ PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result_from_flats(args[0], a, flats.get());
 }
 
+// fast_random(self, dist: int, a: float, b: float) -> a new particle of
+// random values from the default generator (randn: dist 0, normal(a, b);
+// rand: dist 1, uniform(a, b)), or None.
+PyObject* py_fast_random(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4 || !state_cls || !PyLong_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "fast_random(self, dist, a, b)");
+    return nullptr;
+  }
+  StateView s;
+  if (!valid_state(args[0], s)) Py_RETURN_NONE;
+  const double lo = PyFloat_AsDouble(args[2]);
+  const double hi = PyFloat_AsDouble(args[3]);
+  if (PyErr_Occurred()) return nullptr;
+  Ref pool(layout_slots.get(s.layout.get(), kPool));
+  if (!pool) return nullptr;
+  Ref flats(random_flats(s.flats.get(), pool.get(), PyLong_AsLong(args[1]) == 0 ? 0 : 1, lo, hi));
+  if (!flats) return nullptr;
+  return result_from_flats(args[0], s, flats.get());
+}
+
 // lazy_result(self, state, flats) -> a new particle like `self` (valid
 // State `state`) whose parameters will view `flats` (made on first use).
 PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs) {

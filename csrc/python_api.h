@@ -116,6 +116,9 @@ class SlotAccess {
 };
 
 PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+// New buffers like `flats` (taken from `pool` like apply's outputs) filled
+// from the default generator: dist 0 = normal(a, b), 1 = uniform(a, b).
+PyObject* random_flats(PyObject* flats, PyObject* pool, int dist, double a, double b);
 // apply's body, on operand arrays: op code, in place or not, the tensor lists
 // (sequences of tensors), the numbers, the output pool (or Py_None).
 PyObject* apply_operands(long op, bool inplace, PyObject* const* lists, Py_ssize_t nl,
@@ -125,6 +128,7 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_fast_random(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);

@@ -20,6 +20,8 @@ namespace nyto::py {
 [[noreturn]] void raise_type(const char* msg) { throw std::invalid_argument(msg); }
 
 PyObject* parameter_class = nullptr;
+int ab_flag = 0;  // EXPERIMENT
+PyObject* py_ab(PyObject*, PyObject* arg) { ab_flag = PyLong_AsLong(arg); Py_RETURN_NONE; }
 
 at::Tensor unpack(PyObject* obj) {
   if (!is_tensor(obj)) raise_type("nytorch._C: expected a torch.Tensor");
@@ -196,6 +198,21 @@ PyObject* py_pooled_like(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (nargs != 2) raise_type("pooled_like(tensors, pool)");
     const auto like = unpack_list(args[0]);
     return wrap_list(pooled_outputs(args[1], {at::TensorList(like)}));
+  });
+}
+
+PyObject* random_flats(PyObject* flats, PyObject* pool, int dist, double a, double b) {
+  return guarded([&]() -> PyObject* {
+    TensorRefs like(flats);
+    std::vector<at::Tensor> outs = pooled_outputs(pool, {at::TensorList(like.tensors)});
+    int64_t work = 0;
+    for (const auto& t : outs) work += t.numel();
+    {
+      std::optional<pybind11::gil_scoped_release> no_gil;
+      if (work > (1 << 16)) no_gil.emplace();
+      random_fill_(outs, dist == 0 ? Dist::Normal : Dist::Uniform, a, b, std::nullopt);
+    }
+    return wrap_list(std::move(outs));
   });
 }
 
@@ -423,7 +440,16 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       const int has_state = PyDict_Contains(d, s_state);
       if (has_state > 0 && PyDict_SetItem(d, s_state, Py_None) < 0) { Py_DECREF(d); return fail(); }
       PyTypeObject* tp = Py_TYPE(old);
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+      // 3.11/3.12: object.__new__ would give the new module a values array
+      // that the dict pointer below then turns into a dict, both dropped at
+      // once for `d`; a bare allocation has neither (its managed dict slot
+      // is empty until set below).
+      PyObject* m = (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT) ? tp->tp_alloc(tp, 0)
+                                                              : PyBaseObject_Type.tp_new(tp, empty, nullptr);
+#else
       PyObject* m = PyBaseObject_Type.tp_new(tp, empty, nullptr);
+#endif
       if (!m) { Py_DECREF(d); return fail(); }
       PyObject** nd = _PyObject_GetDictPtr(m);
       if (!nd) { Py_DECREF(d); Py_DECREF(m); PyErr_SetString(PyExc_TypeError, "build_modules: no __dict__ slot"); return fail(); }
@@ -522,6 +548,7 @@ PyMethodDef methods[] = {
      "fuse_run(program, numbers, inputs, outs, seed, offset): run a nytorch.fuse program."},
     {"fuse_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_call)), METH_FASTCALL,
      "fuse_call(programs, args, out): nytorch.fuse's in-place hot path, or None (the Python front end decides)."},
+    {"_ab", reinterpret_cast<PyCFunction>(py_ab), METH_O, "experiment"},
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
     {"apply_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply_eager)), METH_FASTCALL,
@@ -547,6 +574,8 @@ PyMethodDef methods[] = {
      "register_lazy_types(LazyParams, ParamDict)."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
      "fast_op(self, other, list_op, scalar_op, inplace): the particle hot path, or None."},
+    {"fast_random", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_random)), METH_FASTCALL,
+     "fast_random(self, dist, a, b): the particle hot path of randn/rand (default generator), or None."},
     {"fast_unary", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_unary)), METH_FASTCALL,
      "fast_unary(self, op): the particle hot path of clone/neg/pos, or None."},
     {"register_particle_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_particle_types)), METH_FASTCALL,

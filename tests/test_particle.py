@@ -1228,6 +1228,25 @@ def test_random_fill_honours_seed(fill):
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     x, y = getattr(net, fill)(generator=g1), getattr(net, fill)(generator=g2)
     assert all(torch.equal(p, q) for p, q in zip(x.parameters(), y.parameters()))
+    # the default generator (C hot path) and a generator (dispatcher route) draw alike
+    torch.manual_seed(7)
+    fast = getattr(net, fill)()
+    slow = getattr(net, fill)(generator=torch.Generator().manual_seed(7))
+    assert all(torch.equal(p, q) for p, q in zip(fast.parameters(), slow.parameters()))
+
+
+@pytest.mark.parametrize("dist", [0, 1])
+def test_random_c_route_taken_on_a_valid_state(dist):
+    net = make("mixed")
+    net + 1  # captures the storage state
+    torch.manual_seed(3)
+    r = nyto._C.fast_random(net, dist, 0.0, 1.0)
+    assert r is not None and type(r) is type(net) and r._nyto_species is net._nyto_species
+    torch.manual_seed(3)
+    want = net.randn() if dist == 0 else net.rand()
+    assert all(torch.equal(p, q) for p, q in zip(r.parameters(), want.parameters()))
+    net.inner.extra = nn.Parameter(torch.ones(1))  # a registration: the cached state is stale
+    assert nyto._C.fast_random(net, dist, 0.0, 1.0) is None
 
 
 def test_randn_statistics():

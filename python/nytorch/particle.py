@@ -179,16 +179,21 @@ class NytoModule(nn.Module):
         >>> _ = torch.manual_seed(0); r = net.randn(); r.weight.shape == net.weight.shape
         True
         """
-        return self._random(ops.normal_, generator)
+        return self._random(0, generator)
 
     def rand(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
         """A particle of this species with parameters uniform in [0, 1)."""
-        return self._random(ops.uniform_, generator)
+        return self._random(1, generator)
 
-    def _random(self, fill_, generator: Optional[torch.Generator]) -> "NytoModule":
+    def _random(self, dist: int, generator: Optional[torch.Generator]) -> "NytoModule":
+        """dist 0: standard normal, 1: uniform in [0, 1)."""
+        if generator is None:
+            out = _C.fast_random(self, dist, 0.0, 1.0)  # C hot path (valid cached state)
+            if out is not None:
+                return out
         st = state_of(self)
         flats = _C.pooled_like(st.flats, st.layout.pool)
-        fill_(flats, generator=generator)
+        (ops.uniform_ if dist else ops.normal_)(flats, generator=generator)
         return self._from_flats(st, flats)
 
     # -- nn.Module integration ---------------------------------------------
