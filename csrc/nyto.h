@@ -34,6 +34,7 @@ constexpr int kMaxScalars = 3;
 // For tensor i, ptrs[i * (nin + 1)] is the output and the next nin entries are
 // the inputs (an in-place op passes self as both output and input 0).
 struct Job {
+  Job() {}  // user-provided: `Job{}` then skips zero-filling the ~200 bytes of inline buffers
   Op op;
   at::ScalarType dtype;
   int nin;

@@ -8,6 +8,7 @@
 #include <array>
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <c10/util/SmallVector.h>
 #include <stdexcept>
 #include <vector>
 
@@ -31,7 +32,7 @@ class TensorRefs {
   TensorRefs(const TensorRefs&) = delete;
   TensorRefs& operator=(const TensorRefs&) = delete;
   ~TensorRefs();
-  std::vector<at::Tensor> tensors;
+  c10::SmallVector<at::Tensor, 4> tensors;  // a particle's flats: no heap allocation
 
  private:
   void release();
