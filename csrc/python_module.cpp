@@ -366,11 +366,16 @@ PyObject* py_view_keys(PyObject*, PyObject* arg) {
 
 // A copy of one of nn.Module's container attributes. The common case, an
 // empty hook OrderedDict, is made with PyODict_New: it is ~10x cheaper than
-// OrderedDict.copy(), and a result module has a dozen of them.
+// OrderedDict.copy(), and a result module has a dozen of them. An empty one
+// is left untracked by the cyclic GC, as CPython leaves an empty dict: it
+// holds nothing, and the first hook put in tracks it again (dict insertion
+// does). A result then adds 13 objects to the GC's generations, not 24: the
+// collections a population of live particles triggers cost half as much.
 PyObject* copy_container(PyObject* v, PyObject* s_copy) {
   if (PyDict_CheckExact(v)) return PyDict_Copy(v);
   if (PyODict_CheckExact(v)) {
     PyObject* c = PyODict_New();
+    if (c && PyDict_GET_SIZE(v) == 0) PyObject_GC_UnTrack(c);
     if (!c || PyDict_GET_SIZE(v) == 0) return c;
     PyObject* items = PyObject_CallMethod(v, "items", nullptr);  // in the odict's order
     PyObject* it = items ? PyObject_GetIter(items) : nullptr;

@@ -14,6 +14,7 @@ import os
 import pickle
 import time
 import weakref
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -1161,6 +1162,28 @@ def test_results_die_without_gc(no_gc, how):
     del r
     assert w() is None and wi() is None
     assert_values(net + 1, reference(lambda p: p + 1, net))
+
+
+def test_result_hook_dicts_untracked_until_a_hook_comes():
+    net = make("mixed")
+    r = net + 1
+    hook_dicts = [v for m in r.modules() for v in vars(m).values() if type(v) is OrderedDict]
+    assert len(hook_dicts) >= 11 * 2 and not any(gc.is_tracked(d) for d in hook_dicts)
+    del hook_dicts
+    # a hook that holds its module: tracked again, and the cycle is collected
+    r.register_forward_hook(lambda m, i, o, keep=r: None)
+    assert gc.is_tracked(r._forward_hooks)
+    w = weakref.ref(r)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        del r
+        assert w() is not None  # kept by the cycle
+        gc.collect()
+        assert w() is None
+    finally:
+        if was:
+            gc.enable()
 
 
 @pytest.mark.parametrize("how", ["fresh", "inplace", "after_results", "inner_inplace"])
