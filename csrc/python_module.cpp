@@ -20,8 +20,6 @@ namespace nyto::py {
 [[noreturn]] void raise_type(const char* msg) { throw std::invalid_argument(msg); }
 
 PyObject* parameter_class = nullptr;
-int ab_flag = 0;  // EXPERIMENT
-PyObject* py_ab(PyObject*, PyObject* arg) { ab_flag = PyLong_AsLong(arg); Py_RETURN_NONE; }
 
 at::Tensor unpack(PyObject* obj) {
   if (!is_tensor(obj)) raise_type("nytorch._C: expected a torch.Tensor");
@@ -553,7 +551,6 @@ PyMethodDef methods[] = {
      "fuse_run(program, numbers, inputs, outs, seed, offset): run a nytorch.fuse program."},
     {"fuse_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_call)), METH_FASTCALL,
      "fuse_call(programs, args, out): nytorch.fuse's in-place hot path, or None (the Python front end decides)."},
-    {"_ab", reinterpret_cast<PyCFunction>(py_ab), METH_O, "experiment"},
     {"apply", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply)), METH_FASTCALL,
      "apply(op, inplace, lists, scalars): run one op of the library on lists of tensors."},
     {"apply_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_apply_eager)), METH_FASTCALL,
