@@ -9,6 +9,8 @@
 // errors), so this file never decides semantics, it only skips interpreter
 // work. Out-of-place results reuse the layout's pooled buffers.
 #include <deque>
+#include <atomic>
+#include <ATen/Parallel.h>
 #include "nyto.h"
 #include "python_api.h"
 #include <structmember.h>
@@ -124,8 +126,19 @@ bool versions_ok(PyObject* root, PyObject* modules, PyObject* versions) {
 
 bool fill_view(PyObject* st, StateView& sv);
 
-// Whether state `st` of particle `m` is still valid; fills `sv` (no Python error set).
-bool state_valid(PyObject* m, PyObject* st, StateView& sv) {
+// The per-parameter part of a State's validity check (views_match), kept
+// for later: two particles' checks then run on two threads.
+struct ViewCheck {
+  Py_ssize_t n = 0;
+  const int64_t* key = nullptr;
+  const int64_t* end = nullptr;
+  bool ok() const { return views_match(n, key, end); }
+};
+
+// Whether state `st` of particle `m` is still valid; fills `sv` (no Python
+// error set). With `later`, the per-parameter check is left in it (run it
+// while `sv` holds the State's keys).
+bool state_valid(PyObject* m, PyObject* st, StateView& sv, ViewCheck* later = nullptr) {
   sv.modules.p = state_slot(st, kModules);
   Ref versions(state_slot(st, kVersions));
   if (!sv.modules || !versions || !versions_ok(m, sv.modules.get(), versions.get()) || !fill_view(st, sv)) {
@@ -134,10 +147,41 @@ bool state_valid(PyObject* m, PyObject* st, StateView& sv) {
   }
   // Parameters not made yet (a lazy result): nobody can have moved them.
   if (sv.params.get() == Py_None) return PyList_Check(sv.record.get());
-  PyObject* args[2] = {sv.params.get(), sv.keys.get()};
-  Ref ok(py_views_ok(nullptr, args, 2));
-  if (!ok) { PyErr_Clear(); return false; }
-  return ok.get() == Py_True;
+  if (!PyTuple_Check(sv.params.get()) || !PyBytes_Check(sv.keys.get())) return false;
+  ViewCheck check;
+  check.n = PyTuple_GET_SIZE(sv.params.get());
+  check.key = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(sv.keys.get()));
+  check.end = check.key + PyBytes_GET_SIZE(sv.keys.get()) / static_cast<Py_ssize_t>(sizeof(int64_t));
+  if (later) {
+    *later = check;
+    return true;
+  }
+  return check.ok();
+}
+
+// All the checks: split over threads when there are enough parameters to pay
+// for a parallel region (~1 us here; a check costs ~5 ns per parameter
+// warm, more when the parameters' TensorImpls are out of cache).
+bool views_ok_all(c10::ArrayRef<ViewCheck> checks) {
+  constexpr Py_ssize_t kParallelParams = 1024;
+  Py_ssize_t total = 0, busy = 0;
+  for (const auto& c : checks) {
+    total += c.n;
+    busy += c.n > 0;
+  }
+  if (busy > 1 && total >= kParallelParams && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    std::atomic<bool> ok{true};
+    at::parallel_for(0, static_cast<int64_t>(checks.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end && ok.load(std::memory_order_relaxed); ++i) {
+        if (!checks[i].ok()) ok.store(false, std::memory_order_relaxed);
+      }
+    });
+    return ok.load();
+  }
+  for (const auto& c : checks) {
+    if (!c.ok()) return false;
+  }
+  return true;
 }
 
 // The slots of State `st` (but its modules and versions) into `sv`; false when one is missing.
@@ -152,13 +196,13 @@ bool fill_view(PyObject* st, StateView& sv) {
 }
 
 // The valid cached state of particle `m`, or false (no Python error set).
-bool valid_state(PyObject* m, StateView& sv) {
+bool valid_state(PyObject* m, StateView& sv, ViewCheck* later = nullptr) {
   static PyObject* s_state = intern("_nyto_state");
   PyObject* d = module_dict(m);
   if (!d) return false;
   PyObject* st = PyDict_GetItem(d, s_state);  // borrowed
   if (!st || st == Py_None) return false;
-  return state_valid(m, st, sv);
+  return state_valid(m, st, sv, later);
 }
 
 bool plain_number(PyObject* o) {
@@ -246,12 +290,14 @@ PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   PyObject* other = args[1];
   const bool inplace = args[4] == Py_True;
   StateView a;
-  if (!valid_state(self, a)) Py_RETURN_NONE;
+  ViewCheck a_views, b_views;
+  if (!valid_state(self, a, &a_views)) Py_RETURN_NONE;
   PyObject* lists[2] = {a.flats.get(), nullptr};
   Py_ssize_t nl = 1, ns = 0;
   PyObject* op;
   StateView b;  // keeps other's flats alive through the call
   if (plain_number(other)) {
+    if (!a_views.ok()) Py_RETURN_NONE;
     op = args[3];
     ns = 1;
   } else {
@@ -260,7 +306,8 @@ PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     PyObject* da = module_dict(self);
     PyObject* db = module_dict(other);
     if (!da || !db || PyDict_GetItem(da, s_species) != PyDict_GetItem(db, s_species)) Py_RETURN_NONE;
-    if (!valid_state(other, b) || a.layout.get() != b.layout.get()) Py_RETURN_NONE;
+    if (!valid_state(other, b, &b_views) || a.layout.get() != b.layout.get()) Py_RETURN_NONE;
+    if (!views_ok_all({a_views, b_views})) Py_RETURN_NONE;
     op = args[2];
     lists[1] = b.flats.get();
     nl = 2;
@@ -536,11 +583,13 @@ PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
   // The flats of particle m: same species and layout as the first, valid state.
   PyObject* layout = nullptr;
   std::deque<StateView> views;  // keeps each state's references while the kernel runs
+  c10::SmallVector<ViewCheck, 8> checks;  // their per-parameter checks, run together below
   auto flats_of = [&](PyObject* m) -> PyObject* {  // borrowed from a StateView kept in `views`
     if (species_of(m) != species) return nullptr;
     views.emplace_back();
     StateView& sv = views.back();
-    if (!valid_state(m, sv)) return nullptr;
+    checks.emplace_back();
+    if (!valid_state(m, sv, &checks.back())) return nullptr;
     if (!layout) layout = sv.layout.get();
     return sv.layout.get() == layout ? sv.flats.get() : nullptr;
   };
@@ -574,6 +623,7 @@ PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
     if (!f) Py_RETURN_NONE;
     if (PyList_Append(outs.get(), f) < 0) return nullptr;
   }
+  if (!views_ok_all(checks)) Py_RETURN_NONE;
   Ref words(PyObject_GetAttr(prog, s_words));
   Ref lits(PyObject_GetAttr(prog, s_lits));
   if (!words || !lits) return nullptr;

@@ -125,6 +125,8 @@ PyObject* random_flats(PyObject* flats, PyObject* pool, int dist, double a, doub
 PyObject* apply_operands(long op, bool inplace, PyObject* const* lists, Py_ssize_t nl,
                          PyObject* const* scalars, Py_ssize_t ns, PyObject* pool);
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+// views_ok's check on packed keys, without the Python API (any thread).
+bool views_match(Py_ssize_t n, const int64_t* key, const int64_t* end) noexcept;
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs);

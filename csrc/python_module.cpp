@@ -241,53 +241,70 @@ PyObject* py_apply_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return py_apply(nullptr, args, 4);
 }
 
+bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end);
+
+// Whether n parameters still match their packed view keys [key, end): the
+// address, shape and contiguity the particle's layout recorded. Reads only
+// C++ objects (no Python API): safe on a worker thread while the caller
+// holds the keys and the parameters alive.
+bool views_match(Py_ssize_t n, const int64_t* key, const int64_t* end) noexcept {
+  try {
+    return views_match_impl(n, key, end);
+  } catch (...) {  // symbolic sizes and the like: not a layout we made
+    return false;
+  }
+}
+
+bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end) {
+  // Ask for the impl lines kAhead parameters ahead of the one checked (the
+  // fields read: storage at 16, sizes from 56, storage offset and policy
+  // bits at 144-168): when the impls are out of cache their misses overlap,
+  // and nothing is fetched so early that it is evicted before its check.
+  constexpr int kAhead = 12;
+  const int64_t* ahead = key;
+  auto prefetch_next = [&]() {
+    if (ahead + 4 > end) return;
+    const char* impl = reinterpret_cast<const char*>(static_cast<uintptr_t>(ahead[0]));
+    __builtin_prefetch(impl + 16);
+    __builtin_prefetch(impl + 88);
+    __builtin_prefetch(impl + 160);
+    ahead += 4 + std::max<int64_t>(ahead[3], 0);
+  };
+  for (int k = 0; k < kAhead; ++k) prefetch_next();
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (key + 4 > end) return false;
+    prefetch_next();
+    const auto* t = reinterpret_cast<const c10::TensorImpl*>(static_cast<uintptr_t>(key[0]));
+    const int64_t nd = key[3];
+    if (t->dim() != nd || key + 4 + nd > end || !t->is_contiguous()) return false;
+    const auto sizes = t->sizes();
+    bool empty = false;
+    for (int64_t d = 0; d < nd; ++d) {
+      if (sizes[d] != key[4 + d]) return false;
+      empty = empty || sizes[d] == 0;
+    }
+    // an empty parameter has nothing to read or write: its place is free
+    if (!empty && (reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl()) !=
+                       static_cast<uintptr_t>(key[1]) ||
+                   t->storage_offset() != key[2])) {
+      return false;
+    }
+    key += 4 + nd;
+  }
+  return key == end;
+}
+
 // views_ok(params: tuple[Tensor], keys: bytes) -> bool: every parameter still
 // has the address, shape and contiguity the particle's layout recorded.
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  return guarded([&]() -> PyObject* {
-    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) raise_type("views_ok(params, keys)");
-    // The keys were taken from these params (held alive by the caller's State).
-    const Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
-    const auto* key = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(args[1]));
-    const auto* end = key + PyBytes_GET_SIZE(args[1]) / static_cast<Py_ssize_t>(sizeof(int64_t));
-    // Ask for the impl lines kAhead parameters ahead of the one checked (the
-    // fields read: storage at 16, sizes from 56, storage offset and policy
-    // bits at 144-168): when the impls are out of cache their misses overlap,
-    // and nothing is fetched so early that it is evicted before its check.
-    constexpr int kAhead = 12;
-    const int64_t* ahead = key;
-    auto prefetch_next = [&]() {
-      if (ahead + 4 > end) return;
-      const char* impl = reinterpret_cast<const char*>(static_cast<uintptr_t>(ahead[0]));
-      __builtin_prefetch(impl + 16);
-      __builtin_prefetch(impl + 88);
-      __builtin_prefetch(impl + 160);
-      ahead += 4 + std::max<int64_t>(ahead[3], 0);
-    };
-    for (int k = 0; k < kAhead; ++k) prefetch_next();
-    for (Py_ssize_t i = 0; i < n; ++i) {
-      if (key + 4 > end) Py_RETURN_FALSE;
-      prefetch_next();
-      const auto* t = reinterpret_cast<const c10::TensorImpl*>(static_cast<uintptr_t>(key[0]));
-      const int64_t nd = key[3];
-      if (t->dim() != nd || key + 4 + nd > end || !t->is_contiguous()) Py_RETURN_FALSE;
-      const auto sizes = t->sizes();
-      bool empty = false;
-      for (int64_t d = 0; d < nd; ++d) {
-        if (sizes[d] != key[4 + d]) Py_RETURN_FALSE;
-        empty = empty || sizes[d] == 0;
-      }
-      // an empty parameter has nothing to read or write: its place is free
-      if (!empty && (reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl()) !=
-                         static_cast<uintptr_t>(key[1]) ||
-                     t->storage_offset() != key[2])) {
-        Py_RETURN_FALSE;
-      }
-      key += 4 + nd;
-    }
-    if (key != end) Py_RETURN_FALSE;
-    Py_RETURN_TRUE;
-  });
+  if (nargs != 2 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "views_ok(params, keys)");
+    return nullptr;
+  }
+  // The keys were taken from these params (held alive by the caller's State).
+  const auto* key = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(args[1]));
+  const auto* end = key + PyBytes_GET_SIZE(args[1]) / static_cast<Py_ssize_t>(sizeof(int64_t));
+  return PyBool_FromLong(views_match(PyTuple_GET_SIZE(args[0]), key, end));
 }
 
 // make_params(flats: list[Tensor], spec: tuple[(group, offset, sizes)], like: tuple[Tensor] | bytes)

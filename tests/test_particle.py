@@ -882,6 +882,43 @@ def test_parameter_data_repointed(how):
     assert_values(net, ref)
 
 
+class Thousand(nyto.NytoModule):
+    """600 small parameters: two such particles take the two-thread view check."""
+
+    def __init__(self):
+        super().__init__()
+        self.ps = nn.ParameterList([nn.Parameter(torch.randn(3)) for _ in range(600)])
+
+
+@pytest.mark.parametrize("which", ["left", "right", "none"])
+@pytest.mark.parametrize("form", ["a + b", "a += b"])
+def test_parameter_repointed_in_a_many_parameter_pair(which, form):
+    # the views of both operands are checked on two threads (>= 1024 parameters)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _repointed_pair(which, form)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _repointed_pair(which, form):
+    a = Thousand()
+    b = a.clone()
+    for p in b.parameters():  # made: b's views are checked too
+        p.data.mul_(0.5)
+    a + b
+    if which != "none":
+        p = (a if which == "left" else b).ps[417]
+        p.data = p.data.clone() + 1
+    ref = reference(lambda x, y: x + y, a, b)
+    if form == "a + b":
+        assert_values(a + b, ref)
+    else:
+        a += b
+        assert_values(a, ref)
+
+
 CONVERSIONS = {
     "double": lambda m: m.double(),
     "to_float64": lambda m: m.to(torch.float64),
