@@ -65,30 +65,15 @@ std::string versions_of(PyObject* root, PyObject* modules) {
   return out;
 }
 
-// State's slots, in State.__init__'s order; read and written at their
-// offsets (a slot descriptor lookup per attribute costs ~20 ns, 16 per op).
+// State's slots, in State.__init__'s order (bound to State by
+// register_particle_types).
 enum StateSlot { kLayout, kModules, kParams, kBuffers, kFlats, kKeys, kVersions, kRecord, kNumSlots };
-
-const Py_ssize_t* state_offsets() {
-  static const char* names[kNumSlots] = {"layout", "modules", "params", "buffers", "flats", "keys", "versions", "record"};
-  static Py_ssize_t offsets[kNumSlots] = {-1};
-  if (offsets[0] < 0 && state_cls) {
-    Py_ssize_t found[kNumSlots];
-    for (int i = 0; i < kNumSlots; ++i) {
-      PyObject* d = PyDict_GetItemString(reinterpret_cast<PyTypeObject*>(state_cls)->tp_dict, names[i]);
-      if (!d || Py_TYPE(d) != &PyMemberDescr_Type) return nullptr;
-      found[i] = reinterpret_cast<PyMemberDescrObject*>(d)->d_member->offset;
-    }
-    std::copy(found, found + kNumSlots, offsets);
-  }
-  return offsets[0] < 0 ? nullptr : offsets;
-}
+SlotAccess<kNumSlots> state_slots({"layout", "modules", "params", "buffers", "flats", "keys", "versions", "record"});
 
 // Slot i of State `st` (a new reference; nullptr when unset or not a State).
 PyObject* state_slot(PyObject* st, int i) {
-  const Py_ssize_t* off = state_offsets();
-  if (!off || Py_TYPE(st) != reinterpret_cast<PyTypeObject*>(state_cls)) return nullptr;
-  PyObject* v = *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(st) + off[i]);
+  if (!state_slots.is(st)) return nullptr;
+  PyObject* v = state_slots.at(st, i);
   Py_XINCREF(v);
   return v;
 }
@@ -96,14 +81,13 @@ PyObject* state_slot(PyObject* st, int i) {
 // A new State from its slot values, written straight into the slots:
 // State(...) runs a Python __init__, about a microsecond of a tiny `a + b`.
 PyObject* new_state(PyObject* const* values) {
-  const Py_ssize_t* off = state_offsets();
-  if (!off) return PyObject_Vectorcall(state_cls, values, kNumSlots, nullptr);
-  auto* tp = reinterpret_cast<PyTypeObject*>(state_cls);
+  PyTypeObject* tp = state_slots.type();
+  if (!tp) return PyObject_Vectorcall(state_cls, values, kNumSlots, nullptr);
   PyObject* st = tp->tp_alloc(tp, 0);
   if (!st) return nullptr;
   for (int i = 0; i < kNumSlots; ++i) {
     Py_INCREF(values[i]);
-    *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(st) + off[i]) = values[i];
+    state_slots.at(st, i) = values[i];
   }
   return st;
 }
@@ -414,6 +398,7 @@ PyObject* py_register_particle_types(PyObject*, PyObject* const* args, Py_ssize_
     Py_INCREF(args[i]);
     Py_XSETREF(*slots[i], args[i]);
   }
+  if (PyType_Check(state_cls)) state_slots.bind(reinterpret_cast<PyTypeObject*>(state_cls));
   Py_RETURN_NONE;
 }
 

@@ -88,10 +88,13 @@ class SlotAccess {
     return true;
   }
   // Whether obj's class is the one whose offsets are known (binding to it on first use).
-  bool bound(PyObject* obj) {
-    PyTypeObject* tp = Py_TYPE(obj);
-    if (tp == type_) return true;
-    if (type_) return false;
+  bool bound(PyObject* obj) { return Py_TYPE(obj) == type_ || (!type_ && bind(Py_TYPE(obj))); }
+  // Whether obj is of the bound class (never binds).
+  bool is(PyObject* obj) const { return type_ && Py_TYPE(obj) == type_; }
+  PyTypeObject* type() const { return type_; }
+  // Takes the offsets from class `tp` (once); false if a name is not a plain slot of it.
+  bool bind(PyTypeObject* tp) {
+    if (type_) return tp == type_;
     Py_ssize_t found[N];
     for (int i = 0; i < N; ++i) {
       PyObject* name = PyUnicode_InternFromString(names_[i]);
