@@ -45,7 +45,7 @@ PyObject* module_dict(PyObject* m) {
 }
 
 struct StateView {
-  Ref layout, modules, params, buffers, flats, keys, record;
+  Ref layout, modules, params, buffers, flats, keys, versions, record;
 };
 
 // The version nytorch._storage.touch keeps in a module's __dict__ (0: none).
@@ -123,9 +123,7 @@ struct ViewCheck {
 // error set). With `later`, the per-parameter check is left in it (run it
 // while `sv` holds the State's keys).
 bool state_valid(PyObject* m, PyObject* st, StateView& sv, ViewCheck* later = nullptr) {
-  sv.modules.p = state_slot(st, kModules);
-  Ref versions(state_slot(st, kVersions));
-  if (!sv.modules || !versions || !versions_ok(m, sv.modules.get(), versions.get()) || !fill_view(st, sv)) {
+  if (!fill_view(st, sv) || !versions_ok(m, sv.modules.get(), sv.versions.get())) {
     PyErr_Clear();
     return false;
   }
@@ -168,15 +166,15 @@ bool views_ok_all(c10::ArrayRef<ViewCheck> checks) {
   return true;
 }
 
-// The slots of State `st` (but its modules and versions) into `sv`; false when one is missing.
+// The slots of State `st` into `sv`; false when one is missing.
 bool fill_view(PyObject* st, StateView& sv) {
-  sv.layout.p = state_slot(st, kLayout);
-  sv.params.p = state_slot(st, kParams);
-  sv.buffers.p = state_slot(st, kBuffers);
-  sv.flats.p = state_slot(st, kFlats);
-  sv.keys.p = state_slot(st, kKeys);
-  sv.record.p = state_slot(st, kRecord);
-  return sv.layout && sv.params && sv.buffers && sv.flats && sv.keys && sv.record;
+  Ref* fields[kNumSlots] = {&sv.layout, &sv.modules, &sv.params, &sv.buffers,
+                            &sv.flats, &sv.keys, &sv.versions, &sv.record};
+  for (int i = 0; i < kNumSlots; ++i) {
+    fields[i]->p = state_slot(st, i);
+    if (!fields[i]->p) return false;
+  }
+  return true;
 }
 
 // The valid cached state of particle `m`, or false (no Python error set).
@@ -245,11 +243,11 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
     PyTuple_SET_ITEM(new_modules_t.get(), i, m);
   }
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
-  const std::string v = versions_of(root, new_modules_t.get());
-  Ref versions(PyBytes_FromStringAndSize(v.data(), v.size()));
-  if (!versions) return nullptr;
+  // The new modules' __dict__s are copies: their versions are the source's,
+  // which its (valid) State records.
+  PyObject* versions = sv.versions.get();
   PyObject* st_args[8] = {sv.layout.get(), new_modules_t.get(), Py_None, buffers.get(), flats, Py_None,
-                          versions.get(), record.get()};
+                          versions, record.get()};
   Ref state(new_state(st_args));
   if (!state) return nullptr;
   PyObject* swr = PyWeakref_NewRef(state.get(), nullptr);
@@ -358,8 +356,7 @@ PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   StateView sv;
-  sv.modules.p = state_slot(args[1], kModules);
-  if (!sv.modules || !fill_view(args[1], sv)) {
+  if (!fill_view(args[1], sv)) {
     PyErr_SetString(PyExc_TypeError, "lazy_result: not a complete nytorch State");
     return nullptr;
   }

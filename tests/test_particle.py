@@ -1201,6 +1201,28 @@ def test_results_die_without_gc(no_gc, how):
     assert_values(net + 1, reference(lambda p: p + 1, net))
 
 
+RESULT_ROUTES = {
+    "fast_op": lambda n: n + n,
+    "fast_op_number": lambda n: n * 2,
+    "fast_unary": lambda n: n.clone(),
+    "fast_random": lambda n: n.rand(),
+    "python_number": lambda n: n + torch.tensor(2.0),  # a 0-dim tensor takes the Python route
+    "python_generator": lambda n: n.randn(generator=torch.Generator().manual_seed(0)),
+}
+
+
+@pytest.mark.parametrize("route", list(RESULT_ROUTES))
+def test_result_state_valid_from_the_start(route):
+    # modules registered after construction carry versions: results must record them
+    net = make("mixed")
+    net.inner.extra = nn.Parameter(torch.ones(2))
+    net.heads[0].register_buffer("steps", torch.zeros(1))
+    net + 1
+    r = RESULT_ROUTES[route](net)
+    assert nyto._C.state_ok(r, r.__dict__["_nyto_state"])
+    assert nyto._C.fast_unary(r, 1) is not None  # so the next op takes the C route
+
+
 def test_result_hook_dicts_untracked_until_a_hook_comes():
     net = make("mixed")
     r = net + 1
