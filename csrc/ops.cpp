@@ -8,10 +8,10 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/GradMode.h>
-#include <optional>
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
 #include <map>
+#include <optional>
 #include <sstream>
 #include "nyto.h"
 
@@ -61,7 +61,6 @@ at::ScalarType result_dtype(Op op, c10::ArrayRef<at::Tensor> xs, c10::ArrayRef<c
   return rt;
 }
 
-// Everything that could make the op fail is checked here, before any write.
 // Whether the contiguous tensors a and b use disjoint bytes (the common case:
 // two particles' flats), decided without ATen's overlap machinery.
 bool disjoint_dense(const at::Tensor& a, const at::Tensor& b) {
@@ -71,6 +70,7 @@ bool disjoint_dense(const at::Tensor& a, const at::Tensor& b) {
   return pa + a.numel() * a.itemsize() <= pb || pb + b.numel() * b.itemsize() <= pa;
 }
 
+// Everything that could make the op fail is checked here, before any write.
 void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c10::ArrayRef<c10::Scalar> scalars) {
   const OpName name{op, inplace};
   const size_t n = lists[0].size();

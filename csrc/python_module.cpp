@@ -118,6 +118,17 @@ std::vector<at::Tensor> pooled_outputs(PyObject* pool, c10::ArrayRef<at::TensorL
   return outs;
 }
 
+// Runs f, without the GIL when the tensors hold enough elements to be worth
+// it: releasing and taking the GIL back costs more than a small op itself.
+template <class F>
+void without_gil_if_big(at::TensorList tensors, F&& f) {
+  int64_t work = 0;
+  for (const auto& t : tensors) work += t.numel();
+  std::optional<pybind11::gil_scoped_release> no_gil;
+  if (work > (1 << 16)) no_gil.emplace();
+  f();
+}
+
 // apply(op: int, inplace: bool, lists: tuple[list[Tensor], ...], scalars: tuple[number, ...],
 //       pool: list[list[Tensor]] | None = None)
 //   -> list[Tensor] (out-of-place) or None (in-place)
@@ -158,14 +169,9 @@ PyObject* apply_operands(long op, bool inplace, PyObject* const* list_objs, Py_s
     std::vector<at::Tensor> preset;
     if (pool != Py_None && !inplace) preset = pooled_outputs(pool, lists);
     std::vector<at::Tensor> out;
-    {
-      // Releasing the GIL costs more than a small op itself.
-      int64_t work = 0;
-      for (const auto& t : owned[0].tensors) work += t.numel();
-      std::optional<pybind11::gil_scoped_release> no_gil;
-      if (work > (1 << 16)) no_gil.emplace();
+    without_gil_if_big(lists[0], [&] {
       out = nyto::apply(static_cast<Op>(op), inplace, lists, scalars, preset.empty() ? nullptr : &preset);
-    }
+    });
     if (inplace) Py_RETURN_NONE;
     return wrap_list(std::move(out));
   });
@@ -191,25 +197,22 @@ PyObject* bytes_of(const std::string& s) { return PyBytes_FromStringAndSize(s.da
 
 // pooled_like(tensors, pool) -> list[Tensor]: an uninitialized buffer like
 // each tensor, taken from the pool like apply's outputs (random particles).
+std::vector<at::Tensor> pooled_like(PyObject* tensors, PyObject* pool) {
+  TensorRefs like(tensors);
+  return pooled_outputs(pool, {at::TensorList(like.tensors)});
+}
+
 PyObject* py_pooled_like(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
     if (nargs != 2) raise_type("pooled_like(tensors, pool)");
-    const auto like = unpack_list(args[0]);
-    return wrap_list(pooled_outputs(args[1], {at::TensorList(like)}));
+    return wrap_list(pooled_like(args[0], args[1]));
   });
 }
 
 PyObject* random_flats(PyObject* flats, PyObject* pool, int dist, double a, double b) {
   return guarded([&]() -> PyObject* {
-    TensorRefs like(flats);
-    std::vector<at::Tensor> outs = pooled_outputs(pool, {at::TensorList(like.tensors)});
-    int64_t work = 0;
-    for (const auto& t : outs) work += t.numel();
-    {
-      std::optional<pybind11::gil_scoped_release> no_gil;
-      if (work > (1 << 16)) no_gil.emplace();
-      random_fill_(outs, dist == 0 ? Dist::Normal : Dist::Uniform, a, b, std::nullopt);
-    }
+    std::vector<at::Tensor> outs = pooled_like(flats, pool);
+    without_gil_if_big(outs, [&] { random_fill_(outs, dist == 0 ? Dist::Normal : Dist::Uniform, a, b, std::nullopt); });
     return wrap_list(std::move(outs));
   });
 }
@@ -241,20 +244,7 @@ PyObject* py_apply_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return py_apply(nullptr, args, 4);
 }
 
-bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end);
-
-// Whether n parameters still match their packed view keys [key, end): the
-// address, shape and contiguity the particle's layout recorded. Reads only
-// C++ objects (no Python API): safe on a worker thread while the caller
-// holds the keys and the parameters alive.
-bool views_match(Py_ssize_t n, const int64_t* key, const int64_t* end) noexcept {
-  try {
-    return views_match_impl(n, key, end);
-  } catch (...) {  // symbolic sizes and the like: not a layout we made
-    return false;
-  }
-}
-
+namespace {
 bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end) {
   // Ask for the impl lines kAhead parameters ahead of the one checked (the
   // fields read: storage at 16, sizes from 56, storage offset and policy
@@ -292,6 +282,19 @@ bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end) {
     key += 4 + nd;
   }
   return key == end;
+}
+}  // namespace
+
+// Whether n parameters still match their packed view keys [key, end): the
+// address, shape and contiguity the particle's layout recorded. Reads only
+// C++ objects (no Python API): safe on a worker thread while the caller
+// holds the keys and the parameters alive.
+bool views_match(Py_ssize_t n, const int64_t* key, const int64_t* end) noexcept {
+  try {
+    return views_match_impl(n, key, end);
+  } catch (...) {  // symbolic sizes and the like: not a layout we made
+    return false;
+  }
 }
 
 // views_ok(params: tuple[Tensor], keys: bytes) -> bool: every parameter still
