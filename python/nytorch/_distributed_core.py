@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from . import _storage as S
+from .errors import CollectiveError, SpeciesError
 from .particle import NytoModule
 
 # Largest message of one collective, in bytes. A particle's flat buffer is cut
@@ -27,14 +28,9 @@ from .particle import NytoModule
 BUCKET_BYTES = 16 << 20
 
 
-class CollectiveError(RuntimeError):
-    """A collective failed on this rank: a peer died, hung past the timeout or
-    the connection broke. The process group is unusable afterwards; end the
-    job (torchrun then stops the other ranks)."""
-
-
-class SpeciesMismatchError(RuntimeError):
-    """Ranks hold particles of different structure (shapes, dtypes, classes)."""
+# Ranks holding particles of different structure (shapes, dtypes, classes):
+# the one species error of nytorch (an AssertionError, like particles').
+SpeciesMismatchError = SpeciesError
 
 
 # ---------------------------------------------------------------------------

@@ -14,12 +14,11 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
+from .errors import FuseError
+
 __all__ = ["FuseError", "Node", "lift", "apply", "is_node", "random_node", "start_trace"]
 
 
-class FuseError(TypeError):
-    """An operation a fused function can't express (raised while tracing), or
-    arguments that don't fit the traced program."""
 
 
 class Node:

@@ -66,7 +66,7 @@ Low level, on any flat buffers (no particles involved)::
   particle against a stacked swarm): expand it first.
 
 Errors: an unsupported operation raises :class:`FuseError` (a TypeError)
-while tracing, naming it; mismatched species raise AssertionError (like
+while tracing, naming it; mismatched species raise nytorch.SpeciesError, an AssertionError (like
 particle arithmetic); bad buffers raise RuntimeError before anything is
 written (operands unchanged).
 """

@@ -26,6 +26,7 @@ from torch import nn
 from . import _C, ops
 from . import _storage as S
 from ._storage import build, state_of
+from .errors import SpeciesError
 
 Number = Union[int, float, bool]
 
@@ -68,7 +69,7 @@ def _views_larger_storage(p: torch.Tensor) -> bool:
 
 def _same_species(a: "NytoModule", b: "NytoModule") -> None:
     if a._nyto_species is not b._nyto_species:
-        raise AssertionError(
+        raise SpeciesError(
             f"particle operation between different species: {type(a).__name__} "
             f"({a._nyto_species!r}) and {type(b).__name__} ({b._nyto_species!r}); "
             "copy values across species with load_state_dict() or clone_from()")

@@ -53,6 +53,7 @@ from ._storage import state_of
 from .particle import NytoModule, Species, _same_species
 from ._swarm_ops import SwarmArithmetic
 from ._swarm_forward import vmap_forward
+from .errors import SpeciesError
 
 Init = Union[str, Callable[[int], nn.Module], None]
 Index = Union[int, slice, torch.Tensor, Sequence[int]]
@@ -61,7 +62,7 @@ Index = Union[int, slice, torch.Tensor, Sequence[int]]
 def _check_species(swarm: "Swarm", other: Any) -> None:
     species = other.species if isinstance(other, Swarm) else other._nyto_species
     if species is not swarm.species:
-        raise AssertionError(
+        raise SpeciesError(
             f"swarm operation between different species: {swarm!r} and {type(other).__name__} "
             f"({species!r}); copy values across species with load_state_dict()")
 

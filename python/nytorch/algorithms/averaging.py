@@ -20,6 +20,7 @@ import torch
 
 from .. import ops
 from .._storage import state_of
+from ..errors import SpeciesError
 from ..particle import NytoModule
 from ..swarm import Swarm
 
@@ -93,7 +94,7 @@ class EMA:
             if not isinstance(model, NytoModule):
                 raise TypeError("EMA.update: pass a particle of the averaged species")
             if model._nyto_species is not self.average._nyto_species:
-                raise AssertionError("EMA.update: particle of a different species")
+                raise SpeciesError("EMA.update: particle of a different species")
         af, ab = self._tensors(self.average)
         mf, mb = self._tensors(model)
         w = 1.0 - self.decay
