@@ -48,18 +48,20 @@ struct StateView {
   Ref layout, modules, params, buffers, flats, keys, versions, record;
 };
 
-// The version nytorch._storage.touch keeps in a module's __dict__ (0: none).
+// The structure version of module `m`: its tracked `_parameters`' version
+// cell (python/nytorch/_containers.py); -1 when it has none.
 int64_t module_version(PyObject* m) {
-  static PyObject* s_version = intern("_nyto_version");
+  static PyObject* s_parameters = intern("_parameters");
   PyObject* d = module_dict(m);
-  PyObject* v = d ? PyDict_GetItem(d, s_version) : nullptr;  // borrowed
-  return v ? PyLong_AsLongLong(v) : 0;
+  return params_version(d ? PyDict_GetItem(d, s_parameters) : nullptr);  // borrowed
 }
 
-std::string versions_of(PyObject* root, PyObject* modules) {
+// The packed versions a State records: root's, then each of `modules`'.
+PyObject* versions_of(PyObject* root, PyObject* modules) {
   const Py_ssize_t n = PyTuple_GET_SIZE(modules);
-  std::string out((n + 1) * sizeof(int64_t), '\0');
-  auto* v = reinterpret_cast<int64_t*>(out.data());
+  PyObject* out = PyBytes_FromStringAndSize(nullptr, (n + 1) * sizeof(int64_t));
+  if (!out) return nullptr;
+  auto* v = reinterpret_cast<int64_t*>(PyBytes_AS_STRING(out));
   v[0] = module_version(root);
   for (Py_ssize_t i = 0; i < n; ++i) v[i + 1] = module_version(PyTuple_GET_ITEM(modules, i));
   return out;
@@ -101,9 +103,10 @@ bool versions_ok(PyObject* root, PyObject* modules, PyObject* versions) {
   const Py_ssize_t n = PyTuple_GET_SIZE(modules);
   if (PyBytes_GET_SIZE(versions) != static_cast<Py_ssize_t>((n + 1) * sizeof(int64_t))) return false;
   const auto* v = reinterpret_cast<const int64_t*>(PyBytes_AS_STRING(versions));
-  if (module_version(root) != v[0]) return false;
+  // A recorded -1 (an untracked module) never matches.
+  if (v[0] < 0 || module_version(root) != v[0]) return false;
   for (Py_ssize_t i = 0; i < n; ++i) {
-    if (module_version(PyTuple_GET_ITEM(modules, i)) != v[i + 1]) return false;
+    if (v[i + 1] < 0 || module_version(PyTuple_GET_ITEM(modules, i)) != v[i + 1]) return false;
   }
   return true;
 }
@@ -243,11 +246,11 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
     PyTuple_SET_ITEM(new_modules_t.get(), i, m);
   }
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
-  // The new modules' __dict__s are copies: their versions are the source's,
-  // which its (valid) State records.
-  PyObject* versions = sv.versions.get();
+  // The new modules have new tracked containers, each with a new version.
+  Ref versions(versions_of(root, new_modules_t.get()));
+  if (!versions) return nullptr;
   PyObject* st_args[8] = {sv.layout.get(), new_modules_t.get(), Py_None, buffers.get(), flats, Py_None,
-                          versions, record.get()};
+                          versions.get(), record.get()};
   Ref state(new_state(st_args));
   if (!state) return nullptr;
   PyObject* swr = PyWeakref_NewRef(state.get(), nullptr);
@@ -369,8 +372,7 @@ PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs)
     PyErr_SetString(PyExc_TypeError, "module_versions(root, modules)");
     return nullptr;
   }
-  const std::string v = versions_of(args[0], args[1]);
-  return PyBytes_FromStringAndSize(v.data(), v.size());
+  return versions_of(args[0], args[1]);
 }
 
 // state_ok(root, state) -> bool: the cached State of particle `root` is valid.

@@ -64,8 +64,13 @@ c10::Scalar to_scalar(PyObject* obj) {
   if (PyLong_Check(obj)) {
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    if (overflow) return c10::Scalar(PyLong_AsDouble(obj));
-    return c10::Scalar(static_cast<int64_t>(v));
+    if (!overflow) return c10::Scalar(static_cast<int64_t>(v));
+    // Beyond int64, as torch parses a Python int: [2**63, 2**64) is a uint64
+    // scalar; anything else raises CPython's OverflowError ("int too big to
+    // convert", "can't convert negative int to unsigned"), kept by guarded().
+    const unsigned long long u = PyLong_AsUnsignedLongLong(obj);
+    if (u == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw std::overflow_error("int too big to convert");
+    return c10::Scalar(static_cast<uint64_t>(u));
   }
   if (PyFloat_Check(obj)) return c10::Scalar(PyFloat_AS_DOUBLE(obj));
   raise_type("nytorch._C: expected a real number (bool, int or float)");
@@ -440,6 +445,13 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     PyObject* out = PyList_New(n);
     if (!out) return nullptr;
     std::vector<PyObject*> dicts(n, nullptr);  // borrowed from the new modules
+    // Each new module's version cell: its _parameters, _buffers and _modules
+    // are tracked dicts sharing it (python/nytorch/_containers.py).
+    std::vector<PyObject*> cells(n, nullptr);
+    struct CellsRelease {
+      std::vector<PyObject*>& c;
+      ~CellsRelease() { for (PyObject* x : c) Py_XDECREF(x); }
+    } cells_release{cells};
     auto fail = [&]() -> PyObject* { Py_DECREF(out); return nullptr; };
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* old = PyTuple_GET_ITEM(olds, i);
@@ -447,17 +459,23 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (!od || !*od) { PyErr_SetString(PyExc_TypeError, "build_modules: module without __dict__"); return fail(); }
       PyObject* d = PyDict_Copy(*od);
       if (!d) return fail();
+      PyObject* cell = cells[i] = new_cell();
+      if (!cell) { Py_DECREF(d); return fail(); }
       for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(containers); ++k) {
         PyObject* name = PyTuple_GET_ITEM(containers, k);
         PyObject* v = PyDict_GetItemWithError(d, name);
         if (!v) { if (PyErr_Occurred()) { Py_DECREF(d); return fail(); } continue; }
         if (v == Py_None) continue;
-        if (record && (name == s_parameters || PyUnicode_Compare(name, s_parameters) == 0)) continue;  // made lazy below
-        PyObject* c = copy_container(v, s_copy);
+        const bool is_params = name == s_parameters || PyUnicode_Compare(name, s_parameters) == 0;
+        if (record && is_params) continue;  // made lazy below
+        const bool is_buffers = !is_params && (name == s_buffers || PyUnicode_Compare(name, s_buffers) == 0);
+        PyObject* c = (is_params || is_buffers) && PyDict_Check(v)
+                          ? new_tracked(is_params ? param_dict_cls : container_dict_cls, v, cell)
+                          : copy_container(v, s_copy);
         if (!c || PyDict_SetItem(d, name, c) < 0) { Py_XDECREF(c); Py_DECREF(d); return fail(); }
         Py_DECREF(c);
       }
-      PyObject* mods = PyDict_New();
+      PyObject* mods = new_tracked(container_dict_cls, nullptr, cell);
       if (!mods || PyDict_SetItem(d, s_modules, mods) < 0) { Py_XDECREF(mods); Py_DECREF(d); return fail(); }
       Py_DECREF(mods);
       const int has_state = PyDict_Contains(d, s_state);
@@ -488,6 +506,7 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         PyObject* wr = Py_None;
         if (oldp && PyDict_Check(oldp)) {
           PyObject* lp = new_lazy_params(oldp, record, key_cache, i);
+          if (lp && !set_cell(lp, cells[i])) Py_CLEAR(lp);
           wr = lp ? PyWeakref_NewRef(lp, nullptr) : nullptr;
           const bool ok = wr && PyDict_SetItem(dicts[i], s_parameters, lp) == 0;
           Py_XDECREF(lp);
@@ -511,7 +530,11 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         if (modules) v = j >= 0 ? PyList_GET_ITEM(out, j) : Py_None;
         else v = PySequence_Fast_GET_ITEM(values, j);
         PyObject* target = PyDict_GetItemWithError(dicts[mi], key);
-        if (!target || PyObject_SetItem(target, PyTuple_GET_ITEM(e, 1), v) < 0) {
+        // Our tracked dicts (and plain ones) are filled raw: building is no change of structure.
+        PyObject* tt = target ? reinterpret_cast<PyObject*>(Py_TYPE(target)) : nullptr;
+        const bool raw = target && (PyDict_CheckExact(target) || tt == param_dict_cls || tt == container_dict_cls ||
+                                    tt == lazy_params_cls);
+        if (!target || (raw ? PyDict_SetItem(target, PyTuple_GET_ITEM(e, 1), v) : PyObject_SetItem(target, PyTuple_GET_ITEM(e, 1), v)) < 0) {
           if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "build_modules: missing container");
           return false;
         }
@@ -593,7 +616,9 @@ PyMethodDef methods[] = {
      "lazy_result(self, state, flats): a result particle viewing flats (Parameters made on first use)."},
     {"materialize", py_materialize, METH_O, "materialize(record): make a lazy result particle's Parameters."},
     {"register_lazy_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_lazy_types)), METH_FASTCALL,
-     "register_lazy_types(LazyParams, ParamDict)."},
+     "register_lazy_types(LazyParams, ParamDict, ContainerDict)."},
+    {"new_cell", py_new_cell, METH_NOARGS, "new_cell(): a module structure version cell with a new version."},
+    {"bump", py_bump, METH_O, "bump(cell): move a version cell to a new version (None: no-op)."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
      "fast_op(self, other, list_op, scalar_op, inplace): the particle hot path, or None."},
     {"fast_random", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_random)), METH_FASTCALL,

@@ -26,29 +26,24 @@ from __future__ import annotations
 from typing import Any
 
 from . import _C
+from ._containers import ContainerDict, ParamDict
 
-
-class ParamDict(dict):
-    """A module's ``_parameters`` once made: a dict (pickles and copies as one)."""
-
-    __slots__ = ("_nyto_record", "_nyto_template", "__weakref__")
-
-    def __reduce_ex__(self, protocol: int) -> Any:
-        return dict, (dict(self),)
+__all__ = ["LazyParams", "ParamDict"]
 
 
 class LazyParams(ParamDict):
     """A result module's ``_parameters`` whose values are not made yet.
 
     ``in``, ``len()`` and ``keys()`` answer without making them; every other
-    use makes them first (``_C.materialize``).
+    use makes them first (``_C.materialize``). Making them is no change of
+    structure; writes after it move the version cell like a ParamDict's.
     """
 
     __slots__ = ()
 
 
 def _made_first(name: str):
-    base = getattr(dict, name)
+    base = getattr(ParamDict, name)  # the changing methods move the version cell
 
     def method(self, *args, **kwargs):
         record = self._nyto_record
@@ -77,4 +72,4 @@ for _name in ("__getitem__", "get", "items", "values", "__iter__", "__reversed__
 del _name
 LazyParams.__reduce_ex__ = _reduce_ex
 
-_C.register_lazy_types(LazyParams, ParamDict)
+_C.register_lazy_types(LazyParams, ParamDict, ContainerDict)

@@ -3,14 +3,17 @@ buffer per (device, dtype) group, so a particle op is one kernel call per group.
 
 A :class:`State` is captured lazily the first time a particle takes part in an
 op and cached on the particle's root module. It stays valid while the module
-tree is unchanged (a registration of a module, parameter or buffer bumps the
-version of the module it happens in; the State records its modules' versions)
-and every parameter still starts where the layout put it (``_C.views_ok``:
-``.to()``, ``p.data = ...`` and the like move them). An invalid state is simply
-captured again: parameters that still tile one storage are adopted as they
-are (no copy), others are copied into a new flat buffer and re-pointed at it
-with ``p.data = view``, which keeps every Parameter object (optimizers stay
-valid).
+tree is unchanged and every parameter still starts where the layout put it
+(``_C.views_ok``: ``.to()``, ``p.data = ...`` and the like move them). Every
+module of a captured particle keeps its ``_parameters``, ``_buffers`` and
+``_modules`` in tracked dicts (nytorch._containers) whose every change, by any
+route, moves the module's structure version; the State records the versions.
+When they moved, the structure is compared with the layout (:func:`revalidate`:
+``functional_call`` swaps parameters and puts them back); a changed structure
+is simply captured again: parameters that still tile one storage are adopted
+as they are (no copy), others are copied into a new flat buffer and re-pointed
+at it with ``p.data = view``, which keeps every Parameter object (optimizers
+stay valid).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from . import _C, _lazy  # noqa: F401  (_lazy registers the lazy parameter dicts)
+from ._containers import touch, track
 from .ops import OP_CODE
 
 _C.set_parameter_class(nn.Parameter)
@@ -31,18 +35,9 @@ _C.set_parameter_class(nn.Parameter)
     "neg", "copy", "add", "sub", "mul", "div", "pow", "add_scalar", "sub_scalar", "mul_scalar",
     "div_scalar", "pow_scalar", "rsub_scalar", "rdiv_scalar", "rpow_scalar"))
 
-# Per-module version, bumped by every registration of a module, parameter or
-# buffer in that module (global nn.Module hooks: `m.w = nn.Parameter(...)`,
-# `m.sub = nn.Linear(...)`, register_buffer, load_state_dict(assign=True)) and
-# by NytoModule._apply. A State records the versions of its particle's modules.
-VERSION = "_nyto_version"
-
-
-def touch(module: nn.Module, *_args) -> None:
-    d = module.__dict__
-    d[VERSION] = d.get(VERSION, 0) + 1
-
-
+# A registration of a module, parameter or buffer anywhere moves that module's
+# structure version (its tracked dicts' own writes do too: this also covers
+# subclasses whose registration writes elsewhere first).
 _module.register_module_parameter_registration_hook(touch)
 _module.register_module_buffer_registration_hook(touch)
 _module.register_module_module_registration_hook(touch)
@@ -71,7 +66,7 @@ class Layout:
     """
 
     __slots__ = ("children", "param_slots", "buffer_slots", "view_spec", "groups", "param_sig",
-                 "pool", "key_templates", "__weakref__")
+                 "pool", "key_templates", "names", "__weakref__")
 
     def __init__(self, children, param_slots, buffer_slots, view_spec, groups) -> None:
         self.children = children
@@ -83,6 +78,45 @@ class Layout:
         self.pool: List[List[torch.Tensor]] = [[] for _ in groups]
         # per module: its parameter names with None values (nytorch._lazy), filled by C
         self.key_templates: List[Optional[dict]] = []
+        self.names: Optional[Tuple[str, ...]] = None  # see param_names
+
+    def param_names(self) -> Tuple[str, ...]:
+        """The qualified name of each unique parameter, in layout order (as
+        ``named_parameters()`` gives them)."""
+        if self.names is None:
+            subs: Dict[int, List[Tuple[str, int]]] = {}
+            for parent, name, child in self.children:
+                subs.setdefault(parent, []).append((name, child))
+            prefix: Dict[int, str] = {}
+            stack = [(0, "")]
+            while stack:  # named_modules()'s walk: depth first, first path wins
+                mi, pre = stack.pop()
+                if mi in prefix:
+                    continue
+                prefix[mi] = pre
+                stack.extend((ci, f"{pre}{name}.") for name, ci in reversed(subs.get(mi, ())) if ci >= 0)
+            names: Dict[int, str] = {}
+            for mi, name, j in self.param_slots:
+                names.setdefault(j, prefix[mi] + name)
+            self.names = tuple(names[j] for j in range(len(names)))
+        return self.names
+
+
+def structure_mismatch(a: State, b: State) -> Optional[str]:
+    """Why particles of states ``a`` and ``b`` can't meet parameter by
+    parameter (a message naming the first parameter that differs), or None.
+    Dtypes may differ (torch promotes); names and shapes may not."""
+    na, nb = a.layout.param_names(), b.layout.param_names()
+    for k, (x, y) in enumerate(zip(na, nb)):
+        if x != y:
+            return f"parameter {k} is {x!r} on the left and {y!r} on the right"
+        sa, sb = a.params[k].shape, b.params[k].shape
+        if sa != sb:
+            return f"parameter {x!r} has shape {list(sa)} on the left and {list(sb)} on the right"
+    if len(na) != len(nb):
+        longer, side = (na, "left") if len(na) > len(nb) else (nb, "right")
+        return f"parameter {longer[min(len(na), len(nb))]!r} exists only on the {side}"
+    return None
 
 
 class State:
@@ -112,7 +146,7 @@ class State:
 def state_of(root: nn.Module) -> State:
     """The valid storage state of the particle rooted at ``root``."""
     st = root.__dict__.get("_nyto_state")
-    if st is not None and _C.state_ok(root, st):
+    if st is not None and (_C.state_ok(root, st) or revalidate(root, st)):
         if st.params is None:  # a lazy result: make its Parameters now
             _C.materialize(st.record)
         return st
@@ -121,11 +155,58 @@ def state_of(root: nn.Module) -> State:
     return st
 
 
+def revalidate(root: nn.Module, st: State) -> bool:
+    """After a structure version moved: whether ``root``'s structure is still
+    exactly ``st``'s (the same modules, parameters and buffers under the same
+    names, in the same order, every container tracked). If so the State
+    records the new versions and stays; else it must be captured again."""
+    if st.params is None:
+        return False  # a lazy result whose containers were written: capture
+    layout = st.layout
+    modules = (root,) + st.modules
+    children, param_slots, buffer_slots = [], [], []
+    pids = {id(p): j for j, p in enumerate(st.params)}
+    bids = {id(b): j for j, b in enumerate(st.buffers)}
+    index = {id(m): i for i, m in enumerate(modules)}
+    for mi, m in enumerate(modules):
+        d = m.__dict__
+        params, buffers, subs = d.get("_parameters"), d.get("_buffers"), d.get("_modules")
+        cell = getattr(params, "_nyto_cell", None)
+        if cell is None or getattr(buffers, "_nyto_cell", None) is not cell \
+                or getattr(subs, "_nyto_cell", None) is not cell:
+            return False  # a container was replaced by an untracked dict
+        for name, child in subs.items():
+            ci = -1 if child is None else index.get(id(child))
+            if ci is None:
+                return False
+            children.append((mi, name, ci))
+        for name, p in params.items():
+            if p is not None:
+                j = pids.get(id(p))
+                if j is None:
+                    return False
+                param_slots.append((mi, name, j))
+        for name, b in buffers.items():
+            if b is not None:
+                j = bids.get(id(b))
+                if j is None:
+                    return False
+                buffer_slots.append((mi, name, j))
+    if tuple(children) != layout.children or tuple(param_slots) != layout.param_slots \
+            or tuple(buffer_slots) != layout.buffer_slots:
+        return False
+    if [id(m) for m in root.modules()] != [id(m) for m in modules]:
+        return False
+    st.versions = _C.module_versions(root, st.modules)
+    return bool(_C.state_ok(root, st))
+
+
 def capture(root: nn.Module) -> State:
     """Walk the module tree once, fix the layout and adopt the parameters."""
     modules: List[nn.Module] = []
     index: Dict[int, int] = {}
     for m in root.modules():
+        track(m)  # from now on every change of its containers moves its version
         index[id(m)] = len(modules)
         modules.append(m)
     children, param_slots, buffer_slots = [], [], []

@@ -26,7 +26,7 @@ from torch import nn
 from . import _C, ops
 from . import _storage as S
 from ._storage import build, state_of
-from .errors import SpeciesError
+from .errors import SpeciesError, StructureError
 
 Number = Union[int, float, bool]
 
@@ -76,7 +76,20 @@ def _same_species(a: "NytoModule", b: "NytoModule") -> None:
 
 
 def _compatible(a: S.State, b: S.State) -> bool:
-    return a.layout is b.layout or a.layout.param_sig == b.layout.param_sig
+    """Whether two states' flats meet element for element (else: parameter
+    by parameter, after :func:`_check_structure`)."""
+    return a.layout is b.layout or (a.layout.param_sig == b.layout.param_sig
+                                    and a.layout.param_names() == b.layout.param_names())
+
+
+def _check_structure(a: S.State, b: S.State) -> None:
+    """Raise StructureError, before anything is written, when two particles of
+    one species no longer have the same parameters (names and shapes)."""
+    why = S.structure_mismatch(a, b)
+    if why is not None:
+        raise StructureError(
+            f"particle operation between particles of different structure: {why} (a parameter "
+            "was deleted, set to None, added or replaced since they were made)")
 
 
 class NytoModule(nn.Module):
@@ -115,6 +128,7 @@ class NytoModule(nn.Module):
             a, b = state_of(self), state_of(other)
             if _compatible(a, b):
                 return self._from_flats(a, _C.apply(list_op, False, (a.flats, b.flats), (), a.layout.pool))
+            _check_structure(a, b)
             return self._from_tensors(a, _C.apply(list_op, False, (a.params, b.params), ()))
         return self._with_number(other, scalar_op)
 
@@ -138,6 +152,7 @@ class NytoModule(nn.Module):
             if _compatible(a, b):
                 _C.apply(list_op, True, (a.flats, b.flats), ())
             else:
+                _check_structure(a, b)
                 _C.apply(list_op, True, (a.params, b.params), ())
         else:
             s = _number(other)
@@ -210,7 +225,7 @@ class NytoModule(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        S.touch(self)  # parameters may be new objects now: re-capture
+        S.touch(self)  # parameters may be new objects now (their dict writes also move versions)
         return out
 
     def __getstate__(self):
