@@ -25,6 +25,7 @@ from torch.nn.modules import module as _module
 
 from . import _C, _lazy  # noqa: F401  (_lazy registers the lazy parameter dicts)
 from ._containers import touch, track
+from .errors import StructureError
 from .ops import OP_CODE
 
 _C.set_parameter_class(nn.Parameter)
@@ -102,20 +103,40 @@ class Layout:
         return self.names
 
 
+def compatible(a: State, b: State) -> bool:
+    """Whether two states' flats meet element for element: the same layout,
+    or equal groups, shapes and parameter names (else they meet parameter by
+    parameter, after :func:`check_structure`)."""
+    return a.layout is b.layout or (a.layout.param_sig == b.layout.param_sig
+                                    and a.layout.param_names() == b.layout.param_names())
+
+
+def check_structure(a: State, b: State, what: str = "particle operation") -> None:
+    """Raise StructureError, before anything is written, when two particles of
+    one species no longer have the same parameters (names and shapes)."""
+    why = structure_mismatch(a, b)
+    if why is not None:
+        raise StructureError(
+            f"{what} between particles of different structure: {why} (a parameter was deleted, "
+            "set to None, added or replaced since they were made)")
+
+
 def structure_mismatch(a: State, b: State) -> Optional[str]:
     """Why particles of states ``a`` and ``b`` can't meet parameter by
     parameter (a message naming the first parameter that differs), or None.
     Dtypes may differ (torch promotes); names and shapes may not."""
     na, nb = a.layout.param_names(), b.layout.param_names()
-    for k, (x, y) in enumerate(zip(na, nb)):
-        if x != y:
-            return f"parameter {k} is {x!r} on the left and {y!r} on the right"
-        sa, sb = a.params[k].shape, b.params[k].shape
-        if sa != sb:
-            return f"parameter {x!r} has shape {list(sa)} on the left and {list(sb)} on the right"
-    if len(na) != len(nb):
-        longer, side = (na, "left") if len(na) > len(nb) else (nb, "right")
-        return f"parameter {longer[min(len(na), len(nb))]!r} exists only on the {side}"
+    if na != nb:
+        sa, sb = set(na), set(nb)
+        only = [f"{n!r} exists only on the left" for n in na if n not in sb][:1] + \
+               [f"{n!r} exists only on the right" for n in nb if n not in sa][:1]
+        if not only:
+            k = next(k for k, (x, y) in enumerate(zip(na, nb)) if x != y)
+            only = [f"parameter {k} is {na[k]!r} on the left and {nb[k]!r} on the right"]
+        return "parameter " + " and ".join(only) if only[0][0] == "'" else only[0]
+    for name, p, q in zip(na, a.params, b.params):
+        if p.shape != q.shape:
+            return f"parameter {name!r} has shape {list(p.shape)} on the left and {list(q.shape)} on the right"
     return None
 
 

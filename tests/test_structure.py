@@ -1,0 +1,282 @@
+"""Every change of a particle's structure after its storage state was cached is
+seen (issue 15): each op then either works exactly as the per-parameter torch
+reference does on the particle as it is now, or raises nytorch.StructureError
+naming the parameter, before anything is written."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import nytorch as nyto
+
+
+class Net(nyto.NytoModule):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.bn = nn.BatchNorm1d(3)
+        self.head = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+
+
+def snapshot(m):
+    """Names, identities and values of everything a particle holds."""
+    return ([(k, id(p), p.detach().clone()) for k, p in m.named_parameters()],
+            [(k, b.detach().clone()) for k, b in m.named_buffers()])
+
+
+def assert_unchanged(m, snap):
+    params, buffers = snapshot(m)
+    assert [(k, i) for k, i, _ in params] == [(k, i) for k, i, _ in snap[0]]
+    for (_, _, v), (_, _, w) in zip(params, snap[0]):
+        assert torch.equal(v, w)
+    assert [k for k, _ in buffers] == [k for k, _ in snap[1]]
+    for (_, v), (_, w) in zip(buffers, snap[1]):
+        assert torch.equal(v, w)
+
+
+def _del_param(n): del n.fc.bias
+def _none_param(n): n.fc.bias = None
+def _pop_param(n): n.fc._parameters.pop("bias")
+def _clear_params(n): n.head[1]._parameters.clear()
+def _popitem_param(n): n.fc._parameters.popitem()
+def _del_item_param(n): del n.fc._parameters["bias"]
+def _del_buffer(n): del n.bn.running_mean
+def _none_buffer(n): n.bn.running_var = None
+def _pop_buffer(n): n.bn._buffers.pop("running_mean")
+def _del_sub(n): del n.head
+def _none_sub(n): n.head = None
+def _pop_sub(n): n.head._modules.pop("1")
+def _del_seq_item(n): del n.head[1]
+def _set_item_sub(n): n._modules["head"] = nn.Sequential(nn.Linear(3, 5))
+def _replace_sub(n): n.head = nn.Linear(3, 2)
+def _replace_shape(n): n.fc.bias = nn.Parameter(torch.zeros(5))
+def _set_item_shape(n): n.fc._parameters["bias"] = nn.Parameter(torch.zeros(7))
+def _update_shape(n): n.fc._parameters.update(bias=nn.Parameter(torch.zeros(2)))
+def _add_param(n): n.extra = nn.Parameter(torch.ones(2))
+def _setdefault_param(n): n.fc._parameters.setdefault("extra", nn.Parameter(torch.ones(2)))
+def _ior_param(n): n.fc._parameters |= {"extra": nn.Parameter(torch.ones(2))}
+def _set_item_buffer(n): n.bn._buffers["extra"] = torch.ones(3)
+
+
+# Each mutation leaves the particle with another set of parameters (or buffers):
+# a lone op follows it, an op with an unchanged particle of its species raises.
+MUTATIONS = [_del_param, _none_param, _pop_param, _clear_params, _popitem_param, _del_item_param,
+             _del_sub, _none_sub, _pop_sub, _del_seq_item, _set_item_sub, _replace_sub, _replace_shape,
+             _set_item_shape, _update_shape, _add_param, _setdefault_param, _ior_param]
+BUFFER_MUTATIONS = [_del_buffer, _none_buffer, _pop_buffer, _set_item_buffer]
+
+
+def reference(n, fn):
+    return {k: fn(p.detach()) for k, p in n.named_parameters()}
+
+
+def check_result(r, n, fn):
+    assert [k for k, _ in r.named_parameters()] == [k for k, _ in n.named_parameters()]
+    ref = reference(n, fn)
+    for k, p in r.named_parameters():
+        assert torch.equal(p.detach(), ref[k]), k
+    assert [k for k, _ in r.named_buffers()] == [k for k, _ in n.named_buffers()]
+
+
+def settle(n):
+    """The particle has taken part in ops: its storage state is cached."""
+    _ = n + 1
+    _ = n * n
+    n += 0
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS + BUFFER_MUTATIONS, ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("result", [False, True], ids=["made", "result"])
+def test_a_lone_op_follows_the_particle_as_it_is_now(mutate, result):
+    torch.manual_seed(0)
+    n = Net()
+    if result:  # a result particle (lazy Parameters) mutated
+        n = n * 1
+    settle(n)
+    mutate(n)
+    check_result(n * 2, n, lambda p: p * 2)
+    check_result(-n, n, lambda p: -p)
+    check_result(n.clone(), n, lambda p: p)
+    check_result(n + n, n, lambda p: p + p)
+    ids = [id(p) for p in n.parameters()]
+    ref = reference(n, lambda p: p + 1)
+    n += 1
+    assert [id(p) for p in n.parameters()] == ids
+    for k, p in n.named_parameters():
+        assert torch.equal(p.detach(), ref[k])
+    # and a second op after the state was captured again
+    check_result(n * 3, n, lambda p: p * 3)
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS, ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("op", ["add", "add_", "radd_other", "fuse", "fuse_out", "swarm"])
+def test_an_op_with_an_unchanged_particle_raises_and_writes_nothing(mutate, op):
+    torch.manual_seed(0)
+    n = Net()
+    old = n.clone()
+    settle(n)
+    settle(old)
+    mutate(n)
+    before_n, before_old = snapshot(n), snapshot(old)
+    f = nyto.fuse(lambda a, b: a * 0.5 + b)
+    calls = {
+        "add": lambda: n + old,
+        "add_": lambda: old.add_(n),
+        "radd_other": lambda: n.__iadd__(old),
+        "fuse": lambda: f(n, old),
+        "fuse_out": lambda: f(old, n, out=old),
+        "swarm": lambda: nyto.Swarm(old, 2) + n,
+    }
+    with pytest.raises(nyto.StructureError) as info:
+        calls[op]()
+    assert "'" in str(info.value)  # names the parameter
+    assert isinstance(info.value, ValueError)
+    assert_unchanged(n, before_n)
+    assert_unchanged(old, before_old)
+
+
+def test_the_issue_case():
+    class Small(nyto.NytoModule):
+        def __init__(s):
+            super().__init__()
+            s.fc = nn.Linear(4, 3)
+    n = Small()
+    old = n.clone()
+    b0 = old.fc.bias.detach().clone()
+    del n.fc.bias
+    with pytest.raises(nyto.StructureError, match="fc.bias"):
+        n + old
+    with pytest.raises(nyto.StructureError, match="fc.bias"):
+        old.add_(n)
+    assert torch.equal(old.fc.bias, b0)
+    assert [k for k, _ in (n * 2).named_parameters()] == ["fc.weight"]
+
+
+def test_reregistered_parameter_of_the_same_shape_meets_by_name():
+    torch.manual_seed(0)
+    n = Net()
+    old = n.clone()
+    settle(n)
+    new_bias = nn.Parameter(torch.full((3,), 5.0))
+    n.fc.bias = new_bias
+    r = n + old
+    ref = {k: p.detach() + q.detach() for (k, p), (_, q) in zip(n.named_parameters(), old.named_parameters())}
+    for k, p in r.named_parameters():
+        assert torch.equal(p.detach(), ref[k])
+    n -= old
+    assert n.fc.bias is new_bias
+    assert torch.equal(n.fc.bias.detach(), torch.full((3,), 5.0) - old.fc.bias.detach())
+
+
+def test_parameter_of_another_dtype_is_promoted_like_torch():
+    n = Net()
+    old = n.clone()
+    settle(n)
+    n.fc.bias = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    r = n + old
+    assert r.fc.bias.dtype == torch.float64
+    assert torch.equal(r.fc.bias.detach(), 1 + old.fc.bias.detach().double())
+
+
+def test_same_shapes_under_other_names_do_not_meet():
+    class Two(nyto.NytoModule):
+        def __init__(s):
+            super().__init__()
+            s.a = nn.Parameter(torch.zeros(3))
+            s.b = nn.Parameter(torch.ones(3))
+    x = Two()
+    y = x.clone()
+    del x.a      # x: b
+    del y.b      # y: a  (same groups and shapes, other names)
+    with pytest.raises(nyto.StructureError, match="'b' exists only on the left"):
+        x + y
+
+
+def test_load_state_dict_non_strict_with_missing_keys():
+    torch.manual_seed(0)
+    n = Net()
+    settle(n)
+    sd = {k: v + 1 for k, v in n.state_dict().items() if not k.startswith("fc.")}
+    missing, unexpected = n.load_state_dict(sd, strict=False)
+    assert missing == ["fc.weight", "fc.bias"] and not unexpected
+    check_result(n * 2, n, lambda p: p * 2)
+
+
+def test_load_state_dict_assign_replaces_parameters():
+    torch.manual_seed(0)
+    n = Net()
+    other = Net()
+    settle(n)
+    n.load_state_dict(other.state_dict(), assign=True)
+    check_result(n * 2, n, lambda p: p * 2)
+    assert torch.equal(n.fc.weight, other.fc.weight)
+
+
+class Scale(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("leave", [False, True])
+def test_parametrization_added_and_removed(leave):
+    torch.manual_seed(0)
+    n = Net()
+    settle(n)
+    parametrize.register_parametrization(n.fc, "weight", Scale())
+    assert "fc.parametrizations.weight.original" in dict(n.named_parameters())
+    check_result(n * 2, n, lambda p: p * 2)
+    r = n + 1
+    assert torch.equal(r.fc.weight, 2 * (n.fc.parametrizations.weight.original.detach() + 1))
+    n += 1
+    check_result(n - 1, n, lambda p: p - 1)
+    parametrize.remove_parametrizations(n.fc, "weight", leave_parametrized=leave)
+    assert "fc.weight" in dict(n.named_parameters())
+    check_result(n * 2, n, lambda p: p * 2)
+
+
+def test_functional_call_swaps_do_not_lose_the_state():
+    """torch.func.functional_call writes _parameters and puts them back: the
+    versions move, the structure is the same, the cached state is kept."""
+    n = Net()
+    settle(n)
+    st = n.__dict__["_nyto_state"]
+    params = {k: p.detach() + 1 for k, p in n.named_parameters()}
+    n.eval()
+    torch.func.functional_call(n.fc, {"weight": params["fc.weight"], "bias": params["fc.bias"]},
+                               (torch.randn(2, 4),))
+    w = n.fc.weight
+    n += 1
+    assert n.__dict__["_nyto_state"] is st
+    assert n.fc.weight is w
+
+
+def test_untracked_container_replacement_is_recaptured():
+    n = Net()
+    settle(n)
+    n.fc._parameters = dict(n.fc._parameters)   # a plain dict put in wholesale
+    del n.fc._parameters["bias"]
+    check_result(n * 2, n, lambda p: p * 2)
+
+
+def test_copies_and_pickles_keep_plain_dicts():
+    n = Net()
+    settle(n)
+    assert type(copy.deepcopy(n).fc._parameters) is dict
+    import pickle
+    m = pickle.loads(pickle.dumps(n))
+    assert type(m.fc._parameters) is dict
+    check_result(m * 2, m, lambda p: p * 2)
+
+
+def test_swarm_from_a_mutated_particle():
+    torch.manual_seed(0)
+    n = Net()
+    settle(n)
+    del n.fc.bias
+    s = nyto.Swarm(n, 3)
+    assert "fc.bias" not in s.param_names
+    assert [k for k, _ in s[1].named_parameters()] == [k for k, _ in n.named_parameters()]
+    s2 = s + n
+    check_result(s2[0], n, lambda p: p + p)
