@@ -22,7 +22,10 @@ arithmetic) it compares, in one process and interleaved:
     python benchmarks/bench_particles.py --rss [ours|110|both]
 
 ``--rss``: 1000 rounds of ``net = 0.5 * net + 1`` on a ResNet-18-sized
-particle, printing resident memory every 100 rounds (no gc.collect()).
+particle, printing resident memory and the loop's elapsed time every 100
+rounds (no gc.collect()), then the loop's total time and time per round.
+(tests/test_particle.py checks the memory bound of such a loop; its speed is
+measured here, not asserted there.)
 Exit code is 0 whatever the targets say (they are informational).
 """
 from __future__ import annotations
@@ -321,15 +324,19 @@ def rss_check(which: str, v110, rounds: int = 1000, every: int = 100) -> int:
         base = T.rss_bytes()
         print(f"\n--rss {label}: {rounds} rounds of net = 0.5 * net + 1 on a ResNet-18-sized particle "
               f"({size / mib:.1f} MiB of parameters), no gc.collect()")
-        print(f"{'round':>6} {'RSS MiB':>9} {'growth MiB':>11} {'particles':>10}")
-        print(f"{0:>6} {base / mib:>9.1f} {0.0:>11.1f} {0.0:>10.1f}", flush=True)
+        print(f"{'round':>6} {'RSS MiB':>9} {'growth MiB':>11} {'particles':>10} {'elapsed s':>10}")
+        print(f"{0:>6} {base / mib:>9.1f} {0.0:>11.1f} {0.0:>10.1f} {0.0:>10.2f}", flush=True)
         watch = T.Stopwatch()
         for i in range(1, rounds + 1):
             net = 0.5 * net + 1
             if i % every == 0:
+                t = watch()  # before reading RSS: the loop's time only (the prints add little)
                 r = T.rss_bytes()
-                print(f"{i:>6} {r / mib:>9.1f} {(r - base) / mib:>11.1f} {(r - base) / size:>10.1f}", flush=True)
-        print(f"{label}: {watch() / rounds * 1e3:.1f} ms per round; gc counts {gc.get_count()}")
+                print(f"{i:>6} {r / mib:>9.1f} {(r - base) / mib:>11.1f} {(r - base) / size:>10.1f} {t:>10.2f}",
+                      flush=True)
+        total = watch()
+        print(f"{label}: {rounds} rounds in {total:.2f} s, {total / rounds * 1e3:.1f} ms per round; "
+              f"gc counts {gc.get_count()}")
         del net
     return 0
 

@@ -491,7 +491,14 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     sw = nd.ShardedSwarm(make_net(0), N_SWARM, init="randn")
     pso = nd.ShardedPSO(sw, seed=5, velocity_scale=0.1, vmax=0.3, backend="ops")
     for step in range(STEPS):
+        if step == STEPS - 1:  # this rank's state before the last step (a plain torch reference of it)
+            res["pso_ops_before"] = {
+                "x": [f.clone() for f in sw.local.flats], "v": [v.clone() for v in pso.velocity],
+                "p": [p.clone() for p in pso.pbest], "pf": pso.pbest_fitness.clone(),
+                "g": [g.clone() for g in pso.gbest], "gf": pso.gbest_fitness.clone(),
+                "generator": pso.generator.get_state()}
         pso.tell(fitness(pso.ask()))
+    res["pso_ops_after"] = {"v": [v.clone() for v in pso.velocity], "p": [p.clone() for p in pso.pbest]}
     res["pso_ops_flats"] = [f.clone() for f in sw.gather().flats]
     res["pso_ops_backend"] = pso.backend
 
@@ -572,13 +579,10 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
 
-def _run_examples() -> Optional[Dict[str, Any]]:
+def _run_examples() -> Dict[str, Any]:
     """The two examples' main() in --quick mode inside this group (as under
-    torchrun: nd.init() finds the group); None without scikit-learn."""
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return None
+    torchrun: nd.init() finds the group; they need scikit-learn, which
+    requirements.txt installs)."""
     sys.path.insert(0, os.path.abspath(EXAMPLES))
     import fedavg_digits
     import pso_distributed
@@ -593,7 +597,6 @@ def _run_examples() -> Optional[Dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def sharded():
-    pytest.importorskip("nytorch.algorithms")
     return [ok(r) for r in launch("_sharded", world=2, pg_timeout=PG_TIMEOUT_S, via_env=True)]
 
 
@@ -614,11 +617,53 @@ def test_sharded_pso_ops_backend_equals_one_process_bitwise(sharded):
             assert torch.equal(got, want)
 
 
+def test_sharded_pso_step_matches_plain_torch(sharded):
+    """The last step of the sharded ops-backend run against the PSO update
+    written here in plain torch on the whole [N, numel] rows of each dtype
+    group (elementwise, so the parameter layout does not matter): fitness,
+    personal and global bests, then v = w v + c1 r1 (p - x) + c2 r2 (g - x),
+    clamped, x += v. r1, r2: torch's uniform_ stream of the recorded
+    generator over the full tensors, per dtype group r1 then r2."""
+    before = [r["pso_ops_before"] for r in sharded]
+    w, c1, c2, vmax = 0.7298, 1.49618, 1.49618, 0.3   # PSO's defaults, the run's vmax
+    groups = range(len(before[0]["x"]))
+    x = [torch.cat([b["x"][g] for b in before]) for g in groups]
+    v = [torch.cat([b["v"][g] for b in before]) for g in groups]
+    p = [torch.cat([b["p"][g] for b in before]) for g in groups]
+    pf = torch.cat([b["pf"] for b in before])
+    gbest, gf = before[0]["g"], before[0]["gf"]
+    assert len(pf) == N_SWARM and all(torch.equal(b["gf"], gf) for b in before)
+    f = sum(((xg.to(torch.float64) - 0.5) ** 2).sum(1) for xg in x)
+    improved = f < pf
+    assert improved.any() and not improved.all()  # both branches of the personal best
+    p = [torch.where(improved[:, None], xg, pg) for xg, pg in zip(x, p)]
+    pf = torch.where(improved, f, pf)
+    i = int(torch.argmin(pf))
+    if pf[i] < gf:
+        gbest = [pg[i] for pg in p]
+    gen = torch.Generator()
+    gen.set_state(before[0]["generator"])
+    r1, r2 = [torch.empty_like(xg) for xg in x], [torch.empty_like(xg) for xg in x]
+    for g in groups:
+        r1[g].uniform_(generator=gen)
+        r2[g].uniform_(generator=gen)
+    v = [(w * vg + c1 * a * (pg - xg) + c2 * b * (gg - xg)).clamp(-vmax, vmax)
+         for vg, xg, pg, gg, a, b in zip(v, x, p, gbest, r1, r2)]
+    x = [xg + vg for xg, vg in zip(x, v)]
+    for res in sharded:
+        lo, hi = res["rows"]
+        for g in groups:
+            tol = dict(rtol=1e-6, atol=1e-6) if x[g].dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(res["pso_ops_flats"][g], x[g], **tol)
+            torch.testing.assert_close(res["pso_ops_after"]["v"][g], v[g][lo:hi], **tol)
+            assert torch.equal(res["pso_ops_after"]["p"][g], p[g][lo:hi])
+
+
 def test_sharded_pso_equals_one_process_bitwise(sharded):
     ref = pso_reference(STEPS)
     assert [r["rows"] for r in sharded] == [(0, 3), (3, 7)]
     for res in sharded:
-        assert res["pso_backend"] == ref.backend
+        assert res["pso_backend"] == ref.backend == "fuse"  # the CPU never falls back to "ops"
         for got, want in zip(res["pso_flats"], ref.swarm.flats):
             assert torch.equal(got, want)
         for got, want in zip(res["pso_gbest"], ref.gbest):
@@ -674,9 +719,7 @@ def test_sharded_es_equals_one_process(sharded):
 
 
 def test_examples_quick(sharded):
-    pytest.importorskip("sklearn")
     for res in sharded:
         ex = res["examples"]
-        assert ex is not None, "the ranks could not import sklearn"
         assert ex["fedavg"] > 0.5          # 2 rounds of FedAvg on digits
         assert isinstance(ex["pso"], float), ex["pso"]   # --check passed: same as one process

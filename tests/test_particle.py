@@ -12,7 +12,6 @@ import io
 import operator
 import os
 import pickle
-import time
 import weakref
 from collections import OrderedDict
 
@@ -1276,14 +1275,11 @@ def test_rss_bounded_in_a_loop(no_gc):
     for _ in range(3):
         net = 0.5 * net + 1
     start = _rss()
-    t0 = time.perf_counter()
-    for _ in range(200):
+    for _ in range(200):  # its speed: benchmarks/bench_particles.py --rss
         net = 0.5 * net + 1
-    elapsed = time.perf_counter() - t0
     growth = _rss() - start
     assert growth <= 4 * size, f"RSS grew {growth / size:.1f} particles"
     torch.testing.assert_close(net.layers[0].bias.detach(), torch.full((1000,), 2.0))
-    assert elapsed < 60
 
 
 # --------------------------------------------------------------------------

@@ -86,11 +86,12 @@ BACKENDS = ["fuse", "ops"]
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["global", "ring"])
 def test_pso_update_matches_reference(topology, backend, device):
-    if backend == "fuse" and not pso_module._fuse_works(torch.device(device), torch.float32):
-        pytest.skip(f"nytorch.fuse does not run on {device} in this build")
+    if backend == "fuse" and device == "cuda" and not nyto._C.has_cuda():
+        pytest.skip("nytorch was built without CUDA: no fused kernels on cuda")
     s = point_swarm(n=7, device=device)
     pso = PSO(s, inertia=0.6, cognitive=1.2, social=1.7, vmax=0.8, topology=topology, neighbors=1,
               velocity_scale=0.3, seed=3, backend=backend)
+    assert pso.backend == backend
     pso.step(sphere)  # now pbest / gbest are set, velocities nonzero
     x0, v0, p0 = s.flats[0].clone(), pso.velocity[0].clone(), pso.pbest[0].clone()
     fit = sphere(s)
@@ -109,6 +110,32 @@ def test_pso_update_matches_reference(topology, backend, device):
     assert torch.allclose(s.flats[0], x0 + v_ref, atol=1e-6)
     assert torch.equal(pso.pbest[0], p_new)
     assert pso.velocity[0].abs().max() <= 0.8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_pso_auto_backend_is_fused_on_cpu(dtype):
+    # the CPU kernels are always built: "auto" never falls back there
+    assert pso_module._fuse_works(torch.device("cpu"), dtype)
+    assert PSO(point_swarm(dtype=dtype), seed=0).backend == "fuse"
+
+
+def test_pso_auto_falls_back_only_without_a_kernel(monkeypatch):
+    # no kernel for the device or dtype: the ops backend
+    assert not pso_module._fuse_works(torch.device("meta"), torch.float32)
+    assert not pso_module._fuse_works(torch.device("cpu"), torch.int64)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("nytorch.fuse: a broken kernel")
+
+    # any other failure of the fused step is an error, never a silent fallback
+    monkeypatch.setattr(pso_module._fuse, "run_flat", broken)
+    monkeypatch.setattr(pso_module, "_WORKS", {})
+    pso = PSO(point_swarm(n=5), seed=0)
+    assert pso.backend == "fuse"
+    with pytest.raises(RuntimeError, match="a broken kernel"):
+        pso.step(sphere)
+    with pytest.raises(RuntimeError, match="a broken kernel"):  # the probe on other devices too
+        pso_module._fuse_works(torch.device("meta"), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -279,13 +306,11 @@ def test_run_calls_back_and_history_plots(tmp_path, capsys):
     assert seen[-1]["best"] == pso.best_fitness and seen[0]["diversity"] > 0
     LogCallback(use_print=True)(seen[0])
     assert "best" in capsys.readouterr().out
-    pytest.importorskip("matplotlib")
     path = pso.history.plot(str(tmp_path / "h.png"), title="t")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_progress_bar_uses_tqdm(capsys):
-    pytest.importorskip("tqdm")
     PSO(point_swarm(), seed=0).run(sphere, 3, progress_bar=True, desc="pso-bar")
     assert "pso-bar" in capsys.readouterr().err
 

@@ -60,10 +60,25 @@ def _program(clamped: bool):
 
 
 _WORKS: Dict[Any, bool] = {}
+_FUSE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _fuse_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the fused PSO program runs on this device and dtype (probed once)."""
+    """Whether the fused PSO program runs on this device and dtype.
+
+    The CPU kernels are always built: on the CPU (for fuse's dtypes) the answer
+    is yes without a probe, so a broken fused step raises there instead of
+    falling back. Elsewhere the program is run once on a small buffer (probed
+    once per device and dtype); only "no kernel" (nytorch built without CUDA,
+    a CUDA build without kernels for this GPU or dtype, a device fuse has no
+    kernels for) makes ``backend="auto"`` fall back to ``"ops"``; any other
+    error is raised.
+    """
+    device = torch.device(device)
+    if _fuse is None or dtype not in _FUSE_DTYPES:
+        return False
+    if device.type == "cpu":
+        return True
     key = (str(device), dtype)
     ok = _WORKS.get(key)
     if ok is None:
@@ -71,7 +86,9 @@ def _fuse_works(device: torch.device, dtype: torch.dtype) -> bool:
             t = torch.zeros(2, 4, device=device, dtype=dtype)
             _fuse.run_flat(_program(True), [[t]] * 4, [0.5, 1.0, 1.0, -1.0, 1.0], out=[[t], [t.clone()]], seed=0)
             ok = True
-        except Exception:  # noqa: BLE001  (not built for this device / dtype, or no nytorch.fuse)
+        except RuntimeError as e:  # not built for this device / dtype: the ops backend
+            if "no kernel" not in str(e) and "no CUDA kernel" not in str(e):
+                raise
             ok = False
         _WORKS[key] = ok
     return ok
