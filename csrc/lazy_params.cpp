@@ -83,20 +83,28 @@ PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_s
   PyObject* tmpl = nullptr;
   if (cache && PyList_Check(cache) && reinterpret_cast<PyObject*>(Py_TYPE(old)) != lazy_params_cls) {
     // A made module (a user's particle): the layout caches a template per
-    // module, checked key by key (a None-valued parameter can come and go
-    // without a registration hook).
+    // module, as (template, structure version of the module it was checked
+    // against). The same version means the same keys (any change of the
+    // tracked dict moves it); else the keys are compared one by one (a
+    // None-valued parameter can come and go without touching the layout).
     while (PyList_GET_SIZE(cache) <= mi) {
       if (PyList_Append(cache, Py_None) < 0) return nullptr;
     }
     PyObject* c = PyList_GET_ITEM(cache, mi);
-    if (PyDict_CheckExact(c) && same_keys(old, c)) {
-      tmpl = c;
+    const int64_t version = params_version(old);
+    PyObject* cached = PyTuple_CheckExact(c) && PyTuple_GET_SIZE(c) == 2 ? PyTuple_GET_ITEM(c, 0) : nullptr;
+    const bool same_version = cached && version >= 0 && PyLong_AsLongLong(PyTuple_GET_ITEM(c, 1)) == version;
+    if (cached && (same_version || same_keys(old, cached))) {
+      tmpl = cached;
       Py_INCREF(tmpl);
     } else {
       tmpl = PyDict_New();
       if (!tmpl || !copy_keys(tmpl, old)) { Py_XDECREF(tmpl); return nullptr; }
-      Py_INCREF(tmpl);
-      PyList_SetItem(cache, mi, tmpl);
+    }
+    if (!same_version) {
+      PyObject* entry = Py_BuildValue("(OL)", tmpl, static_cast<long long>(version));
+      if (!entry) { Py_DECREF(tmpl); return nullptr; }
+      PyList_SetItem(cache, mi, entry);  // steals entry
     }
   } else if (reinterpret_cast<PyObject*>(Py_TYPE(old)) == lazy_params_cls) {
     tmpl = lazy_slots.get(old, kTemplate);

@@ -78,6 +78,8 @@ def check_result(r, n, fn):
     for k, p in r.named_parameters():
         assert torch.equal(p.detach(), ref[k]), k
     assert [k for k, _ in r.named_buffers()] == [k for k, _ in n.named_buffers()]
+    for (k, rb), (_, nb) in zip(r.named_buffers(), n.named_buffers()):
+        assert rb is not nb and torch.equal(rb, nb), k  # copies of the buffers
 
 
 def settle(n):
@@ -280,3 +282,19 @@ def test_swarm_from_a_mutated_particle():
     assert [k for k, _ in s[1].named_parameters()] == [k for k, _ in n.named_parameters()]
     s2 = s + n
     check_result(s2[0], n, lambda p: p + p)
+
+
+@pytest.mark.parametrize("how", ["setitem", "register"])
+def test_none_valued_parameter_keys_follow_into_results(how):
+    n = Net()
+    settle(n)
+    r0 = n * 2
+    assert "extra" not in r0.fc._parameters
+    if how == "setitem":
+        n.fc._parameters["extra"] = None
+    else:
+        n.fc.register_parameter("extra", None)
+    r = n * 2
+    assert "extra" in r.fc._parameters and r.fc._parameters["extra"] is None
+    del n.fc._parameters["extra"]
+    assert "extra" not in (n * 2).fc._parameters

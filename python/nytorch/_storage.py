@@ -62,8 +62,10 @@ class Layout:
     parameters have several slots); ``view_spec``: (group, offset, shape) of
     each parameter in the flats; ``groups``: (device, dtype, numel) per flat;
     ``pool``: recently freed result flats per group, reused by out-of-place ops;
-    ``key_templates``: per module, its parameter names (values None), the
-    template lazy results clone their ``_parameters`` keys from.
+    ``key_templates``: per module, (its parameter names with None values,
+    the structure version they were read at), the template lazy results clone
+    their ``_parameters`` keys from (csrc/lazy_params.cpp); ``names``: the
+    qualified parameter names (:meth:`param_names`).
     """
 
     __slots__ = ("children", "param_slots", "buffer_slots", "view_spec", "groups", "param_sig",
@@ -77,8 +79,8 @@ class Layout:
         self.groups = groups
         self.param_sig = (groups, view_spec)
         self.pool: List[List[torch.Tensor]] = [[] for _ in groups]
-        # per module: its parameter names with None values (nytorch._lazy), filled by C
-        self.key_templates: List[Optional[dict]] = []
+        # per module: (its parameter names with None values, version), filled by C
+        self.key_templates: List[Optional[Tuple[dict, int]]] = []
         self.names: Optional[Tuple[str, ...]] = None  # see param_names
 
     def param_names(self) -> Tuple[str, ...]:
