@@ -54,7 +54,12 @@ at::ScalarType result_dtype(Op op, c10::ArrayRef<at::Tensor> xs, c10::ArrayRef<c
   const bool int_like = c10::isIntegralType(rt, /*includeBool=*/true);
   for (const auto& sc : s) {
     if (sc.isFloatingPoint() && int_like) rt = c10::typeMetaToScalarType(c10::get_default_dtype());
-    else if (sc.isIntegral(false) && rt == at::kBool) rt = at::kLong;
+    else if (sc.isIntegral(false) && rt == at::kBool) {
+      // a Python int in [2**63, 2**64) is a uint64 scalar, which torch won't promote with bool
+      TORCH_CHECK(sc.type() != at::kUInt64, "Promotion for uint16, uint32, uint64 types is not supported, "
+                  "attempted to promote Bool and UInt64");
+      rt = at::kLong;
+    }
   }
   if ((op == Op::Div || op == Op::DivS || op == Op::RDivS) && c10::isIntegralType(rt, true))
     rt = c10::typeMetaToScalarType(c10::get_default_dtype());
@@ -86,6 +91,10 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& self = lists[0][i];
     TORCH_CHECK(self.defined(), name, ": tensor ", i, " of argument 0 is undefined");
+    // torch converts a pow exponent to self's dtype, with an overflow check:
+    // float16 ** 70000 raises (the fast route would compute in float).
+    if (op == Op::PowS && self.scalar_type() == at::kHalf) (void)scalars[0].to<c10::Half>();
+    if (op == Op::PowS && self.scalar_type() == at::kBFloat16) (void)scalars[0].to<c10::BFloat16>();
     for (size_t k = 1; k < lists.size(); ++k) {
       const at::Tensor& t = lists[k][i];
       TORCH_CHECK(t.defined(), name, ": tensor ", i, " of argument ", k, " is undefined");

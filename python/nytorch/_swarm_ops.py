@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 import torch
 
-from .particle import NytoModule, _number
+from .particle import NytoModule, _number, _strict
 from ._storage import state_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +31,18 @@ def _as_index(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
         raise ValueError(f"{name}: expected a [N] tensor with N = {n} (one value per particle), "
                          f"got shape {list(t.shape)}")
     return t
+
+
+def _real_vector(x: Any, name: str, n: int) -> torch.Tensor:
+    """``x`` (a tensor or a list of numbers) as a [n] tensor of real numbers (not bool), checked."""
+    try:
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dtype == torch.bool or t.is_complex() or isinstance(x, str):
+        raise TypeError(f"{name}: expected a [N] tensor or list of real numbers with N = {n} (one value per "
+                        f"particle), got {type(x).__name__ if t is None or isinstance(x, str) else t.dtype}")
+    return _as_index(t, name, n)
 
 
 class SwarmArithmetic:
@@ -105,8 +117,7 @@ class SwarmArithmetic:
     def _weights(self, weights, name: str) -> Optional[torch.Tensor]:
         if weights is None:
             return None
-        w = torch.as_tensor(weights)
-        return _as_index(w, name, len(self))
+        return _real_vector(weights, name, len(self))
 
     def mean(self, weights: Optional[Union[torch.Tensor, List[float]]] = None) -> NytoModule:
         """The average particle (a new particle of the species); with ``weights``
@@ -180,8 +191,10 @@ class SwarmArithmetic:
         return total
 
     def _fitness(self, fitness: Any, name: str) -> torch.Tensor:
-        f = torch.as_tensor(fitness)
-        return _as_index(f, name, len(self))
+        f = _real_vector(fitness, name, len(self))
+        if len(self) == 0:
+            raise ValueError(f"{name}: the swarm is empty, there is no best particle")
+        return f
 
     def argmin(self, fitness: Any) -> int:
         """Index of the smallest fitness value ([N] tensor or list)."""
@@ -236,14 +249,18 @@ def _install() -> None:
             return self._inplace(other, _fn, _sym)
 
         short = "div" if name == "truediv" else name
-        for fn, dunder, method in ((out_of_place, f"__{name}__", short), (reflected, f"__r{name}__", "r" + short),
-                                   (in_place, f"__i{name}__", short + "_")):
+        for fn, dunder, method, op_sym, refl in (
+                (out_of_place, f"__{name}__", short, sym, False), (reflected, f"__r{name}__", "r" + short, sym, True),
+                (in_place, f"__i{name}__", short + "_", sym + "=", False)):
             fn.__name__ = method
             fn.__doc__ = {short: f"``swarm {sym} other`` (a new swarm).",
                           "r" + short: f"``other {sym} swarm`` (a new swarm).",
                           short + "_": f"``swarm {sym}= other`` in place (returns the swarm)."}[method]
             setattr(SwarmArithmetic, dunder, fn)
-            setattr(SwarmArithmetic, method, fn)
+            # the named method raises the operator's TypeError where the dunder returns NotImplemented
+            named = _strict(fn, op_sym, refl)
+            named.__name__, named.__doc__ = method, fn.__doc__
+            setattr(SwarmArithmetic, method, named)
 
 
 _install()

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-__all__ = ["NytoError", "SpeciesError", "StructureError", "FuseError", "CollectiveError"]
+__all__ = ["NytoError", "SpeciesError", "StructureError", "FuseError", "CollectiveError", "StateDictError"]
 
 
 class NytoError(Exception):
@@ -35,3 +35,12 @@ class CollectiveError(NytoError, RuntimeError):
     """A collective failed on this rank: a peer died, hung past the timeout or
     the connection broke. The process group is unusable afterwards; end the
     job (torchrun then stops the other ranks)."""
+
+
+class StateDictError(NytoError, KeyError, ValueError):
+    """A ``load_state_dict`` state with missing or unexpected keys; the message
+    names them. A KeyError (what indexing the state raised before) and a
+    ValueError (a bad value for the argument); nothing was loaded."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

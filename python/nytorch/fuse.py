@@ -126,7 +126,18 @@ def program(fn: Callable, kinds: str) -> Program:
     >>> prog = program(lambda x, y, a: a * x + y, "ppn"); prog.n_in, prog.n_num, prog.n_out
     (2, 1, 1)
     """
+    if not isinstance(kinds, str):
+        raise TypeError(f"nytorch.fuse.program: kinds must be a str of 'p' (buffer) and 'n' (number), "
+                        f"one per argument, got {type(kinds).__name__}")
+    if not callable(fn):
+        raise TypeError(f"nytorch.fuse.program: fn must be a function, got {type(fn).__name__}")
     return _trace(fn, kinds)
+
+
+def _check_lists(x: Any, name: str, what: str) -> None:
+    if not isinstance(x, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in x):
+        raise TypeError(f"nytorch.fuse.run_flat: {name} must be a list with one list of tensors per {what} "
+                        f"({name}[k][g]: group g), got {type(x).__name__}")
 
 
 def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[float] = (),
@@ -140,6 +151,15 @@ def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: S
     >>> x = torch.ones(3); run_flat(prog, [[x], [x]], [3.0], out=[[x]]); x
     tensor([4., 4., 4.])
     """
+    _check_lists(inputs, "inputs", "input")
+    if out is not None:
+        _check_lists(out, "out", "output")
+    if not hasattr(numbers, "__len__"):
+        raise TypeError(f"nytorch.fuse.run_flat: numbers must be a sequence of {prog.n_num} real numbers, "
+                        f"got {type(numbers).__name__}")
+    for name, v in (("seed", seed), ("offset", offset)):
+        if v is not None and (isinstance(v, bool) or not hasattr(type(v), "__index__")):
+            raise TypeError(f"nytorch.fuse.run_flat: {name} must be an int, got {type(v).__name__}")
     if len(numbers) != prog.n_num:
         raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_num} numbers, got {len(numbers)}")
     if len(inputs) != prog.n_in:
@@ -246,7 +266,13 @@ class Fused:
             if prog.single:
                 return first._from_flats(st, outs[0])
             return tuple(first._from_flats(st, f) for f in outs)
-        targets = (out,) if isinstance(out, NytoModule) else tuple(out)
+        if isinstance(out, NytoModule):
+            targets = (out,)
+        elif isinstance(out, (tuple, list)):
+            targets = tuple(out)
+        else:
+            raise FuseError(f"nytorch.fuse: out= takes a particle or a tuple of particles (one per output of "
+                            f"{self.__name__}), got {type(out).__name__}")
         if len(targets) != prog.n_out:
             raise TypeError(f"nytorch.fuse: {self.__name__} has {prog.n_out} outputs, out= gives {len(targets)}")
         flats = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import sys
 from typing import Any, Optional, Union
 
 import torch
@@ -48,17 +49,30 @@ class Species:
 
 
 def _number(x: Any) -> Optional[Number]:
-    """``x`` as a Python number, or None when it is not a real number."""
+    """``x`` as a Python number, or None when it is not a real number.
+
+    Like torch parses a number: a numpy bool is a float (``int_tensor +
+    np.True_`` is float32). A 0-dim tensor without a readable value (on the
+    meta device, a fake tensor) raises TypeError.
+    """
     t = type(x)
     if t is float or t is int or t is bool:
         return x
     if isinstance(x, torch.Tensor):
         if x.dim() == 0 and not x.is_complex():
-            return x.item()
+            try:
+                return x.item()
+            except RuntimeError as e:
+                raise TypeError(
+                    "expected a number (int, float, bool, a real 0-dim tensor with a value, or a numpy "
+                    f"scalar), got a 0-dim tensor on {x.device} whose value can't be read: {e}") from None
         return None
     if isinstance(x, numbers.Integral):
         return int(x)
     if isinstance(x, numbers.Real):
+        return float(x)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(x, np.bool_):
         return float(x)
     return None
 
@@ -184,6 +198,9 @@ class NytoModule(nn.Module):
         """A new particle of this species holding ``other``'s values (any species
         with the same state_dict keys and shapes): ``clone()`` + ``load_state_dict``.
         """
+        if not isinstance(other, nn.Module):
+            raise TypeError(f"clone_from(other): other must be an nn.Module (any species, same state_dict "
+                            f"keys and shapes), got {type(other).__name__}")
         out = self.clone()
         out.load_state_dict(other.state_dict())
         return out
@@ -207,6 +224,9 @@ class NytoModule(nn.Module):
             out = _C.fast_random(self, dist, 0.0, 1.0)  # C hot path (valid cached state)
             if out is not None:
                 return out
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{'rand' if dist else 'randn'}(generator=...): generator must be a torch.Generator "
+                            f"or None, got {type(generator).__name__}")
         st = state_of(self)
         flats = _C.pooled_like(st.flats, st.layout.pool)
         (ops.uniform_ if dist else ops.normal_)(flats, generator=generator)
@@ -293,35 +313,53 @@ class _ParticleMethod:
         return self.fn.__get__(obj, cls)
 
 
-# The arithmetic, each a named method; the dunders below are the same functions.
-# Each method first tries the C hot path (_C.fast_op: valid cached storage,
-# same layout, plain number or same-species particle), which returns None
-# whenever the general Python path has to decide.
+# The arithmetic: each operator is a dunder and a named method. Each first
+# tries the C hot path (_C.fast_op: valid cached storage, same layout, plain
+# number or same-species particle), which returns None whenever the general
+# Python path has to decide. The dunder returns NotImplemented for an operand
+# it does not take (Python then tries the reflected op); the named method
+# raises TypeError there, as the operator would.
 def _arith_method(name: str, list_op: Optional[int], scalar_op: int, inplace: bool, general, doc: str):
     """``method(self, other)``: the C hot path (``_C.fast_op``), else ``general``.
 
     Built in C (``_C.op_method``, a method descriptor: no Python frame per
-    call); the named methods (``add``, ``add_``...) wrap the same object.
+    call).
     """
     return _C.op_method(name, list_op, scalar_op, inplace, general, doc)
 
 
+def _unsupported(sym: str, left: Any, right: Any) -> TypeError:
+    """Python's TypeError for ``left sym right``."""
+    sym = "** or pow()" if sym == "**" else sym
+    return TypeError(f"unsupported operand type(s) for {sym}: '{type(left).__name__}' and '{type(right).__name__}'")
+
+
+def _strict(general, sym: str, reflected: bool):
+    """``general``, raising the operator's TypeError instead of returning NotImplemented."""
+    def strict(self, other):
+        out = general(self, other)
+        if out is NotImplemented:
+            raise _unsupported(sym, other, self) if reflected else _unsupported(sym, self, other)
+        return out
+    return strict
+
+
 def _arith_methods(name: str, list_op: int, scalar_op: int, rname: str, rscalar_op: int, sym: str):
-    """The out-of-place, reflected and in-place methods of one operator."""
-    return (
-        _arith_method(name, list_op, scalar_op, False,
-                      lambda self, other: self._binary(other, list_op, scalar_op),
-                      f"``self {sym} other`` for every parameter: other is a particle of this "
-                      f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n"),
-        _arith_method(rname, None, rscalar_op, False,
-                      lambda self, other: self._reflected(other, rscalar_op, name),
-                      f"``other {sym} self`` for every parameter (other: a number).\n\n"
-                      f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n"),
-        _arith_method(name + "_", list_op, scalar_op, True,
-                      lambda self, other: self._inplace(other, list_op, scalar_op),
-                      f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
-                      f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n"),
+    """``((dunder, named method), ...)`` of the out-of-place, reflected and in-place forms of one operator."""
+    rows = (
+        (name, list_op, scalar_op, False, lambda self, other: self._binary(other, list_op, scalar_op),
+         f"``self {sym} other`` for every parameter: other is a particle of this "
+         f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n", sym, False),
+        (rname, None, rscalar_op, False, lambda self, other: self._reflected(other, rscalar_op, name),
+         f"``other {sym} self`` for every parameter (other: a number).\n\n"
+         f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n", sym, True),
+        (name + "_", list_op, scalar_op, True, lambda self, other: self._inplace(other, list_op, scalar_op),
+         f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
+         f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n", sym + "=", False),
     )
+    return tuple((_arith_method(n, lo, so, inp, general, doc),
+                  _arith_method(n, lo, so, inp, _strict(general, op_sym, reflected), doc))
+                 for n, lo, so, inp, general, doc, op_sym, reflected in rows)
 
 
 def _neg(self) -> NytoModule:
@@ -346,8 +384,8 @@ _DUNDER = {"add": "add", "sub": "sub", "mul": "mul", "div": "truediv", "pow": "p
 
 for _row in _ARITHMETIC:
     _d = _DUNDER[_row[0]]
-    for _method, _dunder in zip(_arith_methods(*_row), (f"__{_d}__", f"__r{_d}__", f"__i{_d}__")):
-        setattr(NytoModule, _method.__name__, _ParticleMethod(_method))
+    for (_method, _named), _dunder in zip(_arith_methods(*_row), (f"__{_d}__", f"__r{_d}__", f"__i{_d}__")):
+        setattr(NytoModule, _named.__name__, _ParticleMethod(_named))
         setattr(NytoModule, _dunder, _method)
 for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
     _method.__name__ = _method.__name__.lstrip("_")
@@ -356,4 +394,4 @@ for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
 _PARTICLE_METHOD_NAMES = frozenset(
     name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod))
 _C.register_particle_types(NytoModule, S.State, S._CONTAINER_ATTRS)
-del _row, _d, _method, _dunder
+del _row, _d, _method, _named, _dunder

@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import torch
 from torch import nn
 
-from . import _C, ops
+from . import _C, _checks, ops
 from . import _storage as S
 from ._storage import state_of
 from .particle import NytoModule, Species, _same_species
@@ -65,6 +65,9 @@ def _check_species(swarm: "Swarm", other: Any) -> None:
         raise SpeciesError(
             f"swarm operation between different species: {swarm!r} and {type(other).__name__} "
             f"({species!r}); copy values across species with load_state_dict()")
+
+
+_INITS = ("clone", "randn", "rand", "perturb", "zeros", None)
 
 
 class Swarm(SwarmArithmetic):
@@ -94,6 +97,11 @@ class Swarm(SwarmArithmetic):
             raise TypeError(f"Swarm(net, n): net must be a nytorch.NytoModule, got {type(net).__name__}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"Swarm(net, n): n must be a non-negative int, got {n!r}")
+        if not (init is None or callable(init) or (isinstance(init, str) and init in _INITS)):
+            raise ValueError(f"Swarm: unknown init {init!r}; use 'clone', 'randn', 'rand', 'perturb', "
+                             "'zeros', None or a callable i -> module")
+        scale = _checks.real(scale, "Swarm", "scale")
+        _checks.generator(generator, "Swarm")
         template = net.clone()
         st = state_of(template)
         flats = [torch.empty((n, numel), dtype=dt, device=dev) for dev, dt, numel in st.layout.groups]
@@ -116,6 +124,11 @@ class Swarm(SwarmArithmetic):
         >>> s = nyto.Swarm.from_flats(t, [f]); s.flats[0] is f
         True
         """
+        if not isinstance(template, NytoModule):
+            raise TypeError(f"Swarm.from_flats: template must be a nytorch.NytoModule, got {type(template).__name__}")
+        if not isinstance(flats, (list, tuple)) or not all(isinstance(f, torch.Tensor) for f in flats):
+            raise TypeError("Swarm.from_flats: flats must be a list of [n, numel] tensors, one per (device, dtype) "
+                            f"group, got {type(flats).__name__}")
         self = cls.__new__(cls)
         template = template.clone()
         st = state_of(template)
@@ -151,6 +164,8 @@ class Swarm(SwarmArithmetic):
         >>> torch.equal(s[1].lin.weight, (a + 1).lin.weight)
         True
         """
+        if isinstance(particles, NytoModule) or not hasattr(particles, "__iter__"):
+            raise TypeError(f"Swarm.stack: particles must be a sequence of particles, got {type(particles).__name__}")
         particles = list(particles)
         if not particles:
             raise ValueError("Swarm.stack: need at least one particle")
@@ -328,7 +343,11 @@ class Swarm(SwarmArithmetic):
         n = len(self)
         if isinstance(index, slice):
             return torch.arange(n)[index]
-        t = torch.as_tensor(index)
+        try:
+            t = torch.as_tensor(index)
+        except (TypeError, ValueError, RuntimeError):
+            raise IndexError("row index must be an int, a slice, a 1-D integer tensor/list or a bool mask, "
+                             f"got {type(index).__name__}") from None
         if t.dtype == torch.bool:
             if t.shape != (n,):
                 raise IndexError(f"boolean row mask must have shape [{n}], got {list(t.shape)}")
@@ -361,6 +380,8 @@ class Swarm(SwarmArithmetic):
         >>> (s.flats[0].abs().sum(1) > 0).tolist()
         [False, True, True, False]
         """
+        if not isinstance(src, (Swarm, NytoModule)):
+            raise TypeError(f"scatter_: src must be a Swarm or a particle, got {type(src).__name__}")
         idx = self._index(index)
         _check_species(self, src)
         if isinstance(src, Swarm):
@@ -486,6 +507,7 @@ class Swarm(SwarmArithmetic):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Copy values from ``state_dict()`` output in place (shapes and dtypes
         must match; checked before anything is written)."""
+        _checks.state_keys(state, "Swarm.load_state_dict", ("flats", "buffers"), ("n",))
         flats, bufs = list(state["flats"]), list(state["buffers"])
         if len(flats) != len(self.flats) or len(bufs) != len(self.buffers):
             raise ValueError("Swarm.load_state_dict: the state has a different number of groups or buffers")

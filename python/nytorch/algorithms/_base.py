@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 
+from .. import _checks
+
 Callback = Callable[[Dict[str, float]], Any]
 _log = logging.getLogger("nytorch.algorithms")
 
@@ -52,6 +54,7 @@ class History:
         return {"records": [dict(r) for r in self.records]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        _checks.state_keys(state, "History.load_state_dict", ("records",))
         self.records = [dict(r) for r in state["records"]]
 
     def plot(self, path: str, title: Optional[str] = None, *, log_y: bool = False) -> str:
@@ -122,7 +125,13 @@ def progress(it: Iterable, enabled: bool, desc: str, total: Optional[int] = None
 
 def as_fitness(fitness: Any, n: int, device: torch.device, name: str) -> torch.Tensor:
     """Fitness values as a float64 [n] tensor on ``device`` (checked)."""
-    f = torch.as_tensor(fitness)
+    try:
+        f = None if isinstance(fitness, str) else torch.as_tensor(fitness)
+    except (TypeError, ValueError, RuntimeError):
+        f = None
+    if f is None:
+        raise TypeError(f"{name}: fitness must be a [N] tensor or list of real numbers with N = {n}, "
+                        f"got {type(fitness).__name__}")
     if f.dim() != 1 or f.shape[0] != n:
         raise ValueError(f"{name}: fitness must be a [N] tensor with N = {n}, got shape {list(f.shape)}")
     if f.is_complex():
@@ -148,9 +157,15 @@ class SwarmOptimizer:
 
     def step(self, fitness_fn: Callable[[Any], Any]) -> torch.Tensor:
         """Evaluate ``fitness_fn(self.ask())`` (a [N] tensor) and ``tell`` it."""
+        _checks.function(fitness_fn, f"{type(self).__name__}.step", "fitness_fn")
         population = self.ask()
         with torch.no_grad():
-            fitness = torch.as_tensor(fitness_fn(population))
+            fitness = fitness_fn(population)
+            if not isinstance(fitness, str):
+                try:
+                    fitness = torch.as_tensor(fitness)
+                except (TypeError, ValueError, RuntimeError):
+                    pass  # tell names it
         self.tell(fitness)
         return fitness
 
@@ -158,6 +173,11 @@ class SwarmOptimizer:
             callback: Optional[Callback] = None, desc: Optional[str] = None) -> History:
         """``steps`` calls of ``step(fitness_fn)``; shows a tqdm bar with the best
         fitness and calls ``callback(record)`` after each step."""
+        where = f"{type(self).__name__}.run"
+        _checks.function(fitness_fn, where, "fitness_fn")
+        steps = _checks.integer(steps, where, "steps", minimum=0)
+        if callback is not None:
+            _checks.function(callback, where, "callback")
         bar = progress(range(steps), progress_bar, desc or type(self).__name__, total=steps)
         for _ in bar:
             self.step(fitness_fn)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .. import ops
+from .. import _checks, ops
 from .._storage import state_of
 from ..errors import SpeciesError
 from ..particle import NytoModule
@@ -32,7 +32,7 @@ def uniform_soup(models: Union[Swarm, Sequence[NytoModule]]) -> NytoModule:
 
 def weighted_soup(models: Union[Swarm, Sequence[NytoModule]], weights: Any) -> NytoModule:
     """``sum(w_i * x_i) / sum(w_i)`` over the particles (a new particle)."""
-    return _as_swarm(models).mean(weights=torch.as_tensor(weights))
+    return _as_swarm(models).mean(weights=weights)
 
 
 def greedy_soup(models: Union[Swarm, Sequence[NytoModule]], score: Callable[[NytoModule], float],
@@ -40,6 +40,7 @@ def greedy_soup(models: Union[Swarm, Sequence[NytoModule]], score: Callable[[Nyt
     """Greedy soup (Wortsman et al. 2022): visit the particles from best to worst
     individual ``score`` and keep each one whose addition to the uniform soup
     does not make its score worse. Returns ``(soup, indices kept)``."""
+    _checks.function(score, "greedy_soup", "score")
     s = _as_swarm(models)
     scores = [float(score(p)) for p in s]
     order = sorted(range(len(s)), key=lambda i: scores[i], reverse=maximize)
@@ -57,6 +58,8 @@ def greedy_soup(models: Union[Swarm, Sequence[NytoModule]], score: Callable[[Nyt
 def _as_swarm(models) -> Swarm:
     if isinstance(models, Swarm):
         return models
+    if isinstance(models, NytoModule) or not hasattr(models, "__iter__"):
+        raise TypeError(f"models must be a nytorch.Swarm or a sequence of particles, got {type(models).__name__}")
     return Swarm.stack(list(models))
 
 
@@ -68,6 +71,9 @@ class EMA:
     (then copied)."""
 
     def __init__(self, model: Union[NytoModule, Swarm], decay: float = 0.999, *, buffers: bool = True) -> None:
+        if not isinstance(model, (NytoModule, Swarm)):
+            raise TypeError(f"EMA: model must be a particle (NytoModule) or a nytorch.Swarm, got {type(model).__name__}")
+        decay = _checks.real(decay, "EMA", "decay")
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
@@ -114,6 +120,9 @@ class EMA:
                 "decay": self.decay}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output in place."""
+        _checks.state_keys(state, "EMA.load_state_dict", ("flats", "buffers", "updates", "decay"),
+                           strict=type(self).state_dict is EMA.state_dict)
         f, b = self._tensors(self.average)
         if len(f) != len(state["flats"]) or any(x.shape != y.shape for x, y in zip(f, state["flats"])):
             raise ValueError("EMA.load_state_dict: shapes differ")

@@ -17,11 +17,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .. import ops
+from .. import _checks, ops
 from .._storage import state_of
 from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import History, SwarmOptimizer, as_fitness
+
+
+_STATE_KEYS = ("center", "center_buffers", "m", "v", "steps_done", "best_fitness", "rng", "history")
 
 
 def centered_ranks(f: torch.Tensor) -> torch.Tensor:
@@ -57,6 +60,20 @@ class ES(SwarmOptimizer):
                  generator: Optional[torch.Generator] = None, track_diversity: bool = False) -> None:
         if not isinstance(center, NytoModule):
             raise TypeError(f"ES: center must be a particle (NytoModule), got {type(center).__name__}")
+        popsize = _checks.integer(popsize, "ES", "popsize")
+        for name, x in (("sigma", sigma), ("lr", lr), ("momentum", momentum), ("eps", eps),
+                        ("weight_decay", weight_decay)):
+            _checks.real(x, "ES", name)
+        if not lr >= 0:
+            raise ValueError(f"ES: lr must be >= 0 (maximize=True flips the direction), got {lr}")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"ES: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
+        betas = tuple(_checks.real(b, "ES", "betas") for b in betas)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"ES: betas must be in [0, 1), got {betas}")
+        if seed is not None:
+            _checks.integer(seed, "ES", "seed")
+        _checks.generator(generator, "ES")
         if antithetic and popsize % 2:
             raise ValueError(f"ES: antithetic sampling needs an even popsize, got {popsize}")
         if popsize < 2:
@@ -151,6 +168,9 @@ class ES(SwarmOptimizer):
                 "rng": self.generator.get_state(), "history": self.history.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output in place."""
+        _checks.state_keys(state, "ES.load_state_dict", _STATE_KEYS,
+                           strict=type(self).state_dict is ES.state_dict)  # a subclass may add keys
         c = state_of(self.center)
         for name, mine in (("center", c.flats), ("m", self.m), ("v", self.v)):
             if len(state[name]) != len(mine) or any(a.shape != b.shape for a, b in zip(mine, state[name])):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
-from .. import ops
+from .. import _checks, ops
 from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import History, SwarmOptimizer, as_fitness
@@ -98,6 +98,10 @@ def run_flat(prog, inputs, numbers, *, out, seed):
     _fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)
 
 
+_STATE_KEYS = ("swarm", "velocity", "pbest", "pbest_fitness", "gbest", "gbest_fitness", "steps_done", "rng",
+               "seed_rng", "history")
+
+
 def _value(s: Schedule, step: int) -> float:
     return float(s(step)) if callable(s) else float(s)
 
@@ -141,8 +145,18 @@ class PSO(SwarmOptimizer):
             raise TypeError(f"PSO: swarm must be a nytorch.Swarm, got {type(swarm).__name__}")
         if topology not in ("global", "ring"):
             raise ValueError(f"PSO: topology must be 'global' or 'ring', got {topology!r}")
-        if topology == "ring" and not 1 <= neighbors:
-            raise ValueError("PSO: neighbors must be >= 1")
+        if len(swarm) == 0:
+            raise ValueError("PSO: the swarm is empty; PSO needs at least one particle")
+        for name, sched in (("inertia", inertia), ("cognitive", cognitive), ("social", social)):
+            _checks.schedule(sched, "PSO", name)
+        neighbors = _checks.integer(neighbors, "PSO", "neighbors", minimum=1)
+        if vmax is not None:
+            _checks.real(vmax, "PSO", "vmax")
+        if _checks.real(velocity_scale, "PSO", "velocity_scale") < 0:
+            raise ValueError(f"PSO: velocity_scale must be >= 0, got {velocity_scale}")
+        if seed is not None:
+            _checks.integer(seed, "PSO", "seed")
+        _checks.generator(generator, "PSO")
         if backend not in ("auto", "fuse", "ops"):
             raise ValueError(f"PSO: backend must be 'auto', 'fuse' or 'ops', got {backend!r}")
         if vmax is not None and not vmax > 0:
@@ -311,6 +325,8 @@ class PSO(SwarmOptimizer):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore ``state_dict()`` output in place (same species/shape swarm)."""
+        _checks.state_keys(state, "PSO.load_state_dict", _STATE_KEYS,
+                           strict=type(self).state_dict is PSO.state_dict)  # a subclass may add keys
         for name in ("velocity", "pbest", "gbest"):
             mine, theirs = getattr(self, name), state[name]
             if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
