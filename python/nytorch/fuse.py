@@ -79,6 +79,7 @@ import torch
 from . import _C
 from ._fuse_program import OPS, Program, compile_nodes
 from ._fuse_trace import FuseError, Node, apply, clamp as _clamp, lift, random_node, scalar_eval, start_trace
+from . import _storage as S
 from ._storage import state_of
 from .particle import NytoModule, _number, _same_species
 
@@ -294,7 +295,8 @@ def _flats_like(first: NytoModule, p: NytoModule, species: Any, layout: Any) -> 
     if p._nyto_species is not species:
         _same_species(first, p)
     s = state_of(p)
-    if s.layout is not layout and s.layout.param_sig != layout.param_sig:
+    if s.layout is not layout and not S.compatible(state_of(first), s):
+        S.check_structure(state_of(first), s, "nytorch.fuse")
         _layout_error(first, p)
     return s.flats
 

@@ -27,7 +27,7 @@ from torch import nn
 from . import _C, ops
 from . import _storage as S
 from ._storage import build, state_of
-from .errors import SpeciesError, StructureError
+from .errors import SpeciesError
 
 Number = Union[int, float, bool]
 
@@ -89,23 +89,6 @@ def _same_species(a: "NytoModule", b: "NytoModule") -> None:
             "copy values across species with load_state_dict() or clone_from()")
 
 
-def _compatible(a: S.State, b: S.State) -> bool:
-    """Whether two states' flats meet element for element (else: parameter
-    by parameter, after :func:`_check_structure`)."""
-    return a.layout is b.layout or (a.layout.param_sig == b.layout.param_sig
-                                    and a.layout.param_names() == b.layout.param_names())
-
-
-def _check_structure(a: S.State, b: S.State) -> None:
-    """Raise StructureError, before anything is written, when two particles of
-    one species no longer have the same parameters (names and shapes)."""
-    why = S.structure_mismatch(a, b)
-    if why is not None:
-        raise StructureError(
-            f"particle operation between particles of different structure: {why} (a parameter "
-            "was deleted, set to None, added or replaced since they were made)")
-
-
 class NytoModule(nn.Module):
     """Base class of particles: subclass it like ``torch.nn.Module``.
 
@@ -140,9 +123,9 @@ class NytoModule(nn.Module):
         if isinstance(other, NytoModule):
             _same_species(self, other)
             a, b = state_of(self), state_of(other)
-            if _compatible(a, b):
+            if S.compatible(a, b):
                 return self._from_flats(a, _C.apply(list_op, False, (a.flats, b.flats), (), a.layout.pool))
-            _check_structure(a, b)
+            S.check_structure(a, b)
             return self._from_tensors(a, _C.apply(list_op, False, (a.params, b.params), ()))
         return self._with_number(other, scalar_op)
 
@@ -163,10 +146,10 @@ class NytoModule(nn.Module):
         if isinstance(other, NytoModule):
             _same_species(self, other)
             b = state_of(other)
-            if _compatible(a, b):
+            if S.compatible(a, b):
                 _C.apply(list_op, True, (a.flats, b.flats), ())
             else:
-                _check_structure(a, b)
+                S.check_structure(a, b)
                 _C.apply(list_op, True, (a.params, b.params), ())
         else:
             s = _number(other)

@@ -415,9 +415,11 @@ class Swarm(SwarmArithmetic):
     def _particle_flats(self, p: NytoModule) -> List[torch.Tensor]:
         """A particle's values as one 1-D tensor per group of this swarm's layout."""
         st = state_of(p)
-        layout = self.layout
-        if st.layout is layout or st.layout.param_sig == layout.param_sig:
+        mine = state_of(self.template)
+        layout = mine.layout
+        if S.compatible(mine, st):
             return list(st.flats)
+        S.check_structure(mine, st, "swarm operation")
         out = []
         for g, (dev, dt, _) in enumerate(layout.groups):
             parts = [q.detach().reshape(-1).to(device=dev, dtype=dt)
