@@ -54,6 +54,8 @@ template <class F>
 PyObject* guarded(F&& f) {
   try {
     return f();
+  } catch (const c10::NotImplementedError& e) {  // torch's own mapping
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_NotImplementedError, e.what_without_backtrace());
   } catch (const c10::Error& e) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
   } catch (const std::invalid_argument& e) {

@@ -484,3 +484,17 @@ def test_bad_arguments_leave_operands_unchanged():
             f()
     assert_unchanged(sw, ssnap)
     assert pso.steps_done == 0
+
+
+@pytest.mark.parametrize("number", [np.True_, np.float32(2.5), np.int64(3), np.float64(-1.5)],
+                         ids=lambda x: type(x).__name__)
+def test_numpy_scalars_on_the_left_use_the_reflected_operators(number):
+    class Lin(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.arange(3.0))
+    net = Lin()
+    for op in (operator.add, operator.sub, operator.mul, operator.truediv):
+        r = op(number, net)
+        assert isinstance(r, Lin)
+        assert torch.equal(r.w.detach(), op(torch.tensor(float(number)), net.w.detach())), op

@@ -99,6 +99,10 @@ class NytoModule(nn.Module):
     update the parameters' values and return the same object.
     """
 
+    # numpy scalars on the left (`np.float32(2) * net`) defer to our reflected
+    # operators instead of numpy treating the particle as an object array.
+    __array_ufunc__ = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.__dict__["_nyto_species"] = Species()
