@@ -19,29 +19,12 @@
 // It holds no strong reference to a module, a LazyParams or the State: no
 // reference cycle, dead particles are freed by refcounting alone.
 #include "python_api.h"
-#include <cstring>
 #include <torch/csrc/autograd/python_variable.h>
 
 namespace nyto::py {
 
-PyObject* lazy_params_cls = nullptr;     // nytorch._lazy.LazyParams
-PyObject* param_dict_cls = nullptr;      // nytorch._containers.ParamDict
-PyObject* container_dict_cls = nullptr;  // nytorch._containers.ContainerDict
-namespace {
-Py_ssize_t param_cell_offset = -1;       // of ParamDict's (and LazyParams') _nyto_cell slot
-Py_ssize_t container_cell_offset = -1;   // of ContainerDict's
-
-// The offset of plain __slots__ member `name` of class `tp`, or -1.
-Py_ssize_t slot_offset(PyTypeObject* tp, const char* name) {
-  PyObject* key = PyUnicode_InternFromString(name);
-  PyObject* d = key ? _PyType_Lookup(tp, key) : nullptr;  // borrowed
-  Py_XDECREF(key);
-  if (!key) PyErr_Clear();
-  if (!d || Py_TYPE(d) != &PyMemberDescr_Type) return -1;
-  const PyMemberDef* m = reinterpret_cast<PyMemberDescrObject*>(d)->d_member;
-  return (m->type == T_OBJECT_EX || m->type == T_OBJECT) ? m->offset : -1;
-}
-}  // namespace
+PyObject* lazy_params_cls = nullptr;  // nytorch._lazy.LazyParams
+PyObject* param_dict_cls = nullptr;   // nytorch._containers.ParamDict
 
 namespace {
 PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
@@ -222,114 +205,21 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
   Py_RETURN_NONE;
 }
 
-// register_lazy_types(LazyParams, ParamDict, ContainerDict)
+// register_lazy_types(LazyParams, ParamDict)
 PyObject* py_register_lazy_types(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2])) {
-    PyErr_SetString(PyExc_TypeError, "register_lazy_types(LazyParams, ParamDict, ContainerDict)");
+  if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "register_lazy_types(LazyParams, ParamDict)");
     return nullptr;
   }
-  PyObject** slots[3] = {&lazy_params_cls, &param_dict_cls, &container_dict_cls};
-  for (int i = 0; i < 3; ++i) {
+  PyObject** slots[2] = {&lazy_params_cls, &param_dict_cls};
+  for (int i = 0; i < 2; ++i) {
     Py_INCREF(args[i]);
     Py_XSETREF(*slots[i], args[i]);
   }
-  param_cell_offset = slot_offset(reinterpret_cast<PyTypeObject*>(param_dict_cls), "_nyto_cell");
-  container_cell_offset = slot_offset(reinterpret_cast<PyTypeObject*>(container_dict_cls), "_nyto_cell");
-  // LazyParams adds no slot to ParamDict: the same offset serves both.
-  if (param_cell_offset < 0 || container_cell_offset < 0 ||
-      slot_offset(reinterpret_cast<PyTypeObject*>(lazy_params_cls), "_nyto_cell") != param_cell_offset) {
-    PyErr_SetString(PyExc_TypeError, "register_lazy_types: _nyto_cell must be a plain slot of each class");
+  // The version cell slot (csrc/containers.cpp): LazyParams adds no slot to
+  // ParamDict, so one offset serves both.
+  if (!bind_param_cell(reinterpret_cast<PyTypeObject*>(param_dict_cls), reinterpret_cast<PyTypeObject*>(lazy_params_cls)))
     return nullptr;
-  }
-  Py_RETURN_NONE;
-}
-
-// ---------------------------------------------------------------------------
-// Version cells (python/nytorch/_containers.py): every module of a particle
-// keeps its _parameters, _buffers and _modules as tracked dicts sharing one
-// cell, an 8-byte bytearray holding the module's structure version. Any
-// change moves it to a new value of one process-wide counter, so a version
-// names one state of one module's containers: a State records them and the
-// hot path compares them.
-namespace {
-int64_t version_counter = 0;  // guarded by the GIL
-}  // namespace
-
-int64_t next_version() { return ++version_counter; }
-
-PyObject* new_cell() {
-  PyObject* cell = PyByteArray_FromStringAndSize(nullptr, sizeof(int64_t));
-  if (!cell) return nullptr;
-  const int64_t v = next_version();
-  std::memcpy(PyByteArray_AS_STRING(cell), &v, sizeof v);
-  return cell;
-}
-
-bool is_cell(PyObject* cell) {
-  return cell && PyByteArray_CheckExact(cell) && PyByteArray_GET_SIZE(cell) == static_cast<Py_ssize_t>(sizeof(int64_t));
-}
-
-// The structure version of a module whose `_parameters` is `params` (borrowed),
-// or -1 when it is not a tracked dict with a cell (such a module is in no valid State).
-int64_t params_version(PyObject* params) {
-  if (!params || param_cell_offset < 0) return -1;
-  PyObject* tp = reinterpret_cast<PyObject*>(Py_TYPE(params));
-  if (tp != param_dict_cls && tp != lazy_params_cls) return -1;
-  PyObject* cell = *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(params) + param_cell_offset);
-  if (!is_cell(cell)) return -1;
-  int64_t v;
-  std::memcpy(&v, PyByteArray_AS_STRING(cell), sizeof v);
-  return v;
-}
-
-// A new tracked dict of class `tp` (ParamDict, LazyParams or ContainerDict)
-// holding `src`'s items (when given) and version cell `cell`. An empty one
-// starts untracked by the cyclic GC, like an empty dict: it holds only the
-// cell, which can't be part of a cycle; the first insertion of a tracked
-// object (a module, a tensor) tracks it again.
-PyObject* new_tracked(PyObject* tp, PyObject* src, PyObject* cell) {
-  static PyObject* empty = PyTuple_New(0);
-  auto* type = reinterpret_cast<PyTypeObject*>(tp);
-  PyObject* d = PyDict_Type.tp_new(type, empty, nullptr);
-  if (!d) return nullptr;
-  if (src && PyDict_GET_SIZE(src) > 0 && PyDict_Update(d, src) < 0) {
-    Py_DECREF(d);
-    return nullptr;
-  }
-  if (!set_cell(d, cell)) {
-    Py_DECREF(d);
-    return nullptr;
-  }
-  if (PyDict_GET_SIZE(d) == 0 && PyObject_GC_IsTracked(d)) PyObject_GC_UnTrack(d);
-  return d;
-}
-
-// d._nyto_cell = cell for a tracked dict `d` of one of the three classes.
-bool set_cell(PyObject* d, PyObject* cell) {
-  PyObject* tp = reinterpret_cast<PyObject*>(Py_TYPE(d));
-  Py_ssize_t off = tp == container_dict_cls ? container_cell_offset
-                   : (tp == param_dict_cls || tp == lazy_params_cls) ? param_cell_offset : -1;
-  if (off < 0) {
-    PyErr_SetString(PyExc_TypeError, "set_cell: not a nytorch tracked dict");
-    return false;
-  }
-  Py_INCREF(cell);
-  Py_XSETREF(*reinterpret_cast<PyObject**>(reinterpret_cast<char*>(d) + off), cell);
-  return true;
-}
-
-PyObject* py_new_cell(PyObject*, PyObject*) { return new_cell(); }
-
-// bump(cell): a new version in `cell` (None: nothing to do).
-PyObject* py_bump(PyObject*, PyObject* cell) {
-  if (cell != Py_None) {
-    if (!is_cell(cell)) {
-      PyErr_SetString(PyExc_TypeError, "bump(cell): not a nytorch version cell");
-      return nullptr;
-    }
-    const int64_t v = next_version();
-    std::memcpy(PyByteArray_AS_STRING(cell), &v, sizeof v);
-  }
   Py_RETURN_NONE;
 }
 

@@ -149,16 +149,17 @@ PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_s
 PyObject* requires_grad_bytes(PyObject* params, PyObject* record);
 PyObject* py_materialize(PyObject*, PyObject* record);
 PyObject* py_register_lazy_types(PyObject*, PyObject* const* args, Py_ssize_t nargs);
-// Tracked module containers and their version cells (csrc/lazy_params.cpp,
+// Tracked module containers and their version cells (csrc/containers.cpp,
 // python/nytorch/_containers.py).
 extern PyObject* lazy_params_cls;     // nytorch._lazy.LazyParams
 extern PyObject* param_dict_cls;      // nytorch._containers.ParamDict
-extern PyObject* container_dict_cls;  // nytorch._containers.ContainerDict
-int64_t next_version();
+extern PyObject* container_dict_cls;  // nytorch._C.ContainerDict
+bool bind_param_cell(PyTypeObject* param_dict, PyTypeObject* lazy_params);
 PyObject* new_cell();
-int64_t params_version(PyObject* params);  // -1: not tracked
+int64_t params_version(PyObject* params);  // -1: not a tracked _parameters
 PyObject* new_tracked(PyObject* tp, PyObject* src, PyObject* cell);
 bool set_cell(PyObject* d, PyObject* cell);
+bool add_container_types(PyObject* module);  // nytorch._C.ContainerDict, VersionCell
 PyObject* py_new_cell(PyObject*, PyObject*);
 PyObject* py_bump(PyObject*, PyObject* cell);
 }  // namespace nyto::py

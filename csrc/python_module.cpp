@@ -616,7 +616,7 @@ PyMethodDef methods[] = {
      "lazy_result(self, state, flats): a result particle viewing flats (Parameters made on first use)."},
     {"materialize", py_materialize, METH_O, "materialize(record): make a lazy result particle's Parameters."},
     {"register_lazy_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_lazy_types)), METH_FASTCALL,
-     "register_lazy_types(LazyParams, ParamDict, ContainerDict)."},
+     "register_lazy_types(LazyParams, ParamDict)."},
     {"new_cell", py_new_cell, METH_NOARGS, "new_cell(): a module structure version cell with a new version."},
     {"bump", py_bump, METH_O, "bump(cell): move a version cell to a new version (None: no-op)."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
@@ -640,4 +640,8 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "nytorch._C", "nytorch's compil
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module_def); }
+PyMODINIT_FUNC PyInit__C() {
+  PyObject* m = PyModule_Create(&module_def);
+  if (m && !nyto::py::add_container_types(m)) Py_CLEAR(m);  // csrc/containers.cpp
+  return m;
+}

@@ -9,9 +9,9 @@ buffer or submodule added, deleted, set to None or replaced, by
 
 So every module of a particle keeps its ``_parameters`` as a :class:`ParamDict`
 and its ``_buffers`` and ``_modules`` as :class:`ContainerDict` s. The three
-share one *version cell* (an 8-byte bytearray, which can't take part in a
-reference cycle); every mutating dict method moves it to a new, process-wide
-unique value (``_C.bump``). A State records its modules' versions, and the
+share one *version cell* (``_C.VersionCell``, an int64 with no references: it
+can't take part in a reference cycle); every mutating dict method moves it to
+a new, process-wide unique value (``_C.bump``; csrc/containers.cpp). A State records its modules' versions, and the
 hot path (csrc/particle_fastpath.cpp) compares them: one dict lookup per
 module, as before. Reads are plain dict reads; only writes pay (~0.3 us).
 
@@ -48,14 +48,10 @@ class ParamDict(dict):
         return dict, (dict(self),)
 
 
-class ContainerDict(dict):
-    """A particle module's ``_buffers`` or ``_modules``: a dict whose changes
-    move the version cell it shares with the module's ``_parameters``."""
-
-    __slots__ = ("_nyto_cell",)
-
-    def __reduce_ex__(self, protocol: int) -> Any:
-        return dict, (dict(self),)
+# A particle module's ``_buffers`` or ``_modules``: a dict whose changes move
+# the version cell it shares with the module's ``_parameters`` (in C, with a
+# free list: results make two per module).
+ContainerDict = _C.ContainerDict
 
 
 # dict's methods that can change the keys or values.
@@ -77,10 +73,9 @@ def _changing(name: str) -> Callable[..., Any]:
     return method
 
 
-for _cls in (ParamDict, ContainerDict):
-    for _name in CHANGING:
-        setattr(_cls, _name, _changing(_name))
-del _cls, _name
+for _name in CHANGING:
+    setattr(ParamDict, _name, _changing(_name))
+del _name
 
 
 def track(module: nn.Module) -> None:
@@ -90,7 +85,7 @@ def track(module: nn.Module) -> None:
     params = d.get("_parameters")
     if params is None:
         return
-    cell: Optional[bytearray] = getattr(params, "_nyto_cell", None) if isinstance(params, ParamDict) else None
+    cell: Optional[Any] = getattr(params, "_nyto_cell", None) if isinstance(params, ParamDict) else None
     if cell is None:
         cell = _C.new_cell()
         tracked = ParamDict(params)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _C
-from ._containers import ContainerDict, ParamDict
+from ._containers import ParamDict
 
 __all__ = ["LazyParams", "ParamDict"]
 
@@ -72,4 +72,4 @@ for _name in ("__getitem__", "get", "items", "values", "__iter__", "__reversed__
 del _name
 LazyParams.__reduce_ex__ = _reduce_ex
 
-_C.register_lazy_types(LazyParams, ParamDict, ContainerDict)
+_C.register_lazy_types(LazyParams, ParamDict)
