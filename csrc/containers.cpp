@@ -1,9 +1,9 @@
 // Tracked module containers (python/nytorch/_containers.py).
 //
 // Every module of a particle keeps its `_parameters` as a ParamDict (a Python
-// dict subclass, so that a result's LazyParams can turn into one by
-// `__class__` assignment) and its `_buffers` and `_modules` as ContainerDicts
-// (this file's dict subclass). The three share one VersionCell: a counter
+// subclass of this file's ParamDictBase, so that a result's LazyParams can
+// turn into one by `__class__` assignment) and its `_buffers` and `_modules`
+// as ContainerDicts (this file's dict subclass). The three share one VersionCell: a counter
 // that every change of any of them (set, delete, pop, popitem, clear, update,
 // setdefault, |=) moves to a new value of one process-wide sequence, so a
 // version names one state of one module's containers. A particle's State
@@ -55,7 +55,8 @@ void bump(PyObject* cell) {
 }
 
 // ---------------------------------------------------------------------------
-// ContainerDict: a dict whose changes bump its cell.
+// ContainerDict and ParamDictBase: dicts whose changes bump their cell. Both
+// have this layout, so the methods below serve both.
 struct ContainerDict {
   PyDictObject dict;
   PyObject* cell;
@@ -123,6 +124,20 @@ constexpr int kMaxFree = 256;
 PyObject* free_list[kMaxFree];
 int num_free = 0;
 
+// The C base of nytorch._containers.ParamDict (a Python class, so that a
+// result's LazyParams can turn into one by __class__ assignment): the same
+// methods and cell, subclassable, no free list.
+PyTypeObject ParamDictBaseType = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "nytorch._C.ParamDictBase";
+  t.tp_basicsize = sizeof(ContainerDict);
+  t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE;
+  t.tp_doc = "Base of a particle module's _parameters: a dict whose changes move its structure version.";
+  t.tp_methods = cd_methods;
+  t.tp_members = cd_members;
+  return t;
+}();
+
 PyTypeObject ContainerDictType = [] {
   PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
   t.tp_name = "nytorch._C.ContainerDict";
@@ -155,21 +170,17 @@ void cd_dealloc(PyObject* self) {
   Py_TRASHCAN_END
 }
 
+// ParamDictBase: drop the cell, then dict's own deallocation.
+void pd_dealloc(PyObject* self) {
+  Py_CLEAR(reinterpret_cast<ContainerDict*>(self)->cell);
+  PyDict_Type.tp_dealloc(self);
+}
+
 PyMappingMethods cd_mapping = {};
 PyNumberMethods cd_number = {};
 
-// ParamDict's (and LazyParams') _nyto_cell slot offset.
+// The cell's offset in a ParamDict or LazyParams (ParamDictBase's field), once bound.
 Py_ssize_t param_cell_offset = -1;
-
-Py_ssize_t slot_offset(PyTypeObject* tp, const char* name) {
-  PyObject* key = PyUnicode_InternFromString(name);
-  PyObject* d = key ? _PyType_Lookup(tp, key) : nullptr;  // borrowed
-  Py_XDECREF(key);
-  if (!key) PyErr_Clear();
-  if (!d || Py_TYPE(d) != &PyMemberDescr_Type) return -1;
-  const PyMemberDef* m = reinterpret_cast<PyMemberDescrObject*>(d)->d_member;
-  return (m->type == T_OBJECT_EX || m->type == T_OBJECT) ? m->offset : -1;
-}
 
 PyObject*& param_cell(PyObject* params) {
   return *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(params) + param_cell_offset);
@@ -183,12 +194,11 @@ bool is_param_dict(PyObject* d) {
 }  // namespace
 
 bool bind_param_cell(PyTypeObject* param_dict, PyTypeObject* lazy_params) {
-  param_cell_offset = slot_offset(param_dict, "_nyto_cell");
-  if (param_cell_offset < 0 || slot_offset(lazy_params, "_nyto_cell") != param_cell_offset) {
-    param_cell_offset = -1;
-    PyErr_SetString(PyExc_TypeError, "ParamDict and LazyParams need one plain _nyto_cell slot");
+  if (!PyType_IsSubtype(param_dict, &ParamDictBaseType) || !PyType_IsSubtype(lazy_params, param_dict)) {
+    PyErr_SetString(PyExc_TypeError, "ParamDict must subclass nytorch._C.ParamDictBase, LazyParams ParamDict");
     return false;
   }
+  param_cell_offset = offsetof(ContainerDict, cell);
   return true;
 }
 
@@ -206,12 +216,23 @@ bool add_container_types(PyObject* module) {
   ContainerDictType.tp_dealloc = cd_dealloc;
   ContainerDictType.tp_traverse = PyDict_Type.tp_traverse;  // the cell is no GC object
   ContainerDictType.tp_clear = PyDict_Type.tp_clear;
-  if (PyType_Ready(&VersionCellType) < 0 || PyType_Ready(&ContainerDictType) < 0) return false;
+  ParamDictBaseType.tp_base = &PyDict_Type;
+  ParamDictBaseType.tp_as_mapping = &cd_mapping;
+  ParamDictBaseType.tp_as_number = &cd_number;
+  ParamDictBaseType.tp_dealloc = pd_dealloc;
+  ParamDictBaseType.tp_traverse = PyDict_Type.tp_traverse;
+  ParamDictBaseType.tp_clear = PyDict_Type.tp_clear;
+  if (PyType_Ready(&VersionCellType) < 0 || PyType_Ready(&ContainerDictType) < 0 ||
+      PyType_Ready(&ParamDictBaseType) < 0)
+    return false;
   container_dict_cls = reinterpret_cast<PyObject*>(&ContainerDictType);
-  Py_INCREF(&VersionCellType);
-  Py_INCREF(&ContainerDictType);
-  return PyModule_AddObject(module, "VersionCell", reinterpret_cast<PyObject*>(&VersionCellType)) == 0 &&
-         PyModule_AddObject(module, "ContainerDict", reinterpret_cast<PyObject*>(&ContainerDictType)) == 0;
+  PyTypeObject* types[3] = {&VersionCellType, &ContainerDictType, &ParamDictBaseType};
+  const char* names[3] = {"VersionCell", "ContainerDict", "ParamDictBase"};
+  for (int i = 0; i < 3; ++i) {
+    Py_INCREF(types[i]);
+    if (PyModule_AddObject(module, names[i], reinterpret_cast<PyObject*>(types[i])) < 0) return false;
+  }
+  return true;
 }
 
 PyObject* new_cell() {

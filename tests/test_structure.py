@@ -298,3 +298,67 @@ def test_none_valued_parameter_keys_follow_into_results(how):
     assert "extra" in r.fc._parameters and r.fc._parameters["extra"] is None
     del n.fc._parameters["extra"]
     assert "extra" not in (n * 2).fc._parameters
+
+
+CHANGES = {  # each changing dict method, called so that it changes the dict
+    "__setitem__": lambda d, k, v: d.__setitem__(k, v),
+    "__delitem__": lambda d, k, v: d.__delitem__(k),
+    "pop": lambda d, k, v: d.pop(k),
+    "popitem": lambda d, k, v: d.popitem(),
+    "clear": lambda d, k, v: d.clear(),
+    "update": lambda d, k, v: d.update({k: v}),
+    "setdefault": lambda d, k, v: d.setdefault(k + "_new", v),
+    "__ior__": lambda d, k, v: d.__ior__({k: v}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(CHANGES))
+@pytest.mark.parametrize("container", ["_parameters", "_buffers", "_modules"])
+@pytest.mark.parametrize("result", [False, True], ids=["made", "result"])
+def test_every_changing_method_of_every_container_moves_the_version(method, container, result):
+    from nytorch._containers import CHANGING
+    assert set(CHANGES) == set(CHANGING)
+    n = Net()
+    if result:
+        n = n + 1
+    settle(n)
+    m = n.bn if container == "_buffers" else (n.head if container == "_modules" else n.fc)
+    d = m.__dict__[container]
+    cell = m.__dict__["_parameters"]._nyto_cell
+    assert d._nyto_cell is cell
+    key = next(iter(d))
+    value = d[key]
+    v0 = cell.version
+    _ = (key in d, len(d), d.get(key), list(d.items()), d.copy())  # reads move nothing
+    assert cell.version == v0
+    CHANGES[method](d, key, value)
+    assert cell.version > v0
+
+
+def test_tracked_containers_pickle_and_copy_as_plain_dicts():
+    import pickle
+    n = Net()
+    settle(n)
+    for d in (n.fc._parameters, n.bn._buffers, n.head._modules):
+        assert type(pickle.loads(pickle.dumps(d))) is dict
+        assert type(copy.copy(d)) is dict and type(copy.deepcopy(d)) is dict
+        assert type(d.copy()) is dict
+
+
+def test_many_results_reuse_containers_safely():
+    """ContainerDicts come from a free list: dead results' containers are
+    reused; a live result's containers are never shared."""
+    n = Net()
+    settle(n)
+    live = []
+    for i in range(600):
+        r = n + i
+        if i % 3 == 0:
+            live.append((i, r))
+    ids = {id(r.head._modules) for _, r in live} | {id(r.bn._buffers) for _, r in live}
+    assert len(ids) == 2 * len(live)
+    for i, r in live:
+        assert list(r.head._modules) == ["0", "1"]
+        assert torch.equal(r.head[0].weight, n.head[0].weight + i)
+        del r.head[1]
+        assert [k for k, _ in (r * 1).named_parameters() if k.startswith("head")] == ["head.0.weight", "head.0.bias"]

@@ -29,53 +29,30 @@ module, as before. Reads are plain dict reads; only writes pay (~0.3 us).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from torch import nn
 
 from . import _C
 
-__all__ = ["ParamDict", "ContainerDict", "track", "touch"]
+__all__ = ["ParamDict", "ContainerDict", "CHANGING", "track", "touch"]
+
+# dict's methods that can change the keys or values (each moves the version).
+CHANGING = ("__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__")
 
 
-class ParamDict(dict):
+class ParamDict(_C.ParamDictBase):
     """A particle module's ``_parameters``: a dict (pickles and copies as one)
-    whose changes move the module's version cell ``_nyto_cell``."""
+    whose changes (set, delete, pop, popitem, clear, update, setdefault, |=;
+    in C, ``_C.ParamDictBase``) move the module's version cell ``_nyto_cell``."""
 
-    __slots__ = ("_nyto_record", "_nyto_template", "_nyto_cell", "__weakref__")
-
-    def __reduce_ex__(self, protocol: int) -> Any:
-        return dict, (dict(self),)
+    __slots__ = ("_nyto_record", "_nyto_template", "__weakref__")
 
 
 # A particle module's ``_buffers`` or ``_modules``: a dict whose changes move
 # the version cell it shares with the module's ``_parameters`` (in C, with a
 # free list: results make two per module).
 ContainerDict = _C.ContainerDict
-
-
-# dict's methods that can change the keys or values.
-CHANGING = ("__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__")
-
-
-def _changing(name: str) -> Callable[..., Any]:
-    base = getattr(dict, name)
-
-    def method(self: dict, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return base(self, *args, **kwargs)
-        finally:
-            _C.bump(getattr(self, "_nyto_cell", None))
-
-    method.__name__ = name
-    method.__qualname__ = f"ParamDict.{name}"
-    method.__doc__ = f"dict.{name}, then a new version of the module's structure."
-    return method
-
-
-for _name in CHANGING:
-    setattr(ParamDict, _name, _changing(_name))
-del _name
 
 
 def track(module: nn.Module) -> None:
