@@ -498,3 +498,26 @@ def test_numpy_scalars_on_the_left_use_the_reflected_operators(number):
         r = op(number, net)
         assert isinstance(r, Lin)
         assert torch.equal(r.w.detach(), op(torch.tensor(float(number)), net.w.detach())), op
+
+
+@pytest.mark.parametrize("pdtype", [torch.int64, torch.int32, torch.bool, torch.float16, torch.float32])
+@pytest.mark.parametrize("tdtype", [torch.float64, torch.bfloat16, torch.float16, torch.int8, torch.int64])
+@pytest.mark.parametrize("op", [operator.add, operator.sub, operator.mul, operator.truediv],
+                         ids=lambda f: f.__name__)
+def test_zero_dim_tensor_numbers_promote_like_torch(pdtype, tdtype, op):
+    class One(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([1, 2, 3]).to(pdtype), requires_grad=False)
+    net = One()
+    t = torch.tensor(2).to(tdtype)
+    for left, right, ref in ((net, t, lambda p: op(p, t)), (t, net, lambda p: op(t, p))):
+        try:
+            expected = ref(net.w.detach())
+        except RuntimeError:
+            with pytest.raises((RuntimeError, TypeError)):
+                op(left, right)
+            continue
+        r = op(left, right)
+        assert r.w.dtype == expected.dtype
+        assert torch.equal(r.w.detach(), expected)

@@ -77,6 +77,21 @@ def _number(x: Any) -> Optional[Number]:
     return None
 
 
+def _tensor_promotes(st: S.State, t: torch.Tensor, s: Number) -> bool:
+    """Whether 0-dim tensor ``t`` gives some group of state ``st`` another
+    result dtype than its value ``s`` would (torch's category rule)."""
+    return any(torch.result_type(probe, t) != torch.result_type(probe, s)
+               for probe in (torch.empty(0, dtype=dt) for _, dt, _ in st.layout.groups))
+
+
+# Particle-with-number ops as torch functions of (parameter, 0-dim tensor).
+_TENSOR_NUMBER_OPS = {
+    S.ADD_S: torch.add, S.SUB_S: torch.sub, S.MUL_S: torch.mul, S.DIV_S: torch.div, S.POW_S: torch.pow,
+    S.RSUB_S: lambda p, t: torch.sub(t, p), S.RDIV_S: lambda p, t: torch.div(t, p),
+    S.RPOW_S: lambda p, t: torch.pow(t, p),
+}
+
+
 def _views_larger_storage(p: torch.Tensor) -> bool:
     return p.untyped_storage().nbytes() > p.numel() * p.element_size()
 
@@ -143,6 +158,12 @@ class NytoModule(nn.Module):
         if s is None:
             return NotImplemented
         st = state_of(self)
+        if isinstance(other, torch.Tensor) and _tensor_promotes(st, other, s):
+            # torch's rule for a 0-dim tensor of a higher category (an int particle
+            # + a float64 0-dim tensor is float64, not the default float dtype)
+            fn = _TENSOR_NUMBER_OPS[scalar_op]
+            with torch.no_grad():
+                return self._from_tensors(st, [fn(p.detach(), other.detach()) for p in st.params])
         return self._from_flats(st, _C.apply(scalar_op, False, (st.flats,), (s,), st.layout.pool))
 
     def _inplace(self, other: Any, list_op: int, scalar_op: int) -> "NytoModule":
