@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# CI step: compile the CUDA kernels (csrc/cuda/*.cu) against a CUDA build of
-# torch. Nothing is run (no GPU needed); this only proves the sources build.
+# CI step: build the CUDA wheel (csrc/cuda/*.cu and the rest, against the CUDA
+# build of torch 2.14.1), repair it with auditwheel and list its kernels.
+# Nothing is run (no GPU needed); this proves the CUDA wheel builds.
 #
-# Skips (exit 0) when nvcc is not on PATH. Otherwise it creates, or reuses if
-# already complete, a venv outside the repository holding the CUDA torch wheel
-# plus the build tools, then configures and builds the extension with that
-# venv's python and cmake (>= 3.26, needed to pass C++20 to nvcc).
+# Skips (exit 0) when nvcc is not on PATH. Otherwise tools/torch-venv.sh cuda
+# creates, or reuses if already complete, a venv outside the repository holding
+# the CUDA torch wheel plus the build tools (cmake >= 3.26, needed to pass C++20
+# to nvcc); then tools/build-wheel.sh cuda builds the wheel with that venv's
+# python for TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX": sm_80, sm_90, PTX).
 #
 # Environment:
 #   NYTO_CUDA_VENV       venv path   (default ~/.cache/nytorch/cuda-venv)
 #   NYTO_CUDA_BUILD_DIR  build tree  (default /tmp/nytorch-cuda-build-<uid>-<repo hash>)
-#   NYTO_CUDA_ARCHS      CMAKE_CUDA_ARCHITECTURES (default 90)
+#   NYTO_CUDA_WHEEL_DIR  where the wheel goes (default dist/)
+#   TORCH_CUDA_ARCH_LIST CUDA targets (default "8.0;9.0+PTX")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -22,50 +25,24 @@ fi
 
 compgen -G "csrc/cuda/*.cu" >/dev/null || { echo "cuda-compile: FAIL (no csrc/cuda/*.cu)"; exit 1; }
 
-TORCH_SPEC="torch==2.14.1"
-TOOLS=("cmake>=3.26" "ninja" "scikit-build-core")
-venv=${NYTO_CUDA_VENV:-$HOME/.cache/nytorch/cuda-venv}
 hash=$(printf '%s' "$repo" | cksum | cut -d' ' -f1)
 build=${NYTO_CUDA_BUILD_DIR:-${TMPDIR:-/tmp}/nytorch-cuda-build-$(id -u)-$hash}
-archs=${NYTO_CUDA_ARCHS:-90}
-stamp="$venv/.nytorch-complete"
-want="$TORCH_SPEC ${TOOLS[*]}"
+out=${NYTO_CUDA_WHEEL_DIR:-$repo/dist}
 t0=$SECONDS
 export PYTHONWARNINGS=ignore   # the CUDA torch warns that numpy is absent: noise here
 
 fail() { echo "cuda-compile: FAIL ($1, $((SECONDS - t0)) s)"; exit 1; }
 
 # --- the venv (serialized: several checkouts may share it) -------------------
-mkdir -p "$(dirname "$venv")"
-exec 9>"$venv.lock"
-flock 9
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  echo "cuda-compile: reusing venv $venv"
-else
-  echo "cuda-compile: creating venv $venv ($TORCH_SPEC, CUDA wheel, ~5 GB, a few minutes)"
-  rm -rf "$venv"
-  python3 -m venv "$venv" || fail "venv creation"
-  "$venv/bin/python" -m pip install -q "$TORCH_SPEC" "${TOOLS[@]}" || fail "pip install"
-  "$venv/bin/python" -c "import torch; assert torch.version.cuda, 'torch wheel has no CUDA'" \
-    || fail "the installed torch is not a CUDA build"
-  printf '%s' "$want" > "$stamp"
-fi
-flock -u 9
-py="$venv/bin/python"
-cmake="$venv/bin/cmake"
+py=$(tools/torch-venv.sh cuda) || fail "venv creation"
 echo "cuda-compile: torch $("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)'),"\
-     "$("$cmake" --version | head -1), $(nvcc --version | tail -1)"
+     "$("$(dirname "$py")/cmake" --version | head -1), $(nvcc --version | tail -1)"
 
-# --- configure + build (no install; one run per build tree at a time) --------
+# --- the wheel (one run per build tree at a time) ----------------------------
 mkdir -p "$(dirname "$build")"
 exec 8>"$build.lock"
 flock 8
 t1=$SECONDS
-"$cmake" -S "$repo" -B "$build" -G Ninja \
-  -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" \
-  -DPython_EXECUTABLE="$py" \
-  -DNYTO_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$archs" \
-  || fail "cmake configure"
-# The CUDA kernels only: the CPU sources are built and tested by the main job.
-"$cmake" --build "$build" -j "$(nproc)" --target nyto_cuda || fail "compile"
-echo "cuda-compile: PASS (CUDA sources built for sm_$archs in $((SECONDS - t1)) s, total $((SECONDS - t0)) s; build tree $build)"
+bash tools/build-wheel.sh cuda --python "$py" --build-dir "$build" --out "$out" || fail "wheel build"
+echo "cuda-compile: PASS (CUDA wheel built, repaired and its kernels listed in $((SECONDS - t1)) s," \
+     "total $((SECONDS - t0)) s; build tree $build)"
