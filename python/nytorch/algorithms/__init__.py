@@ -2,13 +2,23 @@
 
 - :class:`PSO`: particle swarm optimization (global and ring topologies);
 - :class:`ES`: an evolution strategy (antithetic sampling, rank shaping, Adam/SGD);
+- :class:`PGPE` (ClipUp), :class:`SNES`, :class:`CEM`, :class:`SepCMAES`: Gaussian
+  strategies sampled in one fused pass, noise regenerated from its seed or stored;
+- :class:`DE`: differential evolution on swarm rows;
 - model averaging: :func:`uniform_soup`, :func:`weighted_soup`, :func:`greedy_soup`, :class:`EMA`;
 - :class:`History` (plots to a PNG), :class:`LogCallback`.
 """
 from ._base import History, LogCallback, SwarmOptimizer
+from ._gaussian import GaussianStrategy, nes_utilities
 from .averaging import EMA, greedy_soup, uniform_soup, weighted_soup
 from .es import ES, centered_ranks
+from .cem import CEM
+from .de import DE
+from .pgpe import PGPE
 from .pso import PSO
+from .sep_cma import SepCMAES
+from .snes import SNES
 
-__all__ = ["PSO", "ES", "EMA", "uniform_soup", "weighted_soup", "greedy_soup", "centered_ranks",
-           "History", "LogCallback", "SwarmOptimizer"]
+__all__ = ["PSO", "ES", "PGPE", "SNES", "CEM", "SepCMAES", "DE", "EMA", "uniform_soup", "weighted_soup",
+           "greedy_soup", "centered_ranks", "nes_utilities", "History", "LogCallback", "SwarmOptimizer",
+           "GaussianStrategy"]

@@ -22,9 +22,11 @@ from .._storage import state_of
 from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import History, SwarmOptimizer, as_fitness
+from ._sampling import FusedSampler
 
 
 _STATE_KEYS = ("center", "center_buffers", "m", "v", "steps_done", "best_fitness", "rng", "history")
+_FUSE_KEYS = ("seed_rng", "sample_seed")  # backend="fuse" only
 
 
 def centered_ranks(f: torch.Tensor) -> torch.Tensor:
@@ -51,13 +53,26 @@ class ES(SwarmOptimizer):
     ``lr`` and ``weight_decay``. Fitness is minimized unless ``maximize``.
 
     ``center``: the starting particle (copied; ``es.center`` is the current mean).
+
+    ``backend="ops"`` (default): the noise is drawn with ``nytorch.ops.normal_``
+    from ``generator`` into ``es.noise`` and combined in separate passes.
+    ``backend="fuse"``: ``ask()`` writes ``center +- sigma * eps`` in ONE
+    :mod:`nytorch.fuse` pass with Philox normals drawn in the kernel (seeded per
+    step from the optimizer's seed); ``tell()`` regenerates eps from the same
+    (seed, counters) for the gradient sums (memory does not grow with the
+    population) or, with ``store_noise=True``, reads the noise the same pass
+    stored in ``es.noise``. Both give bitwise the same trajectory (float32 /
+    float64). ``store_noise=None`` picks stored noise on the CPU (where the
+    normals, not memory, bound the step: regenerating them costs a second
+    draw) and regeneration elsewhere.
     """
 
     def __init__(self, center: NytoModule, popsize: int, *, sigma: float = 0.05, lr: float = 0.01,
                  optimizer: str = "adam", betas: Tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
                  eps: float = 1e-8, weight_decay: float = 0.0, antithetic: bool = True,
                  rank_shaping: bool = True, maximize: bool = False, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, track_diversity: bool = False) -> None:
+                 generator: Optional[torch.Generator] = None, track_diversity: bool = False,
+                 backend: str = "ops", store_noise: Optional[bool] = None) -> None:
         if not isinstance(center, NytoModule):
             raise TypeError(f"ES: center must be a particle (NytoModule), got {type(center).__name__}")
         popsize = _checks.integer(popsize, "ES", "popsize")
@@ -82,6 +97,8 @@ class ES(SwarmOptimizer):
             raise ValueError(f"ES: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if not sigma > 0:
             raise ValueError("ES: sigma must be positive")
+        if backend not in ("ops", "fuse"):
+            raise ValueError(f"ES: backend must be 'ops' or 'fuse', got {backend!r}")
         self.center = center.clone()
         self.population = Swarm(self.center, popsize, init="clone")
         flats = state_of(self.center).flats
@@ -97,7 +114,19 @@ class ES(SwarmOptimizer):
             generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
         self.generator = generator
         half = popsize // 2 if antithetic else popsize
-        self.noise = [torch.empty((half, f.numel()), dtype=f.dtype, device=f.device) for f in flats]
+        self.backend = backend
+        self.sampler: Optional[FusedSampler] = None
+        if backend == "fuse":
+            if store_noise is None:
+                store_noise = dev.type == "cpu"
+            self.sampler = FusedSampler(flats, half, antithetic=antithetic, store_noise=bool(store_noise))
+            self.noise = self.sampler.noise if store_noise else []
+            # seeds of the kernel's Philox streams: a CPU generator (no device sync)
+            self.seed_generator = torch.Generator()
+            self.seed_generator.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=dev)))
+            self.sample_seed = 0
+        else:
+            self.noise = [torch.empty((half, f.numel()), dtype=f.dtype, device=f.device) for f in flats]
         self.m = [torch.zeros_like(f) for f in flats]
         self.v = [torch.zeros_like(f) for f in flats]
         self.steps_done = 0
@@ -111,6 +140,11 @@ class ES(SwarmOptimizer):
 
     def ask(self) -> Swarm:
         """A new population around the center (the same Swarm object, refilled)."""
+        if self.sampler is not None:
+            self.sample_seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
+            self.sampler.sample(self.sample_seed, [f.reshape(-1) for f in state_of(self.center).flats],
+                                self.sigma, self.population.flats)
+            return self.population
         ops.normal_(self.noise, generator=self.generator)
         c = state_of(self.center).flats
         with torch.no_grad():
@@ -126,6 +160,8 @@ class ES(SwarmOptimizer):
 
     def _gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
         """Per group: the utilities times the noise rows (the unscaled gradient)."""
+        if self.sampler is not None:
+            return self.sampler.sums(self.sample_seed, u, like=state_of(self.center).flats)[0]
         return [u.to(eps.dtype) @ eps for eps in self.noise]
 
     def _update(self, f: torch.Tensor, gradient_sums: Callable[[torch.Tensor], List[torch.Tensor]]) -> None:
@@ -165,11 +201,14 @@ class ES(SwarmOptimizer):
                 "center_buffers": [b.clone() for b in state_of(self.center).buffers],
                 "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v],
                 "steps_done": self.steps_done, "best_fitness": self.best_fitness_,
-                "rng": self.generator.get_state(), "history": self.history.state_dict()}
+                "rng": self.generator.get_state(), "history": self.history.state_dict(),
+                **({"seed_rng": self.seed_generator.get_state(), "sample_seed": self.sample_seed}
+                   if self.sampler is not None else {})}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore ``state_dict()`` output in place."""
-        _checks.state_keys(state, "ES.load_state_dict", _STATE_KEYS,
+        fused = self.sampler is not None
+        _checks.state_keys(state, "ES.load_state_dict", _STATE_KEYS + (_FUSE_KEYS if fused else ()),
                            strict=type(self).state_dict is ES.state_dict)  # a subclass may add keys
         c = state_of(self.center)
         for name, mine in (("center", c.flats), ("m", self.m), ("v", self.v)):
@@ -182,4 +221,7 @@ class ES(SwarmOptimizer):
         self.steps_done = int(state["steps_done"])
         self.best_fitness_ = float(state["best_fitness"])
         self.generator.set_state(state["rng"])
+        if fused:
+            self.seed_generator.set_state(state["seed_rng"])
+            self.sample_seed = int(state["sample_seed"])
         self.history.load_state_dict(state["history"])

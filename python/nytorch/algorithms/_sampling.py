@@ -1,0 +1,157 @@
+"""Fused Gaussian sampling of a population around a center ("virtual noise").
+
+``FusedSampler.sample`` writes the rows ``center + scale * eps`` (and the
+antithetic ``center - scale * eps``) of a stacked ``[N, numel]`` population in
+ONE :mod:`nytorch.fuse` call: the normals are drawn in the kernel (Philox) and
+never stored unless ``store_noise``. ``FusedSampler.sums`` gives the weighted
+sums ``sum_i w_i eps_i`` (and ``sum_i v_i eps_i**2``) that every Gaussian
+strategy's update needs, by regenerating eps from the same (seed, counters)
+chunk by chunk, or by reading the stored noise: both routes run the same
+arithmetic in the same order, so they give bitwise the same sums (float32 and
+float64; half dtypes store rounded noise).
+
+Counter layout: noise row ``i`` (``0 <= i < h``, h = the rows drawn: N, or
+N/2 when antithetic) of parameter group ``j`` is Philox stream ``i % K`` of
+fuse group ``(i // K) * G + j`` (G parameter groups, ``K = ROWS``); element
+``e`` of the row is element ``e`` of that group. A call that only needs chunk
+``c`` passes empty tensors for the groups before it (fuse skips them).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+_fuse = importlib.import_module("nytorch.fuse")
+
+ROWS = 4  # noise rows per program (random streams 0..ROWS-1); CUDA: 3*ROWS <= 16 outputs
+_PROGRAMS: Dict[Tuple, object] = {}
+
+
+def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
+    key = ("ask", k, antithetic, vector, store)
+    prog = _PROGRAMS.get(key)
+    if prog is None:
+        def fn(c, s):
+            plus, minus, noise = [], [], []
+            for _ in range(k):
+                e = _fuse.randn_like(c)
+                plus.append(c + s * e)
+                if antithetic:
+                    minus.append(c - s * e)
+                if store:
+                    noise.append(e)
+            return tuple(plus + minus + noise)
+        prog = _PROGRAMS[key] = _fuse.program(fn, "pp" if vector else "pn")
+    return prog
+
+
+def _sum_program(k: int, squares: bool, stored: bool):
+    """acc1 + sum_r w_r e_r (and acc2 + sum_r v_r e_r^2), e_r regenerated or read."""
+    key = ("sum", k, squares, stored)
+    prog = _PROGRAMS.get(key)
+    if prog is None:
+        n_acc = 2 if squares else 1
+
+        def fn(*args):
+            accs = list(args[:n_acc])
+            rest = args[n_acc:]
+            noise, w = (rest[:k], rest[k:]) if stored else ((), rest)
+            for r in range(k):
+                e = noise[r] if stored else _fuse.randn_like(args[0])
+                accs[0] = accs[0] + w[r] * e
+                if squares:
+                    accs[1] = accs[1] + w[k + r] * (e * e)
+            return tuple(accs) if squares else accs[0]
+        kinds = "p" * n_acc + ("p" * k if stored else "") + "n" * (k * n_acc)
+        prog = _PROGRAMS[key] = _fuse.program(fn, kinds)
+    return prog
+
+
+class FusedSampler:
+    """Samples ``rows`` noise rows per step into a population (see the module
+    docstring). ``centers``: the center's flat buffers (one per group);
+    ``antithetic``: the population holds ``2 * rows`` particles;
+    ``store_noise``: keep the noise in ``self.noise`` (``[rows, numel]`` per
+    group) instead of regenerating it."""
+
+    def __init__(self, centers: Sequence[torch.Tensor], rows: int, *, antithetic: bool,
+                 store_noise: bool) -> None:
+        self.rows, self.antithetic, self.store_noise = rows, antithetic, store_noise
+        self.groups = len(centers)
+        self.noise: Optional[List[torch.Tensor]] = (
+            [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers]
+            if store_noise else None)
+        self._empties = [torch.empty(0) for _ in range(3 * ROWS)]  # distinct: outputs may not overlap
+
+    def _pad(self, n: int, j: int = 0) -> List[torch.Tensor]:
+        """``n`` empty groups (fuse skips them) for output ``j``."""
+        return [self._empties[j]] * n
+
+    def _chunks(self):
+        """(first row, rows) of each chunk: full chunks of ROWS, then the rest."""
+        return [(a, min(ROWS, self.rows - a)) for a in range(0, self.rows, ROWS)]
+
+    def sample(self, seed: int, centers: Sequence[torch.Tensor], scale: Union[float, Sequence[torch.Tensor]],
+               population: Sequence[torch.Tensor]) -> None:
+        """Write ``population[j][i] = centers[j] + scale * eps_i`` (rows
+        ``h + i``: ``- scale * eps_i`` when antithetic) for the step's ``seed``."""
+        h, G = self.rows, self.groups
+        vector = not isinstance(scale, (int, float))
+        full = h // ROWS
+        for first_chunk, n_chunks, k in ((0, full, ROWS), (full, 1 if h % ROWS else 0, h % ROWS)):
+            if n_chunks == 0:
+                continue
+            n_pad = first_chunk * G
+            pad = self._pad(n_pad)
+            gids = [(c, j) for c in range(first_chunk, first_chunk + n_chunks) for j in range(G)]
+            ins = [pad + [centers[j] for _, j in gids]]
+            if vector:
+                ins.append(pad + [scale[j] for _, j in gids])
+            outs = [[population[j][c * ROWS + r] for c, j in gids] for r in range(k)]
+            if self.antithetic:
+                outs += [[population[j][h + c * ROWS + r] for c, j in gids] for r in range(k)]
+            if self.store_noise:
+                outs += [[self.noise[j][c * ROWS + r] for c, j in gids] for r in range(k)]
+            outs = [self._pad(n_pad, o) + out for o, out in enumerate(outs)]
+            _fuse.run_flat(_ask_program(k, self.antithetic, vector, self.store_noise), ins,
+                           [] if vector else [float(scale)], out=outs, seed=seed)
+
+    def sums(self, seed: int, w: torch.Tensor, v: Optional[torch.Tensor] = None,
+             like: Sequence[torch.Tensor] = ()) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+        """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` per group (the second None
+        without ``v``) over the noise rows of the step drawn with ``seed``;
+        ``like``: the center's flats (shapes, dtypes, devices)."""
+        G = self.groups
+        wl = w.tolist()
+        vl = v.tolist() if v is not None else None
+        acc1 = [torch.zeros(t.numel(), dtype=t.dtype, device=t.device) for t in like]
+        acc2 = [torch.zeros_like(a) for a in acc1] if v is not None else None
+        stored = self.store_noise
+        for c, (a, k) in enumerate(self._chunks()):
+            pad = self._pad(c * G)
+            ins = [pad + acc1]
+            if acc2 is not None:
+                ins.append(pad + acc2)
+            if stored:
+                ins += [pad + [self.noise[j][a + r] for j in range(G)] for r in range(k)]
+            nums = wl[a:a + k] + (vl[a:a + k] if vl is not None else [])
+            outs = [pad + acc1] + ([self._pad(c * G, 1) + acc2] if acc2 is not None else [])
+            _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs,
+                           seed=seed)
+        return acc1, acc2
+
+    def draw(self, seed: int, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The step's noise rows, ``[rows, numel]`` per group (for tests and
+        inspection; the strategies never materialize them)."""
+        saved, self.store_noise = self.store_noise, True
+        saved_noise = self.noise
+        self.noise = [torch.empty((self.rows, t.numel()), dtype=t.dtype, device=t.device) for t in like]
+        try:
+            pop = [torch.empty(((2 if self.antithetic else 1) * self.rows, t.numel()), dtype=t.dtype,
+                               device=t.device) for t in like]
+            self.sample(seed, [t.reshape(-1) for t in like], 0.0, pop)
+            return self.noise
+        finally:
+            self.noise, self.store_noise = saved_noise, saved

@@ -1,0 +1,316 @@
+"""The fused-sampling strategies (``nytorch.algorithms``: ES(backend="fuse"),
+PGPE, SNES, CEM, SepCMAES, DE): convergence on sphere and Rastrigin within a
+bounded number of steps, stored vs regenerated noise (bitwise the same
+trajectory), bitwise resume, population statistics, bad input."""
+import doctest
+import importlib
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nytorch as nyto
+from nytorch import Swarm
+from nytorch.algorithms import CEM, DE, ES, PGPE, SNES, SepCMAES, nes_utilities
+from nytorch.algorithms._sampling import ROWS, FusedSampler
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA"))]
+
+
+class Point(nyto.NytoModule):
+    def __init__(self, dim=10):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(dim // 2))
+        self.b = nn.Parameter(torch.zeros(dim - dim // 2))
+
+
+class Mixed(nyto.NytoModule):
+    """Two parameter groups (float32 and float64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(6))
+        self.b = nn.Parameter(torch.zeros(5, dtype=torch.float64))
+
+
+def sphere(s):
+    return s.dot(s)
+
+
+def rastrigin(s):
+    x = torch.cat([f.double() for f in s.flats], 1)
+    return 10 * x.shape[1] + (x * x - 10 * torch.cos(2 * math.pi * x)).sum(1)
+
+
+def center(o):
+    return torch.cat([q.detach().reshape(-1).double() for q in o.center.parameters()])
+
+
+def f_center(o):
+    return float(rastrigin(Swarm(o.center, 1)))
+
+
+def start(device="cpu"):
+    return Point().to(device) + 3.0  # sphere 90, Rastrigin 90
+
+
+# name -> (constructor of a Gaussian strategy from a center, keyword arguments)
+GAUSSIAN = {
+    "es": lambda c, **kw: ES(c, 100, sigma=1.0, lr=0.05, backend="fuse", **kw),
+    "pgpe": lambda c, **kw: PGPE(c, 100, stdev_init=2.0, center_lr=0.05, **kw),
+    "snes": lambda c, **kw: SNES(c, 100, stdev_init=2.0, **kw),
+    "cem": lambda c, **kw: CEM(c, 100, stdev_init=2.0, elite_ratio=0.2, **kw),
+    "sepcma": lambda c, **kw: SepCMAES(c, 100, sigma_init=2.0, **kw),
+}
+
+
+# ---------------------------------------------------------------------------
+# convergence: thresholds far below what a wrong update reaches (start: 90)
+# ---------------------------------------------------------------------------
+SPHERE = {"es": (200, 0.05), "pgpe": (200, 0.3), "snes": (200, 1e-3), "cem": (150, 1e-3), "sepcma": (100, 1e-5)}
+
+
+@pytest.mark.parametrize("name", sorted(SPHERE))
+def test_converges_on_sphere(name):
+    steps, tol = SPHERE[name]
+    o = GAUSSIAN[name](start(), seed=0)
+    o.run(sphere, steps, progress_bar=False)
+    assert float(center(o).norm()) < tol
+    assert o.best_fitness <= min(o.history.best) + 1e-12 and len(o.history) == steps
+
+
+# (steps, how the result is judged, threshold)
+RASTRIGIN = {"es": (200, "box", 1.0), "pgpe": (300, "box", 1.0), "snes": (200, "f", 0.5),
+             "cem": (150, "f", 5.0), "sepcma": (100, "f", 5.0)}
+
+
+@pytest.mark.parametrize("name", sorted(RASTRIGIN))
+def test_converges_on_rastrigin(name):
+    steps, kind, tol = RASTRIGIN[name]
+    o = GAUSSIAN[name](start(), seed=0)
+    o.run(rastrigin, steps, progress_bar=False)
+    if kind == "box":  # in the global optimum's neighbourhood (every coordinate within 1 of 0)
+        assert float(center(o).abs().max()) < tol
+    else:
+        assert f_center(o) < tol
+
+
+def test_de_converges():
+    torch.manual_seed(0)
+    de = DE(Swarm(Point(), 50, init="randn") * 3, F=0.5, CR=0.9, seed=0)
+    de.run(sphere, 300, progress_bar=False)
+    assert de.best_fitness < 1e-6
+    assert float(sphere(Swarm(de.best, 1))) == pytest.approx(de.best_fitness, rel=1e-5)
+    torch.manual_seed(0)
+    de = DE(Swarm(Point(), 50, init="randn") * 3, F=0.5, CR=0.1, seed=0)
+    de.run(rastrigin, 300, progress_bar=False)
+    assert de.best_fitness < 0.5
+
+
+def test_maximize_flips():
+    o = SNES(start(), 20, stdev_init=1.0, maximize=True, seed=0)
+    o.run(lambda s: -sphere(s), 150, progress_bar=False)
+    assert float(center(o).norm()) < 0.05 and o.best_fitness > -0.05
+
+
+# ---------------------------------------------------------------------------
+# stored vs regenerated noise, resume
+# ---------------------------------------------------------------------------
+def state_tensors(o):
+    out = []
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+    walk({k: v for k, v in o.state_dict().items() if k not in ("rng", "seed_rng")})
+    return out
+
+
+def model(name):
+    return Mixed() + 1.5 if name != "es" else Point() + 1.5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(GAUSSIAN))
+def test_stored_and_regenerated_noise_give_the_same_trajectory(name, device):
+    runs = []
+    for store in (True, False):
+        o = GAUSSIAN[name](model(name).to(device), seed=3, store_noise=store)
+        assert (o.sampler.noise is not None) == store
+        o.run(rastrigin, 6, progress_bar=False)
+        runs.append((state_tensors(o), [f.clone() for f in o.population.flats]))
+    (a, pa), (b, pb) = runs
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
+@pytest.mark.parametrize("name", sorted(GAUSSIAN) + ["de"])
+def test_checkpoint_resumes_bitwise(name):
+    if name == "de":
+        torch.manual_seed(0)
+        make = lambda seed: DE(Swarm(Mixed(), 12, init="randn"), seed=seed)  # noqa: E731
+    else:
+        make = lambda seed: GAUSSIAN[name](model(name), seed=seed)  # noqa: E731
+    o = make(4)
+    o.run(rastrigin, 3, progress_bar=False)
+    buf = io.BytesIO()
+    torch.save(o.state_dict(), buf)
+    o.run(rastrigin, 3, progress_bar=False)
+    expect = state_tensors(o)
+    fresh = make(99)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf, weights_only=False))
+    fresh.run(rastrigin, 3, progress_bar=False)
+    got = state_tensors(fresh)
+    assert len(got) == len(expect) and all(torch.equal(x, y) for x, y in zip(got, expect))
+    pop = (lambda z: z.swarm if name == "de" else z.population)
+    assert all(torch.equal(x, y) for x, y in zip(pop(fresh).flats, pop(o).flats))
+    assert fresh.history.best == o.history.best
+
+
+# ---------------------------------------------------------------------------
+# the sampled population
+# ---------------------------------------------------------------------------
+def normal_checks(e: torch.Tensor) -> None:
+    """Standard normal samples: tolerances of about 4 standard errors (n = e.numel())."""
+    e = e.double().reshape(-1)
+    n = e.numel()
+    assert abs(float(e.mean())) < 4 / math.sqrt(n)
+    assert abs(float(e.std()) - 1) < 4 / math.sqrt(2 * n)
+    p1 = float((e.abs() < 1).double().mean())  # 0.6827 for N(0, 1); 0.577 for a uniform of std 1
+    assert abs(p1 - 0.682689) < 4 * math.sqrt(0.6827 * 0.3173 / n)
+    p2 = float((e.abs() > 2).double().mean())  # tails: 0.0455
+    assert abs(p2 - 0.0455) < 4 * math.sqrt(0.0455 * 0.9545 / n)
+    k = float((e ** 4).mean())  # kurtosis 3
+    assert abs(k - 3) < 4 * math.sqrt(96 / n)
+
+
+def test_es_population_statistics():
+    d, pop = 40000, 16
+    c = Point(d) + 0.25
+    es = ES(c, pop, sigma=0.5, backend="fuse", seed=1, store_noise=False)
+    x = es.ask().flats[0].double()
+    h = pop // 2
+    eps = (x[:h] - 0.25) / 0.5
+    normal_checks(eps)
+    # antithetic: the second half mirrors the first around the center
+    assert torch.allclose(x[:h] + x[h:], torch.full_like(x[:h], 0.5), atol=1e-6)
+    # rows (other streams, other chunks) are uncorrelated
+    z = eps - eps.mean(1, keepdim=True)
+    corr = (z @ z.t()) / (z.norm(dim=1)[:, None] * z.norm(dim=1)[None, :])
+    off = corr - torch.eye(h, dtype=corr.dtype)
+    assert float(off.abs().max()) < 5 / math.sqrt(d)
+    # and a new step draws new noise
+    y = es.ask().flats[0].double()
+    assert float(((y[:h] - 0.25) / 0.5 * eps).mean().abs()) < 5 / math.sqrt(h * d)
+
+
+def test_per_element_scale_statistics():
+    d = 40000
+    o = PGPE(Point(d), 16, stdev_init=1.0, seed=2, store_noise=False)
+    o.stdev[0][: d // 4] = 0.5   # parameter a: halves with stdev 0.5 and 1.0; b: 2.0
+    o.stdev[0][d // 2:] = 2.0
+    x = o.ask().flats[0].double()
+    h = 8
+    normal_checks(x[:h, : d // 4] / 0.5)
+    normal_checks(x[:h, d // 4: d // 2])
+    normal_checks(x[:h, d // 2:] / 2.0)
+    assert torch.allclose(x[:h], -x[h:], atol=0)
+
+
+def test_sampler_sums_match_the_drawn_noise():
+    like = [torch.randn(1003), torch.randn(7, dtype=torch.float64)]
+    for rows in (ROWS, 2 * ROWS + 3):
+        s = FusedSampler(like, rows, antithetic=True, store_noise=False)
+        eps = s.draw(11, like)
+        w, v = torch.randn(rows, dtype=torch.float64), torch.randn(rows, dtype=torch.float64)
+        s1, s2 = s.sums(11, w, v, like=like)
+        for a, b, e in zip(s1, s2, eps):
+            assert torch.allclose(a, w.to(e.dtype) @ e, atol=1e-5)
+            assert torch.allclose(b, v.to(e.dtype) @ (e * e), atol=1e-5)
+        normal_checks(eps[0])
+
+
+def test_nes_utilities():
+    u = nes_utilities(torch.tensor([3.0, 1.0, 2.0, 4.0, 0.0]))
+    assert float(u.sum()) == pytest.approx(0, abs=1e-12)
+    assert int(u.argmax()) == 4 and int(u.argmin()) in (0, 3)
+
+
+# ---------------------------------------------------------------------------
+# updates against a plain torch reference (one step)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_snes_and_cem_steps_match_reference(antithetic):
+    c0 = Point(8) + 1.0
+    for cls in (SNES, CEM):
+        o = cls(c0, 10, stdev_init=0.3, seed=5, store_noise=True, antithetic=antithetic)
+        x = o.ask().flats[0].clone()
+        eps = o.sampler.noise[0].clone()
+        if antithetic:
+            eps = torch.cat([eps, -eps])
+        assert torch.allclose(x, 1.0 + 0.3 * eps)
+        f = sphere(o.population)
+        o.tell(f)
+        if cls is SNES:
+            u = nes_utilities(f.double()).float()
+            mu = 1.0 + 0.3 * (u @ eps)
+            sd = 0.3 * torch.exp(o.stdev_lr / 2 * (u @ (eps * eps) - u.sum()))
+        else:
+            elite = x[torch.argsort(f.double(), stable=True)[:o.elites]]
+            mu = elite.mean(0)
+            sd = (elite.var(0, unbiased=False).sqrt() / 0.3).clamp(0.9, 1.1) * 0.3
+        assert torch.allclose(center(o).float(), mu, atol=1e-5)
+        assert torch.allclose(o.stdev[0], sd, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# CUDA, bad input, doctests
+# ---------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
+@pytest.mark.parametrize("name", sorted(SPHERE))
+def test_cuda_converges_on_sphere(name):
+    steps, tol = SPHERE[name]
+    o = GAUSSIAN[name](start("cuda"), seed=0)
+    o.run(sphere, steps, progress_bar=False)
+    assert float(center(o).norm()) < tol
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="even popsize"):
+        PGPE(Point(), 5)
+    with pytest.raises(ValueError, match="stdev_init"):
+        SNES(Point(), 6, stdev_init=0.0)
+    with pytest.raises(ValueError, match="elite_ratio"):
+        CEM(Point(), 6, elite_ratio=1.5)
+    with pytest.raises(ValueError, match="optimizer"):
+        PGPE(Point(), 6, optimizer="sgd")
+    with pytest.raises(ValueError, match="at least 4"):
+        DE(Swarm(Point(), 3))
+    with pytest.raises(ValueError, match="backend"):
+        ES(Point(), 4, backend="jax")
+    with pytest.raises(TypeError, match="particle"):
+        SNES(torch.zeros(3), 6)
+    o = SepCMAES(Point(), 6, seed=0)
+    o.ask()
+    before = state_tensors(o)
+    with pytest.raises(ValueError, match="N = 6"):
+        o.tell(torch.ones(5))
+    assert all(torch.equal(a, b) for a, b in zip(state_tensors(o), before))
+    with pytest.raises(nyto.errors.StateDictError):
+        o.load_state_dict({"center": []})
+
+
+@pytest.mark.parametrize("mod", ["_gaussian", "pgpe", "snes", "cem", "sep_cma", "de", "es"])
+def test_doctests(mod):
+    m = importlib.import_module(f"nytorch.algorithms.{mod}")
+    assert doctest.testmod(m).failed == 0
