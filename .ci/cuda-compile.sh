@@ -9,9 +9,17 @@
 # to nvcc); then tools/build-wheel.sh cuda builds the wheel with that venv's
 # python for TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX": sm_80, sm_90, PTX).
 #
+# A CUDA wheel compiles everything (the CPU sources too, against torch 2.14's
+# headers) for three targets: minutes on 2 cores. Like a CI compiler cache, the
+# build is incremental across runs: the checkout's files (tracked and untracked,
+# not ignored) are synced by content into a cached source copy, so unchanged
+# files keep their timestamps, and the cached build tree beside it recompiles
+# only what changed. NYTO_CUDA_FRESH=1 starts both afresh.
+#
 # Environment:
 #   NYTO_CUDA_VENV       venv path   (default ~/.cache/nytorch/cuda-venv)
-#   NYTO_CUDA_BUILD_DIR  build tree  (default /tmp/nytorch-cuda-build-<uid>-<repo hash>)
+#   NYTO_CUDA_CACHE      cached source copy and build tree (default ~/.cache/nytorch/cuda-wheel)
+#   NYTO_CUDA_FRESH=1    empty that cache first (a from-scratch build)
 #   NYTO_CUDA_WHEEL_DIR  where the wheel goes (default dist/)
 #   TORCH_CUDA_ARCH_LIST CUDA targets (default "8.0;9.0+PTX")
 set -euo pipefail
@@ -25,9 +33,8 @@ fi
 
 compgen -G "csrc/cuda/*.cu" >/dev/null || { echo "cuda-compile: FAIL (no csrc/cuda/*.cu)"; exit 1; }
 
-hash=$(printf '%s' "$repo" | cksum | cut -d' ' -f1)
-build=${NYTO_CUDA_BUILD_DIR:-${TMPDIR:-/tmp}/nytorch-cuda-build-$(id -u)-$hash}
-out=${NYTO_CUDA_WHEEL_DIR:-$repo/dist}
+cache=${NYTO_CUDA_CACHE:-$HOME/.cache/nytorch/cuda-wheel}
+out=$(realpath -m "${NYTO_CUDA_WHEEL_DIR:-$repo/dist}")
 t0=$SECONDS
 export PYTHONWARNINGS=ignore   # the CUDA torch warns that numpy is absent: noise here
 
@@ -38,11 +45,37 @@ py=$(tools/torch-venv.sh cuda) || fail "venv creation"
 echo "cuda-compile: torch $("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)'),"\
      "$("$(dirname "$py")/cmake" --version | head -1), $(nvcc --version | tail -1)"
 
-# --- the wheel (one run per build tree at a time) ----------------------------
-mkdir -p "$(dirname "$build")"
-exec 8>"$build.lock"
+# --- the wheel (one run per cache at a time) ---------------------------------
+mkdir -p "$cache"
+exec 8>"$cache.lock"
 flock 8
 t1=$SECONDS
-bash tools/build-wheel.sh cuda --python "$py" --build-dir "$build" --out "$out" || fail "wheel build"
+if [[ ${NYTO_CUDA_FRESH:-0} == 1 ]]; then
+  rm -rf "$cache/src" "$cache/build"
+fi
+# Sync by content: copy what differs (new timestamp), delete what is gone.
+git ls-files -z -co --exclude-standard | "$py" -c '
+import filecmp, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+files = [f for f in sys.stdin.read().split("\0") if f and os.path.isfile(os.path.join(src, f))]
+changed = 0
+for f in files:
+    a, b = os.path.join(src, f), os.path.join(dst, f)
+    if not (os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)):
+        os.makedirs(os.path.dirname(b), exist_ok=True)
+        shutil.copyfile(a, b)
+        changed += 1
+    shutil.copymode(a, b)
+keep = set(files)
+gone = 0
+for root, _, names in os.walk(dst):
+    for n in names:
+        rel = os.path.relpath(os.path.join(root, n), dst)
+        if rel not in keep:
+            os.remove(os.path.join(root, n))
+            gone += 1
+print(f"cuda-compile: source copy {dst}: {changed} of {len(files)} files changed, {gone} removed")
+' "$repo" "$cache/src" || fail "source sync"
+bash "$cache/src/tools/build-wheel.sh" cuda --python "$py" --build-dir "$cache/build" --out "$out" || fail "wheel build"
 echo "cuda-compile: PASS (CUDA wheel built, repaired and its kernels listed in $((SECONDS - t1)) s," \
-     "total $((SECONDS - t0)) s; build tree $build)"
+     "total $((SECONDS - t0)) s; build tree $cache/build)"
