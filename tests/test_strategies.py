@@ -6,6 +6,8 @@ import doctest
 import importlib
 import io
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 import nytorch as nyto
 from nytorch import Swarm
 from nytorch.algorithms import CEM, DE, ES, PGPE, SNES, SepCMAES, nes_utilities
-from nytorch.algorithms._sampling import ROWS, FusedSampler
+from nytorch.algorithms._sampling import CPU_ROWS, FusedSampler
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA"))]
@@ -70,7 +72,8 @@ GAUSSIAN = {
 # ---------------------------------------------------------------------------
 # convergence: thresholds far below what a wrong update reaches (start: 90)
 # ---------------------------------------------------------------------------
-SPHERE = {"es": (200, 0.05), "pgpe": (200, 0.3), "snes": (200, 1e-3), "cem": (150, 1e-3), "sepcma": (100, 1e-5)}
+# thresholds hold for seeds 0-4 with a margin (checked when they were set)
+SPHERE = {"es": (200, 5e-3), "pgpe": (200, 0.15), "snes": (200, 1e-5), "cem": (150, 1e-5), "sepcma": (100, 1e-10)}
 
 
 @pytest.mark.parametrize("name", sorted(SPHERE))
@@ -83,8 +86,9 @@ def test_converges_on_sphere(name):
 
 
 # (steps, how the result is judged, threshold)
-RASTRIGIN = {"es": (200, "box", 1.0), "pgpe": (300, "box", 1.0), "snes": (200, "f", 0.5),
-             "cem": (150, "f", 5.0), "sepcma": (100, "f", 5.0)}
+# (Rastrigin's local minima sit at integer points, 1 per coordinate off 0)
+RASTRIGIN = {"es": (200, "box", 0.6), "pgpe": (300, "box", 0.8), "snes": (200, "f", 3.0),
+             "cem": (150, "f", 8.0), "sepcma": (100, "f", 5.0)}
 
 
 @pytest.mark.parametrize("name", sorted(RASTRIGIN))
@@ -102,12 +106,12 @@ def test_de_converges():
     torch.manual_seed(0)
     de = DE(Swarm(Point(), 50, init="randn") * 3, F=0.5, CR=0.9, seed=0)
     de.run(sphere, 300, progress_bar=False)
-    assert de.best_fitness < 1e-6
+    assert de.best_fitness < 1e-9
     assert float(sphere(Swarm(de.best, 1))) == pytest.approx(de.best_fitness, rel=1e-5)
     torch.manual_seed(0)
     de = DE(Swarm(Point(), 50, init="randn") * 3, F=0.5, CR=0.1, seed=0)
     de.run(rastrigin, 300, progress_bar=False)
-    assert de.best_fitness < 0.5
+    assert de.best_fitness < 1e-3
 
 
 def test_maximize_flips():
@@ -229,7 +233,7 @@ def test_per_element_scale_statistics():
 
 def test_sampler_sums_match_the_drawn_noise():
     like = [torch.randn(1003), torch.randn(7, dtype=torch.float64)]
-    for rows in (ROWS, 2 * ROWS + 3):
+    for rows in (CPU_ROWS, 2 * CPU_ROWS + 3, 5):
         s = FusedSampler(like, rows, antithetic=True, store_noise=False)
         eps = s.draw(11, like)
         w, v = torch.randn(rows, dtype=torch.float64), torch.randn(rows, dtype=torch.float64)
@@ -314,3 +318,28 @@ def test_bad_input():
 def test_doctests(mod):
     m = importlib.import_module(f"nytorch.algorithms.{mod}")
     assert doctest.testmod(m).failed == 0
+
+
+# ---------------------------------------------------------------------------
+# examples: --quick mode, one thread, a plot (tests/test_examples.py's checks,
+# run in this process: a subprocess each would pay ~5 s of imports)
+# ---------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["pgpe", "snes", "cem", "sepcma", "de"])
+def test_example_quick_mode(name, tmp_path, capsys, monkeypatch):
+    import matplotlib  # noqa: F401  (requirements.txt: a missing one fails, as in test_examples.py)
+    import sklearn  # noqa: F401
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    threads = torch.get_num_threads()
+    try:
+        mod = importlib.import_module(f"{name}_digits")
+        plot = tmp_path / "plot.png"
+        acc = mod.main(["--quick", "--threads", "1", "--no-progress", "--plot", str(plot)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    accs = [float(a) for a in re.findall(r"test accuracy (\d+\.\d)%", out)]
+    assert accs and max(accs) > 30.0 and acc > 0.3, out  # well above chance (10%) in a few seconds
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,10 @@ float64; half dtypes store rounded noise).
 
 Counter layout: noise row ``i`` (``0 <= i < h``, h = the rows drawn: N, or
 N/2 when antithetic) of parameter group ``j`` is Philox stream ``i % K`` of
-fuse group ``(i // K) * G + j`` (G parameter groups, ``K = ROWS``); element
-``e`` of the row is element ``e`` of that group. A call that only needs chunk
+fuse group ``(i // K) * G + j`` (G parameter groups); element
+``e`` of the row is element ``e`` of that group. ``K`` is 16 on the CPU (the
+groups run one after the other, each a parallel region: fewer regions stall
+less on a busy machine) and 4 elsewhere (the CUDA kernel's 16 outputs). A call that only needs chunk
 ``c`` passes empty tensors for the groups before it (fuse skips them).
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 
 _fuse = importlib.import_module("nytorch.fuse")
 
-ROWS = 4  # noise rows per program (random streams 0..ROWS-1); CUDA: 3*ROWS <= 16 outputs
+ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <= 16 outputs
+CPU_ROWS = 16  # on the CPU: fewer, longer parallel regions (each group is one)
 _PROGRAMS: Dict[Tuple, object] = {}
 
 
@@ -80,18 +83,20 @@ class FusedSampler:
                  store_noise: bool) -> None:
         self.rows, self.antithetic, self.store_noise = rows, antithetic, store_noise
         self.groups = len(centers)
+        on_cpu = not centers or centers[0].device.type == "cpu"
+        self.k = CPU_ROWS if on_cpu else ROWS
         self.noise: Optional[List[torch.Tensor]] = (
             [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers]
             if store_noise else None)
-        self._empties = [torch.empty(0) for _ in range(3 * ROWS)]  # distinct: outputs may not overlap
+        self._empties = [torch.empty(0) for _ in range(3 * self.k)]  # distinct: outputs may not overlap
 
     def _pad(self, n: int, j: int = 0) -> List[torch.Tensor]:
         """``n`` empty groups (fuse skips them) for output ``j``."""
         return [self._empties[j]] * n
 
     def _chunks(self):
-        """(first row, rows) of each chunk: full chunks of ROWS, then the rest."""
-        return [(a, min(ROWS, self.rows - a)) for a in range(0, self.rows, ROWS)]
+        """(first row, rows) of each chunk: full chunks of K rows, then the rest."""
+        return [(a, min(self.k, self.rows - a)) for a in range(0, self.rows, self.k)]
 
     def sample(self, seed: int, centers: Sequence[torch.Tensor], scale: Union[float, Sequence[torch.Tensor]],
                population: Sequence[torch.Tensor]) -> None:
@@ -99,8 +104,9 @@ class FusedSampler:
         ``h + i``: ``- scale * eps_i`` when antithetic) for the step's ``seed``."""
         h, G = self.rows, self.groups
         vector = not isinstance(scale, (int, float))
-        full = h // ROWS
-        for first_chunk, n_chunks, k in ((0, full, ROWS), (full, 1 if h % ROWS else 0, h % ROWS)):
+        K = self.k
+        full = h // K
+        for first_chunk, n_chunks, k in ((0, full, K), (full, 1 if h % K else 0, h % K)):
             if n_chunks == 0:
                 continue
             n_pad = first_chunk * G
@@ -109,11 +115,11 @@ class FusedSampler:
             ins = [pad + [centers[j] for _, j in gids]]
             if vector:
                 ins.append(pad + [scale[j] for _, j in gids])
-            outs = [[population[j][c * ROWS + r] for c, j in gids] for r in range(k)]
+            outs = [[population[j][c * K + r] for c, j in gids] for r in range(k)]
             if self.antithetic:
-                outs += [[population[j][h + c * ROWS + r] for c, j in gids] for r in range(k)]
+                outs += [[population[j][h + c * K + r] for c, j in gids] for r in range(k)]
             if self.store_noise:
-                outs += [[self.noise[j][c * ROWS + r] for c, j in gids] for r in range(k)]
+                outs += [[self.noise[j][c * K + r] for c, j in gids] for r in range(k)]
             outs = [self._pad(n_pad, o) + out for o, out in enumerate(outs)]
             _fuse.run_flat(_ask_program(k, self.antithetic, vector, self.store_noise), ins,
                            [] if vector else [float(scale)], out=outs, seed=seed)
