@@ -181,7 +181,7 @@ def bench_pso(N, D, device, rounds, use_pyswarms, results):
     import numpy as np
     torch.manual_seed(0)
     swarm = nyto.Swarm(Vec(D).to(device), N, init="randn")
-    pso = PSO(swarm, seed=0, vmax=0.5)
+    pso = PSO(swarm, seed=0, vmax=0.5, track_diversity=False)  # pyswarms computes no diversity either
     fns = {"PSO ours": lambda: pso.step(sphere_swarm)}
     version = None
     if use_pyswarms:
