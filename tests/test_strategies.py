@@ -114,6 +114,16 @@ def test_de_converges():
     assert de.best_fitness < 1e-3
 
 
+def test_progress_bar_callback_and_log():
+    from nytorch.algorithms import LogCallback
+    seen = []
+    o = CEM(start(), 10, seed=0, track_diversity=True)
+    hist = o.run(sphere, 4, progress_bar=True, callback=seen.append)
+    assert [r["step"] for r in seen] == [1, 2, 3, 4] and hist is o.history
+    assert all(r["diversity"] > 0 and r["best"] <= r["mean"] for r in seen)
+    LogCallback(every=2, use_print=True)(seen[1])
+
+
 def test_maximize_flips():
     o = SNES(start(), 20, stdev_init=1.0, maximize=True, seed=0)
     o.run(lambda s: -sphere(s), 150, progress_bar=False)
@@ -275,6 +285,25 @@ def test_snes_and_cem_steps_match_reference(antithetic):
             sd = (elite.var(0, unbiased=False).sqrt() / 0.3).clamp(0.9, 1.1) * 0.3
         assert torch.allclose(center(o).float(), mu, atol=1e-5)
         assert torch.allclose(o.stdev[0], sd, atol=1e-5)
+
+
+def test_pgpe_step_matches_reference():
+    from nytorch.algorithms import centered_ranks
+    o = PGPE(Point(8) + 1.0, 10, stdev_init=0.3, center_lr=0.1, stdev_lr=0.5, seed=5, store_noise=True)
+    x = o.ask().flats[0].clone()
+    eps = o.sampler.noise[0].clone()
+    h = 5
+    assert torch.allclose(x, torch.cat([1.0 + 0.3 * eps, 1.0 - 0.3 * eps]))
+    f = sphere(o.population)
+    o.tell(f)
+    u = centered_ranks(f.double()).float()
+    a, b = (u[:h] - u[h:]) / 2, (u[:h] + u[h:]) / 2 - u.mean()
+    g = 0.3 * (a @ eps) / h
+    mu = 1.0 + 0.1 * g / g.norm()  # ClipUp's first step: the normalized gradient times the lr
+    sd = 0.3 + (0.3 * (b @ (eps * eps) - b.sum()) * 0.5 / h).clamp(-0.06, 0.06)
+    assert torch.allclose(center(o).float(), mu, atol=1e-6)
+    assert torch.allclose(o.stdev[0], sd, atol=1e-6)
+    assert not torch.allclose(sd, torch.full_like(sd, 0.3), atol=1e-3)  # the stdev moved
 
 
 # ---------------------------------------------------------------------------

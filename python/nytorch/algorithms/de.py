@@ -106,6 +106,8 @@ class DE(SwarmOptimizer):
                     torch.index_select(x, 0, idx, out=buf)
             _fuse.run_flat(_trial_program(), [self.swarm.flats, *self._donors], [self.F, self.CR],
                            out=[self.trials.flats], seed=self.sample_seed)
+            for t, b in zip(self.trials.buffers, self.swarm.buffers):  # row i's buffers go with its trial
+                t.copy_(b)
             if self.swarm.flats:
                 rows = torch.arange(n, device=self.device)
                 j = self._jrand.to(self.device)
