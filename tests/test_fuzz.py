@@ -282,6 +282,34 @@ def values_equal(actual: torch.Tensor, expected: torch.Tensor, tol: bool) -> boo
     return torch.equal(actual, expected)
 
 
+
+def torch_number_op(fn, t: torch.Tensor, s, reflected: bool = False):
+    """torch's ``fn(t, s)`` (``fn(s, t)`` reflected) for a number ``s``: 0-dim
+    tensors promote like torch's (int64 parameter + float64 0-dim tensor is
+    float64)."""
+    return fn(s, t) if reflected else fn(t, s)
+
+
+def number_outcomes(fn, t: torch.Tensor, s, reflected: bool = False):
+    """The acceptable outcomes (tensors or exceptions) of a number op on one
+    parameter: torch's with ``s`` as given and, for a 0-dim tensor ``s``, also
+    with the Python number it holds when that differs -- torch's Tensor-Tensor
+    and Tensor-Scalar kernels disagree on a few cases (``int ** tensor(-1)``
+    computes, ``int ** -1`` raises; ``bool ** tensor(True)`` raises, ``bool **
+    True`` computes), and nytorch may take either route."""
+    outs = []
+    for v in ([s, s.item()] if isinstance(s, torch.Tensor) else [s]):
+        try:
+            outs.append(torch_number_op(fn, t.clone() if fn in IOPS.values() else t, v, reflected))
+        except RuntimeError as e:
+            outs.append(e)
+    if len(outs) == 2 and (isinstance(outs[0], Exception) and isinstance(outs[1], Exception) or
+                           isinstance(outs[0], torch.Tensor) and isinstance(outs[1], torch.Tensor)
+                           and values_equal(outs[0], outs[1], False)):
+        outs = outs[:1]
+    return outs
+
+
 def describe(t: torch.Tensor) -> str:
     return f"{t.dtype} {tuple(t.shape)} {t.detach().flatten()[:6].tolist()}"
 
@@ -461,20 +489,53 @@ class Fuzz:
             text = f"{a}.r{METHOD[op]}({s!r})"
             run = lambda: getattr(a.module, "r" + METHOD[op])(s)  # noqa: E731
         inplace = mode in ("in", "m_in")
-        expected, err = {}, None
-        for n, c in a.unique():
-            try:
-                if inplace:
-                    expected[n] = IOPS[op](c.value.clone(), num)
-                elif mode in ("rev", "m_rev"):
-                    expected[n] = OPS[op](num, c.value)
-                else:
-                    expected[n] = OPS[op](c.value, num)
-            except RuntimeError as e:
-                err = f"torch raises for {n}: {e}"
+        fn = IOPS[op] if inplace else OPS[op]
+        outcomes = {n: number_outcomes(fn, c.value, num, mode in ("rev", "m_rev")) for n, c in a.unique()}
         # torch's `s / t` is `t.reciprocal() * s` (two roundings); nytorch's is correctly rounded
         inexact = op in INEXACT or (op == "/" and mode in ("rev", "m_rev"))
+        if any(len(v) > 1 for v in outcomes.values()):
+            return self._either(text, a, run, outcomes, inplace, inexact, slot)
+        if not outcomes:  # no parameters: may raise where torch raises on an empty tensor (`- False`)
+            try:
+                torch_number_op(fn, torch.empty(0), num, mode in ("rev", "m_rev"))
+            except RuntimeError:
+                return self._either(text, a, run, outcomes, inplace, inexact, slot, may_raise=True)
+        expected, err = {}, None
+        for n, (o,) in outcomes.items():
+            if isinstance(o, Exception):
+                err = f"torch raises for {n}: {o}"
+            else:
+                expected[n] = o
         self._finish(text, a, None, run, expected, err, inplace, inexact, check, slot)
+
+    def _either(self, text, a, run, outcomes, inplace, inexact, slot, may_raise=False):
+        """A 0-dim tensor number where torch's two kernels disagree: an error
+        (operands unchanged) or one of the outcomes per parameter."""
+        note(text + "   (torch's Tensor and Scalar kernels disagree here: either outcome)")
+        try:
+            out = run()
+        except Exception:
+            if not may_raise and not any(isinstance(o, Exception) for v in outcomes.values() for o in v):
+                raise  # no route of torch's raises: neither may nytorch
+            self.check(a, text + " (after the error)")
+            return
+        target = a.module if inplace else out
+        actual = {n: p.detach() for n, p in target.named_parameters()}
+        for n, v in outcomes.items():
+            assert n in actual, f"{text}: the result lacks {n}"
+            assert any(isinstance(o, torch.Tensor) and values_equal(actual[n], o, inexact) for o in v), (
+                f"{text}: {n} = {describe(actual[n])}, expected one of {[describe(o) if isinstance(o, torch.Tensor) else repr(o) for o in v]}")
+        values = {n: t.clone() for n, t in actual.items()}
+        if inplace:
+            for n, c in a.unique():
+                c.value, c.tol = values[n], False
+            self.check(a, text)
+        else:
+            ref = self.result_ref(a, out, values)
+            self.add(ref, slot)
+            note(f"  -> {ref}")
+            self.check(ref, text)
+            self.check(a, text + " (operand)")
 
     def step_pp(self, i, j, op, mode, check, slot):
         a = self.pick(i)
@@ -617,9 +678,11 @@ class Fuzz:
         hows = [classify(a.sig(), x.sig()) for x in operands if x.species == a.species]
         bad = set().union(*(names for how, names in hows if how == "bad"))
         if len({x.species for x in operands}) > 1:
-            note(text)  # both errors apply when some structures differ too: either may come first
-            kind = (nyto.SpeciesError, nyto.StructureError) if bad else nyto.SpeciesError
-            return self.expect_error(run, text, operands, kind)
+            note(text)  # other errors may apply too (structure, layouts, dtypes): any may come first
+            other = bad or any(how == "order" for how, _ in hows) or \
+                any(not c.value.is_floating_point() for x in operands for _, c in x.unique()) or \
+                any(x.sig() != a.sig() for x in operands if x.species == a.species)
+            return self.expect_error(run, text, operands, Exception if other else nyto.SpeciesError)
         if bad:
             note(text + f"   (structures differ: {sorted(bad)})")
             return self.expect_error(run, text, operands, nyto.StructureError, bad)
@@ -651,6 +714,8 @@ class Fuzz:
         a = self.pick(i)
         text = f"S = Swarm({a}, {n})"
         note(text)
+        if not list(a.unique()):  # documented: a swarm stacks at least one parameter
+            return self.expect_error(lambda: nyto.Swarm(a.module, n), text, [a], ValueError)
         sw_mod = nyto.Swarm(a.module, n)
         label = f"s{self.label('s')[1:]}"
         sw = {"label": label, "swarm": sw_mod, "n": n, "species": a.species, "tol": False,
@@ -684,11 +749,13 @@ class Fuzz:
         for row in sw["rows"]:
             new = {}
             for n, v in row.items():
-                try:
-                    new[n] = IOPS[op](v.clone(), num) if mode == "in" else \
-                        OPS[op](num, v) if mode == "rev" else OPS[op](v, num)
-                except RuntimeError as e:
-                    err = f"torch raises for {n}: {e}"
+                outs = number_outcomes(IOPS[op] if mode == "in" else OPS[op], v, num, mode == "rev")
+                if len(outs) > 1:
+                    return  # torch's kernels disagree (see number_outcomes): checked on particles
+                if isinstance(outs[0], Exception):
+                    err = f"torch raises for {n}: {outs[0]}"
+                else:
+                    new[n] = outs[0]
             rows.append(new)
         if err is not None:
             note(text + f"   ({err})")
@@ -764,10 +831,13 @@ class Fuzz:
             IOPS[op](v, s)
         new, err = {}, None
         for n, t in sw["rows"][r].items():
-            try:
-                new[n] = IOPS[op](t.clone(), num)
-            except RuntimeError as e:
-                err = f"torch raises for {n}: {e}"
+            outs = number_outcomes(IOPS[op], t, num)
+            if len(outs) > 1:
+                return  # torch's kernels disagree (see number_outcomes): checked on particles
+            if isinstance(outs[0], Exception):
+                err = f"torch raises for {n}: {outs[0]}"
+            else:
+                new[n] = outs[0]
         if err is not None:
             note(text + f"   ({err})")
             return self.expect_error(run, text, [sw])
