@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Milliseconds per generation of nytorch's strategies against EvoTorch
-(PGPE, SNES, CEM) and pyswarms (PSO), with the ask/tell floors, in ONE
+(PGPE, SNES, CEM, CMA-ES and its separable form) and pyswarms (PSO), with
+the ask/tell floors, in ONE
 process, interleaved (``_timing.compare``: medians over rounds).
 
 Problem: sphere ``sum(x**2)`` per particle (a vectorized reduction, the same
 tensor op on both sides), float32, CPU (or ``--device cuda``). Workloads:
-``P=256 x D=100k`` and ``P=1024 x D=5k`` for the Gaussian strategies; PSO on
+``P=256 x D=100k`` and ``P=1024 x D=5k`` for the Gaussian strategies
+(full CMA-ES, a dense covariance, on ``P=64 x D=1k``, with sep-CMA-ES); PSO on
 ``N=64 x D=10k`` and ``N=1024 x D=2k``. Same population sizes and
 hyper-parameters on both sides (stdev 0.1, PGPE center lr 0.1 with ClipUp,
 stdev lr 0.1, symmetric sampling, centered ranks; SNES default learning
-rates; CEM half the population as elites).
+rates; CEM half the population as elites; EvoTorch's CMAES runs its defaults,
+active CMA included).
 
 Rows:
 
@@ -23,7 +26,8 @@ Rows:
           strategies without antithetic pairs draw twice as many)
 
     python benchmarks/bench_strategies.py [--quick] [--threads N] [--device cpu|cuda] [--json out.json]
-                                          [--only es,pgpe,snes,cem,sepcma,de,pso] [--no-evotorch] [--no-pyswarms]
+                                          [--only es,pgpe,snes,cem,sepcma,cmaes,de,pso] [--no-evotorch]
+                                          [--no-pyswarms]
 
 EvoTorch (needs ray) and pyswarms are optional: ``pip install evotorch
 pyswarms``; without them their columns print n/a.
@@ -47,7 +51,7 @@ sys.path.insert(0, HERE)
 import _timing as T  # noqa: E402
 
 import nytorch as nyto  # noqa: E402
-from nytorch.algorithms import CEM, DE, ES, PGPE, PSO, SNES, SepCMAES  # noqa: E402
+from nytorch.algorithms import CEM, CMAES, DE, ES, PGPE, PSO, SNES, SepCMAES  # noqa: E402
 
 _fuse = importlib.import_module("nytorch.fuse")
 STDEV, LR = 0.1, 0.1
@@ -91,7 +95,7 @@ def evotorch_searchers(P, D, device):
             import evotorch
             logging.getLogger("evotorch").setLevel(logging.WARNING)
             from evotorch import Problem
-            from evotorch.algorithms import CEM as ECEM, PGPE as EPGPE, SNES as ESNES
+            from evotorch.algorithms import CEM as ECEM, CMAES as ECMAES, PGPE as EPGPE, SNES as ESNES
     except Exception as e:  # noqa: BLE001
         print(f"  [EvoTorch] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
         return {}, None
@@ -104,6 +108,8 @@ def evotorch_searchers(P, D, device):
                               stdev_init=STDEV, optimizer="clipup", ranking_method="centered", symmetric=True),
         "snes": lambda: ESNES(problem(), popsize=P, stdev_init=STDEV),
         "cem": lambda: ECEM(problem(), popsize=P, parenthood_ratio=0.5, stdev_init=STDEV),
+        "sepcma": lambda: ECMAES(problem(), popsize=P, stdev_init=STDEV, separable=True),
+        "cmaes": lambda: ECMAES(problem(), popsize=P, stdev_init=STDEV),
     }
     return out, evotorch.__version__
 
@@ -118,6 +124,8 @@ def ours(name, P, D, device):
         return CEM(c, P, stdev_init=STDEV, elite_ratio=0.5, seed=0)
     if name == "sepcma":
         return SepCMAES(c, P, sigma_init=STDEV, seed=0)
+    if name == "cmaes":
+        return CMAES(c, P, sigma_init=STDEV, seed=0)
     if name == "de":
         return DE(nyto.Swarm(c, P, init="randn"), seed=0)
     raise ValueError(name)
@@ -217,7 +225,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
-    p.add_argument("--only", default="es,pgpe,snes,cem,sepcma,de,pso")
+    p.add_argument("--only", default="es,pgpe,snes,cem,sepcma,cmaes,de,pso")
     p.add_argument("--no-evotorch", action="store_true")
     p.add_argument("--no-pyswarms", action="store_true")
     args = p.parse_args(argv)
@@ -237,6 +245,8 @@ def main(argv=None) -> None:
         names = [n for n in ("pgpe", "snes", "cem", "sepcma", "de") if n in only]
         if names:
             bench_gaussian(names, P, D, args.device, rounds, not args.no_evotorch, results)
+    if "cmaes" in only:  # the dense covariance: a small problem
+        bench_gaussian(["cmaes", "sepcma"], 64, 1000, args.device, rounds, not args.no_evotorch, results)
     if "pso" in only:
         for N, D in ([(64, 10_000)] if args.quick else [(64, 10_000), (1024, 2_000)]):
             bench_pso(N, D, args.device, rounds, not args.no_pyswarms, results)

@@ -15,7 +15,7 @@ from torch import nn
 
 import nytorch as nyto
 from nytorch import Swarm
-from nytorch.algorithms import CEM, DE, ES, PGPE, SNES, SepCMAES, nes_utilities
+from nytorch.algorithms import CEM, CMAES, DE, ES, PGPE, SNES, SepCMAES, nes_utilities
 from nytorch.algorithms._sampling import CPU_ROWS, FusedSampler
 
 HAS_CUDA = torch.cuda.is_available()
@@ -114,6 +114,30 @@ def test_de_converges():
     assert de.best_fitness < 1e-3
 
 
+def test_cmaes_converges_and_learns_a_rotated_covariance():
+    o = CMAES(start(), 20, sigma_init=2.0, seed=0)
+    o.run(sphere, 150, progress_bar=False)
+    assert float(center(o).norm()) < 1e-4  # seeds 0-4: < 4e-6
+    o = CMAES(start(), 100, sigma_init=2.0, seed=0)
+    o.run(rastrigin, 100, progress_bar=False)
+    assert f_center(o) < 8.0  # seeds 0-4: < 5.5
+    # a rotated ellipsoid (condition 1e4): the full covariance solves it, the diagonal one cannot
+    g = torch.Generator().manual_seed(0)
+    rot, _ = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+    scale = 10 ** (4 * torch.arange(10, dtype=torch.float64) / 9)
+
+    def ellipsoid(s):
+        x = torch.cat([f.double() for f in s.flats], 1) @ rot.t()
+        return (x * x * scale).sum(1)
+    full, sep = CMAES(start(), 10, sigma_init=1.0, seed=1), SepCMAES(start(), 10, sigma_init=1.0, seed=1)
+    for o in (full, sep):
+        o.run(ellipsoid, 500, progress_bar=False)
+    assert float(ellipsoid(Swarm(full.center, 1))) < 1e-10  # seeds 0-4: < 1e-13
+    assert float(ellipsoid(Swarm(sep.center, 1))) > 1.0  # seeds 0-4: 12-76
+    with pytest.raises(ValueError, match="SepCMAES"):
+        CMAES(Point(10_001))
+
+
 def test_progress_bar_callback_and_log():
     from nytorch.algorithms import LogCallback
     seen = []
@@ -167,9 +191,11 @@ def test_stored_and_regenerated_noise_give_the_same_trajectory(name, device):
     assert all(torch.equal(x, y) for x, y in zip(pa, pb))
 
 
-@pytest.mark.parametrize("name", sorted(GAUSSIAN) + ["de"])
+@pytest.mark.parametrize("name", sorted(GAUSSIAN) + ["de", "cmaes"])
 def test_checkpoint_resumes_bitwise(name):
-    if name == "de":
+    if name == "cmaes":
+        make = lambda seed: CMAES(Mixed() + 1.5, 8, seed=seed)  # noqa: E731
+    elif name == "de":
         torch.manual_seed(0)
         make = lambda seed: DE(Swarm(Mixed(), 12, init="randn"), seed=seed)  # noqa: E731
     else:
@@ -343,7 +369,7 @@ def test_bad_input():
         o.load_state_dict({"center": []})
 
 
-@pytest.mark.parametrize("mod", ["_gaussian", "pgpe", "snes", "cem", "sep_cma", "de", "es"])
+@pytest.mark.parametrize("mod", ["_gaussian", "pgpe", "snes", "cem", "sep_cma", "cma", "de", "es"])
 def test_doctests(mod):
     m = importlib.import_module(f"nytorch.algorithms.{mod}")
     assert doctest.testmod(m).failed == 0
@@ -356,7 +382,7 @@ def test_doctests(mod):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["pgpe", "snes", "cem", "sepcma", "de"])
+@pytest.mark.parametrize("name", ["pgpe", "snes", "cem", "sepcma", "cmaes", "de"])
 def test_example_quick_mode(name, tmp_path, capsys, monkeypatch):
     import matplotlib  # noqa: F401  (requirements.txt: a missing one fails, as in test_examples.py)
     import sklearn  # noqa: F401

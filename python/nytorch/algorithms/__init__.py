@@ -5,6 +5,7 @@
 - :class:`PGPE` (ClipUp), :class:`SNES`, :class:`CEM`, :class:`SepCMAES`: Gaussian
   strategies sampled in one fused pass, noise regenerated from its seed or stored;
 - :class:`DE`: differential evolution on swarm rows;
+- :class:`CMAES`: CMA-ES with a dense covariance, for small problems (n <= 10k);
 - model averaging: :func:`uniform_soup`, :func:`weighted_soup`, :func:`greedy_soup`, :class:`EMA`;
 - :class:`History` (plots to a PNG), :class:`LogCallback`.
 """
@@ -13,12 +14,13 @@ from ._gaussian import GaussianStrategy, nes_utilities
 from .averaging import EMA, greedy_soup, uniform_soup, weighted_soup
 from .es import ES, centered_ranks
 from .cem import CEM
+from .cma import CMAES
 from .de import DE
 from .pgpe import PGPE
 from .pso import PSO
 from .sep_cma import SepCMAES
 from .snes import SNES
 
-__all__ = ["PSO", "ES", "PGPE", "SNES", "CEM", "SepCMAES", "DE", "EMA", "uniform_soup", "weighted_soup",
+__all__ = ["PSO", "ES", "PGPE", "SNES", "CEM", "SepCMAES", "CMAES", "DE", "EMA", "uniform_soup", "weighted_soup",
            "greedy_soup", "centered_ranks", "nes_utilities", "History", "LogCallback", "SwarmOptimizer",
            "GaussianStrategy"]
