@@ -280,6 +280,27 @@ def test_sampler_sums_match_the_drawn_noise():
         normal_checks(eps[0])
 
 
+def test_cuda_chunking_on_the_cpu(monkeypatch):
+    """CUDA's 4 rows per program (CPU_ROWS patched): sums, stored vs regenerated."""
+    import nytorch.algorithms._sampling as sampling
+    monkeypatch.setattr(sampling, "CPU_ROWS", sampling.ROWS)
+    like = [torch.randn(301), torch.randn(7, dtype=torch.float64)]
+    s = FusedSampler(like, 11, antithetic=False, store_noise=False)
+    assert s.k == 4 and [k for _, k in s._chunks()] == [4, 4, 3]
+    eps = s.draw(3, like)
+    w, v = torch.randn(11, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    s1, s2 = s.sums(3, w, v, like=like)
+    for a, b, e in zip(s1, s2, eps):
+        assert torch.allclose(a, w.to(e.dtype) @ e, atol=1e-5)
+        assert torch.allclose(b, v.to(e.dtype) @ (e * e), atol=1e-5)
+    runs = []
+    for store in (True, False):
+        o = SNES(Mixed() + 1.5, 11, seed=3, store_noise=store)
+        o.run(rastrigin, 4, progress_bar=False)
+        runs.append(state_tensors(o))
+    assert all(torch.equal(x, y) for x, y in zip(*runs))
+
+
 def test_nes_utilities():
     u = nes_utilities(torch.tensor([3.0, 1.0, 2.0, 4.0, 0.0]))
     assert float(u.sum()) == pytest.approx(0, abs=1e-12)
