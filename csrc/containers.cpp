@@ -161,11 +161,13 @@ void cd_dealloc(PyObject* self) {
   PyObject_GC_UnTrack(self);
   Py_TRASHCAN_BEGIN(self, cd_dealloc)
   Py_CLEAR(reinterpret_cast<ContainerDict*>(self)->cell);
+  // Drop the entries first: freeing them can free (and list) other
+  // ContainerDicts, so the room on the list is known only afterwards.
+  PyDict_Clear(self);  // the keys table becomes the shared empty one
   if (num_free < kMaxFree) {
-    PyDict_Clear(self);  // drops the entries; the keys table becomes the shared empty one
     free_list[num_free++] = self;
   } else {
-    PyDict_Type.tp_dealloc(self);  // frees the tables, then tp_free
+    PyDict_Type.tp_dealloc(self);  // frees the (empty) tables, then tp_free
   }
   Py_TRASHCAN_END
 }

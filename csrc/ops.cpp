@@ -87,9 +87,18 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
     TORCH_CHECK(!scalars[k].isComplex(), name, ": scalar argument ", k, " is complex (",
                 scalars[k], "); only real numbers are supported");
   }
+  // torch refuses subtraction with a bool on either side (its wording).
+  constexpr const char* kBoolSub =
+      "Subtraction, the `-` operator, with a bool tensor is not supported. "
+      "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead.";
+  const bool sub = op == Op::Sub || op == Op::SubS || op == Op::RSubS;
+  TORCH_CHECK(!(sub && op != Op::Sub && scalars[0].isBoolean()), name, ": scalar argument 0 is a bool: ", kBoolSub);
   c10::SmallVector<at::Tensor, 4> xs(lists.size());
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& self = lists[0][i];
+    TORCH_CHECK(!(sub && (self.scalar_type() == at::kBool ||
+                          (lists.size() > 1 && lists[1][i].defined() && lists[1][i].scalar_type() == at::kBool))),
+                name, ": a bool tensor at index ", i, ": ", kBoolSub);
     TORCH_CHECK(self.defined(), name, ": tensor ", i, " of argument 0 is undefined");
     // torch converts a pow exponent to self's dtype, with an overflow check:
     // float16 ** 70000 raises (the fast route would compute in float).

@@ -310,6 +310,15 @@ PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!pool) return nullptr;
   Ref flats(apply_operands(code, false, lists, nl, &other, ns, pool.get()));
   if (!flats) return nullptr;
+  // A promoted result (int particle / 2, + 0.5) no longer fits the layout's
+  // dtypes: the Python path makes it (rare: a steady loop keeps its dtypes).
+  const Py_ssize_t ng = PyList_GET_SIZE(flats.get());
+  PyObject* in_flats = a.flats.get();
+  for (Py_ssize_t g = 0; g < ng; ++g) {
+    PyObject* in = PySequence_Fast_GET_ITEM(in_flats, g);
+    if (THPVariable_Unpack(PyList_GET_ITEM(flats.get(), g)).scalar_type() != THPVariable_Unpack(in).scalar_type())
+      Py_RETURN_NONE;
+  }
   return result_from_flats(self, a, flats.get());
 }
 

@@ -559,9 +559,19 @@ PyObject* py_share_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs) 
   return guarded([&]() -> PyObject* {
     if (nargs != 2) raise_type("share_versions(tensors, flat)");
     const at::Tensor& flat = unpack(args[1]);
-    for (const auto& t : unpack_list(args[0])) {
-      if (!t.is_inference() && !flat.is_inference())
-        t.unsafeGetTensorImpl()->set_version_counter(flat.unsafeGetTensorImpl()->version_counter());
+    if (flat.is_inference()) Py_RETURN_NONE;
+    std::vector<at::Tensor> members = unpack_list(args[0]);
+    // The shared counter is the one that reads highest (the flat's or a
+    // member's): no member's _version ever goes back, so autograd still sees
+    // an in-place op on a tensor it saved before the particle was captured.
+    c10::VariableVersion shared = flat.unsafeGetTensorImpl()->version_counter();
+    for (const auto& t : members) {
+      if (!t.is_inference() && t._version() > static_cast<int64_t>(shared.current_version()))
+        shared = t.unsafeGetTensorImpl()->version_counter();
+    }
+    flat.unsafeGetTensorImpl()->set_version_counter(shared);
+    for (const auto& t : members) {
+      if (!t.is_inference()) t.unsafeGetTensorImpl()->set_version_counter(shared);
     }
     Py_RETURN_NONE;
   });
@@ -606,7 +616,7 @@ PyMethodDef methods[] = {
     {"build_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_build_modules)), METH_FASTCALL,
      "build_modules(...): the module tree of a result particle (see _storage.build)."},
     {"share_versions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_share_versions)), METH_FASTCALL,
-     "share_versions(tensors, flat): give each tensor the flat's version counter."},
+     "share_versions(tensors, flat): one version counter for the flat and each tensor (the highest)."},
     {"pooled_like", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_pooled_like)), METH_FASTCALL,
      "pooled_like(tensors, pool): uninitialized buffers like tensors, reused from the pool."},
     {"set_parameter_class", py_set_parameter_class, METH_O, "Register torch.nn.Parameter."},

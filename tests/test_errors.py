@@ -509,15 +509,17 @@ def test_zero_dim_tensor_numbers_promote_like_torch(pdtype, tdtype, op):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.tensor([1, 2, 3]).to(pdtype), requires_grad=False)
+            self.s = torch.nn.Parameter(torch.tensor(4).to(pdtype), requires_grad=False)  # 0-dim
     net = One()
     t = torch.tensor(2).to(tdtype)
     for left, right, ref in ((net, t, lambda p: op(p, t)), (t, net, lambda p: op(t, p))):
         try:
-            expected = ref(net.w.detach())
+            expected = {k: ref(p.detach()) for k, p in net.named_parameters()}
         except RuntimeError:
             with pytest.raises((RuntimeError, TypeError)):
                 op(left, right)
             continue
         r = op(left, right)
-        assert r.w.dtype == expected.dtype
-        assert torch.equal(r.w.detach(), expected)
+        for k, p in r.named_parameters():
+            assert p.dtype == expected[k].dtype, k
+            assert torch.equal(p.detach(), expected[k]), k

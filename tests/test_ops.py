@@ -552,17 +552,18 @@ def test_inplace_refused_while_writing(case):
     assert_unchanged(lists, before)
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
 @pytest.mark.parametrize("op", ["sub_scalar", "rsub_scalar"])
-def test_bool_scalar_subtracts_as_int(op):
-    """torch refuses `x - True`; both routes here take True as 1 (the particle
-    layer's `module - True`), contiguous or not."""
+def test_bool_scalar_subtraction_is_refused_like_torch(op, inplace):
+    """torch refuses `x - True` (and `True - x`), with this wording; so do both
+    routes, before anything is written."""
     xs = [torch.arange(4.0), torch.arange(6.0).view(2, 3).t(), torch.arange(3)]
-    want = [REF[op]([x], (1,)) for x in xs]
-    for r, e in zip(call(op, False, [xs], (True,)), want):
-        assert_same(r, e, rtol=0, atol=0)
-    call(op, True, [xs], (True,))
-    for r, e in zip(xs, want):
-        assert_same(r, e, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Subtraction, the `-` operator, with a bool"):
+        torch.sub(xs[0], True)
+    before = snapshot([xs])
+    with pytest.raises(RuntimeError, match="Subtraction, the `-` operator, with a bool"):
+        call(op, inplace, [xs], (True,))
+    assert_unchanged([xs], before)
 
 
 def test_inplace_full_alias_allowed():

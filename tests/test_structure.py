@@ -362,3 +362,47 @@ def test_many_results_reuse_containers_safely():
         assert torch.equal(r.head[0].weight, n.head[0].weight + i)
         del r.head[1]
         assert [k for k, _ in (r * 1).named_parameters() if k.startswith("head")] == ["head.0.weight", "head.0.bias"]
+
+
+@pytest.mark.parametrize("make", [lambda n: n + 0.5, lambda n: n / 2, lambda n: n / n, lambda n: 0.5 * n,
+                                  lambda n: n ** -0.5])
+def test_a_promoted_result_gets_its_own_layout(make):
+    """int particle + 0.5 is float32 (torch's rule): its storage layout must
+    say so, for a swarm, a fused call or the next op built from it."""
+    class Ints(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([4, -3, 1]), requires_grad=False)
+            self.f = nn.Parameter(torch.tensor([1.5, 2.5]))
+    n = Ints()
+
+    def same(x, y):
+        return x.dtype == y.dtype and torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+    for _ in range(2):  # the second time through the C hot path
+        r = make(n)
+        ref = make(n.w.detach())
+        assert same(r.w.detach(), ref)
+        s = nyto.Swarm(r, 2)
+        assert same(s[1].w.detach(), ref)
+        assert same((r * 1).w.detach(), ref)
+        assert same(nyto.fuse(lambda a: a * 1)(r).w.detach(), ref)
+
+
+def test_freeing_nested_results_never_overfills_the_free_list():
+    """A dying ContainerDict frees its entries (modules with their own
+    ContainerDicts) before it takes a place on the free list: with the list
+    nearly full, the nested frees used to take the last places first."""
+    class Deep(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Sequential(nn.Sequential(nn.Linear(1, 1))), nn.Linear(1, 1))
+    n = Deep()
+    for count in range(40, 200, 7):  # ends the free list at many fill levels
+        results = [n + i for i in range(count)]
+        del results
+        d = n.net._modules
+        assert d.pop("nonexistent", "default") == "default"  # dict.pop still reached
+        assert d.setdefault("1") is n.net[1] and d.copy().popitem()[0] == "1"
+        n.net.add_module("x", nn.Linear(1, 1))
+        d.pop("x")
+    check_result(n * 2, n, lambda p: p * 2)

@@ -263,7 +263,8 @@ class Fused:
         if out is None:
             pool = layout.pool
             outs = [_C.pooled_like(st.flats, pool) for _ in range(prog.n_out)]
-            _fuse_run(prog.words, nums, inputs, outs, -1, 0)
+            if layout.groups:  # a particle without parameters: nothing to compute
+                _fuse_run(prog.words, nums, inputs, outs, -1, 0)
             if prog.single:
                 return first._from_flats(st, outs[0])
             return tuple(first._from_flats(st, f) for f in outs)
@@ -286,7 +287,8 @@ class Fused:
                 if not isinstance(o, NytoModule):
                     raise TypeError(f"nytorch.fuse: out= takes particles, got {type(o).__name__}")
                 flats.append(_flats_like(first, o, sp, layout))
-        _fuse_run(prog.words, nums, inputs, flats, -1, 0)
+        if layout.groups:
+            _fuse_run(prog.words, nums, inputs, flats, -1, 0)
         return out
 
 

@@ -17,6 +17,7 @@ tensor([2.])
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import sys
 from typing import Any, Optional, Union
@@ -80,8 +81,11 @@ def _number(x: Any) -> Optional[Number]:
 def _tensor_promotes(st: S.State, t: torch.Tensor, s: Number) -> bool:
     """Whether 0-dim tensor ``t`` gives some group of state ``st`` another
     result dtype than its value ``s`` would (torch's category rule)."""
+    groups = st.layout.groups
+    kinds = {(groups[g][1], len(shape) == 0) for g, _, shape in st.layout.view_spec}
+    # a 0-dim parameter meets the 0-dim tensor as an equal (plain promotion)
     return any(torch.result_type(probe, t) != torch.result_type(probe, s)
-               for probe in (torch.empty(0, dtype=dt) for _, dt, _ in st.layout.groups))
+               for probe in (torch.empty(() if zero_dim else 0, dtype=dt) for dt, zero_dim in kinds))
 
 
 # Particle-with-number ops as torch functions of (parameter, 0-dim tensor).
@@ -125,7 +129,14 @@ class NytoModule(nn.Module):
 
     # -- results ---------------------------------------------------------
     def _from_flats(self, st: S.State, flats) -> "NytoModule":
-        return _C.lazy_result(self, st, list(flats))
+        flats = list(flats)
+        groups = st.layout.groups
+        if any(f.dtype != g[1] for f, g in zip(flats, groups)):
+            # promoted (an int particle / 2, + 0.5): the layout's dtypes no longer
+            # hold, so the result gets Parameters now and its own layout later
+            tensors = [flats[g][off:off + math.prod(shape)].view(shape) for g, off, shape in st.layout.view_spec]
+            return self._from_tensors(st, tensors)
+        return _C.lazy_result(self, st, flats)
 
     def _from_tensors(self, st: S.State, tensors) -> "NytoModule":
         params = [nn.Parameter(t, requires_grad=p.requires_grad) for t, p in zip(tensors, st.params)]

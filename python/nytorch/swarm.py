@@ -104,6 +104,8 @@ class Swarm(SwarmArithmetic):
         _checks.generator(generator, "Swarm")
         template = net.clone()
         st = state_of(template)
+        if not st.layout.groups:
+            raise ValueError(f"Swarm(net, n): {type(net).__name__} has no parameters (nothing to stack)")
         flats = [torch.empty((n, numel), dtype=dt, device=dev) for dev, dt, numel in st.layout.groups]
         buffers = [b.detach().unsqueeze(0).repeat((n,) + (1,) * b.dim()) for b in st.buffers]
         self._setup(template, flats, buffers)
