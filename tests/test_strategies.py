@@ -380,6 +380,13 @@ def test_bad_input():
         ES(Point(), 4, backend="jax")
     with pytest.raises(TypeError, match="particle"):
         SNES(torch.zeros(3), 6)
+
+    class OwnTell(ES):  # like nytorch.distributed.ShardedES: its tell reads es.noise
+        def tell(self, fitness):
+            super().tell(fitness)
+    with pytest.raises(ValueError, match="store_noise=True"):
+        OwnTell(Point(), 4, backend="fuse", store_noise=False)
+    OwnTell(Point(), 4, backend="fuse", store_noise=True).step(sphere)
     o = SepCMAES(Point(), 6, seed=0)
     o.ask()
     before = state_tensors(o)

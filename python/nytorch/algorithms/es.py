@@ -119,6 +119,10 @@ class ES(SwarmOptimizer):
         if backend == "fuse":
             if store_noise is None:
                 store_noise = dev.type == "cpu"
+            if not store_noise and type(self).tell is not ES.tell:
+                # a subclass with its own tell (nytorch.distributed.ShardedES) reads es.noise
+                raise ValueError(f"{type(self).__name__}: backend='fuse' with store_noise=False keeps no "
+                                 "es.noise for this class's tell; pass store_noise=True")
             self.sampler = FusedSampler(flats, half, antithetic=antithetic, store_noise=bool(store_noise))
             self.noise = self.sampler.noise if store_noise else []
             # seeds of the kernel's Philox streams: a CPU generator (no device sync)
