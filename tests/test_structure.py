@@ -406,3 +406,22 @@ def test_freeing_nested_results_never_overfills_the_free_list():
         n.net.add_module("x", nn.Linear(1, 1))
         d.pop("x")
     check_result(n * 2, n, lambda p: p * 2)
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["copied", "adopted"])
+def test_capture_never_moves_a_version_back(tiled):
+    """The first op captures the particle (its parameters share one version
+    counter with their flat): autograd must still see an in-place op on a
+    parameter it saved before."""
+    torch.manual_seed(0)
+    n = Net() if not tiled else Net() * 1
+    for _ in range(50):
+        with torch.no_grad():
+            n.fc.weight.mul_(1.0)  # the parameter's version is now far ahead of a fresh counter
+    before = {k: p._version for k, p in n.named_parameters()}
+    loss = (n.fc.weight ** 2).sum()  # saves fc.weight at its version
+    n += 1
+    for k, p in n.named_parameters():
+        assert p._version > before[k], k
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
