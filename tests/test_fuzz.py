@@ -683,12 +683,16 @@ class Fuzz:
                 any(not c.value.is_floating_point() for x in operands for _, c in x.unique()) or \
                 any(x.sig() != a.sig() for x in operands if x.species == a.species)
             return self.expect_error(run, text, operands, Exception if other else nyto.SpeciesError)
-        if bad:
-            note(text + f"   (structures differ: {sorted(bad)})")
-            return self.expect_error(run, text, operands, nyto.StructureError, bad)
         order = set().union(*(names for how, names in hows if how == "order"))
         nonfloat = [n for n, c in a.unique() if not c.value.is_floating_point()]
         dtypes = any(x.sig() != a.sig() for x in operands)
+        if bad:
+            note(text + f"   (structures differ: {sorted(bad)})")
+            # with other problems too (layouts, dtypes: a RuntimeError), any may be reported first
+            kind = nyto.StructureError if not (nonfloat or any(
+                {n: d for n, _, d in x.sig()}.get(n) not in (None, d) for x in operands for n, _, d in a.sig())) \
+                else Exception
+            return self.expect_error(run, text, operands, kind, bad if kind is nyto.StructureError else ())
         if order or nonfloat or dtypes:  # fuse meets flats element for element (docs/fuse.md)
             note(text + f"   (order {sorted(order)}, non-floating {nonfloat}, dtypes differ: {dtypes})")
             return self.expect_error(run, text, operands)
