@@ -425,3 +425,33 @@ def test_capture_never_moves_a_version_back(tiled):
         assert p._version > before[k], k
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_swarm_row_assignment_copies_buffers_by_name_or_refuses():
+    n = Net()
+    s = nyto.Swarm(n, 2)
+    p = n.clone()
+    p.bn.running_var.fill_(9.0)
+    s[0] = p
+    assert torch.equal(s[0].bn.running_var, torch.full((3,), 9.0))
+    assert torch.equal(s[0].bn.running_mean, p.bn.running_mean)
+    del p.bn.running_mean
+    before = [f.clone() for f in s.flats], [b.clone() for b in s.buffers]
+    with pytest.raises(nyto.StructureError, match="running_mean"):
+        s[1] = p * 2
+    assert all(torch.equal(a, b) for a, b in zip(s.flats, before[0]))
+    assert all(torch.equal(a, b) for a, b in zip(s.buffers, before[1]))
+
+
+def test_in_place_swarm_op_refused_by_one_group_writes_no_group():
+    class Mixed(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Parameter(torch.tensor([2.0, 4.0]))
+            self.i = nn.Parameter(torch.tensor([1, 2]), requires_grad=False)
+    s = nyto.Swarm(Mixed(), 2)
+    before = [f.clone() for f in s.flats]
+    for op in (lambda x: x.__ipow__(-1), lambda x: x.__isub__(True)):
+        with pytest.raises(RuntimeError):
+            op(s)
+        assert all(torch.equal(a, b) for a, b in zip(s.flats, before))

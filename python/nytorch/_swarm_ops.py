@@ -45,6 +45,12 @@ def _real_vector(x: Any, name: str, n: int) -> torch.Tensor:
     return _as_index(t, name, n)
 
 
+def _one_element(t: torch.Tensor) -> torch.Tensor:
+    """A [1, 1] copy of ``t``'s first element (zero when it has none)."""
+    flat = t.reshape(-1)
+    return (flat[:1].clone() if flat.numel() else t.new_zeros(1)).reshape(1, 1)
+
+
 class SwarmArithmetic:
     """Particle arithmetic, reductions and row statistics on stacked buffers."""
 
@@ -99,6 +105,10 @@ class SwarmArithmetic:
                 raise RuntimeError(f"swarm {what}: the result type {rt} can't be cast to group {g}'s dtype "
                                    f"{f.dtype}; nothing was changed")
         with torch.no_grad():
+            # torch's own refusals (int ** -1, a bool in a subtraction) on one
+            # element of every group first: no group is written before one fails
+            for f, o in zip(self.flats, ops_):
+                fn(_one_element(f), _one_element(o) if isinstance(o, torch.Tensor) else o)
             for f, o in zip(self.flats, ops_):
                 fn(f, o)
         return self

@@ -53,7 +53,7 @@ from ._storage import state_of
 from .particle import NytoModule, Species, _same_species
 from ._swarm_ops import SwarmArithmetic
 from ._swarm_forward import vmap_forward
-from .errors import SpeciesError
+from .errors import SpeciesError, StructureError
 
 Init = Union[str, Callable[[int], nn.Module], None]
 Index = Union[int, slice, torch.Tensor, Sequence[int]]
@@ -333,11 +333,20 @@ class Swarm(SwarmArithmetic):
     def _copy_row(self, i: int, p: NytoModule) -> None:
         _check_species(self, p)
         flats = self._particle_flats(p)
-        pst = state_of(p)
+        # buffers by name, all checked before anything is written
+        theirs = dict(p.named_buffers())
+        srcs = []
+        for name, b in zip(self.buffer_names, self.buffers):
+            src = theirs.get(name)
+            if src is None or src.shape != b.shape[1:]:
+                why = "is missing" if src is None else f"has shape {list(src.shape)}, not {list(b.shape[1:])}"
+                raise StructureError(f"swarm[{i}] = particle: its buffer {name!r} {why} (a buffer was deleted, "
+                                     "set to None or replaced since the swarm was made)")
+            srcs.append(src)
         with torch.no_grad():
             for f, src in zip(self.flats, flats):
                 f[i].copy_(src)
-            for b, src in zip(self.buffers, pst.buffers):
+            for b, src in zip(self.buffers, srcs):
                 b[i].copy_(src)
 
     def _index(self, index) -> torch.Tensor:
