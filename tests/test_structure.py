@@ -455,3 +455,12 @@ def test_in_place_swarm_op_refused_by_one_group_writes_no_group():
         with pytest.raises(RuntimeError):
             op(s)
         assert all(torch.equal(a, b) for a, b in zip(s.flats, before))
+
+
+@pytest.mark.parametrize("op", [lambda s: False - s, lambda s: s - True, lambda s: s.__isub__(True)])
+def test_swarm_subtraction_with_a_bool_is_refused_like_torch(op):
+    s = nyto.Swarm(Net(), 2)
+    before = [f.clone() for f in s.flats]
+    with pytest.raises(RuntimeError, match="Subtraction, the `-` operator, with a bool"):
+        op(s)
+    assert all(torch.equal(a, b) for a, b in zip(s.flats, before))

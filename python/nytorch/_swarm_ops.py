@@ -234,8 +234,8 @@ def _scalar_tensor(o: Any, f: torch.Tensor) -> Any:
     """A number on the left as a 0-dim tensor of f's floating dtype, so that
     ``s / x`` divides (torch's ``__rtruediv__`` multiplies by the reciprocal)
     and rounds like the particle kernels."""
-    if isinstance(o, torch.Tensor) or not f.dtype.is_floating_point:
-        return o
+    if isinstance(o, (torch.Tensor, bool)) or not f.dtype.is_floating_point:
+        return o  # a bool stays one: torch refuses `True - x`
     return torch.tensor(o, dtype=f.dtype, device=f.device)
 
 
