@@ -185,14 +185,23 @@ PyObject* apply_operands(long op, bool inplace, PyObject* const* list_objs, Py_s
 // A parameter's "view key": its data address, rank and sizes, packed as
 // int64s. A particle's State keeps the keys of its parameters; they must all
 // still match (and the parameters be contiguous) for its flats to be valid.
-// A view key: [TensorImpl*, StorageImpl*, storage offset, dim, sizes...].
+// A view key: [TensorImpl*, StorageImpl*, storage offset, rank | dtype << 32, sizes...].
 // A Python tensor keeps its TensorImpl for life (`p.data = x` rewrites that
 // impl in place), so views_ok reads the impls straight from the keys, never
 // the Python objects: a few cache lines per parameter fewer.
+namespace {
+constexpr int64_t kRankMask = 0xffffffff;
+int64_t pack_rank_dtype(const c10::TensorImpl* t) {
+  return t->dim() | (static_cast<int64_t>(t->dtype().toScalarType()) << 32);
+}
+}  // namespace
+
 void append_view_key(const c10::TensorImpl* t, std::string& out) {
+  // [3] packs the dtype above the rank: `p.data = p.data.view(torch.int32)`
+  // and `.double()` of an empty parameter keep storage, offset and sizes.
   const int64_t head[4] = {static_cast<int64_t>(reinterpret_cast<uintptr_t>(t)),
                            static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl())),
-                           t->storage_offset(), t->dim()};
+                           t->storage_offset(), pack_rank_dtype(t)};
   out.append(reinterpret_cast<const char*>(head), sizeof(head));
   const auto sizes = t->sizes();
   out.append(reinterpret_cast<const char*>(sizes.data()), sizes.size() * sizeof(int64_t));
@@ -263,15 +272,15 @@ bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end) {
     __builtin_prefetch(impl + 16);
     __builtin_prefetch(impl + 88);
     __builtin_prefetch(impl + 160);
-    ahead += 4 + std::max<int64_t>(ahead[3], 0);
+    ahead += 4 + (ahead[3] & kRankMask);
   };
   for (int k = 0; k < kAhead; ++k) prefetch_next();
   for (Py_ssize_t i = 0; i < n; ++i) {
     if (key + 4 > end) return false;
     prefetch_next();
     const auto* t = reinterpret_cast<const c10::TensorImpl*>(static_cast<uintptr_t>(key[0]));
-    const int64_t nd = key[3];
-    if (t->dim() != nd || key + 4 + nd > end || !t->is_contiguous()) return false;
+    const int64_t nd = key[3] & kRankMask;
+    if (pack_rank_dtype(t) != key[3] || key + 4 + nd > end || !t->is_contiguous()) return false;
     const auto sizes = t->sizes();
     bool empty = false;
     for (int64_t d = 0; d < nd; ++d) {

@@ -464,3 +464,24 @@ def test_swarm_subtraction_with_a_bool_is_refused_like_torch(op):
     with pytest.raises(RuntimeError, match="Subtraction, the `-` operator, with a bool"):
         op(s)
     assert all(torch.equal(a, b) for a, b in zip(s.flats, before))
+
+
+@pytest.mark.parametrize("how", ["empty_double", "view_int32"])
+def test_a_dtype_change_that_keeps_storage_is_seen(how):
+    class E(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.sub = nn.Module()
+            self.sub.e = nn.Parameter(torch.zeros(0))
+            self.sub.w = nn.Parameter(torch.tensor([1.5, 2.5]))
+    n = E()
+    settle(n)
+    if how == "empty_double":
+        n.sub.double()  # a plain submodule: .data of the same Parameters, empty e keeps its (no) storage
+    else:
+        n.sub.w.requires_grad_(False)
+        n.sub.w.data = n.sub.w.data.view(torch.int32)  # same storage, offset and sizes
+    r = n + 0
+    for k, p in n.named_parameters():
+        assert r.get_parameter(k).dtype == p.dtype, k
+        assert torch.equal(r.get_parameter(k), p + 0), k
