@@ -617,6 +617,12 @@ PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
     if (PyList_Append(outs.get(), f) < 0) return nullptr;
   }
   if (!views_ok_all(checks)) Py_RETURN_NONE;
+  // a particle without parameters has no buffers to run over: Python's route
+  PyObject* first_flats = PyList_GET_SIZE(inputs.get()) > 0 ? PyList_GET_ITEM(inputs.get(), 0) : nullptr;
+  if (!first_flats || !PySequence_Check(first_flats) || PySequence_Size(first_flats) == 0) {
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
   Ref words(PyObject_GetAttr(prog, s_words));
   Ref lits(PyObject_GetAttr(prog, s_lits));
   if (!words || !lits) return nullptr;

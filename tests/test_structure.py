@@ -485,3 +485,17 @@ def test_a_dtype_change_that_keeps_storage_is_seen(how):
     for k, p in n.named_parameters():
         assert r.get_parameter(k).dtype == p.dtype, k
         assert torch.equal(r.get_parameter(k), p + 0), k
+
+
+def test_fuse_of_a_particle_without_parameters():
+    class Empty(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1, bias=False)
+    p = Empty()
+    settle(p)
+    del p.lin.weight
+    f = nyto.fuse(lambda a, b: a * 0.5 + b)
+    for _ in range(2):  # the second call through the C route
+        assert list(f(p, p).parameters()) == []
+        assert f(p, p, out=p) is p
