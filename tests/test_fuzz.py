@@ -984,6 +984,11 @@ class Fuzz:
             for key, t in mine.items():
                 if key in sd:
                     expected[id(t)] = (t, sd[key].clone())
+            if any(isinstance(x, nn.modules.batchnorm._BatchNorm) and "num_batches_tracked" not in x._buffers
+                   for x in m.modules()):
+                # torch's own BatchNorm can't load then (AttributeError), nytorch or not
+                note("  (skipped: a BatchNorm without num_batches_tracked can't load a state_dict)")
+                return
             m.load_state_dict(sd, strict=False)
             for t, v in expected.values():
                 assert values_equal(t.detach(), v, False), f"load_state_dict: {describe(t)} expected {describe(v)}"

@@ -499,3 +499,28 @@ def test_fuse_of_a_particle_without_parameters():
     for _ in range(2):  # the second call through the C route
         assert list(f(p, p).parameters()) == []
         assert f(p, p, out=p) is p
+
+
+def test_row_assignment_into_a_promoted_swarm():
+    class B(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([True, False]), requires_grad=False)
+    n = B()
+    s = nyto.Swarm(n, 2) + 0         # bool + 0: an int64 swarm around the bool template
+    s[0] = n + 1                     # an int64 particle: [2, 1]
+    assert s.flats[0].dtype == torch.int64
+    assert s[0].w.tolist() == [2, 1]
+    s.scatter_([1], n + 2)
+    assert s[1].w.tolist() == [3, 2]
+
+
+def test_scatter_takes_buffers_by_name_or_refuses():
+    n = Net()
+    s = nyto.Swarm(n, 2)
+    p = n.clone()
+    del p.bn.running_mean
+    before = [f.clone() for f in s.flats]
+    with pytest.raises(nyto.StructureError, match="running_mean"):
+        s.scatter_([0, 1], p)
+    assert all(torch.equal(a, b) for a, b in zip(s.flats, before))

@@ -333,16 +333,7 @@ class Swarm(SwarmArithmetic):
     def _copy_row(self, i: int, p: NytoModule) -> None:
         _check_species(self, p)
         flats = self._particle_flats(p)
-        # buffers by name, all checked before anything is written
-        theirs = dict(p.named_buffers())
-        srcs = []
-        for name, b in zip(self.buffer_names, self.buffers):
-            src = theirs.get(name)
-            if src is None or src.shape != b.shape[1:]:
-                why = "is missing" if src is None else f"has shape {list(src.shape)}, not {list(b.shape[1:])}"
-                raise StructureError(f"swarm[{i}] = particle: its buffer {name!r} {why} (a buffer was deleted, "
-                                     "set to None or replaced since the swarm was made)")
-            srcs.append(src)
+        srcs = self._particle_buffers(p, f"swarm[{i}] = particle")
         with torch.no_grad():
             for f, src in zip(self.flats, flats):
                 f[i].copy_(src)
@@ -402,7 +393,7 @@ class Swarm(SwarmArithmetic):
         elif isinstance(src, NytoModule):
             k = len(idx)
             flats = [f.unsqueeze(0).expand(k, -1) for f in self._particle_flats(src)]
-            bufs = [b.unsqueeze(0).expand((k,) + tuple(b.shape)) for b in state_of(src).buffers]
+            bufs = [b.unsqueeze(0).expand((k,) + tuple(b.shape)) for b in self._particle_buffers(src, "scatter_")]
         else:
             raise TypeError(f"scatter_: src must be a Swarm or a particle, got {type(src).__name__}")
         with torch.no_grad():
@@ -423,6 +414,20 @@ class Swarm(SwarmArithmetic):
         out.buffer_names = self.buffer_names
         return out
 
+    def _particle_buffers(self, p: NytoModule, what: str) -> List[torch.Tensor]:
+        """A particle's buffers in this swarm's order, by name, all checked
+        (before anything is written)."""
+        theirs = dict(p.named_buffers())
+        out = []
+        for name, b in zip(self.buffer_names, self.buffers):
+            src = theirs.get(name)
+            if src is None or src.shape != b.shape[1:]:
+                why = "is missing" if src is None else f"has shape {list(src.shape)}, not {list(b.shape[1:])}"
+                raise StructureError(f"{what}: its buffer {name!r} {why} (a buffer was deleted, "
+                                     "set to None or replaced since the swarm was made)")
+            out.append(src)
+        return out
+
     def _particle_flats(self, p: NytoModule) -> List[torch.Tensor]:
         """A particle's values as one 1-D tensor per group of this swarm's layout."""
         st = state_of(p)
@@ -432,7 +437,8 @@ class Swarm(SwarmArithmetic):
             return list(st.flats)
         S.check_structure(mine, st, "swarm operation")
         out = []
-        for g, (dev, dt, _) in enumerate(layout.groups):
+        for g, (dev, _, _) in enumerate(layout.groups):
+            dt = self.flats[g].dtype  # a promoted swarm (bool swarm + 1) keeps the template's layout, not its dtypes
             parts = [q.detach().reshape(-1).to(device=dev, dtype=dt)
                      for q, (gg, _, _) in zip(st.params, layout.view_spec) if gg == g]
             out.append(torch.cat(parts) if parts else torch.empty(0, dtype=dt, device=dev))
