@@ -570,13 +570,20 @@ PyObject* py_share_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs) 
     const at::Tensor& flat = unpack(args[1]);
     if (flat.is_inference()) Py_RETURN_NONE;
     std::vector<at::Tensor> members = unpack_list(args[0]);
-    // The shared counter is the one that reads highest (the flat's or a
-    // member's): no member's _version ever goes back, so autograd still sees
-    // an in-place op on a tensor it saved before the particle was captured.
+    // The shared counter is the one that reads highest, a member's on a tie
+    // (then a particle captured again keeps its parameters' counter, which a
+    // detach() twin's flats still bump): no member's _version ever goes back
+    // or stops moving when its values are written, so autograd sees every
+    // in-place op on a tensor it saved.
     c10::VariableVersion shared = flat.unsafeGetTensorImpl()->version_counter();
+    bool from_member = false;
     for (const auto& t : members) {
-      if (!t.is_inference() && t._version() > static_cast<int64_t>(shared.current_version()))
+      if (t.is_inference()) continue;
+      const auto v = static_cast<int64_t>(shared.current_version());
+      if (t._version() > v || (!from_member && t._version() == v)) {
         shared = t.unsafeGetTensorImpl()->version_counter();
+        from_member = true;
+      }
     }
     flat.unsafeGetTensorImpl()->set_version_counter(shared);
     for (const auto& t : members) {

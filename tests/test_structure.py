@@ -524,3 +524,20 @@ def test_scatter_takes_buffers_by_name_or_refuses():
     with pytest.raises(nyto.StructureError, match="running_mean"):
         s.scatter_([0, 1], p)
     assert all(torch.equal(a, b) for a, b in zip(s.flats, before))
+
+
+def test_a_detach_twin_still_moves_the_versions_after_a_recapture():
+    class R(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(2, 2, dtype=torch.float64))
+            self.sub = nn.Linear(1, 1)
+    p = R()
+    settle(p)
+    twin = p.detach()       # the same Parameter objects, its own cached flats
+    del p.sub.weight        # p is captured again on its next op
+    _ = p + p
+    v = p.a._version
+    twin += 1               # writes p.a's values
+    assert p.a._version > v
+    assert torch.equal(p.a.detach(), torch.full((2, 2), 2.0, dtype=torch.float64))
