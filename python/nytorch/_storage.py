@@ -17,7 +17,7 @@ stay valid).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -181,55 +181,74 @@ def state_of(root: nn.Module) -> State:
 def revalidate(root: nn.Module, st: State) -> bool:
     """After a structure version moved: whether ``root``'s structure is still
     exactly ``st``'s (the same modules, parameters and buffers under the same
-    names, in the same order, every container tracked). If so the State
-    records the new versions and stays; else it must be captured again."""
+    names, in the same order; a container replaced by a plain dict is tracked
+    again). If so the State records the new versions and stays; else it must
+    be captured again."""
     if st.params is None:
         return False  # a lazy result whose containers were written: capture
+    tree = _walk(root)
     layout = st.layout
-    modules = (root,) + st.modules
-    children, param_slots, buffer_slots = [], [], []
-    pids = {id(p): j for j, p in enumerate(st.params)}
-    bids = {id(b): j for j, b in enumerate(st.buffers)}
-    index = {id(m): i for i, m in enumerate(modules)}
-    for mi, m in enumerate(modules):
-        d = m.__dict__
-        params, buffers, subs = d.get("_parameters"), d.get("_buffers"), d.get("_modules")
-        cell = getattr(params, "_nyto_cell", None)
-        if cell is None or getattr(buffers, "_nyto_cell", None) is not cell \
-                or getattr(subs, "_nyto_cell", None) is not cell:
-            return False  # a container was replaced by an untracked dict
-        for name, child in subs.items():
-            ci = -1 if child is None else index.get(id(child))
-            if ci is None:
-                return False
-            children.append((mi, name, ci))
-        for name, p in params.items():
-            if p is not None:
-                j = pids.get(id(p))
-                if j is None:
-                    return False
-                param_slots.append((mi, name, j))
-        for name, b in buffers.items():
-            if b is not None:
-                j = bids.get(id(b))
-                if j is None:
-                    return False
-                buffer_slots.append((mi, name, j))
-    if tuple(children) != layout.children or tuple(param_slots) != layout.param_slots \
-            or tuple(buffer_slots) != layout.buffer_slots:
-        return False
-    if [id(m) for m in root.modules()] != [id(m) for m in modules]:
-        return False
+    return (tree.children == layout.children and tree.param_slots == layout.param_slots
+            and tree.buffer_slots == layout.buffer_slots and _same_objects(tree.modules[1:], st.modules)
+            and _same_objects(tree.params, st.params) and _same_objects(tree.buffers, st.buffers)
+            and _refresh_versions(root, st))
+
+
+def _same_objects(a: Sequence, b: Sequence) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _refresh_versions(root: nn.Module, st: State) -> bool:
+    """Record the modules' current versions; whether the State is valid then."""
     st.versions = _C.module_versions(root, st.modules)
     return bool(_C.state_ok(root, st))
 
 
 def capture(root: nn.Module) -> State:
     """Walk the module tree once, fix the layout and adopt the parameters."""
+    tree = _walk(root)
+    modules, children, param_slots, buffer_slots = tree.modules, tree.children, tree.param_slots, tree.buffer_slots
+    params, buffers = tree.params, tree.buffers
+    keys: Dict[Tuple[torch.device, torch.dtype], int] = {}
+    sizes: List[int] = []
+    view_spec = []
+    for p in params:
+        g = keys.setdefault((p.device, p.dtype), len(keys))
+        if g == len(sizes):
+            sizes.append(0)
+        view_spec.append((g, sizes[g], tuple(p.shape)))
+        sizes[g] += p.numel()
+    groups = tuple((dev, dt, n) for (dev, dt), n in zip(keys, sizes))
+    view_spec = tuple(view_spec)
+    flats = [_adopt(params, view_spec, g, grp) for g, grp in enumerate(groups)]
+    old = root.__dict__.get("_nyto_state")
+    layout = None
+    if old is not None and old.layout.param_sig == (groups, view_spec) and old.layout.children == children \
+            and old.layout.param_slots == param_slots and old.layout.buffer_slots == buffer_slots:
+        layout = old.layout  # same structure: keep the shared layout (and its pool)
+    if layout is None:
+        layout = Layout(children, param_slots, buffer_slots, view_spec, groups)
+    return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
+                 _C.view_keys(params), _C.module_versions(root, tuple(modules[1:])))
+
+
+class Tree(NamedTuple):
+    """A particle's module tree as a Layout records it (see :func:`_walk`)."""
+    modules: List[nn.Module]           # root first, in root.modules() order
+    children: Tuple[Tuple[int, str, int], ...]
+    param_slots: Tuple[Tuple[int, str, int], ...]
+    buffer_slots: Tuple[Tuple[int, str, int], ...]
+    params: List[torch.Tensor]         # unique, in slot order
+    buffers: List[torch.Tensor]
+
+
+def _walk(root: nn.Module) -> Tree:
+    """The module tree under ``root``, every module given tracked containers
+    (from now on every change of them moves its version)."""
     modules: List[nn.Module] = []
     index: Dict[int, int] = {}
     for m in root.modules():
-        track(m)  # from now on every change of its containers moves its version
+        track(m)
         index[id(m)] = len(modules)
         modules.append(m)
     children, param_slots, buffer_slots = [], [], []
@@ -246,29 +265,7 @@ def capture(root: nn.Module) -> State:
         for name, b in m._buffers.items():
             if b is not None:
                 buffer_slots.append((mi, name, _unique(b, bids, buffers)))
-    keys: Dict[Tuple[torch.device, torch.dtype], int] = {}
-    sizes: List[int] = []
-    view_spec = []
-    for p in params:
-        g = keys.setdefault((p.device, p.dtype), len(keys))
-        if g == len(sizes):
-            sizes.append(0)
-        view_spec.append((g, sizes[g], tuple(p.shape)))
-        sizes[g] += p.numel()
-    groups = tuple((dev, dt, n) for (dev, dt), n in zip(keys, sizes))
-    view_spec = tuple(view_spec)
-    flats = [_adopt(params, view_spec, g, grp) for g, grp in enumerate(groups)]
-    old = root.__dict__.get("_nyto_state")
-    layout = None
-    if old is not None and old.layout.param_sig == (groups, view_spec) \
-            and old.layout.children == tuple(children) \
-            and old.layout.param_slots == tuple(param_slots) \
-            and old.layout.buffer_slots == tuple(buffer_slots):
-        layout = old.layout  # same structure: keep the shared layout (and its pool)
-    if layout is None:
-        layout = Layout(tuple(children), tuple(param_slots), tuple(buffer_slots), view_spec, groups)
-    return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
-                 _C.view_keys(params), _C.module_versions(root, tuple(modules[1:])))
+    return Tree(modules, tuple(children), tuple(param_slots), tuple(buffer_slots), params, buffers)
 
 
 def _unique(t: torch.Tensor, ids: Dict[int, int], out: List[torch.Tensor]) -> int:
