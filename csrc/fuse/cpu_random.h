@@ -9,7 +9,9 @@
 #include <cstdint>
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
+#include <sleef.h>
 #endif
+#include <cmath>
 #include "fuse/philox.h"
 #include "fuse/program.h"
 
@@ -122,10 +124,11 @@ struct Random {
     const int64_t nc = static_cast<int64_t>(c_last - c_first) + 1;
     const uint32_t k0 = static_cast<uint32_t>(job.seed), k1 = static_cast<uint32_t>(job.seed >> 32);
     const int64_t skip = static_cast<int64_t>(e0 - (c_first << shift));  // elements before e0 in the first counter
+    if (normal) return normals(d, e0, n, stream, job, pf);
     int64_t j0 = 0;
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (sizeof(M) == 4) {
-      if (!normal && skip == 0) {  // float uniforms straight from the registers
+      if (skip == 0) {  // float uniforms straight from the registers
         const __m256 sc = _mm256_set1_ps(scale * 5.9604644775390625e-08f);
         philox_steps(c_first, std::min<int64_t>(nc, n / 4), j0, stream, job, pf, [&](int64_t j, const __m256i* w) {
           for (int q = 0; q < 4; ++q) {
@@ -152,54 +155,208 @@ struct Random {
       words[4 * j + 3] = r.w[3];
       if (j % 8 == 7) pf.step();
     }
-    if (!normal) {
-      // (bits * 2^-24) * scale == bits * (2^-24 * scale): a power of two is exact
-      if constexpr (sizeof(M) == 8) {
-        const M sc = scale * M(1.1102230246251565e-16);
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t k = skip + i;
-          d[i] = static_cast<M>(((static_cast<uint64_t>(words[2 * k]) << 32) | words[2 * k + 1]) >> 11) * sc;
-        }
-      } else {
-        const M sc = scale * M(5.9604644775390625e-08);
-        for (int64_t i = 0; i < n; ++i) d[i] = static_cast<M>(words[skip + i] >> 8) * sc;
+    // (bits * 2^-24) * scale == bits * (2^-24 * scale): a power of two is exact
+    if constexpr (sizeof(M) == 8) {
+      const M sc = scale * M(1.1102230246251565e-16);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = skip + i;
+        d[i] = static_cast<M>(((static_cast<uint64_t>(words[2 * k]) << 32) | words[2 * k + 1]) >> 11) * sc;
       }
-      return;
-    }
-    // Box-Muller: one (u1, u2) pair feeds two neighbouring elements, the even
-    // one takes r*cos(2 pi u2), the odd one r*sin(2 pi u2).
-    M* u1 = scratch;
-    // scratch holds 3 blocks of n (rounded up to whole vectors) elements
-    const int64_t sn = (n + W - 1) / W * W;
-    M* u2 = scratch + sn;
-    M* odd = scratch + 2 * sn;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t k = skip + i;
-      const int64_t pair = k >> 1;
-      if constexpr (sizeof(M) == 8) {
-        u1[i] = u53_open0(words[4 * pair], words[4 * pair + 1]);
-        u2[i] = u53(words[4 * pair + 2], words[4 * pair + 3]);
-      } else {
-        u1[i] = u24_open0(words[2 * pair]);
-        u2[i] = u24(words[2 * pair + 1]);
-      }
-      odd[i] = static_cast<M>(k & 1);
-    }
-    const int64_t nw = (n + W - 1) / W * W;
-    for (int64_t i = n; i < nw; ++i) {
-      u1[i] = M(1);
-      u2[i] = M(0);
-      odd[i] = M(0);
-    }
-    const Vec two_pi(static_cast<M>(6.283185307179586476925286766559));
-    for (int64_t i = 0; i < nw; i += W) {
-      const Vec r = (Vec(M(-2)) * Vec::loadu(u1 + i).log()).sqrt();
-      const Vec t = Vec::loadu(u2 + i) * two_pi;
-      const Vec is_odd = Vec::loadu(odd + i) != Vec(M(0));
-      (r * Vec::blendv(t.cos(), t.sin(), is_odd)).store(d + i);
+    } else {
+      const M sc = scale * M(5.9604644775390625e-08);
+      for (int64_t i = 0; i < n; ++i) d[i] = static_cast<M>(words[skip + i] >> 8) * sc;
     }
   }
 
+  // ---- Normals: Box-Muller, one (u1, u2) pair of uniforms feeds two
+  // neighbouring elements (docs/fuse.md), the even one r*cos(2 pi u2),
+  // the odd one r*sin(2 pi u2), r = sqrt(-2 log u1). One log, one sqrt and
+  // one sincos per pair, computed on whole vectors of pairs: 8 counters (one
+  // philox8) give 32 float / 16 double normals, written straight to d when
+  // the step lies inside it (else through a small buffer: a ragged head or
+  // tail). The value of an element depends only on its counter's words.
+  static constexpr int64_t E = int64_t(1) << RandShift<M>::value;  // elements per counter
+  static constexpr int64_t kStep = 8 * E;                             // elements per 8 counters
+
+  // Scalar pair (the DEFAULT build; float: same polynomials as AVX2).
+  static void pair_scalar(M u1, M u2, M* out) {
+    const M r = std::sqrt(M(-2) * std::log(u1));
+    M s, c;
+    sincospi2(u2, s, c);
+    out[0] = r * c;
+    out[1] = r * s;
+  }
+  // sin and cos of 2 pi u for u in [0, 1): 2u = q/2 + x exactly, |x| <= 1/4,
+  // polynomials in x (float: minimax, relative error < 1e-10 before rounding;
+  // double: std::sin/cos of pi * x), then the quadrant q by swaps and signs.
+  static void sincospi2(M u, M& s, M& c) {
+    const M y = u + u;
+    const M q = std::nearbyint(y + y);
+    const M x = y - q * M(0.5);
+    M S, C;
+    if constexpr (sizeof(M) == 4) {
+      const float t = x * x;
+      S = x * (kS0 + t * (kS1 + t * (kS2 + t * kS3)));
+      C = 1.0f + t * (kC1 + t * (kC2 + t * (kC3 + t * kC4)));
+    } else {
+      S = std::sin(M(3.141592653589793238462643383279502884) * x);
+      C = std::cos(M(3.141592653589793238462643383279502884) * x);
+    }
+    const int qi = static_cast<int>(q);
+    const M sw_s = (qi & 1) ? C : S, sw_c = (qi & 1) ? S : C;
+    s = (qi & 2) ? -sw_s : sw_s;
+    c = ((qi + 1) & 2) ? -sw_c : sw_c;
+  }
+  static constexpr float kS0 = 3.14159274101257324f, kS1 = -5.16770792007446289f, kS2 = 2.54976105690002441f,
+                         kS3 = -0.58901214599609375f;
+  static constexpr float kC1 = -4.93480205535888672f, kC2 = 4.05870676040649414f, kC3 = -1.33503592014312744f,
+                         kC4 = 0.231260910630226135f;
+
+  // Normals of the 8 counters' words (32 words in counter order) into out.
+  static void normals_of_words_scalar(const uint32_t* w, M* out) {
+    for (int64_t p = 0; p < kStep / 2; ++p) {
+      if constexpr (sizeof(M) == 8) {
+        pair_scalar(u53_open0(w[4 * p], w[4 * p + 1]), u53(w[4 * p + 2], w[4 * p + 3]), out + 2 * p);
+      } else {
+        pair_scalar(u24_open0(w[2 * p]), u24(w[2 * p + 1]), out + 2 * p);
+      }
+    }
+  }
+
+#if defined(CPU_CAPABILITY_AVX2)
+  // -2 log(u) for u in [2^-24, 1] (normal, positive: no special cases): u =
+  // m * 2^e with m in [sqrt(1/2), sqrt(2)), log(m) = f - f^2/2 + f^3 P(f)
+  // with f = m - 1 (exact), Cephes' logf polynomial; about 1 ulp.
+  static __m256 neg2log_ps(__m256 u) {
+    const __m256i ui = _mm256_castps_si256(u);
+    const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(ui, _mm256_set1_epi32(0x3f3504f3)), 23);
+    const __m256 f = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_sub_epi32(ui, _mm256_slli_epi32(e, 23))),
+                                   _mm256_set1_ps(1.0f));
+    const __m256 ef = _mm256_cvtepi32_ps(e);
+    __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+    for (float k : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                    2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f}) {
+      y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(k));
+    }
+    const __m256 z = _mm256_mul_ps(f, f);
+    y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+    y = _mm256_fmadd_ps(ef, _mm256_set1_ps(-2.12194440e-4f), y);
+    y = _mm256_fmadd_ps(z, _mm256_set1_ps(-0.5f), y);
+    const __m256 lg = _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+    return _mm256_mul_ps(lg, _mm256_set1_ps(-2.0f));
+  }
+  // sin, cos of 2 pi u for u in [0, 1) (see sincospi2)
+  static void sincospi2_ps(__m256 u, __m256& s, __m256& c) {
+    const __m256 y = _mm256_add_ps(u, u);
+    const __m256 q = _mm256_round_ps(_mm256_add_ps(y, y), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 x = _mm256_fnmadd_ps(q, _mm256_set1_ps(0.5f), y);  // exact
+    const __m256 t = _mm256_mul_ps(x, x);
+    __m256 S = _mm256_fmadd_ps(t, _mm256_set1_ps(kS3), _mm256_set1_ps(kS2));
+    S = _mm256_fmadd_ps(t, S, _mm256_set1_ps(kS1));
+    S = _mm256_mul_ps(x, _mm256_fmadd_ps(t, S, _mm256_set1_ps(kS0)));
+    __m256 C = _mm256_fmadd_ps(t, _mm256_set1_ps(kC4), _mm256_set1_ps(kC3));
+    C = _mm256_fmadd_ps(t, C, _mm256_set1_ps(kC2));
+    C = _mm256_fmadd_ps(t, C, _mm256_set1_ps(kC1));
+    C = _mm256_fmadd_ps(t, C, _mm256_set1_ps(1.0f));
+    const __m256i qi = _mm256_cvtps_epi32(q);
+    const __m256 swap = _mm256_castsi256_ps(_mm256_slli_epi32(qi, 31));  // sign bit = q & 1
+    const __m256 ss = _mm256_blendv_ps(S, C, swap), cc = _mm256_blendv_ps(C, S, swap);
+    s = _mm256_xor_ps(ss, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(qi, 1), 31)));
+    c = _mm256_xor_ps(cc, _mm256_castsi256_ps(
+                              _mm256_slli_epi32(_mm256_srli_epi32(_mm256_add_epi32(qi, _mm256_set1_epi32(1)), 1), 31)));
+  }
+  // 16 float normals of 4 counters (two vectors of their words) into out.
+  static void normals16_ps(__m256i a, __m256i b, float* out) {
+    const __m256 af = _mm256_castsi256_ps(a), bf = _mm256_castsi256_ps(b);
+    const __m256i w1 = _mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(2, 0, 2, 0)));  // u1 words
+    const __m256i w2 = _mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(3, 1, 3, 1)));  // u2 words
+    const __m256 k24 = _mm256_set1_ps(5.9604644775390625e-08f);
+    const __m256 u1 = _mm256_mul_ps(
+        _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(w1, 8), _mm256_set1_epi32(1))), k24);  // (0, 1]
+    const __m256 u2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w2, 8)), k24);
+    const __m256 r = _mm256_sqrt_ps(neg2log_ps(u1));
+    __m256 s, c;
+    sincospi2_ps(u2, s, c);
+    const __m256 ev = _mm256_mul_ps(r, c), od = _mm256_mul_ps(r, s);
+    _mm256_storeu_ps(out, _mm256_unpacklo_ps(ev, od));  // a's elements
+    _mm256_storeu_ps(out + 8, _mm256_unpackhi_ps(ev, od));
+  }
+  // 53-bit uniforms of 4 (hi, lo) word pairs held as 64-bit lanes (lo word
+  // in the upper half): exactly static_cast<double>(bits) * 2^-53 (+ 2^-53).
+  static __m256d u53_pd(__m256i lanes, bool open0) {
+    const __m256i x = _mm256_srli_epi64(_mm256_shuffle_epi32(lanes, 0xB1), 11);  // (hi << 32 | lo) >> 11
+    const __m256i magic = _mm256_set1_epi64x(0x4330000000000000LL);              // 2^52
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+    const __m256d hi = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(x, 32), magic)), two52);
+    const __m256d lo = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi64x(0xFFFFFFFFLL)), magic)), two52);
+    __m256d v = _mm256_fmadd_pd(hi, _mm256_set1_pd(4294967296.0), lo);  // exact: below 2^53
+    if (open0) v = _mm256_add_pd(v, _mm256_set1_pd(1.0));
+    return _mm256_mul_pd(v, _mm256_set1_pd(1.1102230246251565e-16));
+  }
+  // 8 double normals of 4 counters (two vectors of their words) into out.
+  static void normals8_pd(__m256i a, __m256i b, double* out) {
+    // 64-bit lanes: (w0, w1) (w2, w3) of each counter
+    const __m256d u1 = u53_pd(_mm256_unpacklo_epi64(a, b), true), u2 = u53_pd(_mm256_unpackhi_epi64(a, b), false);
+    const __m256d r = _mm256_sqrt_pd(_mm256_mul_pd(_mm256_set1_pd(-2.0), Sleef_logd4_u10(u1)));
+    const Sleef___m256d_2 sc = Sleef_sincospid4_u05(_mm256_add_pd(u2, u2));
+    const __m256d ev = _mm256_mul_pd(r, sc.y), od = _mm256_mul_pd(r, sc.x);
+    _mm256_storeu_pd(out, _mm256_unpacklo_pd(ev, od));
+    _mm256_storeu_pd(out + 4, _mm256_unpackhi_pd(ev, od));
+  }
+  static void normals_of_words(const __m256i* w, M* out) {
+    for (int q = 0; q < 4; q += 2) {
+      if constexpr (sizeof(M) == 8) {
+        normals8_pd(w[q], w[q + 1], out + 8 * q / 2);
+      } else {
+        normals16_ps(w[q], w[q + 1], out + 16 * q / 2);
+      }
+    }
+  }
+#endif
+
+  // Normals for elements [e0, e0 + n) of stream `stream` (e0 includes the
+  // call's offset), in steps of 8 counters.
+  static void normals(M* d, uint64_t e0, int64_t n, uint32_t stream, const GroupJob& job, LinePrefetcher& pf) {
+    constexpr int shift = RandShift<M>::value;
+    const uint64_t c_first = e0 >> shift;
+    const int64_t skip = static_cast<int64_t>(e0 - (c_first << shift));
+    const int64_t nc = static_cast<int64_t>(((e0 + n - 1) >> shift) - c_first) + 1;
+    const uint32_t k0 = static_cast<uint32_t>(job.seed), k1 = static_cast<uint32_t>(job.seed >> 32);
+    alignas(32) uint32_t wb[32];
+    alignas(32) M tmp[kStep];
+    for (int64_t j = 0; j < nc; j += 8) {
+      const uint64_t c = c_first + j;
+      const int64_t lo = j * E - skip;  // d's index of the step's first element
+      M* out = lo >= 0 && lo + kStep <= n ? d + lo : tmp;
+#if defined(CPU_CAPABILITY_AVX2)
+      __m256i w[4];
+      if (static_cast<uint32_t>(c) <= 0xFFFFFFF8u) {
+        philox8(c, stream, job.group, k0, k1, w);
+      } else {  // the low counter word wraps inside the step
+        for (int i = 0; i < 8; ++i) {
+          const Philox4 r = philox4x32_10(static_cast<uint32_t>(c + i), static_cast<uint32_t>((c + i) >> 32), stream,
+                                          job.group, k0, k1);
+          for (int k = 0; k < 4; ++k) wb[4 * i + k] = r.w[k];
+        }
+        for (int q = 0; q < 4; ++q) w[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + 8 * q));
+      }
+      normals_of_words(w, out);
+#else
+      for (int i = 0; i < 8; ++i) {
+        const Philox4 r =
+            philox4x32_10(static_cast<uint32_t>(c + i), static_cast<uint32_t>((c + i) >> 32), stream, job.group, k0, k1);
+        for (int k = 0; k < 4; ++k) wb[4 * i + k] = r.w[k];
+      }
+      normals_of_words_scalar(wb, out);
+#endif
+      if (out == tmp) {
+        const int64_t a = std::max<int64_t>(lo, 0), b = std::min<int64_t>(lo + kStep, n);
+        std::copy(tmp + (a - lo), tmp + (b - lo), d + a);
+      }
+      pf.step();
+    }
+  }
 };
 
 }  // namespace
