@@ -211,6 +211,8 @@ struct Random {
                          kS3 = -0.58901214599609375f;
   static constexpr float kC1 = -4.93480205535888672f, kC2 = 4.05870676040649414f, kC3 = -1.33503592014312744f,
                          kC4 = 0.231260910630226135f;
+  static constexpr float kL1 = 0.3333338797092438f, kL2 = 0.19988854229450226f, kL3 = 0.14934006333351135f;
+  static constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 
   // Normals of the 8 counters' words (32 words in counter order) into out.
   static void normals_of_words_scalar(const uint32_t* w, M* out) {
@@ -224,26 +226,25 @@ struct Random {
   }
 
 #if defined(CPU_CAPABILITY_AVX2)
-  // -2 log(u) for u in [2^-24, 1] (normal, positive: no special cases): u =
-  // m * 2^e with m in [sqrt(1/2), sqrt(2)), log(m) = f - f^2/2 + f^3 P(f)
-  // with f = m - 1 (exact), Cephes' logf polynomial; about 1 ulp.
-  static __m256 neg2log_ps(__m256 u) {
-    const __m256i ui = _mm256_castps_si256(u);
+  // -2 log(k * 2^-24) for integers k in [1, 2^24] (u1 of a pair; no special
+  // cases): k = m * 2^e with m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(s)
+  // with s = (m - 1) / (m + 1), |s| < 0.172, a minimax polynomial in s^2
+  // (relative error 8e-10 before rounding); e * log(2) in two parts. About
+  // 1 ulp, and a short dependency chain (one division instead of a degree-8
+  // Horner chain: measured 15% faster per normal).
+  static __m256 neg2log_ps(__m256i k) {
+    const __m256i ui = _mm256_castps_si256(_mm256_cvtepi32_ps(k));  // exact
     const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(ui, _mm256_set1_epi32(0x3f3504f3)), 23);
     const __m256 f = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_sub_epi32(ui, _mm256_slli_epi32(e, 23))),
-                                   _mm256_set1_ps(1.0f));
-    const __m256 ef = _mm256_cvtepi32_ps(e);
-    __m256 y = _mm256_set1_ps(7.0376836292e-2f);
-    for (float k : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
-                    2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f}) {
-      y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(k));
-    }
-    const __m256 z = _mm256_mul_ps(f, f);
-    y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
-    y = _mm256_fmadd_ps(ef, _mm256_set1_ps(-2.12194440e-4f), y);
-    y = _mm256_fmadd_ps(z, _mm256_set1_ps(-0.5f), y);
-    const __m256 lg = _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
-    return _mm256_mul_ps(lg, _mm256_set1_ps(-2.0f));
+                                   _mm256_set1_ps(1.0f));  // m - 1, exact
+    const __m256 ef = _mm256_cvtepi32_ps(_mm256_sub_epi32(e, _mm256_set1_epi32(24)));
+    const __m256 s = _mm256_div_ps(f, _mm256_add_ps(f, _mm256_set1_ps(2.0f)));
+    const __m256 t = _mm256_mul_ps(s, s);
+    __m256 p = _mm256_fmadd_ps(t, _mm256_set1_ps(kL3), _mm256_set1_ps(kL2));
+    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(kL1));
+    const __m256 half_log_m = _mm256_fmadd_ps(_mm256_mul_ps(s, t), p, s);
+    const __m256 b = _mm256_fmadd_ps(half_log_m, _mm256_set1_ps(-4.0f), _mm256_mul_ps(ef, _mm256_set1_ps(-2 * kLn2Lo)));
+    return _mm256_fmadd_ps(ef, _mm256_set1_ps(-2 * kLn2Hi), b);
   }
   // sin, cos of 2 pi u for u in [0, 1) (see sincospi2)
   static void sincospi2_ps(__m256 u, __m256& s, __m256& c) {
@@ -271,10 +272,8 @@ struct Random {
     const __m256i w1 = _mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(2, 0, 2, 0)));  // u1 words
     const __m256i w2 = _mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(3, 1, 3, 1)));  // u2 words
     const __m256 k24 = _mm256_set1_ps(5.9604644775390625e-08f);
-    const __m256 u1 = _mm256_mul_ps(
-        _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(w1, 8), _mm256_set1_epi32(1))), k24);  // (0, 1]
     const __m256 u2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w2, 8)), k24);
-    const __m256 r = _mm256_sqrt_ps(neg2log_ps(u1));
+    const __m256 r = _mm256_sqrt_ps(neg2log_ps(_mm256_add_epi32(_mm256_srli_epi32(w1, 8), _mm256_set1_epi32(1))));
     __m256 s, c;
     sincospi2_ps(u2, s, c);
     const __m256 ev = _mm256_mul_ps(r, c), od = _mm256_mul_ps(r, s);
