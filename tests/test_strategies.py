@@ -301,6 +301,115 @@ def test_cuda_chunking_on_the_cpu(monkeypatch):
     assert all(torch.equal(x, y) for x, y in zip(*runs))
 
 
+_F = importlib.import_module("nytorch.fuse")
+
+
+def _randn_prog():
+    return _F.program(lambda x: nyto.randn_like(x), "p")
+
+
+def _box_muller_reference(n, dtype, seed, offset):
+    """float64 Box-Muller of the same stream's uniforms (rand_like draws the
+    same Philox words): pair p of a counter takes u1 = word 2p (open at 0),
+    u2 = word 2p + 1 (float: 4 elements a counter; double: words (0,1), (2,3))."""
+    prog = _F.program(lambda x: nyto.rand_like(x), "p")
+    m = (offset + n + 1) // 2 * 2
+    u = _F.run_flat(prog, [[torch.zeros(m, dtype=dtype)]], seed=seed)[0][0].double()
+    u1 = u[0::2] + (2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53)
+    u2 = u[1::2]
+    ref = torch.empty(m, dtype=torch.float64)
+    r = torch.sqrt(-2 * torch.log(u1))
+    ref[0::2] = r * torch.cos(2 * math.pi * u2)
+    ref[1::2] = r * torch.sin(2 * math.pi * u2)
+    return ref[offset:offset + n]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_normals_are_box_muller_of_the_stream(dtype):
+    """The kernel's normals equal Box-Muller of the stream's own uniforms (the
+    pairing CUDA shares) to a few ulps, at offsets on and off the counters."""
+    for offset, n in ((0, 40_000), (3, 40_001), (1, 77)):
+        z = _F.run_flat(_randn_prog(), [[torch.zeros(n, dtype=dtype)]], seed=5, offset=offset)[0][0].double()
+        ref = _box_muller_reference(n, dtype, 5, offset)
+        tol = (4 if dtype == torch.float32 else 32) * torch.finfo(dtype).eps  # float64: the reference's own rounding
+        assert float(((z - ref).abs() / ref.abs().clamp_min(1.0)).max()) < tol, (offset, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_normals_quality(dtype):
+    """Moments up to the 4th and the tails of 4M normals (a wrong radius,
+    angle or pairing shifts one of them by many standard errors)."""
+    n = 1 << 22
+    z = _F.run_flat(_randn_prog(), [[torch.zeros(n, dtype=dtype)]], seed=123)[0][0].double()
+    se = 1 / math.sqrt(n)
+    assert abs(float(z.mean())) < 5 * se
+    assert abs(float((z ** 2).mean()) - 1) < 5 * math.sqrt(2) * se
+    assert abs(float((z ** 3).mean())) < 5 * math.sqrt(15) * se
+    assert abs(float((z ** 4).mean()) - 3) < 5 * math.sqrt(96) * se
+    for k, p in ((1, 0.31731050786291415), (2, 0.04550026389635842), (3, 0.0026997960632601866),
+                 (4, 6.334248366623996e-05)):
+        q = float((z.abs() > k).double().mean())
+        assert abs(q - p) < 5 * math.sqrt(p * (1 - p) / n) + 1 / n, (k, q, p)
+    assert float(z.abs().max()) > 4.5  # the tails are reached (u1 down to 2^-24: |z| up to 5.77)
+    # even (cosine) and odd (sine) elements: same law, uncorrelated, and pairs
+    # are independent of their neighbours
+    ev, od = z[0::2], z[1::2]
+    assert abs(float(ev.std()) - float(od.std())) < 10 * se
+    assert abs(float((ev * od).mean())) < 5 * math.sqrt(2) * se
+    assert abs(float((ev[1:] * ev[:-1]).mean())) < 5 * math.sqrt(2) * se
+    # radius^2 of a pair is exponential(1/2): P(r^2 > 4) = e^-2
+    r2 = ev ** 2 + od ** 2
+    assert abs(float((r2 > 4).double().mean()) - math.exp(-2)) < 5 * math.sqrt(0.12 / (n / 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_normals_independent_of_threads_chunks_and_vector_steps(dtype):
+    """Every element's value depends only on (seed, stream, group, index +
+    offset): not on the thread count, where a call is cut, the 8-counter steps
+    or the block boundaries; including a counter whose low word wraps."""
+    n = 100_003
+    prog = _randn_prog()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _F.run_flat(prog, [[torch.zeros(n, dtype=dtype)]], seed=9)[0][0]
+        torch.set_num_threads(max(2, threads))
+        two = _F.run_flat(prog, [[torch.zeros(n, dtype=dtype)]], seed=9)[0][0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    for cuts in ((1, 2, 3, 31, 33, 1000, 4097), (17, 5000, 5001, 99_999)):
+        parts, lo = [], 0
+        for hi in cuts + (n,):
+            parts.append(_F.run_flat(prog, [[torch.zeros(hi - lo, dtype=dtype)]], seed=9, offset=lo)[0][0])
+            lo = hi
+        assert torch.equal(torch.cat(parts), one), cuts
+    # counters around 2^32 (the 64-bit counter's low word wraps inside an 8-counter step)
+    per = 4 if dtype == torch.float32 else 2
+    base = ((1 << 32) - 5) * per + 1
+    whole = _F.run_flat(prog, [[torch.zeros(200, dtype=dtype)]], seed=9, offset=base)[0][0]
+    pieces = torch.cat([_F.run_flat(prog, [[torch.zeros(1, dtype=dtype)]], seed=9, offset=base + i)[0][0]
+                        for i in range(0, 200, 7)])
+    assert torch.equal(whole[0::7], pieces)
+    assert torch.allclose(whole.double(), _box_muller_tail(dtype, 9, base, 200), rtol=0,
+                          atol=8 * torch.finfo(dtype).eps * 4)
+
+
+def _box_muller_tail(dtype, seed, offset, n):
+    """_box_muller_reference for a far offset (uniforms drawn from there)."""
+    prog = _F.program(lambda x: nyto.rand_like(x), "p")
+    start = offset - offset % 2
+    m = (offset - start + n + 1) // 2 * 2
+    u = _F.run_flat(prog, [[torch.zeros(m, dtype=dtype)]], seed=seed, offset=start)[0][0].double()
+    u1 = u[0::2] + (2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53)
+    u2 = u[1::2]
+    ref = torch.empty(m, dtype=torch.float64)
+    r = torch.sqrt(-2 * torch.log(u1))
+    ref[0::2] = r * torch.cos(2 * math.pi * u2)
+    ref[1::2] = r * torch.sin(2 * math.pi * u2)
+    return ref[offset - start:offset - start + n]
+
+
 def test_nes_utilities():
     u = nes_utilities(torch.tensor([3.0, 1.0, 2.0, 4.0, 0.0]))
     assert float(u.sum()) == pytest.approx(0, abs=1e-12)
