@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 import nytorch as nyto
-import nytorch._swarm_fuse
-import nytorch._swarm_ops
 import nytorch.swarm
+import nytorch.swarm.arithmetic
+import nytorch.swarm.core
+import nytorch.swarm.forward
+import nytorch.swarm.fused
 from nytorch import Swarm
 
 HAS_CUDA = torch.cuda.is_available()
@@ -539,7 +541,8 @@ class DocNet(nyto.NytoModule):
         return self.lin(x)
 
 
-@pytest.mark.parametrize("module", [nytorch.swarm, nytorch._swarm_ops, nytorch._swarm_fuse],
+@pytest.mark.parametrize("module", [nytorch.swarm, nytorch.swarm.core, nytorch.swarm.arithmetic,
+                                    nytorch.swarm.forward, nytorch.swarm.fused],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, extraglobs={"Net": DocNet, "nyto": nyto, "torch": torch},

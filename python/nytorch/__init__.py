@@ -11,6 +11,7 @@ from . import _C  # noqa: E402  (registers the torch.ops.nytorch ops)
 from . import ops  # noqa: E402
 from .errors import CollectiveError, NytoError, SpeciesError, StateDictError, StructureError  # noqa: E402
 from .particle import NytoModule, Species  # noqa: E402
+from .storage import FlatStorage, flat_storage, structure_signature  # noqa: E402
 from .fuse import (FuseError, abs, clamp, exp, fma, fuse, lerp, log, maximum, minimum,  # noqa: E402,A004
                    rand_like, randn_like, run_flat, sign, sqrt, where)
 from .swarm import Swarm  # noqa: E402
@@ -21,3 +22,4 @@ __all__ = ["NytoModule", "Species", "ops", "fuse", "FuseError", "run_flat", "ran
            "where", "clamp", "minimum", "maximum", "lerp", "fma", "sqrt", "exp", "log", "sign", "abs"]
 __all__ += ["Swarm", "algorithms", "NytoError", "SpeciesError", "StructureError", "CollectiveError",
             "StateDictError"]
+__all__ += ["flat_storage", "FlatStorage", "structure_signature"]

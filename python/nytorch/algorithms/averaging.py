@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _checks, ops
-from .._storage import state_of
+from ..storage import flat_storage
 from ..errors import SpeciesError
 from ..particle import NytoModule
 from ..swarm import Swarm
@@ -84,12 +84,12 @@ class EMA:
     def _tensors(self, m) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         if isinstance(m, Swarm):
             return list(m.flats), list(m.buffers)
-        st = state_of(m)
+        st = flat_storage(m)
         return list(st.flats), list(st.buffers)
 
     def update(self, model: Union[NytoModule, Swarm]) -> Union[NytoModule, Swarm]:
         """Move the average towards ``model`` (same species; for a swarm, same length)."""
-        from ..swarm import _check_species
+        from ..swarm.core import check_species as _check_species
         if isinstance(self.average, Swarm):
             if not isinstance(model, Swarm):
                 raise TypeError("EMA.update: this EMA averages a swarm; pass a Swarm")

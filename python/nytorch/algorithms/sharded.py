@@ -1,4 +1,5 @@
-"""Swarm optimizers on sharded swarms: :class:`ShardedPSO` and :class:`ShardedES`.
+"""Swarm optimizers on sharded swarms: :class:`ShardedPSO` and :class:`ShardedES`
+(also ``nytorch.distributed.ShardedPSO`` / ``ShardedES``).
 
 Both are the optimizers of :mod:`nytorch.algorithms` running on this rank's
 rows, plus the collectives that make the step global:
@@ -35,15 +36,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from . import ops
-from ._distributed_core import check_signature, launch, particle_lines, particle_signature, require_group, \
+from .. import ops
+from ..distributed.core import check_signature, launch, particle_lines, particle_signature, require_group, \
     small_device, wait_work
-from ._distributed_swarm import ShardedSwarm, gather_rows, load_sharded, owner_of, save_sharded, shard_rows
-from .algorithms._base import as_fitness
-from .algorithms.es import ES
-from .algorithms import pso as _pso
-from .algorithms.pso import PSO
-from .particle import NytoModule
+from ..distributed.sharded_swarm import ShardedSwarm, gather_rows, load_sharded, owner_of, save_sharded, shard_rows
+# the module nytorch/fuse.py (``nytorch.fuse`` itself is the decorator: import its names)
+from ..fuse import run_flat
+from ..particle import NytoModule
+from . import pso as _pso
+from ._base import as_fitness
+from .es import ES
+from .pso import PSO
 
 SKIP_CHUNK = 1 << 20  # values drawn per call while skipping other ranks' random numbers
 
@@ -218,13 +221,13 @@ class ShardedPSO(PSO):
         ins = [self.swarm.flats, self.velocity, self.pbest, self._best_rows]
         lo = self.sharded.lo if self.rng == "replicated" else 0
         if len(ins[0]) == 1:
-            _pso._fuse.run_flat(prog, ins, numbers, out=ins[:2], seed=seed, offset=lo * ins[0][0].shape[1])
+            run_flat(prog, ins, numbers, out=ins[:2], seed=seed, offset=lo * ins[0][0].shape[1])
             return
         # one call per group (the offset differs); size-1 stand-ins keep the group index
         for g in range(len(ins[0])):
             pad = [[torch.zeros(1, dtype=t.dtype, device=t.device) for t in lst[:g]] for lst in ins]
             call = [pad[k] + [ins[k][g]] for k in range(len(ins))]
-            _pso._fuse.run_flat(prog, call, numbers, out=call[:2], seed=seed, offset=lo * ins[0][g].shape[1])
+            run_flat(prog, call, numbers, out=call[:2], seed=seed, offset=lo * ins[0][g].shape[1])
 
     def _record(self, fitness: torch.Tensor, best: float, diversity: Optional[float]) -> None:
         f = self._f_all if self._f_all is not None else fitness

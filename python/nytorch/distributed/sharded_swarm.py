@@ -1,6 +1,5 @@
-"""Swarms in :mod:`nytorch.distributed`: collectives on ``nytorch.Swarm``
-buffers and :class:`ShardedSwarm` (each rank holds a contiguous block of
-rows), with sharded checkpoints.
+"""Sharded swarms in :mod:`nytorch.distributed`: :class:`ShardedSwarm` (each
+rank holds a contiguous block of rows), with sharded checkpoints.
 
 Rows are split as evenly as possible: rank ``r`` of ``w`` holds rows
 ``[r*n//w, (r+1)*n//w)``. A sharded checkpoint is a directory holding
@@ -11,53 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from ._distributed_core import (all_gather_flat, check_signature, launch, particle_lines,
-                                particle_signature, require_group, signature_hash, small_device, wait_work)
-from .particle import NytoModule
+from ..particle import NytoModule
+from ..storage import flat_storage
+from ..swarm import Swarm
+from .collectives import all_reduce_
+from .core import (all_gather_flat, barrier, check_signature, launch, particle_lines, particle_signature,
+                   require_group, signature_hash, small_device, wait_work)
 
 MANIFEST = "manifest.json"
 FORMAT = "nytorch.sharded/1"
-
-
-def _swarm_cls():
-    from .swarm import Swarm
-    return Swarm
-
-
-# ---------------------------------------------------------------------------
-# Hooks of nytorch.distributed
-def swarm_signature(swarm: Any) -> Tuple:
-    return ("swarm", len(swarm), particle_signature(swarm.template))
-
-
-def swarm_target(x: Any) -> Optional[Tuple]:
-    """(obj, flats, species, signature, lines) of a Swarm (or ShardedSwarm's
-    local rows), or None for anything else."""
-    if not isinstance(x, _swarm_cls()):
-        return None
-    for g, f in enumerate(x.flats):
-        if not f.is_contiguous():
-            raise ValueError(f"nytorch.distributed: swarm flats[{g}] is not contiguous (a strided sub-swarm); "
-                             "use swarm.clone() first")
-    t = x.template
-    return (x, list(x.flats), x.species, swarm_signature(x),
-            lambda: [f"swarm of {len(x)}"] + particle_lines(t))
-
-
-def swarm_from_rows(particle: NytoModule, rows: List[torch.Tensor]) -> Any:
-    """A Swarm of ``particle``'s species around ``rows`` ([world, numel] per group)."""
-    return _swarm_cls().from_flats(particle, rows)
-
-
-def gathered_swarm(swarm: Any, outs: List[torch.Tensor]) -> Any:
-    """All ranks' rows ([world, n, numel] per group) as one swarm of world*n."""
-    flats = [o.view(-1, o.shape[-1]) for o in outs]
-    return swarm.__class__.from_flats(swarm.template, flats)
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +52,6 @@ class ShardedSwarm:
 
     def __init__(self, net: NytoModule, n: int, init: Any = "clone", *, group: Optional[Any] = None,
                  **swarm_kwargs: Any) -> None:
-        Swarm = _swarm_cls()
         rank, world = require_group("ShardedSwarm", group)
         if not isinstance(n, int) or isinstance(n, bool) or n < world:
             raise ValueError(f"nytorch.distributed.ShardedSwarm: n must be an int >= the world size "
@@ -146,16 +111,14 @@ class ShardedSwarm:
 
     def mean(self) -> NytoModule:
         """The mean of all ``n`` particles (a new particle, on every rank)."""
-        from . import distributed as nd
         sums = [f.sum(0) for f in self.local.flats]
         out = self.template.clone()
-        from ._storage import state_of
         with torch.no_grad():
-            for dst, s in zip(state_of(out).flats, sums):
+            for dst, s in zip(flat_storage(out).flats, sums):
                 dst.copy_(s)
-        nd.all_reduce_(out, op="sum", group=self.group)
+        all_reduce_(out, op="sum", group=self.group)
         with torch.no_grad():
-            for dst in state_of(out).flats:
+            for dst in flat_storage(out).flats:
                 dst.div_(self.n)
         return out
 
@@ -238,7 +201,6 @@ def shard_file(rank: int, world: int) -> str:
 def save_sharded(path: str, state: Dict[str, Any], kind: str, species: Any, sig: Tuple, n: int,
                  group: Optional[Any]) -> None:
     """Each rank writes its shard, rank 0 the manifest; returns after all did."""
-    from .distributed import barrier
     rank, world = require_group(f"{kind}.save", group)
     os.makedirs(path, exist_ok=True)
     torch.save(state, os.path.join(path, shard_file(rank, world)))
@@ -282,4 +244,5 @@ def load_sharded(path: str, kind: str, sig: Tuple, n: int, group: Optional[Any])
     return torch.load(os.path.join(path, shard_file(rank, world)), weights_only=False)
 
 
-__all__ = ["ShardedSwarm", "shard_rows", "gather_rows", "save_sharded", "load_sharded", "read_manifest"]
+__all__ = ["ShardedSwarm", "shard_rows", "gather_rows", "owner_of", "save_sharded", "load_sharded",
+           "read_manifest"]

@@ -1,4 +1,5 @@
-"""``nytorch.fuse`` functions applied to swarms: ``Swarm.fused(fn)``.
+"""``nytorch.fuse`` functions applied to swarms: ``Swarm.fused(fn)`` (the
+``SwarmFusing`` mix-in of the assembled class).
 
 A fused function written for particles (``@nyto.fuse`` or a plain function of
 particles and numbers) runs on swarms as ONE fused kernel per group over the
@@ -19,12 +20,14 @@ argument is one input, numbers are passed at run time (no retrace).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .particle import _number
+# the module nytorch/fuse.py (``nytorch.fuse`` itself is the decorator: import its names)
+from ..fuse import program, run_flat
+from ..particle import _number
+from .core import SwarmCore, check_species
 
 
 class SwarmFused:
@@ -38,16 +41,14 @@ class SwarmFused:
     def _program(self, kinds: str):
         prog = self.programs.get(kinds)
         if prog is None:
-            fz = importlib.import_module("nytorch.fuse")
-            prog = self.programs[kinds] = fz.program(self.fn, kinds)
+            prog = self.programs[kinds] = program(self.fn, kinds)
         return prog
 
     def __call__(self, *args: Any, out: Union[None, Any, Sequence[Any]] = None,
                  seed: Optional[int] = None):
-        from .swarm import Swarm, _check_species
         kinds, nums, swarms = [], [], []
         for a in args:
-            if isinstance(a, Swarm):
+            if isinstance(a, SwarmCore):
                 kinds.append("p")
                 swarms.append(a)
                 continue
@@ -61,7 +62,7 @@ class SwarmFused:
             raise TypeError(f"Swarm.fused({self.__name__}): needs at least one swarm argument")
         first = swarms[0]
         for s in swarms[1:]:
-            _check_species(first, s)
+            check_species(first, s)
             if len(s) != len(first):
                 raise ValueError(f"Swarm.fused({self.__name__}): swarms of different lengths "
                                  f"({len(first)} and {len(s)})")
@@ -69,23 +70,22 @@ class SwarmFused:
             if not all(f.is_contiguous() for f in s.flats):
                 raise ValueError(f"Swarm.fused({self.__name__}): swarms must be contiguous (use .clone())")
         prog = self._program("".join(kinds))
-        fz = importlib.import_module("nytorch.fuse")
         inputs = [s.flats for s in swarms]
         if out is None:
             outs = [[torch.empty_like(f) for f in first.flats] for _ in range(prog.n_out)]
-            fz.run_flat(prog, inputs, nums, out=outs, seed=seed)
+            run_flat(prog, inputs, nums, out=outs, seed=seed)
             res = tuple(first._new(o, [b.clone() for b in first.buffers]) for o in outs)
             return res[0] if prog.single else res
-        targets: Tuple[Any, ...] = (out,) if isinstance(out, Swarm) else tuple(out)
+        targets: Tuple[Any, ...] = (out,) if isinstance(out, SwarmCore) else tuple(out)
         if len(targets) != prog.n_out:
             raise TypeError(f"Swarm.fused({self.__name__}): {prog.n_out} outputs, out= gives {len(targets)}")
         for t in targets:
-            if not isinstance(t, Swarm):
+            if not isinstance(t, SwarmCore):
                 raise TypeError(f"Swarm.fused: out= takes swarms, got {type(t).__name__}")
-            _check_species(first, t)
+            check_species(first, t)
             if len(t) != len(first) or not all(f.is_contiguous() for f in t.flats):
                 raise ValueError("Swarm.fused: out= swarms must have the same length and be contiguous")
-        fz.run_flat(prog, inputs, nums, out=[t.flats for t in targets], seed=seed)
+        run_flat(prog, inputs, nums, out=[t.flats for t in targets], seed=seed)
         return out
 
 
@@ -95,4 +95,20 @@ def fused(fn: Callable) -> SwarmFused:
     return SwarmFused(fn)
 
 
-__all__: List[str] = ["SwarmFused", "fused"]
+class SwarmFusing:
+    """``Swarm.fused(fn)``."""
+
+    @staticmethod
+    def fused(fn: Callable) -> SwarmFused:
+        """``fn`` (a ``nytorch.fuse`` function, or any function of particles and
+        numbers) as a function on swarms: one fused pass over the stacked
+        buffers per call, ``out=`` for in place (see :mod:`nytorch.swarm.fused`).
+
+        >>> s = nyto.Swarm(Net(), 3, init="zeros")
+        >>> nyto.Swarm.fused(lambda x, a: x + a)(s, 1.5).flats[0][0, :2].tolist()
+        [1.5, 1.5]
+        """
+        return SwarmFused(fn)
+
+
+__all__: List[str] = ["SwarmFused", "SwarmFusing", "fused"]

@@ -1,119 +1,22 @@
-"""Whole-particle collectives on ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
-
-A particle keeps its parameters in one flat buffer per (device, dtype) group,
-so a whole-model collective is one call per group (cut into buckets of at
-most :data:`BUCKET_BYTES`), not one per parameter. Importing this module needs
-no process group; every collective raises a clear ``RuntimeError`` when none
-is initialised.
-
-Run under ``torchrun --nproc-per-node=2 script.py`` (see docs/distributed.md)::
-
-    import nytorch as nyto, nytorch.distributed as nd
-    rank, world = nd.init()                  # gloo on CPU, NCCL when CUDA is there
-    net = MyNet()                            # a NytoModule, same structure on every rank
-    nd.broadcast_(net, src=0)                # every rank starts from rank 0's values
-    ...                                      # local training
-    nd.all_reduce_(net, weights=n_samples)   # FedAvg: weighted mean over ranks
-    everyone = nd.all_gather(net)            # a nytorch.Swarm: row r = rank r's particle
-    h = nd.all_reduce_(net, async_op=True)   # overlap with other work ...
-    h.wait()                                 # ... then finish (divides the sum)
-
-Swarms: the same calls take a ``nytorch.Swarm`` (its stacked buffers), and
-:class:`ShardedSwarm` splits one swarm's rows across ranks, with
-:class:`ShardedPSO` / :class:`ShardedES` running the swarm optimizers on it
-(same trajectory as one process; sharded checkpoints).
-
-What is communicated: the particle's parameters (its flats). Buffers
-(BatchNorm statistics) stay local, as in every particle op. The first
-collective of a species on a group all-gathers a 64-bit hash of its structure
-(:func:`check_species`) and raises :class:`SpeciesMismatchError` on every rank
-when ranks differ. Failures of a peer (death, hang past the timeout, broken
-connection) raise :class:`CollectiveError`; the group is unusable afterwards.
-Every rank must issue the same collectives in the same order, as with
-``torch.distributed`` itself.
+"""The collectives of :mod:`nytorch.distributed` on a particle or a swarm:
+``all_reduce_``, ``broadcast_``, ``all_gather`` and ``check_species``.
 """
 from __future__ import annotations
 
-import datetime
 import math
 import numbers
-import os
-import socket
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
 
-from . import _storage as S
-from ._distributed_core import (BUCKET_BYTES, CollectiveError, Handle, SpeciesMismatchError,
-                                all_gather_flat, buckets, check_devices, check_signature, launch,
-                                particle_lines, particle_signature, require_group, small_device,
-                                wait_work)
-from .particle import NytoModule
-
-__all__ = ["init", "device", "barrier", "all_reduce_", "broadcast_", "all_gather", "check_species",
-           "Handle", "CollectiveError", "SpeciesMismatchError", "BUCKET_BYTES"]
+from ..particle import NytoModule
+from ..storage import flat_storage
+from ..swarm import Swarm
+from .core import (Handle, all_gather_flat, buckets, check_devices, check_signature, launch, particle_lines,
+                   particle_signature, require_group, small_device)
 
 Weights = Union[float, Sequence[float], torch.Tensor, None]
-
-DEFAULT_TIMEOUT_S = 300.0
-
-
-# ---------------------------------------------------------------------------
-# Setup
-def init(backend: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> Tuple[int, int]:
-    """Initialise the default process group and return ``(rank, world_size)``.
-
-    Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` in the
-    environment) this is ``torch.distributed.init_process_group`` with the
-    given ``timeout`` in seconds (every collective of the group fails after
-    it instead of hanging) and ``backend`` defaulting to NCCL when CUDA is
-    available (the rank's device is set from ``LOCAL_RANK``), else gloo.
-    Without torchrun it starts a one-process group on 127.0.0.1, so the same
-    script also runs as ``python script.py``. Already initialised: returns
-    the current group's rank and size.
-    """
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if "RANK" not in os.environ and "init_method" not in kwargs and "store" not in kwargs:
-        kwargs.update(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout), **kwargs)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def device() -> torch.device:
-    """This rank's device: ``cuda:LOCAL_RANK`` under NCCL, else the CPU."""
-    if dist.is_initialized() and "nccl" in str(dist.get_backend()).lower():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def barrier(group: Optional[Any] = None, timeout: Optional[float] = None) -> None:
-    """A barrier that names the missing ranks: ``monitored_barrier`` on gloo
-    (raises :class:`CollectiveError` naming the rank that did not arrive
-    within ``timeout`` seconds), a plain barrier on NCCL."""
-    require_group("barrier", group)
-    try:
-        if "gloo" in str(dist.get_backend(group)).lower():
-            td = None if timeout is None else datetime.timedelta(seconds=timeout)
-            dist.monitored_barrier(group=group, timeout=td, wait_all_ranks=True)
-        else:
-            work = dist.barrier(group=group, async_op=True)
-            wait_work("barrier", work, timeout)
-    except RuntimeError as e:
-        if isinstance(e, CollectiveError):
-            raise
-        raise CollectiveError(f"nytorch.distributed.barrier on rank {dist.get_rank()}: {e}") from e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------
@@ -131,11 +34,9 @@ class _Target:
 
 def _target(what: str, x: Any) -> _Target:
     if isinstance(x, NytoModule):
-        st = S.state_of(x)
-        return _Target(x, list(st.flats), x._nyto_species, particle_signature(x),
+        return _Target(x, flat_storage(x).flats, x._nyto_species, particle_signature(x),
                        lambda: particle_lines(x))
-    from . import _distributed_swarm as DS  # swarms, when nytorch.swarm exists
-    t = DS.swarm_target(x)
+    t = swarm_target(x)
     if t is not None:
         return _Target(*t)
     raise TypeError(f"nytorch.distributed.{what}: expected a particle (nytorch.NytoModule) or a swarm, "
@@ -321,25 +222,40 @@ def all_gather(particle_or_swarm: Any, group: Optional[Any] = None, async_op: bo
 
 
 def _gathered(t: _Target, outs: List[torch.Tensor], world: int) -> Any:
-    from . import _distributed_swarm as DS
     if isinstance(t.obj, NytoModule):
-        return DS.swarm_from_rows(t.obj, outs)
-    return DS.gathered_swarm(t.obj, outs)
+        return swarm_from_rows(t.obj, outs)
+    return gathered_swarm(t.obj, outs)
 
 
 # ---------------------------------------------------------------------------
-# Sharded swarms (imported on first use: they need nytorch.algorithms)
-_LAZY = {"ShardedSwarm": "_distributed_swarm", "shard_rows": "_distributed_swarm",
-         "gather_rows": "_distributed_swarm", "read_manifest": "_distributed_swarm",
-         "ShardedPSO": "_distributed_algorithms", "ShardedES": "_distributed_algorithms"}
-__all__ += list(_LAZY)
+# Swarms (their stacked buffers)
+def swarm_signature(swarm: Any) -> Tuple:
+    return ("swarm", len(swarm), particle_signature(swarm.template))
 
 
-def __getattr__(name: str) -> Any:
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'nytorch.distributed' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(f"nytorch.{mod}"), name)
-    globals()[name] = value
-    return value
+def swarm_target(x: Any) -> Optional[Tuple]:
+    """(obj, flats, species, signature, lines) of a Swarm (or ShardedSwarm's
+    local rows), or None for anything else."""
+    if not isinstance(x, Swarm):
+        return None
+    for g, f in enumerate(x.flats):
+        if not f.is_contiguous():
+            raise ValueError(f"nytorch.distributed: swarm flats[{g}] is not contiguous (a strided sub-swarm); "
+                             "use swarm.clone() first")
+    t = x.template
+    return (x, list(x.flats), x.species, swarm_signature(x),
+            lambda: [f"swarm of {len(x)}"] + particle_lines(t))
+
+
+def swarm_from_rows(particle: NytoModule, rows: List[torch.Tensor]) -> Any:
+    """A Swarm of ``particle``'s species around ``rows`` ([world, numel] per group)."""
+    return Swarm.from_flats(particle, rows)
+
+
+def gathered_swarm(swarm: Any, outs: List[torch.Tensor]) -> Any:
+    """All ranks' rows ([world, n, numel] per group) as one swarm of world*n."""
+    flats = [o.view(-1, o.shape[-1]) for o in outs]
+    return swarm.__class__.from_flats(swarm.template, flats)
+
+
+__all__ = ["all_reduce_", "broadcast_", "all_gather", "check_species"]

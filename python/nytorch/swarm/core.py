@@ -1,44 +1,10 @@
-"""``Swarm``: N particles of one species in stacked storage.
+"""The core of :class:`nytorch.Swarm`: stacked storage, construction, rows,
+particles, indexing, copies and checkpoints (``SwarmCore``).
 
-A swarm keeps one ``[N, numel]`` buffer per (device, dtype) group of its
-species' layout (``swarm.flats``; row ``i`` is particle ``i``'s flat buffer in
-the layout order of :mod:`nytorch._storage`) and one ``[N, *shape]`` tensor per
-buffer (``swarm.buffers``: BatchNorm statistics stay per particle).
-
->>> import torch, nytorch as nyto
->>> class Net(nyto.NytoModule):
-...     def __init__(self):
-...         super().__init__()
-...         self.lin = torch.nn.Linear(3, 2)
-...     def forward(self, x):
-...         return self.lin(x)
->>> _ = torch.manual_seed(0)
->>> swarm = nyto.Swarm(Net(), 8, init="randn")
->>> swarm.flats[0].shape                       # 8 particles x 8 parameters
-torch.Size([8, 8])
->>> p = swarm[3]                               # a particle viewing row 3
->>> p.lin.bias.data_ptr() == swarm.flats[0][3, 6:].data_ptr()
-True
->>> swarm = 0.5 * swarm + swarm[0]             # particle ops, broadcast
->>> swarm(torch.ones(5, 3)).shape              # every particle's forward at once
-torch.Size([8, 5, 2])
-
-Contract for sharding (``nytorch.distributed``) and other low-level users:
-
-- ``swarm.flats``: list of the stacked parameter buffers, one per group, in
-  ``swarm.groups`` order (``(device, dtype, numel)``); each is ``[N, numel]``
-  with contiguous rows (``stride(1) == 1``). Writing them writes the particles.
-- ``swarm.buffers``: list of ``[N, *shape]`` buffer stacks, in
-  ``swarm.buffer_names`` order; ``swarm.param_names`` names the parameters
-  (one name per unique parameter, layout order).
-- ``Swarm.from_flats(template, flats, buffers=None)`` builds a swarm around
-  given stacked buffers without copying (e.g. the local shard of a sharded
-  swarm): ``template`` is a particle of the species; ``flats[g]`` must be
-  ``[n, numel_g]`` of group g's dtype and device with contiguous rows.
-- ``swarm.template`` is the swarm's private particle of the species (its
-  structure, species and train/eval mode); ``swarm[a:b]`` is a zero-copy
-  sub-swarm (a shard), ``swarm.gather(index)`` / ``swarm.scatter_(index, src)``
-  move rows.
+``nytorch.swarm.Swarm`` is ``SwarmCore`` with the mix-ins of
+:mod:`nytorch.swarm.arithmetic`, :mod:`nytorch.swarm.forward` and
+:mod:`nytorch.swarm.fused`, assembled in ``nytorch/swarm/__init__.py``;
+nothing here imports them (a result of ``type(self)`` is a whole swarm).
 """
 from __future__ import annotations
 
@@ -47,20 +13,19 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import torch
 from torch import nn
 
-from . import _C, _checks, ops
-from . import _storage as S
-from ._storage import state_of
-from .particle import NytoModule, Species, _same_species
-from ._swarm_ops import SwarmArithmetic
-from ._swarm_forward import vmap_forward
-from .errors import SpeciesError, StructureError
+from .. import _C, _checks, ops
+from .. import _storage as S
+from .._storage import state_of
+from ..errors import SpeciesError, StructureError
+from ..particle import NytoModule, Species, _same_species
 
 Init = Union[str, Callable[[int], nn.Module], None]
 Index = Union[int, slice, torch.Tensor, Sequence[int]]
 
 
-def _check_species(swarm: "Swarm", other: Any) -> None:
-    species = other.species if isinstance(other, Swarm) else other._nyto_species
+def check_species(swarm: "SwarmCore", other: Any) -> None:
+    """Raise SpeciesError unless ``other`` (a swarm or a particle) is of ``swarm``'s species."""
+    species = other.species if isinstance(other, SwarmCore) else other._nyto_species
     if species is not swarm.species:
         raise SpeciesError(
             f"swarm operation between different species: {swarm!r} and {type(other).__name__} "
@@ -70,26 +35,8 @@ def _check_species(swarm: "Swarm", other: Any) -> None:
 _INITS = ("clone", "randn", "rand", "perturb", "zeros", None)
 
 
-class Swarm(SwarmArithmetic):
-    """N particles of one species in stacked storage.
-
-    ``Swarm(net, n, init="clone")`` builds ``n`` particles shaped like the
-    particle ``net`` (a :class:`NytoModule`) in one go. ``init``:
-
-    - ``"clone"``: every particle holds ``net``'s values;
-    - ``"randn"`` / ``"rand"``: standard normal / uniform [0, 1) parameters
-      (like ``net.randn()``; honours ``generator`` and ``torch.manual_seed``);
-    - ``"perturb"``: ``net``'s values plus ``scale`` times standard normal noise;
-    - ``"zeros"``;
-    - a callable ``init(i) -> nn.Module`` whose parameters (and buffers) have
-      ``net``'s names and shapes (e.g. ``lambda i: Net()`` for freshly
-      initialized networks): its values are copied into row ``i``.
-
-    Buffers start as copies of ``net``'s (or of the callable's results).
-
-    >>> s = nyto.Swarm(Net(), 4, init="zeros"); len(s), float(s.flats[0].abs().sum())
-    (4, 0.0)
-    """
+class SwarmCore:
+    """Stacked storage of N particles of one species (see :class:`nytorch.Swarm`)."""
 
     def __init__(self, net: NytoModule, n: int, init: Init = "clone", *, scale: float = 1.0,
                  generator: Optional[torch.Generator] = None) -> None:
@@ -100,8 +47,8 @@ class Swarm(SwarmArithmetic):
         if not (init is None or callable(init) or (isinstance(init, str) and init in _INITS)):
             raise ValueError(f"Swarm: unknown init {init!r}; use 'clone', 'randn', 'rand', 'perturb', "
                              "'zeros', None or a callable i -> module")
-        scale = _checks.real(scale, "Swarm", "scale")
-        _checks.generator(generator, "Swarm")
+        scale = _checks.real(scale, "SwarmCore", "scale")
+        _checks.generator(generator, "SwarmCore")
         template = net.clone()
         st = state_of(template)
         if not st.layout.groups:
@@ -114,7 +61,7 @@ class Swarm(SwarmArithmetic):
     # -- construction -----------------------------------------------------------
     @classmethod
     def from_flats(cls, template: NytoModule, flats: Sequence[torch.Tensor],
-                   buffers: Optional[Sequence[torch.Tensor]] = None) -> "Swarm":
+                   buffers: Optional[Sequence[torch.Tensor]] = None) -> "SwarmCore":
         """A swarm around the given stacked buffers (no copy).
 
         ``template``: a particle of the species. ``flats[g]``: ``[n, numel_g]``
@@ -158,7 +105,7 @@ class Swarm(SwarmArithmetic):
         return self
 
     @classmethod
-    def stack(cls, particles: Sequence[NytoModule]) -> "Swarm":
+    def stack(cls, particles: Sequence[NytoModule]) -> "SwarmCore":
         """A swarm holding copies of ``particles`` (all of one species), in order.
 
         >>> a = Net(); s = nyto.Swarm.stack([a, a + 1, a * 2]); len(s)
@@ -264,12 +211,12 @@ class Swarm(SwarmArithmetic):
     def training(self) -> bool:
         return self.template.training
 
-    def train(self, mode: bool = True) -> "Swarm":
+    def train(self, mode: bool = True) -> "SwarmCore":
         """Train mode for the vectorized forward (BatchNorm updates per-particle stats)."""
         self.template.train(mode)
         return self
 
-    def eval(self) -> "Swarm":
+    def eval(self) -> "SwarmCore":
         return self.train(False)
 
     def __repr__(self) -> str:
@@ -304,7 +251,7 @@ class Swarm(SwarmArithmetic):
         for i in range(len(self)):
             yield self.particle(i)
 
-    def __getitem__(self, index: Index) -> Union[NytoModule, "Swarm"]:
+    def __getitem__(self, index: Index) -> Union[NytoModule, "SwarmCore"]:
         """``swarm[i]``: a particle viewing row i. ``swarm[a:b:c]``: a sub-swarm
         viewing those rows (no copy). ``swarm[index_tensor_or_list]``: a new swarm
         holding copies of those rows (like torch advanced indexing; see ``gather``)."""
@@ -315,7 +262,7 @@ class Swarm(SwarmArithmetic):
             return self._new([f[index] for f in self.flats], [b[index] for b in self.buffers])
         return self.gather(index)
 
-    def __setitem__(self, index: Index, value: Union[NytoModule, "Swarm"]) -> None:
+    def __setitem__(self, index: Index, value: Union[NytoModule, "SwarmCore"]) -> None:
         """Copy a particle's values into rows (broadcast), or a swarm's rows into rows."""
         if isinstance(index, (int, torch.Tensor)) and not isinstance(index, bool) and \
                 (not isinstance(index, torch.Tensor) or index.dim() == 0):
@@ -331,7 +278,7 @@ class Swarm(SwarmArithmetic):
         self.scatter_(rows, value)
 
     def _copy_row(self, i: int, p: NytoModule) -> None:
-        _check_species(self, p)
+        check_species(self, p)
         flats = self._particle_flats(p)
         srcs = self._particle_buffers(p, f"swarm[{i}] = particle")
         with torch.no_grad():
@@ -361,7 +308,7 @@ class Swarm(SwarmArithmetic):
             raise IndexError(f"row index out of range for a swarm of {n}: {t.tolist()}")
         return t % max(n, 1)
 
-    def gather(self, index: Union[torch.Tensor, Sequence[int]]) -> "Swarm":
+    def gather(self, index: Union[torch.Tensor, Sequence[int]]) -> "SwarmCore":
         """A new swarm holding copies of rows ``index`` (repeats allowed).
 
         >>> s = nyto.Swarm(Net(), 4, init="randn"); t = s.gather([3, 3, 0]); len(t)
@@ -374,7 +321,7 @@ class Swarm(SwarmArithmetic):
                          [b.index_select(0, idx.to(b.device)) for b in self.buffers])
 
     def scatter_(self, index: Union[torch.Tensor, Sequence[int], slice],
-                 src: Union["Swarm", NytoModule]) -> "Swarm":
+                 src: Union["SwarmCore", NytoModule]) -> "SwarmCore":
         """Copy ``src`` (a swarm with one row per index, or a particle for all of
         them) into rows ``index``, in place.
 
@@ -382,11 +329,11 @@ class Swarm(SwarmArithmetic):
         >>> (s.flats[0].abs().sum(1) > 0).tolist()
         [False, True, True, False]
         """
-        if not isinstance(src, (Swarm, NytoModule)):
+        if not isinstance(src, (SwarmCore, NytoModule)):
             raise TypeError(f"scatter_: src must be a Swarm or a particle, got {type(src).__name__}")
         idx = self._index(index)
-        _check_species(self, src)
-        if isinstance(src, Swarm):
+        check_species(self, src)
+        if isinstance(src, SwarmCore):
             if len(src) != len(idx):
                 raise ValueError(f"scatter_: {len(idx)} rows but a source swarm of {len(src)}")
             flats, bufs = src.flats, src.buffers
@@ -403,9 +350,10 @@ class Swarm(SwarmArithmetic):
                 b.index_copy_(0, idx.to(b.device), s.to(b.dtype))
         return self
 
-    def _new(self, flats: List[torch.Tensor], buffers: List[torch.Tensor]) -> "Swarm":
+    def _new(self, flats: List[torch.Tensor], buffers: List[torch.Tensor]) -> "SwarmCore":
         """A swarm of this species around ``flats``/``buffers`` (sharing the template)."""
-        out = Swarm.__new__(Swarm)
+        cls = type(self)
+        out = cls.__new__(cls)
         out.template = self.template
         out.flats = flats
         out.buffers = buffers
@@ -444,22 +392,8 @@ class Swarm(SwarmArithmetic):
             out.append(torch.cat(parts) if parts else torch.empty(0, dtype=dt, device=dev))
         return out
 
-    # -- fused functions ------------------------------------------------------
-    @staticmethod
-    def fused(fn: Callable) -> Any:
-        """``fn`` (a ``nytorch.fuse`` function, or any function of particles and
-        numbers) as a function on swarms: one fused pass over the stacked
-        buffers per call, ``out=`` for in place (see :mod:`nytorch._swarm_fuse`).
-
-        >>> s = nyto.Swarm(Net(), 3, init="zeros")
-        >>> nyto.Swarm.fused(lambda x, a: x + a)(s, 1.5).flats[0][0, :2].tolist()
-        [1.5, 1.5]
-        """
-        from ._swarm_fuse import fused
-        return fused(fn)
-
     # -- copies ---------------------------------------------------------------
-    def clone(self) -> "Swarm":
+    def clone(self) -> "SwarmCore":
         """A new swarm of this species with copies of the rows (contiguous)."""
         return self._new([f.clone(memory_format=torch.contiguous_format) for f in self.flats],
                          [b.clone() for b in self.buffers])
@@ -472,41 +406,21 @@ class Swarm(SwarmArithmetic):
         """Independent copies of every particle (``[p.clone() for p in swarm]``)."""
         return [p.clone() for p in self]
 
-    def randn(self, *, generator: Optional[torch.Generator] = None) -> "Swarm":
+    def randn(self, *, generator: Optional[torch.Generator] = None) -> "SwarmCore":
         """A swarm of this species with standard normal parameters (buffers copied)."""
         out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
                         [b.clone() for b in self.buffers])
         ops.normal_(out.flats, generator=generator)
         return out
 
-    def rand(self, *, generator: Optional[torch.Generator] = None) -> "Swarm":
+    def rand(self, *, generator: Optional[torch.Generator] = None) -> "SwarmCore":
         """A swarm of this species with parameters uniform in [0, 1)."""
         out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
                         [b.clone() for b in self.buffers])
         ops.uniform_(out.flats, generator=generator)
         return out
 
-    # -- vectorized evaluation ------------------------------------------------
-    def forward(self, *args: Any, per_particle: bool = False, chunk_size: Optional[int] = None,
-                **kwargs: Any) -> Any:
-        """Every particle's forward at once (``torch.func.functional_call`` under
-        ``torch.func.vmap``): results are stacked along a new leading dim of size N.
-
-        Tensor arguments are the same for every particle, or with
-        ``per_particle=True`` carry a leading dim of size N (particle i gets
-        ``x[i]``). ``chunk_size`` (default ``swarm.chunk_size``, None: all at once)
-        runs that many particles per vmapped call to bound memory. In train mode,
-        BatchNorm updates each particle's own statistics.
-
-        >>> s = nyto.Swarm(Net(), 4, init="randn"); x = torch.randn(4, 6, 3)
-        >>> y = s(x, per_particle=True); torch.allclose(y[2], s[2](x[2]))
-        True
-        """
-        return vmap_forward(self, args, kwargs, per_particle,
-                            self.chunk_size if chunk_size is None else chunk_size)
-
-    __call__ = forward
-
+    # -- stacked views ------------------------------------------------------
     def stacked_parameters(self) -> Dict[str, torch.Tensor]:
         """``{name: [N, *shape] view}`` of every (unique) parameter, zero-copy."""
         st = state_of(self.template)
@@ -540,4 +454,4 @@ class Swarm(SwarmArithmetic):
                 a.copy_(b)
 
 
-__all__ = ["Swarm"]
+__all__ = ["SwarmCore", "check_species"]

@@ -1,20 +1,23 @@
-"""Plumbing of :mod:`nytorch.distributed`: process-group checks, the buffers
-of a particle or swarm, buckets, work handles with timeouts, species
+"""The core of :mod:`nytorch.distributed`: the process group (``init``,
+``device``, ``barrier``) and the plumbing every collective shares:
+process-group checks, buckets, work handles with timeouts, species
 signatures. Nothing here talks to a process group at import time.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
+import os
+import socket
 import weakref
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.distributed as dist
 
-from . import _storage as S
-from .errors import CollectiveError, SpeciesError
-from .particle import NytoModule
+from ..errors import CollectiveError, SpeciesError
+from ..particle import NytoModule
+from ..storage import structure_signature
 
 # Largest message of one collective, in bytes. A particle's flat buffer is cut
 # into contiguous slices of at most this size (zero-copy views): the
@@ -26,6 +29,8 @@ from .particle import NytoModule
 # from 12% faster to 15% slower; 1 MiB was 20-30% slower (round trips).
 # NCCL pipelines inside each message, so there the size only bounds one call.
 BUCKET_BYTES = 16 << 20
+
+DEFAULT_TIMEOUT_S = 300.0
 
 
 # Ranks holding particles of different structure (shapes, dtypes, classes):
@@ -69,6 +74,65 @@ def check_devices(what: str, flats: Sequence[torch.Tensor], group: Optional[Any]
             if f.device.type != "cuda":
                 raise ValueError(f"nytorch.distributed.{what}: the NCCL backend needs CUDA tensors, but a "
                                  f"parameter group is on {f.device}; move the particle with .cuda() first")
+
+
+
+
+# ---------------------------------------------------------------------------
+# Setup
+def init(backend: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> Tuple[int, int]:
+    """Initialise the default process group and return ``(rank, world_size)``.
+
+    Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` in the
+    environment) this is ``torch.distributed.init_process_group`` with the
+    given ``timeout`` in seconds (every collective of the group fails after
+    it instead of hanging) and ``backend`` defaulting to NCCL when CUDA is
+    available (the rank's device is set from ``LOCAL_RANK``), else gloo.
+    Without torchrun it starts a one-process group on 127.0.0.1, so the same
+    script also runs as ``python script.py``. Already initialised: returns
+    the current group's rank and size.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if "RANK" not in os.environ and "init_method" not in kwargs and "store" not in kwargs:
+        kwargs.update(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout), **kwargs)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` under NCCL, else the CPU."""
+    if dist.is_initialized() and "nccl" in str(dist.get_backend()).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier(group: Optional[Any] = None, timeout: Optional[float] = None) -> None:
+    """A barrier that names the missing ranks: ``monitored_barrier`` on gloo
+    (raises :class:`CollectiveError` naming the rank that did not arrive
+    within ``timeout`` seconds), a plain barrier on NCCL."""
+    require_group("barrier", group)
+    try:
+        if "gloo" in str(dist.get_backend(group)).lower():
+            td = None if timeout is None else datetime.timedelta(seconds=timeout)
+            dist.monitored_barrier(group=group, timeout=td, wait_all_ranks=True)
+        else:
+            work = dist.barrier(group=group, async_op=True)
+            wait_work("barrier", work, timeout)
+    except RuntimeError as e:
+        if isinstance(e, CollectiveError):
+            raise
+        raise CollectiveError(f"nytorch.distributed.barrier on rank {dist.get_rank()}: {e}") from e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------
@@ -173,14 +237,9 @@ def launch(what: str, start: Callable[[], Any]) -> Any:
 # ---------------------------------------------------------------------------
 # Species signatures
 def particle_signature(net: NytoModule) -> Tuple:
-    """What must agree across ranks for a particle's flats to line up: the
-    module classes and tree, parameter slots, shapes and dtypes (device types,
-    not indices: ranks use different GPUs)."""
-    st = S.state_of(net)
-    lay = st.layout
-    classes = (type(net).__qualname__,) + tuple(type(m).__qualname__ for m in st.modules)
-    groups = tuple((str(dt), torch.device(dev).type, n) for dev, dt, n in lay.groups)
-    return ("particle", classes, lay.children, lay.param_slots, lay.view_spec, groups)
+    """What must agree across ranks for a particle's flats to line up
+    (:func:`nytorch.structure_signature`)."""
+    return structure_signature(net)
 
 
 def signature_hash(sig: Tuple) -> int:

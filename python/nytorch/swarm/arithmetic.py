@@ -1,4 +1,5 @@
-"""Arithmetic and reductions of :class:`nytorch.Swarm` (mixed into it).
+"""Arithmetic and reductions of :class:`nytorch.Swarm` (the ``SwarmArithmetic``
+mix-in of the assembled class).
 
 Operands of ``swarm op other``:
 
@@ -15,15 +16,13 @@ written, so bad input leaves both operands unchanged.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import torch
 
-from .particle import NytoModule, _number, _strict
-from ._storage import state_of
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .swarm import Swarm
+from .._storage import state_of
+from ..particle import NytoModule, _number, _strict
+from .core import SwarmCore, check_species
 
 
 def _as_index(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
@@ -61,15 +60,14 @@ class SwarmArithmetic:
     def _operands(self, other: Any, what: str) -> Optional[List[Any]]:
         """``other`` as one operand per group (broadcastable against ``[N, numel]``),
         or None for an unsupported type."""
-        from .swarm import Swarm, _check_species
         n = len(self)
-        if isinstance(other, Swarm):
-            _check_species(self, other)
+        if isinstance(other, SwarmCore):
+            check_species(self, other)
             if len(other) != n:
                 raise ValueError(f"swarm {what}: swarms of different lengths ({n} and {len(other)})")
             return list(other.flats)
         if isinstance(other, NytoModule):
-            _check_species(self, other)
+            check_species(self, other)
             return self._particle_flats(other)
         if isinstance(other, torch.Tensor) and other.dim() >= 1:
             _as_index(other, f"swarm {what}", n)
@@ -113,13 +111,13 @@ class SwarmArithmetic:
                 fn(f, o)
         return self
 
-    def __neg__(self) -> "Swarm":
+    def __neg__(self) -> "SwarmCore":
         return self._new([torch.neg(f) for f in self.flats], [b.clone() for b in self.buffers])
 
-    def __pos__(self) -> "Swarm":
+    def __pos__(self) -> "SwarmCore":
         return self.clone()
 
-    def neg(self) -> "Swarm":
+    def neg(self) -> "SwarmCore":
         """``-swarm``."""
         return -self
 
@@ -184,14 +182,13 @@ class SwarmArithmetic:
             res = parts.pow(p).sum(0).pow(1.0 / p)
         return res.to(self.flats[0].dtype)
 
-    def dot(self, other: Union["Swarm", NytoModule]) -> torch.Tensor:
+    def dot(self, other: Union["SwarmCore", NytoModule]) -> torch.Tensor:
         """Per-particle dot product with another swarm (row by row) or a particle: [N].
 
         >>> s = nyto.Swarm(Net(), 2, init="zeros") + 1; s.dot(s).tolist()
         [8.0, 8.0]
         """
-        from .swarm import Swarm
-        if not isinstance(other, (Swarm, NytoModule)):
+        if not isinstance(other, (SwarmCore, NytoModule)):
             raise TypeError(f"Swarm.dot: other must be a Swarm or a particle, got {type(other).__name__}")
         ops_ = self._operands(other, "dot")
         total = None
