@@ -58,8 +58,9 @@ template <class M>
 __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const KArgs& a, M scale) {
   constexpr int shift = RandShift<M>::value;
   const uint32_t k0 = static_cast<uint32_t>(a.seed), k1 = static_cast<uint32_t>(a.seed >> 32);
-  uint64_t cur = ~uint64_t(0);
+  uint64_t cur = ~uint64_t(0), cur_pair = ~uint64_t(0);
   Philox4 w{};
+  M r = M(0), s = M(0), co = M(0);  // the Box-Muller pair (elements 2p, 2p + 1) last computed
 #pragma unroll
   for (int l = 0; l < 4; ++l) {
     const uint64_t e = static_cast<uint64_t>(base + l) + a.offset;
@@ -77,17 +78,20 @@ __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, cons
         dst[l] = static_cast<M>(w.w[k] >> 8) * (scale * M(5.9604644775390625e-08));
       }
     } else {
-      M u1, u2;
-      if constexpr (sizeof(M) == 8) {
-        u1 = u53_open0(w.w[0], w.w[1]);
-        u2 = u53(w.w[2], w.w[3]);
-      } else {
-        u1 = u24_open0(w.w[2 * (k >> 1)]);
-        u2 = u24(w.w[2 * (k >> 1) + 1]);
+      if ((e >> 1) != cur_pair) {  // one log, sqrt and sincos per pair (the pair's other element reuses them)
+        M u1, u2;
+        if constexpr (sizeof(M) == 8) {
+          u1 = u53_open0(w.w[0], w.w[1]);
+          u2 = u53(w.w[2], w.w[3]);
+        } else {
+          u1 = u24_open0(w.w[2 * (k >> 1)]);
+          u2 = u24(w.w[2 * (k >> 1) + 1]);
+        }
+        sincos2pi(u2, &s, &co);
+        r = ::sqrt(M(-2) * ::log(u1));
+        cur_pair = e >> 1;
       }
-      M s, co;
-      sincos2pi(u2, &s, &co);
-      dst[l] = ::sqrt(M(-2) * ::log(u1)) * ((k & 1) ? s : co);
+      dst[l] = r * ((k & 1) ? s : co);
     }
   }
 }
