@@ -20,8 +20,8 @@ from typing import Any, List, Optional, Union
 
 import torch
 
-from .._storage import state_of
 from ..particle import NytoModule, _number, _strict
+from ..storage import flat_storage
 from .core import SwarmCore, check_species
 
 
@@ -145,7 +145,7 @@ class SwarmArithmetic:
             if total == 0:
                 raise ValueError("Swarm.mean: the weights sum to 0")
         out = self.template.clone()
-        st = state_of(out)
+        st = flat_storage(out)
         with torch.no_grad():
             for src, dst in zip(self.flats, st.flats):
                 if w is None:
