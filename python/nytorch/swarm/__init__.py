@@ -52,7 +52,7 @@ Layout of this package (dependencies point one way, towards ``core``):
 from __future__ import annotations
 
 from .arithmetic import SwarmArithmetic
-from .core import SwarmCore, check_species
+from .core import SwarmCore
 from .forward import SwarmForward
 from .fused import SwarmFusing
 
@@ -78,7 +78,5 @@ class Swarm(SwarmCore, SwarmArithmetic, SwarmForward, SwarmFusing):
     (4, 0.0)
     """
 
-
-_check_species = check_species  # the former name (nytorch.swarm._check_species)
 
 __all__ = ["Swarm"]
