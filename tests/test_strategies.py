@@ -217,6 +217,40 @@ def test_checkpoint_resumes_bitwise(name):
     assert fresh.history.best == o.history.best
 
 
+def test_algorithm_template():
+    """SwarmOptimizer owns the loop, seeding, maximize, best tracking, history
+    and checkpoints: no algorithm redefines them (each implements its own
+    ask/tell bodies and its own state), and every checkpoint carries the
+    common keys."""
+    from nytorch.algorithms import PSO, SwarmOptimizer
+    from nytorch.algorithms.sharded import ShardedES, ShardedPSO
+    owned = ("step", "run", "best_fitness", "state_dict", "load_state_dict", "_record", "_fitness", "_observe",
+             "_end_step", "_setup")
+    for cls in (ES, PGPE, SNES, CEM, SepCMAES, CMAES, DE, PSO, ShardedES):
+        assert issubclass(cls, SwarmOptimizer)
+        for name in owned:
+            assert getattr(cls, name) is getattr(SwarmOptimizer, name), (cls.__name__, name)
+        assert "ask" in vars(cls) or cls in (PGPE, SNES, CEM, SepCMAES)  # the Gaussian strategies share theirs
+    assert ShardedPSO.state_dict is not SwarmOptimizer.state_dict  # adds its global keys on top
+    torch.manual_seed(0)
+    algos = [ES(Point(), 4, seed=1), ES(Point(), 4, seed=1, backend="fuse"), PGPE(Point(), 4, seed=1),
+             SNES(Point(), 4, seed=1), CEM(Point(), 4, seed=1), SepCMAES(Point(), 4, seed=1),
+             CMAES(Point(), 4, seed=1), DE(Swarm(Point(), 5, init="randn"), seed=1),
+             PSO(Swarm(Point(), 5, init="randn"), seed=1)]
+    for o in algos:
+        for maximize in (False, True):
+            o.maximize = maximize
+            o.step(lambda s: s.dot(s))
+        st = o.state_dict()
+        assert {"steps_done", "history"} <= set(st) and st["steps_done"] == 2
+        assert ("rng" in st) == (o.generator is not None) and ("seed_rng" in st) == (o.seed_generator is not None)
+        assert ("best_fitness" in st) == o._saves_best_fitness
+        with pytest.raises(Exception, match="unexpected key"):
+            o.load_state_dict({**st, "extra": 1})
+        o.load_state_dict(st)
+        assert o.steps_done == 2 and len(o.history) == 2
+
+
 # ---------------------------------------------------------------------------
 # the sampled population
 # ---------------------------------------------------------------------------

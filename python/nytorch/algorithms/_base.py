@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -140,21 +140,112 @@ def as_fitness(fitness: Any, n: int, device: torch.device, name: str) -> torch.T
 
 
 class SwarmOptimizer:
-    """ask/tell loop, ``step(fn)``, ``run(fn, steps)`` with a progress bar,
-    callbacks and a :class:`History`. Subclasses implement ``ask`` and ``tell``.
-    Fitness is minimized (``maximize=True`` flips it)."""
+    """The algorithm template (as evosax's): this base owns the loop
+    (``step(fn)``, ``run(fn, steps)`` with a progress bar and callbacks),
+    seeding, ``maximize``, best tracking, the :class:`History` and the common
+    part of the checkpoints; an algorithm implements only its own ``ask`` and
+    ``tell`` bodies and its own state.
 
-    maximize: bool
+    An algorithm's ``__init__`` calls ``_setup`` (checks, counters, history),
+    makes its generators with ``_new_generator`` / ``_seed_generator_from``;
+    its ``tell`` starts with ``f = self._fitness(fitness, n)`` (checked, sign
+    flipped when ``maximize``: every algorithm minimizes ``f``), tracks the best
+    with ``_observe(f)`` (or overrides ``_best_value``) and ends with
+    ``_end_step(f, population)``. ``state_dict`` is the algorithm's
+    ``_own_state()`` plus the common keys (``steps_done``, ``best_fitness``
+    where ``_observe`` tracks it, ``rng`` / ``seed_rng`` / ``sample_seed`` for
+    the generators it has, ``history``); ``load_state_dict`` checks the keys
+    (``_state_keys`` + common), calls ``_load_own_state`` and restores the
+    rest, so a resumed run is bitwise the same."""
+
+    maximize: bool = False
+    track_diversity: bool = False
+    steps_done: int = 0
+    best_fitness_: float = math.inf
     history: History
-    steps_done: int
-    track_diversity: bool
+    device: torch.device = torch.device("cpu")
+    generator: Optional[torch.Generator] = None       # checkpointed as "rng"
+    seed_generator: Optional[torch.Generator] = None  # the kernels' Philox seeds: "seed_rng"
+    sample_seed: Optional[int] = None                 # this step's Philox seed (when the algorithm keeps one)
+    _state_keys: Tuple[str, ...] = ()                 # the algorithm's own state_dict keys
+    _saves_best_fitness = True                        # False where _best_value reads the algorithm's state
 
+    # -- setup --------------------------------------------------------------------
+    def _setup(self, *, maximize: bool, track_diversity: bool, seed: Optional[int] = None,
+               generator: Optional[torch.Generator] = None) -> None:
+        """Checks ``seed`` / ``generator``; starts the counters and the history."""
+        name = type(self).__name__
+        if seed is not None:
+            _checks.integer(seed, name, "seed")
+        _checks.generator(generator, name)
+        self.maximize, self.track_diversity = maximize, track_diversity
+        self.steps_done = 0
+        self.best_fitness_ = math.inf
+        self.history = History()
+
+    @staticmethod
+    def _new_generator(seed: Optional[int], device: Any = "cpu") -> torch.Generator:
+        """A generator on ``device`` seeded with ``seed`` (or from torch's global RNG)."""
+        g = torch.Generator(device=device)
+        g.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+        return g
+
+    @staticmethod
+    def _seed_generator_from(generator: torch.Generator, device: Any = "cpu") -> torch.Generator:
+        """A CPU generator for the kernels' per-step seeds (no device sync), seeded from ``generator``."""
+        g = torch.Generator()
+        g.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=device)))
+        return g
+
+    def _next_sample_seed(self) -> int:
+        """This step's Philox seed (kept in ``sample_seed`` for ``tell``)."""
+        self.sample_seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
+        return self.sample_seed
+
+    # -- ask / tell ---------------------------------------------------------------
     def ask(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def tell(self, fitness: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _fitness(self, fitness: Any, n: int) -> torch.Tensor:
+        """``fitness`` checked ([n], real) as float64 on the device, negated when maximizing."""
+        f = as_fitness(fitness, n, self.device, f"{type(self).__name__}.tell")
+        return -f if self.maximize else f
+
+    def _observe(self, f: torch.Tensor) -> Optional[int]:
+        """Track the best (minimized) fitness: the index of ``f``'s best row
+        when it beats every earlier one, else None."""
+        i = int(torch.argmin(f))
+        v = float(f[i])
+        if v < self.best_fitness_:
+            self.best_fitness_ = v
+            return i
+        return None
+
+    def _best_value(self) -> float:
+        """The best minimized fitness so far."""
+        return self.best_fitness_
+
+    @property
+    def best_fitness(self) -> float:
+        """The best fitness seen so far (in the caller's sign)."""
+        v = self._best_value()
+        return -v if self.maximize else v
+
+    def _end_step(self, f: torch.Tensor, population: Any) -> None:
+        """Count the step and record it (diversity of ``population`` when tracked)."""
+        self.steps_done += 1
+        div = population.diversity() if self.track_diversity else None
+        self._record(f, self._best_value(), div)
+
+    def _record(self, fitness: torch.Tensor, best: float, diversity: Optional[float]) -> None:
+        sign = -1.0 if self.maximize else 1.0
+        self.history.append(step=self.steps_done, best=sign * best, mean=sign * float(fitness.mean()),
+                            diversity=math.nan if diversity is None else diversity)
+
+    # -- the loop -------------------------------------------------------------------
     def step(self, fitness_fn: Callable[[Any], Any]) -> torch.Tensor:
         """Evaluate ``fitness_fn(self.ask())`` (a [N] tensor) and ``tell`` it."""
         _checks.function(fitness_fn, f"{type(self).__name__}.step", "fitness_fn")
@@ -188,7 +279,46 @@ class SwarmOptimizer:
                 callback(rec)
         return self.history
 
-    def _record(self, fitness: torch.Tensor, best: float, diversity: Optional[float]) -> None:
-        sign = -1.0 if self.maximize else 1.0
-        self.history.append(step=self.steps_done, best=sign * best, mean=sign * float(fitness.mean()),
-                            diversity=math.nan if diversity is None else diversity)
+    # -- checkpoints ------------------------------------------------------------------
+    def _own_state(self) -> Dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _load_own_state(self, state: Dict[str, Any], where: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _common_keys(self) -> Tuple[str, ...]:
+        keys = ["steps_done"]
+        if self._saves_best_fitness:
+            keys.append("best_fitness")
+        for key, have in (("rng", self.generator is not None), ("seed_rng", self.seed_generator is not None),
+                          ("sample_seed", self.sample_seed is not None)):
+            if have:
+                keys.append(key)
+        return tuple(keys) + ("history",)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The algorithm's state (see its ``_own_state``), step, best, RNG states, history."""
+        state = self._own_state()
+        common = {"steps_done": self.steps_done, "best_fitness": self.best_fitness_,
+                  "rng": self.generator.get_state() if self.generator is not None else None,
+                  "seed_rng": self.seed_generator.get_state() if self.seed_generator is not None else None,
+                  "sample_seed": self.sample_seed, "history": self.history.state_dict()}
+        state.update((k, common[k]) for k in self._common_keys())
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output in place."""
+        where = f"{type(self).__name__}.load_state_dict"
+        _checks.state_keys(state, where, tuple(self._state_keys) + self._common_keys(),
+                           strict=type(self).state_dict is SwarmOptimizer.state_dict)  # a subclass may add keys
+        self._load_own_state(state, where)
+        self.steps_done = int(state["steps_done"])
+        if self._saves_best_fitness:
+            self.best_fitness_ = float(state["best_fitness"])
+        if self.generator is not None:
+            self.generator.set_state(state["rng"])
+        if self.seed_generator is not None:
+            self.seed_generator.set_state(state["seed_rng"])
+        if self.sample_seed is not None:
+            self.sample_seed = int(state["sample_seed"])
+        self.history.load_state_dict(state["history"])

@@ -11,14 +11,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import _checks
-from .._storage import state_of
+from ..storage import flat_storage
 from ..particle import NytoModule
 from ..swarm import Swarm
-from ._base import History, SwarmOptimizer, as_fitness
+from ._base import SwarmOptimizer
 from ._sampling import FusedSampler
-
-_KEYS = ("center", "center_buffers", "tensors", "scalars", "steps_done", "best_fitness", "best", "seed_rng",
-         "sample_seed", "history")
 
 
 def check_positive(x: Any, where: str, name: str, strict: bool = True) -> float:
@@ -65,31 +62,25 @@ class GaussianStrategy(SwarmOptimizer):
             raise ValueError(f"{name}: popsize must be >= 2, got {popsize}")
         if antithetic and popsize % 2:
             raise ValueError(f"{name}: antithetic sampling needs an even popsize, got {popsize}")
-        if seed is not None:
-            _checks.integer(seed, name, "seed")
+        self._setup(maximize=maximize, track_diversity=track_diversity, seed=seed)
         self.center = center.clone()
         self.population = Swarm(self.center, popsize, init="clone")
-        flats = state_of(self.center).flats
+        flats = flat_storage(self.center).flats
         self.device = flats[0].device if flats else torch.device("cpu")
-        self.popsize, self.antithetic, self.maximize = popsize, antithetic, maximize
-        self.track_diversity = track_diversity
+        self.popsize, self.antithetic = popsize, antithetic
         self.rows = popsize // 2 if antithetic else popsize
         if store_noise is None:
             store_noise = self.device.type == "cpu"
         self.sampler = FusedSampler(flats, self.rows, antithetic=antithetic, store_noise=bool(store_noise))
-        self.seed_generator = torch.Generator()
-        self.seed_generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+        self.seed_generator = self._new_generator(seed)  # the kernels' Philox seeds (CPU: no device sync)
         self.sample_seed = 0
-        self.steps_done = 0
-        self.best_fitness_ = float("inf")
         self._best = [torch.zeros(f.numel(), dtype=f.dtype, device=f.device) for f in flats]
-        self.history = History()
 
     # -- the distribution -------------------------------------------------------
     @property
     def flats(self) -> List[torch.Tensor]:
         """The center's flat buffers (1-D views)."""
-        return [f.reshape(-1) for f in state_of(self.center).flats]
+        return [f.reshape(-1) for f in flat_storage(self.center).flats]
 
     def scale(self) -> Sequence[torch.Tensor]:  # pragma: no cover - abstract
         """The per-element standard deviation of the samples (one flat per group)."""
@@ -113,62 +104,47 @@ class GaussianStrategy(SwarmOptimizer):
     # -- ask / tell ---------------------------------------------------------------
     def ask(self) -> Swarm:
         """A new population (the same Swarm object, refilled)."""
-        self.sample_seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
-        self.sampler.sample(self.sample_seed, self.flats, list(self.scale()), self.population.flats)
+        self.sampler.sample(self._next_sample_seed(), self.flats, list(self.scale()), self.population.flats)
         return self.population
 
     def tell(self, fitness: Any) -> None:
         """Update the distribution with the fitness of the population ``ask`` returned."""
-        f = as_fitness(fitness, self.popsize, self.device, f"{type(self).__name__}.tell")
-        if self.maximize:
-            f = -f
-        i = int(torch.argmin(f))
-        if float(f[i]) < self.best_fitness_:
-            self.best_fitness_ = float(f[i])
-            with torch.no_grad():
+        f = self._fitness(fitness, self.popsize)
+        i = self._observe(f)
+        with torch.no_grad():
+            if i is not None:
                 for b, p in zip(self._best, self.population.flats):
                     b.copy_(p[i])
-        with torch.no_grad():
             self._update(f)
-        self.steps_done += 1
-        div = self.population.diversity() if self.track_diversity else None
-        self._record(f, self.best_fitness_, div)
-
-    @property
-    def best_fitness(self) -> float:
-        """The best fitness of any sampled particle so far."""
-        return -self.best_fitness_ if self.maximize else self.best_fitness_
+        self._end_step(f, self.population)
 
     @property
     def best(self) -> NytoModule:
         """A new particle holding the best sampled particle so far."""
         p = self.center.clone()
         with torch.no_grad():
-            for dst, src in zip(state_of(p).flats, self._best):
+            for dst, src in zip(flat_storage(p).flats, self._best):
                 dst.copy_(src.view_as(dst))
         return p
 
-    # -- checkpoints --------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
-        """Center, the distribution's state, step, seeds, best, history."""
-        st = state_of(self.center)
+    # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
+    _state_keys = ("center", "center_buffers", "tensors", "scalars", "best")
+
+    def _own_state(self) -> Dict[str, Any]:
+        """Center, the distribution's state, best."""
+        st = flat_storage(self.center)
         return {"center": [t.clone() for t in st.flats], "center_buffers": [b.clone() for b in st.buffers],
                 "tensors": {k: [t.clone() for t in getattr(self, k)] for k in self._tensor_state},
                 "scalars": {k: getattr(self, k) for k in self._scalar_state},
-                "steps_done": self.steps_done, "best_fitness": self.best_fitness_,
-                "best": [t.clone() for t in self._best], "seed_rng": self.seed_generator.get_state(),
-                "sample_seed": self.sample_seed, "history": self.history.state_dict()}
+                "best": [t.clone() for t in self._best]}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore ``state_dict()`` output in place."""
-        name = f"{type(self).__name__}.load_state_dict"
-        _checks.state_keys(state, name, _KEYS)
-        st = state_of(self.center)
+    def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
+        st = flat_storage(self.center)
         pairs = [("center", list(st.flats), state["center"]), ("best", self._best, state["best"])]
         pairs += [(k, getattr(self, k), state["tensors"].get(k, [])) for k in self._tensor_state]
         for k, mine, theirs in pairs:
             if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
-                raise ValueError(f"{name}: {k} has other shapes than this optimizer's")
+                raise ValueError(f"{where}: {k} has other shapes than this optimizer's")
         with torch.no_grad():
             for _, mine, theirs in pairs:
                 for a, b in zip(mine, theirs):
@@ -177,8 +153,3 @@ class GaussianStrategy(SwarmOptimizer):
                 a.copy_(b)
         for k in self._scalar_state:
             setattr(self, k, state["scalars"][k])
-        self.steps_done = int(state["steps_done"])
-        self.best_fitness_ = float(state["best_fitness"])
-        self.seed_generator.set_state(state["seed_rng"])
-        self.sample_seed = int(state["sample_seed"])
-        self.history.load_state_dict(state["history"])

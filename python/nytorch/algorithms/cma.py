@@ -24,16 +24,14 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _checks
-from .._storage import state_of
+from ..storage import flat_storage
 from ..particle import NytoModule
 from ..swarm import Swarm
-from ._base import History, SwarmOptimizer, as_fitness
+from ._base import SwarmOptimizer
 from ._gaussian import check_positive
 from .snes import default_popsize
 
 MAX_N = 10_000
-_KEYS = ("center", "center_buffers", "sigma", "C", "B", "D", "p_sigma", "p_c", "eigen_step", "steps_done",
-         "best_fitness", "best", "rng", "history")
 
 
 class CMAES(SwarmOptimizer):
@@ -48,23 +46,21 @@ class CMAES(SwarmOptimizer):
                  maximize: bool = False, seed: Optional[int] = None, track_diversity: bool = False) -> None:
         if not isinstance(center, NytoModule):
             raise TypeError(f"CMAES: center must be a particle (NytoModule), got {type(center).__name__}")
-        n = sum(f.numel() for f in state_of(center).flats)
+        n = sum(f.numel() for f in flat_storage(center).flats)
         if n > MAX_N:
             raise ValueError(f"CMAES: {n:,} parameters; the dense covariance is meant for at most {MAX_N:,} "
                              "(use SepCMAES)")
         popsize = default_popsize(n) if popsize is None else _checks.integer(popsize, "CMAES", "popsize")
         if popsize < 2:
             raise ValueError(f"CMAES: popsize must be >= 2, got {popsize}")
-        if seed is not None:
-            _checks.integer(seed, "CMAES", "seed")
+        self._setup(maximize=maximize, track_diversity=track_diversity, seed=seed)
         self.sigma = check_positive(sigma_init, "CMAES", "sigma_init")
         self.center = center.clone()
         self.population = Swarm(self.center, popsize, init="clone")
-        flats = state_of(self.center).flats
+        flats = flat_storage(self.center).flats
         self.device = flats[0].device if flats else torch.device("cpu")
-        self.popsize, self.n, self.maximize, self.track_diversity = popsize, n, maximize, track_diversity
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+        self.popsize, self.n = popsize, n
+        self.generator = self._new_generator(seed, self.device)
         dd = dict(dtype=torch.float64, device=self.device)
         mu = popsize // 2
         w = math.log(mu + 0.5) - torch.log(torch.arange(1, mu + 1, **dd))
@@ -83,13 +79,10 @@ class CMAES(SwarmOptimizer):
         self.p_sigma, self.p_c = torch.zeros(n, **dd), torch.zeros(n, **dd)
         self.eigen_step = 0
         self._y = torch.zeros(popsize, n, **dd)
-        self.steps_done = 0
-        self.best_fitness_ = float("inf")
         self._best = torch.zeros(n, **dd)
-        self.history = History()
 
     def _mean(self) -> torch.Tensor:
-        return torch.cat([f.reshape(-1).double() for f in state_of(self.center).flats])
+        return torch.cat([f.reshape(-1).double() for f in flat_storage(self.center).flats])
 
     def _write(self, dst, vec: torch.Tensor) -> None:
         """Split a [..., n] float64 tensor into the groups' flats."""
@@ -100,14 +93,10 @@ class CMAES(SwarmOptimizer):
             k += m
 
     @property
-    def best_fitness(self) -> float:
-        return -self.best_fitness_ if self.maximize else self.best_fitness_
-
-    @property
     def best(self) -> NytoModule:
         p = self.center.clone()
         with torch.no_grad():
-            self._write([f.view(-1) for f in state_of(p).flats], self._best)
+            self._write([f.view(-1) for f in flat_storage(p).flats], self._best)
         return p
 
     def ask(self) -> Swarm:
@@ -118,18 +107,15 @@ class CMAES(SwarmOptimizer):
         return self.population
 
     def tell(self, fitness: Any) -> None:
-        f = as_fitness(fitness, self.popsize, self.device, "CMAES.tell")
-        if self.maximize:
-            f = -f
+        f = self._fitness(fitness, self.popsize)
         order = torch.argsort(f, stable=True)
-        if float(f[order[0]]) < self.best_fitness_:
-            self.best_fitness_ = float(f[order[0]])
+        if self._observe(f) is not None:
             self._best = self._mean() + self.sigma * self._y[order[0]]
         y = self._y[order[:self.mu]]
         yw = self.weights @ y
         cs, cc, c1, cmu = self.cs, self.cc, self.c1, self.cmu
         with torch.no_grad():
-            self._write([f.view(-1) for f in state_of(self.center).flats], self._mean() + self.sigma * yw)
+            self._write([f.view(-1) for f in flat_storage(self.center).flats], self._mean() + self.sigma * yw)
         inv_sqrt_c_yw = self.B @ ((self.B.t() @ yw) / self.D)
         self.p_sigma.mul_(1 - cs).add_(inv_sqrt_c_yw, alpha=math.sqrt(cs * (2 - cs) * self.mueff))
         ps_norm = float(self.p_sigma.norm())
@@ -141,31 +127,30 @@ class CMAES(SwarmOptimizer):
         keep = 1 - c1 - cmu + (0.0 if h_sig else c1 * cc * (2 - cc))
         self.C.mul_(keep).addr_(self.p_c, self.p_c, alpha=c1).addmm_(y.t() * self.weights, y, alpha=cmu)
         self.sigma *= math.exp(min(1.0, (cs / self.ds) * (ps_norm / self.chi_n - 1)))
-        self.steps_done += 1
-        if self.steps_done - self.eigen_step >= self.eigen_every:
-            self._decompose()
-        div = self.population.diversity() if self.track_diversity else None
-        self._record(f, self.best_fitness_, div)
+        if gen - self.eigen_step >= self.eigen_every:
+            self._decompose(gen)
+        self._end_step(f, self.population)
 
-    def _decompose(self) -> None:
+    def _decompose(self, gen: int) -> None:
         self.C = (self.C + self.C.t()) / 2
         evals, self.B = torch.linalg.eigh(self.C)
         self.D = evals.clamp(min=1e-20).sqrt()
-        self.eigen_step = self.steps_done
+        self.eigen_step = gen
 
-    def state_dict(self) -> Dict[str, Any]:
-        st = state_of(self.center)
+    # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
+    _state_keys = ("center", "center_buffers", "sigma", "C", "B", "D", "p_sigma", "p_c", "eigen_step", "best")
+
+    def _own_state(self) -> Dict[str, Any]:
+        st = flat_storage(self.center)
         return {"center": [t.clone() for t in st.flats], "center_buffers": [b.clone() for b in st.buffers],
                 "sigma": self.sigma, "C": self.C.clone(), "B": self.B.clone(), "D": self.D.clone(),
                 "p_sigma": self.p_sigma.clone(), "p_c": self.p_c.clone(), "eigen_step": self.eigen_step,
-                "steps_done": self.steps_done, "best_fitness": self.best_fitness_, "best": self._best.clone(),
-                "rng": self.generator.get_state(), "history": self.history.state_dict()}
+                "best": self._best.clone()}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        _checks.state_keys(state, "CMAES.load_state_dict", _KEYS)
-        st = state_of(self.center)
+    def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
+        st = flat_storage(self.center)
         if state["C"].shape != self.C.shape or len(state["center"]) != len(st.flats):
-            raise ValueError("CMAES.load_state_dict: the state has other shapes than this optimizer's")
+            raise ValueError(f"{where}: the state has other shapes than this optimizer's")
         with torch.no_grad():
             for a, b in zip(list(st.flats) + list(st.buffers), state["center"] + state["center_buffers"]):
                 a.copy_(b)
@@ -173,6 +158,3 @@ class CMAES(SwarmOptimizer):
             setattr(self, k, state[k].to(self.device).clone())
         self._best = state["best"].to(self.device).clone()
         self.sigma, self.eigen_step = float(state["sigma"]), int(state["eigen_step"])
-        self.steps_done, self.best_fitness_ = int(state["steps_done"]), float(state["best_fitness"])
-        self.generator.set_state(state["rng"])
-        self.history.load_state_dict(state["history"])

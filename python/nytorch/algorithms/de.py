@@ -20,14 +20,12 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _checks
-from .._storage import state_of
 from ..particle import NytoModule
 from ..swarm import Swarm
-from ._base import History, SwarmOptimizer, as_fitness
+from ._base import SwarmOptimizer
 from ._gaussian import check_positive
 
 _fuse = importlib.import_module("nytorch.fuse")
-_KEYS = ("swarm", "fitness", "steps_done", "rng", "seed_rng", "sample_seed", "history")
 _PROGRAM = []
 
 
@@ -61,29 +59,24 @@ class DE(SwarmOptimizer):
         self.CR = _checks.real(CR, "DE", "CR")
         if not 0.0 <= self.CR <= 1.0:
             raise ValueError(f"DE: CR must be in [0, 1], got {CR}")
-        if seed is not None:
-            _checks.integer(seed, "DE", "seed")
+        self._setup(maximize=maximize, track_diversity=track_diversity, seed=seed)
         if any(not f.is_contiguous() for f in swarm.flats):
             raise ValueError("DE: the swarm's flats must be contiguous (use swarm.clone())")
-        self.swarm, self.maximize, self.track_diversity = swarm, maximize, track_diversity
+        self.swarm = swarm
         self.device = swarm.flats[0].device if swarm.flats else torch.device("cpu")
-        self.generator = torch.Generator()  # row choices (CPU: no device sync)
-        self.generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
-        self.seed_generator = torch.Generator()
-        self.seed_generator.manual_seed(int(torch.randint(0, 2**62, (), generator=self.generator)))
+        self.generator = self._new_generator(seed)  # row choices (CPU: no device sync)
+        self.seed_generator = self._seed_generator_from(self.generator)
         self.sample_seed = 0
         n = len(swarm)
         self.fitness = torch.full((n,), float("inf"), dtype=torch.float64, device=self.device)
         self.trials = swarm.clone()
         self._donors = [[torch.empty_like(f) for f in swarm.flats] for _ in range(3)]
         self._jrand = torch.zeros(n, dtype=torch.long)
-        self.steps_done = 0
-        self.history = History()
 
-    @property
-    def best_fitness(self) -> float:
-        f = float(self.fitness.min())
-        return -f if self.maximize else f
+    _saves_best_fitness = False  # the best row's fitness is in self.fitness
+
+    def _best_value(self) -> float:
+        return float(self.fitness.min())
 
     @property
     def best(self) -> NytoModule:
@@ -99,7 +92,7 @@ class DE(SwarmOptimizer):
         abc = keys.topk(3, dim=1, largest=False).indices.t().to(self.device)  # distinct, != i
         numel0 = self.swarm.flats[0].shape[1] if self.swarm.flats else 1
         self._jrand = torch.randint(0, numel0, (n,), generator=self.generator)
-        self.sample_seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
+        self._next_sample_seed()
         with torch.no_grad():
             for d, idx in zip(self._donors, abc):
                 for buf, x in zip(d, self.swarm.flats):
@@ -116,9 +109,7 @@ class DE(SwarmOptimizer):
         return self.trials
 
     def tell(self, fitness: Any) -> None:
-        f = as_fitness(fitness, len(self.swarm), self.device, "DE.tell")
-        if self.maximize:
-            f = -f
+        f = self._fitness(fitness, len(self.swarm))
         if self.steps_done == 0:
             self.fitness = f.clone()
         else:
@@ -130,23 +121,16 @@ class DE(SwarmOptimizer):
                     for x, t in zip(self.swarm.buffers, self.trials.buffers):
                         x.index_copy_(0, idx, t.index_select(0, idx))
                 self.fitness = torch.where(f <= self.fitness, f, self.fitness)
-        self.steps_done += 1
-        div = self.swarm.diversity() if self.track_diversity else None
-        self._record(f, float(self.fitness.min()), div)
+        self._end_step(f, self.swarm)
 
-    def state_dict(self) -> Dict[str, Any]:
+    # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
+    _state_keys = ("swarm", "fitness")
+
+    def _own_state(self) -> Dict[str, Any]:
         return {"swarm": {k: [t.clone() for t in v] if isinstance(v, list) else v
                           for k, v in self.swarm.state_dict().items()},
-                "fitness": self.fitness.clone(), "steps_done": self.steps_done,
-                "rng": self.generator.get_state(), "seed_rng": self.seed_generator.get_state(),
-                "sample_seed": self.sample_seed, "history": self.history.state_dict()}
+                "fitness": self.fitness.clone()}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        _checks.state_keys(state, "DE.load_state_dict", _KEYS)
+    def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
         self.swarm.load_state_dict(state["swarm"])
         self.fitness = state["fitness"].to(self.device).clone()
-        self.steps_done = int(state["steps_done"])
-        self.generator.set_state(state["rng"])
-        self.seed_generator.set_state(state["seed_rng"])
-        self.sample_seed = int(state["sample_seed"])
-        self.history.load_state_dict(state["history"])

@@ -18,15 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import _checks, ops
-from .._storage import state_of
+from ..storage import flat_storage
 from ..particle import NytoModule
 from ..swarm import Swarm
-from ._base import History, SwarmOptimizer, as_fitness
+from ._base import SwarmOptimizer, as_fitness
 from ._sampling import FusedSampler
-
-
-_STATE_KEYS = ("center", "center_buffers", "m", "v", "steps_done", "best_fitness", "rng", "history")
-_FUSE_KEYS = ("seed_rng", "sample_seed")  # backend="fuse" only
 
 
 def centered_ranks(f: torch.Tensor) -> torch.Tensor:
@@ -86,9 +82,7 @@ class ES(SwarmOptimizer):
         betas = tuple(_checks.real(b, "ES", "betas") for b in betas)
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"ES: betas must be in [0, 1), got {betas}")
-        if seed is not None:
-            _checks.integer(seed, "ES", "seed")
-        _checks.generator(generator, "ES")
+        self._setup(maximize=maximize, track_diversity=track_diversity, seed=seed, generator=generator)
         if antithetic and popsize % 2:
             raise ValueError(f"ES: antithetic sampling needs an even popsize, got {popsize}")
         if popsize < 2:
@@ -101,18 +95,14 @@ class ES(SwarmOptimizer):
             raise ValueError(f"ES: backend must be 'ops' or 'fuse', got {backend!r}")
         self.center = center.clone()
         self.population = Swarm(self.center, popsize, init="clone")
-        flats = state_of(self.center).flats
+        flats = flat_storage(self.center).flats
         dev = flats[0].device if flats else torch.device("cpu")
         self.device = dev
         self.popsize, self.sigma, self.lr = popsize, float(sigma), float(lr)
         self.optimizer, self.betas, self.momentum, self.eps = optimizer, betas, momentum, eps
         self.weight_decay = weight_decay
-        self.antithetic, self.rank_shaping, self.maximize = antithetic, rank_shaping, maximize
-        self.track_diversity = track_diversity
-        if generator is None:
-            generator = torch.Generator(device=dev)
-            generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
-        self.generator = generator
+        self.antithetic, self.rank_shaping = antithetic, rank_shaping
+        self.generator = self._new_generator(seed, dev) if generator is None else generator
         half = popsize // 2 if antithetic else popsize
         self.backend = backend
         self.sampler: Optional[FusedSampler] = None
@@ -125,32 +115,21 @@ class ES(SwarmOptimizer):
                                  "es.noise for this class's tell; pass store_noise=True")
             self.sampler = FusedSampler(flats, half, antithetic=antithetic, store_noise=bool(store_noise))
             self.noise = self.sampler.noise if store_noise else []
-            # seeds of the kernel's Philox streams: a CPU generator (no device sync)
-            self.seed_generator = torch.Generator()
-            self.seed_generator.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=dev)))
+            self.seed_generator = self._seed_generator_from(self.generator, dev)  # the kernel's Philox seeds
             self.sample_seed = 0
         else:
             self.noise = [torch.empty((half, f.numel()), dtype=f.dtype, device=f.device) for f in flats]
         self.m = [torch.zeros_like(f) for f in flats]
         self.v = [torch.zeros_like(f) for f in flats]
-        self.steps_done = 0
-        self.best_fitness_ = float("inf")
-        self.history = History()
-
-    @property
-    def best_fitness(self) -> float:
-        """The best fitness of any sampled particle so far."""
-        return -self.best_fitness_ if self.maximize else self.best_fitness_
 
     def ask(self) -> Swarm:
         """A new population around the center (the same Swarm object, refilled)."""
         if self.sampler is not None:
-            self.sample_seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
-            self.sampler.sample(self.sample_seed, [f.reshape(-1) for f in state_of(self.center).flats],
+            self.sampler.sample(self._next_sample_seed(), [f.reshape(-1) for f in flat_storage(self.center).flats],
                                 self.sigma, self.population.flats)
             return self.population
         ops.normal_(self.noise, generator=self.generator)
-        c = state_of(self.center).flats
+        c = flat_storage(self.center).flats
         with torch.no_grad():
             for pop, eps, cf in zip(self.population.flats, self.noise, c):
                 h = eps.shape[0]
@@ -160,27 +139,28 @@ class ES(SwarmOptimizer):
         return self.population
 
     def tell(self, fitness: Any) -> None:
-        self._update(as_fitness(fitness, self.popsize, self.device, "ES.tell"), self._gradient_sums)
+        self._update(as_fitness(fitness, self.popsize, self.device, f"{type(self).__name__}.tell"),
+                     self._gradient_sums)
 
     def _gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
         """Per group: the utilities times the noise rows (the unscaled gradient)."""
         if self.sampler is not None:
-            return self.sampler.sums(self.sample_seed, u, like=state_of(self.center).flats)[0]
+            return self.sampler.sums(self.sample_seed, u, like=flat_storage(self.center).flats)[0]
         return [u.to(eps.dtype) @ eps for eps in self.noise]
 
     def _update(self, f: torch.Tensor, gradient_sums: Callable[[torch.Tensor], List[torch.Tensor]]) -> None:
         """The step from the whole population's fitness ``f``; ``gradient_sums``
-        (utilities -> per-group sums) is where a sharded ES reduces across ranks."""
+        (utilities -> per-group sums) is where a sharded ES reduces across ranks.
+        ``f`` in the caller's sign (minimized unless ``maximize``)."""
         if self.maximize:
             f = -f
         u = centered_ranks(f) if self.rank_shaping else -(f - f.mean()) / (f.std() + 1e-12)
         if self.antithetic:
             h = self.popsize // 2
             u = u[:h] - u[h:]
-        c = state_of(self.center).flats
+        c = flat_storage(self.center).flats
         scale = -1.0 / (self.popsize * self.sigma)  # gradient of the loss (utility ascent = loss descent)
-        self.steps_done += 1
-        t = self.steps_done
+        t = self.steps_done + 1
         with torch.no_grad():
             for cf, gsum, m, v in zip(c, gradient_sums(u), self.m, self.v):
                 g = gsum * scale
@@ -195,37 +175,24 @@ class ES(SwarmOptimizer):
                 else:
                     m.mul_(self.momentum).add_(g)
                     cf.add_(m, alpha=-self.lr)
-        self.best_fitness_ = min(self.best_fitness_, float(f.min()))
-        div = self.population.diversity() if self.track_diversity else None
-        self._record(f, self.best_fitness_, div)
+        self._observe(f)
+        self._end_step(f, self.population)
 
-    def state_dict(self) -> Dict[str, Any]:
-        """Center, optimizer moments, step, RNG state, history."""
-        return {"center": [t.clone() for t in state_of(self.center).flats],
-                "center_buffers": [b.clone() for b in state_of(self.center).buffers],
-                "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v],
-                "steps_done": self.steps_done, "best_fitness": self.best_fitness_,
-                "rng": self.generator.get_state(), "history": self.history.state_dict(),
-                **({"seed_rng": self.seed_generator.get_state(), "sample_seed": self.sample_seed}
-                   if self.sampler is not None else {})}
+    # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
+    _state_keys = ("center", "center_buffers", "m", "v")
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore ``state_dict()`` output in place."""
-        fused = self.sampler is not None
-        _checks.state_keys(state, "ES.load_state_dict", _STATE_KEYS + (_FUSE_KEYS if fused else ()),
-                           strict=type(self).state_dict is ES.state_dict)  # a subclass may add keys
-        c = state_of(self.center)
+    def _own_state(self) -> Dict[str, Any]:
+        """Center (and its buffers), optimizer moments."""
+        return {"center": [t.clone() for t in flat_storage(self.center).flats],
+                "center_buffers": [b.clone() for b in flat_storage(self.center).buffers],
+                "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v]}
+
+    def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
+        c = flat_storage(self.center)
         for name, mine in (("center", c.flats), ("m", self.m), ("v", self.v)):
             if len(state[name]) != len(mine) or any(a.shape != b.shape for a, b in zip(mine, state[name])):
-                raise ValueError(f"ES.load_state_dict: {name} has other shapes than this optimizer's")
+                raise ValueError(f"{where}: {name} has other shapes than this optimizer's")
         with torch.no_grad():
             for a, b in zip(list(c.flats) + self.m + self.v + list(c.buffers),
                             state["center"] + state["m"] + state["v"] + state["center_buffers"]):
                 a.copy_(b)
-        self.steps_done = int(state["steps_done"])
-        self.best_fitness_ = float(state["best_fitness"])
-        self.generator.set_state(state["rng"])
-        if fused:
-            self.seed_generator.set_state(state["seed_rng"])
-            self.sample_seed = int(state["sample_seed"])
-        self.history.load_state_dict(state["history"])

@@ -23,7 +23,7 @@ import torch
 from .. import _checks, ops
 from ..particle import NytoModule
 from ..swarm import Swarm
-from ._base import History, SwarmOptimizer, as_fitness
+from ._base import SwarmOptimizer
 
 try:  # the module (nytorch.fuse is also the name of its decorator)
     _fuse = importlib.import_module("nytorch.fuse")
@@ -98,9 +98,6 @@ def run_flat(prog, inputs, numbers, *, out, seed):
     _fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)
 
 
-_STATE_KEYS = ("swarm", "velocity", "pbest", "pbest_fitness", "gbest", "gbest_fitness", "steps_done", "rng",
-               "seed_rng", "history")
-
 
 def _value(s: Schedule, step: int) -> float:
     return float(s(step)) if callable(s) else float(s)
@@ -154,9 +151,7 @@ class PSO(SwarmOptimizer):
             _checks.real(vmax, "PSO", "vmax")
         if _checks.real(velocity_scale, "PSO", "velocity_scale") < 0:
             raise ValueError(f"PSO: velocity_scale must be >= 0, got {velocity_scale}")
-        if seed is not None:
-            _checks.integer(seed, "PSO", "seed")
-        _checks.generator(generator, "PSO")
+        self._setup(maximize=maximize, track_diversity=track_diversity, seed=seed, generator=generator)
         if backend not in ("auto", "fuse", "ops"):
             raise ValueError(f"PSO: backend must be 'auto', 'fuse' or 'ops', got {backend!r}")
         if vmax is not None and not vmax > 0:
@@ -168,20 +163,15 @@ class PSO(SwarmOptimizer):
         self.vmax = vmax
         self.topology = topology
         self.neighbors = neighbors
-        self.maximize = maximize
-        self.track_diversity = track_diversity
         dev = swarm.flats[0].device if swarm.flats else torch.device("cpu")
         self.device = dev
         if generator is None:
-            generator = torch.Generator(device=dev)
-            generator.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+            generator = self._new_generator(seed, dev)
         self.generator = generator
         if backend == "auto":
             backend = "fuse" if all(_fuse_works(f.device, f.dtype) for f in swarm.flats) else "ops"
         self.backend = backend
-        # seeds of the fused kernel's Philox streams: a CPU generator (no device sync)
-        self.seed_generator = torch.Generator()
-        self.seed_generator.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=dev)))
+        self.seed_generator = self._seed_generator_from(generator, dev)  # the fused kernel's Philox seeds
         n = len(swarm)
         self.velocity = [torch.zeros_like(f) for f in swarm.flats]
         if velocity_scale:
@@ -194,24 +184,21 @@ class PSO(SwarmOptimizer):
         # fuse backend: each particle's neighbourhood best, one row per particle
         self._best_rows = [torch.empty_like(f) for f in swarm.flats] if backend == "fuse" else None
         self._row_src = torch.full((n,), -1, dtype=torch.long, device=dev)  # pbest row each best row holds
-        self.steps_done = 0
-        self.history = History()
         self._rows_cache: Optional[List] = None
 
     # -- results ----------------------------------------------------------------
-    @property
-    def best_fitness(self) -> float:
-        """The best fitness seen so far."""
-        f = float(self.gbest_fitness)
-        return -f if self.maximize else f
+    _saves_best_fitness = False  # the global best's fitness is gbest_fitness (a device tensor: no sync per step)
+
+    def _best_value(self) -> float:
+        return float(self.gbest_fitness)
 
     @property
     def best(self) -> NytoModule:
         """A new particle holding the best position seen so far."""
         p = self.swarm.template.clone()
-        from .._storage import state_of
+        from ..storage import flat_storage
         with torch.no_grad():
-            for dst, src in zip(state_of(p).flats, self.gbest):
+            for dst, src in zip(flat_storage(p).flats, self.gbest):
                 dst.copy_(src)
         return p
 
@@ -223,15 +210,11 @@ class PSO(SwarmOptimizer):
     def tell(self, fitness: Any) -> None:
         """Update personal/neighbourhood bests with ``fitness`` of the current
         positions, then velocities and positions."""
-        f = as_fitness(fitness, len(self.swarm), self.device, "PSO.tell")
-        if self.maximize:
-            f = -f
+        f = self._fitness(fitness, len(self.swarm))
         self._update_bests(f)
         step = self.steps_done
         self._move(_value(self.inertia, step), _value(self.cognitive, step), _value(self.social, step))
-        self.steps_done += 1
-        div = self.swarm.diversity() if self.track_diversity else None
-        self._record(f, float(self.gbest_fitness), div)
+        self._end_step(f, self.swarm)
 
     def _update_bests(self, f: torch.Tensor) -> None:
         improved = f < self.pbest_fitness
@@ -306,9 +289,11 @@ class PSO(SwarmOptimizer):
                 v.clamp_(-self.vmax, self.vmax)
         ops.add_(self.swarm.flats, self.velocity)
 
-    # -- checkpoints --------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
-        """Positions, velocities, personal/global bests, step, RNG state, history."""
+    # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
+    _state_keys = ("swarm", "velocity", "pbest", "pbest_fitness", "gbest", "gbest_fitness")
+
+    def _own_state(self) -> Dict[str, Any]:
+        """Positions, velocities, personal/global bests."""
         return {
             "swarm": {k: [t.clone() for t in v] if isinstance(v, list) else v
                       for k, v in self.swarm.state_dict().items()},
@@ -317,20 +302,13 @@ class PSO(SwarmOptimizer):
             "pbest_fitness": self.pbest_fitness.clone(),
             "gbest": [t.clone() for t in self.gbest],
             "gbest_fitness": self.gbest_fitness.clone(),
-            "steps_done": self.steps_done,
-            "rng": self.generator.get_state(),
-            "seed_rng": self.seed_generator.get_state(),
-            "history": self.history.state_dict(),
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore ``state_dict()`` output in place (same species/shape swarm)."""
-        _checks.state_keys(state, "PSO.load_state_dict", _STATE_KEYS,
-                           strict=type(self).state_dict is PSO.state_dict)  # a subclass may add keys
+    def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
         for name in ("velocity", "pbest", "gbest"):
             mine, theirs = getattr(self, name), state[name]
             if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
-                raise ValueError(f"PSO.load_state_dict: {name} has other shapes than this optimizer's")
+                raise ValueError(f"{where}: {name} has other shapes than this optimizer's")
         self.swarm.load_state_dict(state["swarm"])
         with torch.no_grad():
             for name in ("velocity", "pbest", "gbest"):
@@ -338,10 +316,6 @@ class PSO(SwarmOptimizer):
                     a.copy_(b)
         self.pbest_fitness = state["pbest_fitness"].to(self.device).clone()
         self.gbest_fitness = state["gbest_fitness"].to(self.device).clone()
-        self.steps_done = int(state["steps_done"])
-        self.generator.set_state(state["rng"])
-        self.seed_generator.set_state(state["seed_rng"])
-        self.history.load_state_dict(state["history"])
         if self._best_rows is not None:  # derived state: rebuild it from the personal bests
             self._row_src.fill_(-1)
             self._refresh_best_rows(torch.zeros(len(self.swarm), dtype=torch.bool, device=self.device))
