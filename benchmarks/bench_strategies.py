@@ -11,8 +11,8 @@ tensor op on both sides), float32, CPU (or ``--device cuda``). Workloads:
 ``N=64 x D=10k`` and ``N=1024 x D=2k``. Same population sizes and
 hyper-parameters on both sides (stdev 0.1, PGPE center lr 0.1 with ClipUp,
 stdev lr 0.1, symmetric sampling, centered ranks; SNES default learning
-rates; CEM half the population as elites; EvoTorch's CMAES runs its defaults,
-active CMA included).
+rates; CEM half the population as elites, stdev change bounded to 10% per
+step on both sides; EvoTorch's CMAES runs its defaults, active CMA included).
 
 Rows:
 
@@ -55,6 +55,8 @@ from nytorch.algorithms import CEM, CMAES, DE, ES, PGPE, PSO, SNES, SepCMAES  # 
 
 _fuse = importlib.import_module("nytorch.fuse")
 STDEV, LR = 0.1, 0.1
+CEM_MAX_CHANGE = 0.1  # CEM's bound on the relative stdev change per step (ours' default; EvoTorch's is none)
+ISSUE_BASELINE_MS = 145.0  # ES ask + tell at P=256 x D=100k when issue 16 was filed (two threads)
 
 
 class Vec(nyto.NytoModule):
@@ -107,7 +109,8 @@ def evotorch_searchers(P, D, device):
         "pgpe": lambda: EPGPE(problem(), popsize=P, center_learning_rate=LR, stdev_learning_rate=0.1,
                               stdev_init=STDEV, optimizer="clipup", ranking_method="centered", symmetric=True),
         "snes": lambda: ESNES(problem(), popsize=P, stdev_init=STDEV),
-        "cem": lambda: ECEM(problem(), popsize=P, parenthood_ratio=0.5, stdev_init=STDEV),
+        "cem": lambda: ECEM(problem(), popsize=P, parenthood_ratio=0.5, stdev_init=STDEV,
+                            stdev_max_change=CEM_MAX_CHANGE),
         "sepcma": lambda: ECMAES(problem(), popsize=P, stdev_init=STDEV, separable=True),
         "cmaes": lambda: ECMAES(problem(), popsize=P, stdev_init=STDEV),
     }
@@ -121,7 +124,7 @@ def ours(name, P, D, device):
     if name == "snes":
         return SNES(c, P, stdev_init=STDEV, seed=0)
     if name == "cem":
-        return CEM(c, P, stdev_init=STDEV, elite_ratio=0.5, seed=0)
+        return CEM(c, P, stdev_init=STDEV, elite_ratio=0.5, stdev_max_change=CEM_MAX_CHANGE, seed=0)
     if name == "sepcma":
         return SepCMAES(c, P, sigma_init=STDEV, seed=0)
     if name == "cmaes":
@@ -154,8 +157,15 @@ def bench_es(P, D, device, rounds, results):
     T.print_table(["ES", "P x D", "ask ms", "tell ms", "ask+tell", "ask/floor", "speedup vs ops"], rows,
                   f"ES ask/tell, P={P} x D={D} (floors: write {ms['write floor']:.1f} ms, fitness read "
                   f"{ms['read (fitness)']:.1f} ms, generator {ms['gen floor']:.1f} ms; spread {T.worst_spread(t)})")
-    ok = ms["ES fuse-stored ask"] <= 1.5 * floor
-    results.append(dict(row="ES ask within 1.5x floor", P=P, D=D, target=True, ok=ok))
+    for k in ("fuse-stored", "fuse-regen"):
+        ok = ms[f"ES {k} ask"] <= 1.5 * floor
+        results.append(dict(row=f"ES {k} ask within 1.5x floor", P=P, D=D, target=True, ok=ok))
+    if (P, D) == (256, 100_000):
+        best = min(ms["ES fuse-stored ask"] + ms["ES fuse-stored tell"], ms["ES fuse-regen ask"] + ms["ES fuse-regen tell"])
+        print(f"  ES ask + tell: {best:.1f} ms, {ISSUE_BASELINE_MS / best:.1f}x faster than the {ISSUE_BASELINE_MS:.0f} ms "
+              f"of the issue's baseline (target 3x)")
+        results.append(dict(row="ES ask+tell 3x the issue baseline", P=P, D=D, target=True,
+                            ok=best * 3 <= ISSUE_BASELINE_MS))
     del sync
 
 

@@ -314,6 +314,21 @@ def test_sampler_sums_match_the_drawn_noise():
         normal_checks(eps[0])
 
 
+def test_sampler_plan_follows_its_tensors():
+    """sample() keeps its call lists while the same tensors come back and
+    rebuilds them for new ones (another population, center or scale)."""
+    c1, c2 = torch.zeros(1000), torch.full((1000,), 5.0)
+    s = FusedSampler([c1], 20, antithetic=True, store_noise=True)
+    pa, pb = torch.empty(40, 1000), torch.empty(40, 1000)
+    for pop, c, sc in ((pa, c1, 0.5), (pa, c1, 0.5), (pb, c2, 0.5), (pb, c2, [torch.full((1000,), 2.0)])):
+        pop.fill_(float("nan"))
+        s.sample(7, [c], sc, [pop])
+        eps = s.noise[0]
+        scale = sc if isinstance(sc, float) else sc[0]
+        assert torch.equal(pop[:20], c + scale * eps) and torch.equal(pop[20:], c - scale * eps)
+    assert torch.isnan(pa).sum() == 0 and not torch.equal(pa, pb)
+
+
 def test_cuda_chunking_on_the_cpu(monkeypatch):
     """CUDA's 4 rows per program (CPU_ROWS patched): sums, stored vs regenerated."""
     import nytorch.algorithms._sampling as sampling

@@ -13,9 +13,12 @@ float64; half dtypes store rounded noise).
 Counter layout: noise row ``i`` (``0 <= i < h``, h = the rows drawn: N, or
 N/2 when antithetic) of parameter group ``j`` is Philox stream ``i % K`` of
 fuse group ``(i // K) * G + j`` (G parameter groups); element
-``e`` of the row is element ``e`` of that group. ``K`` is 16 on the CPU (the
-groups run one after the other, each a parallel region: fewer regions stall
-less on a busy machine) and 4 elsewhere (the CUDA kernel's 16 outputs). A call that only needs chunk
+``e`` of the row is element ``e`` of that group. ``K`` is 4 on CUDA (the
+kernel's 16 outputs); on the CPU 16 for rows under 32k elements (the groups
+run one after the other, each a parallel region, and ``sums`` makes one call
+per chunk: fewer is cheaper) and 8 for longer rows (measured 12-15% faster
+``ask`` at P=256 x D=100k: the interpreter's block of 16 draws and 48
+outputs no longer fits L1). A call that only needs chunk
 ``c`` passes empty tensors for the groups before it (fuse skips them).
 """
 from __future__ import annotations
@@ -28,7 +31,9 @@ import torch
 _fuse = importlib.import_module("nytorch.fuse")
 
 ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <= 16 outputs
-CPU_ROWS = 16  # on the CPU: fewer, longer parallel regions (each group is one)
+CPU_ROWS = 16  # on the CPU: fewer calls and parallel regions (each group is one)
+CPU_ROWS_LONG = 8  # on the CPU for long rows (>= LONG_ROW elements): a block's 16 draws + 48 outputs thrash L1
+LONG_ROW = 1 << 15
 _PROGRAMS: Dict[Tuple, object] = {}
 
 
@@ -72,6 +77,11 @@ def _sum_program(k: int, squares: bool, stored: bool):
     return prog
 
 
+def _describe(t: torch.Tensor) -> Tuple:
+    """What a plan's cache key records of a tensor: its memory and layout."""
+    return (t.data_ptr(), t.dtype, t.device, tuple(t.shape), tuple(t.stride()))
+
+
 class FusedSampler:
     """Samples ``rows`` noise rows per step into a population (see the module
     docstring). ``centers``: the center's flat buffers (one per group);
@@ -84,11 +94,16 @@ class FusedSampler:
         self.rows, self.antithetic, self.store_noise = rows, antithetic, store_noise
         self.groups = len(centers)
         on_cpu = not centers or centers[0].device.type == "cpu"
-        self.k = CPU_ROWS if on_cpu else ROWS
+        long_rows = sum(c.numel() for c in centers) >= LONG_ROW
+        self.k = (CPU_ROWS_LONG if long_rows and CPU_ROWS > CPU_ROWS_LONG else CPU_ROWS) if on_cpu else ROWS
         self.noise: Optional[List[torch.Tensor]] = (
             [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers]
             if store_noise else None)
         self._empties = [torch.empty(0) for _ in range(3 * self.k)]  # distinct: outputs may not overlap
+        # row views, built once: indexing a tensor row by row costs about a microsecond a row, which on
+        # small rows (P=1024 x D=5k) was a tenth of the step
+        self._noise_rows = [list(n.unbind(0)) for n in self.noise] if self.noise is not None else None
+        self._plan: Optional[Tuple] = None  # sample(): (key, calls, the tensors the key describes)
 
     def _pad(self, n: int, j: int = 0) -> List[torch.Tensor]:
         """``n`` empty groups (fuse skips them) for output ``j``."""
@@ -102,10 +117,22 @@ class FusedSampler:
                population: Sequence[torch.Tensor]) -> None:
         """Write ``population[j][i] = centers[j] + scale * eps_i`` (rows
         ``h + i``: ``- scale * eps_i`` when antithetic) for the step's ``seed``."""
-        h, G = self.rows, self.groups
         vector = not isinstance(scale, (int, float))
-        K = self.k
+        tensors = (list(centers), list(scale) if vector else [], list(population))
+        key = (vector, self.store_noise, tuple(_describe(t) for group in tensors for t in group))
+        if self._plan is None or self._plan[0] != key:
+            # the calls' argument lists, kept while the same tensors come back (the plan holds them: their
+            # memory cannot be reused by other tensors, so an equal key means the same buffers)
+            self._plan = (key, self._sample_calls(*tensors, vector), tensors)
+        numbers = [] if vector else [float(scale)]
+        for prog, ins, outs in self._plan[1]:
+            _fuse.run_flat(prog, ins, numbers, out=outs, seed=seed)
+
+    def _sample_calls(self, centers, scale, population, vector: bool):
+        h, G, K = self.rows, self.groups, self.k
         full = h // K
+        rows = [list(p.unbind(0)) for p in population]
+        calls = []
         for first_chunk, n_chunks, k in ((0, full, K), (full, 1 if h % K else 0, h % K)):
             if n_chunks == 0:
                 continue
@@ -115,14 +142,14 @@ class FusedSampler:
             ins = [pad + [centers[j] for _, j in gids]]
             if vector:
                 ins.append(pad + [scale[j] for _, j in gids])
-            outs = [[population[j][c * K + r] for c, j in gids] for r in range(k)]
+            outs = [[rows[j][c * K + r] for c, j in gids] for r in range(k)]
             if self.antithetic:
-                outs += [[population[j][h + c * K + r] for c, j in gids] for r in range(k)]
+                outs += [[rows[j][h + c * K + r] for c, j in gids] for r in range(k)]
             if self.store_noise:
-                outs += [[self.noise[j][c * K + r] for c, j in gids] for r in range(k)]
+                outs += [[self._noise_rows[j][c * K + r] for c, j in gids] for r in range(k)]
             outs = [self._pad(n_pad, o) + out for o, out in enumerate(outs)]
-            _fuse.run_flat(_ask_program(k, self.antithetic, vector, self.store_noise), ins,
-                           [] if vector else [float(scale)], out=outs, seed=seed)
+            calls.append((_ask_program(k, self.antithetic, vector, self.store_noise), ins, outs))
+        return calls
 
     def sums(self, seed: int, w: torch.Tensor, v: Optional[torch.Tensor] = None,
              like: Sequence[torch.Tensor] = ()) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
@@ -141,7 +168,7 @@ class FusedSampler:
             if acc2 is not None:
                 ins.append(pad + acc2)
             if stored:
-                ins += [pad + [self.noise[j][a + r] for j in range(G)] for r in range(k)]
+                ins += [pad + [self._noise_rows[j][a + r] for j in range(G)] for r in range(k)]
             nums = wl[a:a + k] + (vl[a:a + k] if vl is not None else [])
             outs = [pad + acc1] + ([self._pad(c * G, 1) + acc2] if acc2 is not None else [])
             _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs,
@@ -152,8 +179,9 @@ class FusedSampler:
         """The step's noise rows, ``[rows, numel]`` per group (for tests and
         inspection; the strategies never materialize them)."""
         saved, self.store_noise = self.store_noise, True
-        saved_noise = self.noise
+        saved_noise, saved_rows, saved_plan = self.noise, self._noise_rows, self._plan
         self.noise = [torch.empty((self.rows, t.numel()), dtype=t.dtype, device=t.device) for t in like]
+        self._noise_rows = [list(n.unbind(0)) for n in self.noise]
         try:
             pop = [torch.empty(((2 if self.antithetic else 1) * self.rows, t.numel()), dtype=t.dtype,
                                device=t.device) for t in like]
@@ -161,3 +189,4 @@ class FusedSampler:
             return self.noise
         finally:
             self.noise, self.store_noise = saved_noise, saved
+            self._noise_rows, self._plan = saved_rows, saved_plan

@@ -71,7 +71,10 @@ class SepCMAES(GaussianStrategy):
         self.p_c = [torch.zeros_like(f) for f in self.flats]
 
     def scale(self):
-        return [c.sqrt() * self.sigma for c in self.C]
+        # the same buffers every step (the sampler keeps its call plan while its tensors stay)
+        if getattr(self, "_scale_bufs", None) is None or len(self._scale_bufs) != len(self.C):
+            self._scale_bufs = [torch.empty_like(c) for c in self.C]
+        return [torch.sqrt(c, out=b).mul_(self.sigma) for c, b in zip(self.C, self._scale_bufs)]
 
     def _update(self, f: torch.Tensor) -> None:
         w = torch.zeros_like(f)
