@@ -243,10 +243,13 @@ PyObject* new_cell() {
   return reinterpret_cast<PyObject*>(cell);
 }
 
+int64_t cell_version(PyObject* cell) {
+  return is_cell(cell) ? reinterpret_cast<VersionCell*>(cell)->version : -1;
+}
+
 int64_t params_version(PyObject* params) {
   if (!params || !is_param_dict(params)) return -1;
-  PyObject* cell = param_cell(params);
-  return is_cell(cell) ? reinterpret_cast<VersionCell*>(cell)->version : -1;
+  return cell_version(param_cell(params));
 }
 
 bool set_cell(PyObject* d, PyObject* cell) {

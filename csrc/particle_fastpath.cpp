@@ -236,7 +236,8 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   }
   PyObject* bm_args[9] = {olds.get(), containers, children.get(), pslots.get(), Py_None, bslots.get(),
                           buffers.get(), record.get(), key_cache.get()};
-  Ref mods(py_build_modules(nullptr, bm_args, 9));
+  c10::SmallVector<int64_t, 8> new_versions;  // the new modules' versions, in `olds`' order: root's first
+  Ref mods(build_modules(bm_args, 9, &new_versions));
   if (!mods) return nullptr;
   Ref new_modules_t(PyTuple_New(nm));
   if (!new_modules_t) return nullptr;
@@ -247,7 +248,8 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   }
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
   // The new modules have new tracked containers, each with a new version.
-  Ref versions(versions_of(root, new_modules_t.get()));
+  Ref versions(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(new_versions.data()),
+                                          static_cast<Py_ssize_t>(new_versions.size() * sizeof(int64_t))));
   if (!versions) return nullptr;
   PyObject* st_args[8] = {sv.layout.get(), new_modules_t.get(), Py_None, buffers.get(), flats, Py_None,
                           versions.get(), record.get()};

@@ -134,6 +134,8 @@ PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 bool views_match(Py_ssize_t n, const int64_t* key, const int64_t* end) noexcept;
 PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+// build_modules, also giving the new modules' structure versions (packed int64s) when versions_out is set.
+PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVectorImpl<int64_t>* versions_out);
 PyObject* py_fast_op(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fast_unary(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fast_random(PyObject*, PyObject* const* args, Py_ssize_t nargs);
@@ -156,6 +158,7 @@ extern PyObject* param_dict_cls;      // nytorch._containers.ParamDict
 extern PyObject* container_dict_cls;  // nytorch._C.ContainerDict
 bool bind_param_cell(PyTypeObject* param_dict, PyTypeObject* lazy_params);
 PyObject* new_cell();
+int64_t cell_version(PyObject* cell);  // -1: not a VersionCell
 int64_t params_version(PyObject* params);  // -1: not a tracked _parameters
 PyObject* new_tracked(PyObject* tp, PyObject* src, PyObject* cell);
 bool set_cell(PyObject* d, PyObject* cell);

@@ -433,7 +433,15 @@ PyObject* copy_container(PyObject* v, PyObject* s_copy) {
 //   a fresh `_modules` linked per `children` ((parent, name, child | -1)),
 //   `_nyto_state` (where present) set to None, and the given parameters and
 //   buffers placed per their slots ((module, name, index)).
-PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+// Whether interned-or-not strings `a` and `b` are equal: identity decides
+// when both are interned (the container names always are), without a compare.
+bool same_name(PyObject* a, PyObject* b) {
+  if (a == b) return true;
+  if (PyUnicode_CHECK_INTERNED(a) && PyUnicode_CHECK_INTERNED(b)) return false;
+  return PyUnicode_Compare(a, b) == 0;
+}
+
+PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVectorImpl<int64_t>* versions_out) {
   return guarded([&]() -> PyObject* {
     if (nargs < 7 || nargs > 9)
       raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers[, record[, key_templates]])");
@@ -475,9 +483,9 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         PyObject* v = PyDict_GetItemWithError(d, name);
         if (!v) { if (PyErr_Occurred()) { Py_DECREF(d); return fail(); } continue; }
         if (v == Py_None) continue;
-        const bool is_params = name == s_parameters || PyUnicode_Compare(name, s_parameters) == 0;
+        const bool is_params = same_name(name, s_parameters);
         if (record && is_params) continue;  // made lazy below
-        const bool is_buffers = !is_params && (name == s_buffers || PyUnicode_Compare(name, s_buffers) == 0);
+        const bool is_buffers = !is_params && same_name(name, s_buffers);
         PyObject* c = (is_params || is_buffers) && PyDict_Check(v)
                           ? new_tracked(is_params ? param_dict_cls : container_dict_cls, v, cell)
                           : copy_container(v, s_copy);
@@ -558,8 +566,18 @@ PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     Py_XDECREF(params);
     Py_XDECREF(buffers);
     if (!ok) return fail();
+    if (versions_out) {
+      // The new modules' structure versions, read from their cells (what
+      // a State records), without looking `_parameters` up again.
+      versions_out->resize(n);
+      for (Py_ssize_t i = 0; i < n; ++i) (*versions_out)[i] = cell_version(cells[i]);
+    }
     return out;
   });
+}
+
+PyObject* py_build_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return build_modules(args, nargs, nullptr);
 }
 
 // share_versions(tensors, flat): make each tensor use the flat's version
