@@ -12,12 +12,10 @@
 // every LazyParams and turns each into a plain-dict-speed ParamDict
 // (`__class__` assignment: same object, so no write is lost).
 //
-// The record is a list shared by the particle's LazyParams and its State:
-//   [done, flats, view_spec, param_slots, requires_grad bytes,
-//    weakrefs to the LazyParams by module index (None where a module has no
-//    _parameters), weakref to the State]
-// It holds no strong reference to a module, a LazyParams or the State: no
-// reference cycle, dead particles are freed by refcounting alone.
+// The record (a LazyRecord, below) is shared by the particle's LazyParams
+// and its State. It holds no strong reference to a module, a LazyParams or
+// the State (weak references only): no reference cycle, dead particles are
+// freed by refcounting alone.
 #include "python_api.h"
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -32,6 +30,85 @@ PyObject* intern(const char* s) { return PyUnicode_InternFromString(s); }
 enum LazySlot { kRecord, kTemplate };
 SlotAccess<2> lazy_slots({"_nyto_record", "_nyto_template"});
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// LazyRecord: what a lazy result needs to make its Parameters.
+namespace {
+PyMemberDef record_members[] = {
+    {const_cast<char*>("done"), T_BOOL, offsetof(LazyRecord, done), READONLY,
+     const_cast<char*>("Whether the Parameters were made.")},
+    {const_cast<char*>("flats"), T_OBJECT, offsetof(LazyRecord, flats), READONLY,
+     const_cast<char*>("The result's flat buffers (list of tensors).")},
+    {const_cast<char*>("view_spec"), T_OBJECT, offsetof(LazyRecord, view_spec), READONLY,
+     const_cast<char*>("Layout.view_spec: (group, offset, shape) per parameter.")},
+    {const_cast<char*>("param_slots"), T_OBJECT, offsetof(LazyRecord, param_slots), READONLY,
+     const_cast<char*>("Layout.param_slots: (module index, name, parameter index).")},
+    {const_cast<char*>("requires_grad"), T_OBJECT, offsetof(LazyRecord, requires_grad), READONLY,
+     const_cast<char*>("One byte per parameter.")},
+    {const_cast<char*>("lazy_params"), T_OBJECT, offsetof(LazyRecord, lazy_params), READONLY,
+     const_cast<char*>("Weak references to the LazyParams, by module index (None: no _parameters).")},
+    {const_cast<char*>("state"), T_OBJECT, offsetof(LazyRecord, state), READONLY,
+     const_cast<char*>("A weak reference to the State (None until set).")},
+    {nullptr, 0, 0, 0, nullptr}};
+
+PyObject** record_fields(LazyRecord* r) {
+  return &r->flats;  // flats .. state: consecutive PyObject* fields (see LazyRecord)
+}
+constexpr int kRecordFields = 6;
+
+int record_traverse(PyObject* self, visitproc visit, void* arg) {
+  PyObject** f = record_fields(reinterpret_cast<LazyRecord*>(self));
+  for (int i = 0; i < kRecordFields; ++i) Py_VISIT(f[i]);
+  return 0;
+}
+
+int record_clear(PyObject* self) {
+  PyObject** f = record_fields(reinterpret_cast<LazyRecord*>(self));
+  for (int i = 0; i < kRecordFields; ++i) Py_CLEAR(f[i]);
+  return 0;
+}
+
+void record_dealloc(PyObject* self) {
+  PyObject_GC_UnTrack(self);
+  record_clear(self);
+  Py_TYPE(self)->tp_free(self);
+}
+}  // namespace
+
+PyTypeObject LazyRecordType = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "nytorch._C.LazyRecord";
+  t.tp_basicsize = sizeof(LazyRecord);
+  t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+  t.tp_doc = "What a lazy result particle needs to make its Parameters (csrc/lazy_params.cpp); read-only.";
+  t.tp_members = record_members;
+  t.tp_traverse = record_traverse;
+  t.tp_clear = record_clear;
+  t.tp_dealloc = record_dealloc;
+  return t;
+}();
+
+LazyRecord* new_record(PyObject* flats, PyObject* view_spec, PyObject* param_slots, PyObject* requires_grad) {
+  auto* r = PyObject_GC_New(LazyRecord, &LazyRecordType);
+  if (!r) return nullptr;
+  r->done = false;
+  PyObject* values[kRecordFields] = {flats, view_spec, param_slots, requires_grad, Py_None, Py_None};
+  PyObject** f = record_fields(r);
+  for (int i = 0; i < kRecordFields; ++i) {
+    Py_INCREF(values[i]);
+    f[i] = values[i];
+  }
+  PyObject_GC_Track(r);
+  return r;
+}
+
+bool is_record(PyObject* o) { return Py_TYPE(o) == &LazyRecordType; }
+
+bool add_record_type(PyObject* module) {
+  if (PyType_Ready(&LazyRecordType) < 0) return false;
+  Py_INCREF(&LazyRecordType);
+  return PyModule_AddObject(module, "LazyRecord", reinterpret_cast<PyObject*>(&LazyRecordType)) == 0;
+}
 
 // Fills `dst` with the keys of `src` (a dict, read raw: a LazyParams is never
 // made by it), each with the value None.
@@ -114,7 +191,7 @@ PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_s
 // when it has them, else from its (lazy) record.
 PyObject* requires_grad_bytes(PyObject* params, PyObject* record) {
   if (params == Py_None) {
-    PyObject* rg = PyList_GET_ITEM(record, 4);
+    PyObject* rg = reinterpret_cast<LazyRecord*>(record)->requires_grad;
     Py_INCREF(rg);
     return rg;
   }
@@ -146,18 +223,24 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
   static PyObject* s_params = intern("params");
   static PyObject* s_keys = intern("keys");
   static PyObject* s_class = intern("__class__");
-  if (!PyList_Check(record) || PyList_GET_SIZE(record) != 7) {
-    PyErr_SetString(PyExc_TypeError, "materialize(record)");
+  if (!is_record(record)) {
+    PyErr_SetString(PyExc_TypeError, "materialize(record): record must be a nytorch._C.LazyRecord");
     return nullptr;
   }
-  if (PyList_GET_ITEM(record, 0) == Py_True) Py_RETURN_NONE;
-  PyObject* mp_args[3] = {PyList_GET_ITEM(record, 1), PyList_GET_ITEM(record, 2), PyList_GET_ITEM(record, 4)};
+  auto* rec = reinterpret_cast<LazyRecord*>(record);
+  if (rec->done) Py_RETURN_NONE;
+  PyObject* mp_args[3] = {rec->flats, rec->view_spec, rec->requires_grad};
   PyObject* made = py_make_params(nullptr, mp_args, 3);
   if (!made) return nullptr;
   PyObject* params = PyTuple_GET_ITEM(made, 0);
   PyObject* keys = PyTuple_GET_ITEM(made, 1);
-  PyObject* slots = PyList_GET_ITEM(record, 3);
-  PyObject* wrs = PyList_GET_ITEM(record, 5);
+  PyObject* slots = rec->param_slots;
+  PyObject* wrs = rec->lazy_params;
+  if (!PyTuple_Check(wrs)) {
+    PyErr_SetString(PyExc_TypeError, "materialize: the record has no LazyParams");
+    Py_DECREF(made);
+    return nullptr;
+  }
   const Py_ssize_t nm = PyTuple_GET_SIZE(wrs);
   auto fail = [&]() -> PyObject* { Py_DECREF(made); return nullptr; };
   for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(slots); ++k) {
@@ -175,7 +258,7 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
     }
   }
   // The State learns its Parameters (then it is checked like any other).
-  PyObject* swr = PyList_GET_ITEM(record, 6);
+  PyObject* swr = rec->state;
   PyObject* st = swr == Py_None ? nullptr : PyWeakref_GetObject(swr);
   if (st && st != Py_None) {
     PyObject* cur = PyObject_GetAttr(st, s_params);
@@ -189,8 +272,7 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
     }
     Py_XDECREF(pt);
   }
-  Py_INCREF(Py_True);
-  PyList_SetItem(record, 0, Py_True);  // steals the new reference, drops the old
+  rec->done = true;
   for (Py_ssize_t mi = 0; mi < nm; ++mi) {
     PyObject* wr = PyTuple_GET_ITEM(wrs, mi);
     PyObject* lp = wr == Py_None ? nullptr : PyWeakref_GetObject(wr);

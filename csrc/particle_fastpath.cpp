@@ -131,7 +131,7 @@ bool state_valid(PyObject* m, PyObject* st, StateView& sv, ViewCheck* later = nu
     return false;
   }
   // Parameters not made yet (a lazy result): nobody can have moved them.
-  if (sv.params.get() == Py_None) return PyList_Check(sv.record.get());
+  if (sv.params.get() == Py_None) return is_record(sv.record.get());
   if (!PyTuple_Check(sv.params.get()) || !PyBytes_Check(sv.keys.get())) return false;
   ViewCheck check;
   check.n = PyTuple_GET_SIZE(sv.params.get());
@@ -207,13 +207,8 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   if (!spec || !children || !pslots || !bslots || !key_cache) return nullptr;
   Ref rg(requires_grad_bytes(sv.params.get(), sv.record.get()));
   if (!rg) return nullptr;
-  Ref record(PyList_New(7));
+  Ref record(reinterpret_cast<PyObject*>(new_record(flats, spec.get(), pslots.get(), rg.get())));
   if (!record) return nullptr;
-  PyObject* items[7] = {Py_False, flats, spec.get(), pslots.get(), rg.get(), Py_None, Py_None};
-  for (int i = 0; i < 7; ++i) {
-    Py_INCREF(items[i]);
-    PyList_SET_ITEM(record.get(), i, items[i]);
-  }
   Ref buffers;
   if (PyTuple_GET_SIZE(sv.buffers.get()) > 0) {
     PyObject* lists[1] = {sv.buffers.get()};
@@ -256,7 +251,8 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   Ref state(new_state(st_args));
   if (!state) return nullptr;
   PyObject* swr = PyWeakref_NewRef(state.get(), nullptr);
-  if (!swr || PyList_SetItem(record.get(), 6, swr) < 0) return nullptr;
+  if (!swr) return nullptr;
+  Py_XSETREF(reinterpret_cast<LazyRecord*>(record.get())->state, swr);
   PyObject* rd = module_dict(root);
   if (!rd || PyDict_SetItem(rd, s_state, state.get()) < 0) return nullptr;
   Py_INCREF(root);

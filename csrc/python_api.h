@@ -147,6 +147,20 @@ PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);   // csrc/fuse/python_fuse.cpp
 PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/particle_fastpath.cpp
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
+// A lazy result's record, shared by its LazyParams and its State.
+struct LazyRecord {
+  PyObject_HEAD
+  bool done;                // the Parameters were made
+  PyObject* flats;          // list of the result's flat buffers
+  PyObject* view_spec;      // Layout.view_spec
+  PyObject* param_slots;    // Layout.param_slots
+  PyObject* requires_grad;  // bytes, one per parameter
+  PyObject* lazy_params;    // tuple of weakrefs to the LazyParams by module index (None: none), or None
+  PyObject* state;          // weakref to the State, or None
+};
+LazyRecord* new_record(PyObject* flats, PyObject* view_spec, PyObject* param_slots, PyObject* requires_grad);
+bool is_record(PyObject* o);
+bool add_record_type(PyObject* module);  // nytorch._C.LazyRecord
 PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_ssize_t mi);
 PyObject* requires_grad_bytes(PyObject* params, PyObject* record);
 PyObject* py_materialize(PyObject*, PyObject* record);

@@ -449,7 +449,7 @@ PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVecto
     // With a lazy record, each module gets a LazyParams (keys only) and the
     // record learns weak references to them; `params` is not read.
     PyObject* record = nargs >= 8 && args[7] != Py_None ? args[7] : nullptr;
-    if (record && (!PyList_Check(record) || PyList_GET_SIZE(record) != 7)) raise_type("build_modules: bad record");
+    if (record && !is_record(record)) raise_type("build_modules: record must be a nytorch._C.LazyRecord");
     static PyObject* s_modules = PyUnicode_InternFromString("_modules");
     static PyObject* s_parameters = PyUnicode_InternFromString("_parameters");
     static PyObject* s_buffers = PyUnicode_InternFromString("_buffers");
@@ -534,7 +534,7 @@ PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVecto
         }
         PyTuple_SET_ITEM(wrs, i, wr);
       }
-      if (PyList_SetItem(record, 5, wrs) < 0) return fail();
+      Py_XSETREF(reinterpret_cast<LazyRecord*>(record)->lazy_params, wrs);
     }
     auto place = [&](PyObject* slots, PyObject* key, PyObject* values, bool modules) -> bool {
       const Py_ssize_t ns = PyTuple_GET_SIZE(slots);
@@ -687,5 +687,6 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "nytorch._C", "nytorch's compil
 PyMODINIT_FUNC PyInit__C() {
   PyObject* m = PyModule_Create(&module_def);
   if (m && !nyto::py::add_container_types(m)) Py_CLEAR(m);  // csrc/containers.cpp
+  if (m && !nyto::py::add_record_type(m)) Py_CLEAR(m);      // csrc/lazy_params.cpp
   return m;
 }
