@@ -104,6 +104,7 @@ class FusedSampler:
         # small rows (P=1024 x D=5k) was a tenth of the step
         self._noise_rows = [list(n.unbind(0)) for n in self.noise] if self.noise is not None else None
         self._plan: Optional[Tuple] = None  # sample(): (key, calls, the tensors the key describes)
+        self._stored_rows: Optional[List] = None  # sums(): per chunk, the stored noise rows of each group
 
     def _pad(self, n: int, j: int = 0) -> List[torch.Tensor]:
         """``n`` empty groups (fuse skips them) for output ``j``."""
@@ -162,15 +163,21 @@ class FusedSampler:
         acc1 = [torch.zeros(t.numel(), dtype=t.dtype, device=t.device) for t in like]
         acc2 = [torch.zeros_like(a) for a in acc1] if v is not None else None
         stored = self.store_noise
+        if stored and self._stored_rows is None:  # the chunks' noise rows, listed once
+            self._stored_rows = [[[self._noise_rows[j][a + r] for j in range(G)] for r in range(k)]
+                                 for a, k in self._chunks()]
         for c, (a, k) in enumerate(self._chunks()):
-            pad = self._pad(c * G)
+            # regenerated noise: chunk c is fuse groups c*G.. (empty groups before it); stored noise
+            # draws nothing, so its group numbers do not matter (no padding: O(chunks) work, not O(chunks^2))
+            n_pad = 0 if stored else c * G
+            pad = self._pad(n_pad)
             ins = [pad + acc1]
             if acc2 is not None:
                 ins.append(pad + acc2)
             if stored:
-                ins += [pad + [self._noise_rows[j][a + r] for j in range(G)] for r in range(k)]
+                ins += self._stored_rows[c]
             nums = wl[a:a + k] + (vl[a:a + k] if vl is not None else [])
-            outs = [pad + acc1] + ([self._pad(c * G, 1) + acc2] if acc2 is not None else [])
+            outs = [pad + acc1] + ([self._pad(n_pad, 1) + acc2] if acc2 is not None else [])
             _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs,
                            seed=seed)
         return acc1, acc2
@@ -179,9 +186,10 @@ class FusedSampler:
         """The step's noise rows, ``[rows, numel]`` per group (for tests and
         inspection; the strategies never materialize them)."""
         saved, self.store_noise = self.store_noise, True
-        saved_noise, saved_rows, saved_plan = self.noise, self._noise_rows, self._plan
+        saved_noise, saved_rows, saved_plan, saved_stored = self.noise, self._noise_rows, self._plan, self._stored_rows
         self.noise = [torch.empty((self.rows, t.numel()), dtype=t.dtype, device=t.device) for t in like]
         self._noise_rows = [list(n.unbind(0)) for n in self.noise]
+        self._plan = self._stored_rows = None
         try:
             pop = [torch.empty(((2 if self.antithetic else 1) * self.rows, t.numel()), dtype=t.dtype,
                                device=t.device) for t in like]
@@ -189,4 +197,4 @@ class FusedSampler:
             return self.noise
         finally:
             self.noise, self.store_noise = saved_noise, saved
-            self._noise_rows, self._plan = saved_rows, saved_plan
+            self._noise_rows, self._plan, self._stored_rows = saved_rows, saved_plan, saved_stored
