@@ -17,7 +17,7 @@ from .fuse import (FuseError, abs, clamp, exp, fma, fuse, lerp, log, maximum, mi
 from .swarm import Swarm  # noqa: E402
 from . import algorithms  # noqa: E402
 
-__version__ = "2.0.0.dev0"
+from ._version import __version__  # noqa: E402
 __all__ = ["NytoModule", "Species", "ops", "fuse", "FuseError", "run_flat", "rand_like", "randn_like",
            "where", "clamp", "minimum", "maximum", "lerp", "fma", "sqrt", "exp", "log", "sign", "abs"]
 __all__ += ["Swarm", "algorithms", "NytoError", "SpeciesError", "StructureError", "CollectiveError",

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional
 SKIP_ENV = "NYTO_SKIP_TORCH_CHECK"
 FACTS = ("LOCAL_VERSION", "TORCH_VERSION", "TORCH_CUDA", "CXX11_ABI", "WITH_CUDA", "CUDA_ARCHS",
          "NVCC_VERSION", "CPU_ISAS", "COMPILER")
-BASE_VERSION = "2.0.0.dev0"  # nytorch.__version__ (kept equal by tests/test_build_guard.py)
+from ._version import __version__ as BASE_VERSION  # the one version string (nytorch/_version.py)
 
 
 def built_facts() -> Optional[Dict[str, Any]]:
