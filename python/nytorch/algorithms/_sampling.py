@@ -14,11 +14,9 @@ Counter layout: noise row ``i`` (``0 <= i < h``, h = the rows drawn: N, or
 N/2 when antithetic) of parameter group ``j`` is Philox stream ``i % K`` of
 fuse group ``(i // K) * G + j`` (G parameter groups); element
 ``e`` of the row is element ``e`` of that group. ``K`` is 4 on CUDA (the
-kernel's 16 outputs); on the CPU 16 for rows under 32k elements (the groups
-run one after the other, each a parallel region, and ``sums`` makes one call
-per chunk: fewer is cheaper) and 8 for longer rows (measured 12-15% faster
-``ask`` at P=256 x D=100k: the interpreter's block of 16 draws and 48
-outputs no longer fits L1). A call that only needs chunk
+kernel's 16 outputs) and 8 on the CPU (16 made fewer calls, but the
+interpreter's block of 16 draws and up to 48 outputs thrashed L1: ``ask``
+10-20% slower at P=256 x D=100k and P=1024 x D=5k). A call that only needs chunk
 ``c`` passes empty tensors for the groups before it (fuse skips them).
 """
 from __future__ import annotations
@@ -31,9 +29,7 @@ import torch
 _fuse = importlib.import_module("nytorch.fuse")
 
 ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <= 16 outputs
-CPU_ROWS = 16  # on the CPU: fewer calls and parallel regions (each group is one)
-CPU_ROWS_LONG = 8  # on the CPU for long rows (>= LONG_ROW elements): a block's 16 draws + 48 outputs thrash L1
-LONG_ROW = 1 << 15
+CPU_ROWS = 8  # on the CPU (16 measured 10-20% slower in ask: a block's 16 draws + 48 outputs thrash L1)
 _PROGRAMS: Dict[Tuple, object] = {}
 
 
@@ -94,8 +90,7 @@ class FusedSampler:
         self.rows, self.antithetic, self.store_noise = rows, antithetic, store_noise
         self.groups = len(centers)
         on_cpu = not centers or centers[0].device.type == "cpu"
-        long_rows = sum(c.numel() for c in centers) >= LONG_ROW
-        self.k = (CPU_ROWS_LONG if long_rows and CPU_ROWS > CPU_ROWS_LONG else CPU_ROWS) if on_cpu else ROWS
+        self.k = CPU_ROWS if on_cpu else ROWS
         self.noise: Optional[List[torch.Tensor]] = (
             [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers]
             if store_noise else None)
