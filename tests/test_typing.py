@@ -13,7 +13,7 @@ def stub_names() -> set:
     tree = ast.parse((PKG / "_C.pyi").read_text())
     names = set()
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):  # overloads repeat a name: a set
             names.add(node.name)
     return names
 

@@ -5,7 +5,7 @@ checks that the two agree. Op codes are the ``int`` values of
 ``nytorch.ops``; tensors lists are sequences of ``torch.Tensor``.
 """
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
 
@@ -59,9 +59,18 @@ def lazy_result(self: Any, state: Any, flats: list[torch.Tensor], /) -> Any: ...
 
 # -- the op library (csrc/ops.cpp, csrc/python_module.cpp) ---------------------
 
+@overload
+def apply(
+    op: int, inplace: Literal[False], lists: Sequence[Tensors], scalars: Sequence[Number], pool: Any = ..., /
+) -> list[torch.Tensor]: ...
+@overload
+def apply(
+    op: int, inplace: Literal[True], lists: Sequence[Tensors], scalars: Sequence[Number], pool: Any = ..., /
+) -> None: ...
+@overload
 def apply(
     op: int, inplace: bool, lists: Sequence[Tensors], scalars: Sequence[Number], pool: Any = ..., /
-) -> Optional[list[torch.Tensor]]: ...
+) -> Any: ...
 def apply_eager(
     op: int, inplace: bool, lists: Sequence[Tensors], scalars: Sequence[Number], pool: Any = ..., /
 ) -> Any: ...
