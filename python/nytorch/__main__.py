@@ -2,6 +2,7 @@
 import os
 import statistics
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,13 +18,13 @@ class Particle(nytorch.NytoModule):
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
-        self.body = body
+        self.body: Any = body  # a Sequential in the demo: indexed below
 
     def forward(self, x):
         return self.body(x)
 
 
-def mlp() -> nn.Module:
+def mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
 
 
@@ -43,7 +44,8 @@ def median_us(fn, budget_s: float = 0.03, max_reps: int = 300) -> float:
     sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     fn()
     sync()
-    times, stop = [], time.perf_counter() + budget_s
+    times: list = []
+    stop = time.perf_counter() + budget_s
     while len(times) < max_reps and (
             time.perf_counter() < stop or (len(times) < 3 and sum(times) < 10 * budget_s)):
         t0 = time.perf_counter()

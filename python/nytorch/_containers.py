@@ -47,6 +47,8 @@ class ParamDict(_C.ParamDictBase):
     in C, ``_C.ParamDictBase``) move the module's version cell ``_nyto_cell``."""
 
     __slots__ = ("_nyto_record", "_nyto_template", "__weakref__")
+    _nyto_record: Optional[Any]  # a lazy result's _C.LazyRecord (on LazyParams), else None
+    _nyto_template: Optional[Any]  # the key template a LazyParams was cloned from, else None
 
 
 # A particle module's ``_buffers`` or ``_modules``: a dict whose changes move

@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, NoReturn, Optional
 
 SKIP_ENV = "NYTO_SKIP_TORCH_CHECK"
 FACTS = ("LOCAL_VERSION", "TORCH_VERSION", "TORCH_CUDA", "CXX11_ABI", "WITH_CUDA", "CUDA_ARCHS",
@@ -27,7 +27,7 @@ from ._version import __version__ as BASE_VERSION  # the one version string (nyt
 def built_facts() -> Optional[Dict[str, Any]]:
     """The build facts of ``nytorch/_build_info.py``, or None without one."""
     try:
-        from . import _build_info as b
+        from . import _build_info as b  # type: ignore[attr-defined]  # written by the build
     except ImportError:
         return None
     facts = {k: getattr(b, k, None) for k in FACTS}
@@ -155,7 +155,7 @@ def _invoked_as_info() -> bool:
     return any(a == "-m" and b == __package__ + ".info" for a, b in zip(argv, argv[1:]))
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     if _invoked_as_info():
         from .info import report
         print(report(guard_error=msg))

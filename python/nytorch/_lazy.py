@@ -70,6 +70,6 @@ for _name in ("__getitem__", "get", "items", "values", "__iter__", "__reversed__
               "__ne__", "__repr__", "__or__", "__ror__", "__ior__"):
     setattr(LazyParams, _name, _made_first(_name))
 del _name
-LazyParams.__reduce_ex__ = _reduce_ex
+setattr(LazyParams, "__reduce_ex__", _reduce_ex)
 
 _C.register_lazy_types(LazyParams, ParamDict)

@@ -219,15 +219,15 @@ def capture(root: nn.Module) -> State:
         view_spec.append((g, sizes[g], tuple(p.shape)))
         sizes[g] += p.numel()
     groups = tuple((dev, dt, n) for (dev, dt), n in zip(keys, sizes))
-    view_spec = tuple(view_spec)
-    flats = [_adopt(params, view_spec, g, grp) for g, grp in enumerate(groups)]
+    spec = tuple(view_spec)
+    flats = [_adopt(params, spec, g, grp) for g, grp in enumerate(groups)]
     old = root.__dict__.get("_nyto_state")
     layout = None
-    if old is not None and old.layout.param_sig == (groups, view_spec) and old.layout.children == children \
+    if old is not None and old.layout.param_sig == (groups, spec) and old.layout.children == children \
             and old.layout.param_slots == param_slots and old.layout.buffer_slots == buffer_slots:
         layout = old.layout  # same structure: keep the shared layout (and its pool)
     if layout is None:
-        layout = Layout(children, param_slots, buffer_slots, view_spec, groups)
+        layout = Layout(children, param_slots, buffer_slots, spec, groups)
     return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
                  _C.view_keys(params), _C.module_versions(root, tuple(modules[1:])))
 
@@ -295,7 +295,7 @@ def _adopt(params: Sequence[torch.Tensor], view_spec, g: int, group) -> torch.Te
 
 
 def _tiled(members, device, dtype, numel) -> Optional[torch.Tensor]:
-    base = None
+    base = 0
     storage = None
     for p, (_, off, _) in members:
         if p.numel() == 0:

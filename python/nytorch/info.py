@@ -82,7 +82,7 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
     rows.append(("build check", "OK: the build fits this torch" if guard_error is None
                  else "FAILED: " + guard_error.split("\n")[0]))
 
-    c = None
+    c: Any = None
     if guard_error is None:
         try:
             from . import _C as c
