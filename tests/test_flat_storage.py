@@ -2,11 +2,10 @@
 to a particle's flat buffers (docs/api.md)."""
 import doctest
 
-import pytest
-import torch
-
 import nytorch as nyto
 import nytorch.storage
+import pytest
+import torch
 from nytorch._storage import state_of
 
 

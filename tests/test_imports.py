@@ -28,9 +28,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Set
 
-import pytest
-
 import nytorch
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "python" / "nytorch"
 

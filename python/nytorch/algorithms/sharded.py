@@ -37,11 +37,17 @@ import torch
 import torch.distributed as dist
 
 from .. import ops
-from ..distributed.core import check_signature, launch, particle_lines, particle_signature, require_group, \
-    small_device, wait_work
+from ..distributed.core import (
+    check_signature,
+    launch,
+    particle_lines,
+    particle_signature,
+    require_group,
+    small_device,
+    wait_work,
+)
 from ..distributed.sharded_swarm import ShardedSwarm, gather_rows, load_sharded, owner_of, save_sharded, shard_rows
-# the module nytorch/fuse.py (``nytorch.fuse`` itself is the decorator: import its names)
-from ..fuse import run_flat
+from ..fuse import run_flat  # the module fuse.py: nytorch.fuse itself is the decorator
 from ..particle import NytoModule
 from . import pso as _pso
 from ._base import as_fitness
@@ -92,7 +98,7 @@ def draw_rows_(dist_name: str, full_shapes: List[Tuple[int, int]], locals_: List
         scratch = torch.empty(min(SKIP_CHUNK, max(n * m for n, m in (full_shapes[k] for k in ks))),
                               dtype=dtype, device=device)
 
-        def skip(count: int) -> None:
+        def skip(count: int, scratch: torch.Tensor = scratch) -> None:
             while count > 0:
                 step = min(count, scratch.numel())
                 fill(scratch[:step])

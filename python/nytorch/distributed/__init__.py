@@ -44,8 +44,7 @@ from __future__ import annotations
 from typing import Any
 
 from .collectives import Weights, all_gather, all_reduce_, broadcast_, check_species  # noqa: F401  (Weights: a type)
-from .core import (BUCKET_BYTES, DEFAULT_TIMEOUT_S, CollectiveError, Handle,  # noqa: F401  (the default timeout)
-                   SpeciesMismatchError, barrier, device, init)
+from .core import BUCKET_BYTES, DEFAULT_TIMEOUT_S, CollectiveError, Handle, SpeciesMismatchError, barrier, device, init  # noqa: F401  (the default timeout)
 from .sharded_swarm import ShardedSwarm, gather_rows, read_manifest, shard_rows
 
 __all__ = ["init", "device", "barrier", "all_reduce_", "broadcast_", "all_gather", "check_species",

@@ -13,8 +13,18 @@ import torch.distributed as dist
 from ..particle import NytoModule
 from ..storage import flat_storage
 from ..swarm import Swarm
-from .core import (Handle, all_gather_flat, buckets, check_devices, check_signature, launch, particle_lines,
-                   particle_signature, require_group, small_device)
+from .core import (
+    Handle,
+    all_gather_flat,
+    buckets,
+    check_devices,
+    check_signature,
+    launch,
+    particle_lines,
+    particle_signature,
+    require_group,
+    small_device,
+)
 
 Weights = Union[float, Sequence[float], torch.Tensor, None]
 

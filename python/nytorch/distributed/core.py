@@ -253,7 +253,7 @@ def first_difference(a: Sequence[str], b: Sequence[str]) -> str:
 
 
 # species -> {(group key, signature hash)} already checked
-_checked: "weakref.WeakKeyDictionary[Any, Set[Tuple[int, int]]]" = weakref.WeakKeyDictionary()
+_checked: weakref.WeakKeyDictionary[Any, Set[Tuple[int, int]]] = weakref.WeakKeyDictionary()
 
 
 def _group_key(group: Optional[Any]) -> int:

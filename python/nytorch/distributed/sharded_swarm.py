@@ -19,8 +19,18 @@ from ..particle import NytoModule
 from ..storage import flat_storage
 from ..swarm import Swarm
 from .collectives import all_reduce_
-from .core import (all_gather_flat, barrier, check_signature, launch, particle_lines, particle_signature,
-                   require_group, signature_hash, small_device, wait_work)
+from .core import (
+    all_gather_flat,
+    barrier,
+    check_signature,
+    launch,
+    particle_lines,
+    particle_signature,
+    require_group,
+    signature_hash,
+    small_device,
+    wait_work,
+)
 
 MANIFEST = "manifest.json"
 FORMAT = "nytorch.sharded/1"
@@ -61,7 +71,7 @@ class ShardedSwarm:
         self._setup(full[lo:hi].clone(), n, group)
 
     @classmethod
-    def from_local(cls, local: Any, n: int, group: Optional[Any] = None) -> "ShardedSwarm":
+    def from_local(cls, local: Any, n: int, group: Optional[Any] = None) -> ShardedSwarm:
         """Wrap this rank's rows (a Swarm of ``hi - lo`` rows of an ``n``-row
         sharded swarm). Checks the species across ranks."""
         rank, world = require_group("ShardedSwarm.from_local", group)

@@ -111,13 +111,13 @@ class SwarmArithmetic:
                 fn(f, o)
         return self
 
-    def __neg__(self) -> "SwarmCore":
+    def __neg__(self) -> SwarmCore:
         return self._new([torch.neg(f) for f in self.flats], [b.clone() for b in self.buffers])
 
-    def __pos__(self) -> "SwarmCore":
+    def __pos__(self) -> SwarmCore:
         return self.clone()
 
-    def neg(self) -> "SwarmCore":
+    def neg(self) -> SwarmCore:
         """``-swarm``."""
         return -self
 
@@ -182,7 +182,7 @@ class SwarmArithmetic:
             res = parts.pow(p).sum(0).pow(1.0 / p)
         return res.to(self.flats[0].dtype)
 
-    def dot(self, other: Union["SwarmCore", NytoModule]) -> torch.Tensor:
+    def dot(self, other: Union[SwarmCore, NytoModule]) -> torch.Tensor:
         """Per-particle dot product with another swarm (row by row) or a particle: [N].
 
         >>> s = nyto.Swarm(Net(), 2, init="zeros") + 1; s.dot(s).tolist()

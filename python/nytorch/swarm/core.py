@@ -23,7 +23,7 @@ Init = Union[str, Callable[[int], nn.Module], None]
 Index = Union[int, slice, torch.Tensor, Sequence[int]]
 
 
-def check_species(swarm: "SwarmCore", other: Any) -> None:
+def check_species(swarm: SwarmCore, other: Any) -> None:
     """Raise SpeciesError unless ``other`` (a swarm or a particle) is of ``swarm``'s species."""
     species = other.species if isinstance(other, SwarmCore) else other._nyto_species
     if species is not swarm.species:
@@ -61,7 +61,7 @@ class SwarmCore:
     # -- construction -----------------------------------------------------------
     @classmethod
     def from_flats(cls, template: NytoModule, flats: Sequence[torch.Tensor],
-                   buffers: Optional[Sequence[torch.Tensor]] = None) -> "SwarmCore":
+                   buffers: Optional[Sequence[torch.Tensor]] = None) -> SwarmCore:
         """A swarm around the given stacked buffers (no copy).
 
         ``template``: a particle of the species. ``flats[g]``: ``[n, numel_g]``
@@ -105,7 +105,7 @@ class SwarmCore:
         return self
 
     @classmethod
-    def stack(cls, particles: Sequence[NytoModule]) -> "SwarmCore":
+    def stack(cls, particles: Sequence[NytoModule]) -> SwarmCore:
         """A swarm holding copies of ``particles`` (all of one species), in order.
 
         >>> a = Net(); s = nyto.Swarm.stack([a, a + 1, a * 2]); len(s)
@@ -211,12 +211,12 @@ class SwarmCore:
     def training(self) -> bool:
         return self.template.training
 
-    def train(self, mode: bool = True) -> "SwarmCore":
+    def train(self, mode: bool = True) -> SwarmCore:
         """Train mode for the vectorized forward (BatchNorm updates per-particle stats)."""
         self.template.train(mode)
         return self
 
-    def eval(self) -> "SwarmCore":
+    def eval(self) -> SwarmCore:
         return self.train(False)
 
     def __repr__(self) -> str:
@@ -251,7 +251,7 @@ class SwarmCore:
         for i in range(len(self)):
             yield self.particle(i)
 
-    def __getitem__(self, index: Index) -> Union[NytoModule, "SwarmCore"]:
+    def __getitem__(self, index: Index) -> Union[NytoModule, SwarmCore]:
         """``swarm[i]``: a particle viewing row i. ``swarm[a:b:c]``: a sub-swarm
         viewing those rows (no copy). ``swarm[index_tensor_or_list]``: a new swarm
         holding copies of those rows (like torch advanced indexing; see ``gather``)."""
@@ -262,7 +262,7 @@ class SwarmCore:
             return self._new([f[index] for f in self.flats], [b[index] for b in self.buffers])
         return self.gather(index)
 
-    def __setitem__(self, index: Index, value: Union[NytoModule, "SwarmCore"]) -> None:
+    def __setitem__(self, index: Index, value: Union[NytoModule, SwarmCore]) -> None:
         """Copy a particle's values into rows (broadcast), or a swarm's rows into rows."""
         if isinstance(index, (int, torch.Tensor)) and not isinstance(index, bool) and \
                 (not isinstance(index, torch.Tensor) or index.dim() == 0):
@@ -308,7 +308,7 @@ class SwarmCore:
             raise IndexError(f"row index out of range for a swarm of {n}: {t.tolist()}")
         return t % max(n, 1)
 
-    def gather(self, index: Union[torch.Tensor, Sequence[int]]) -> "SwarmCore":
+    def gather(self, index: Union[torch.Tensor, Sequence[int]]) -> SwarmCore:
         """A new swarm holding copies of rows ``index`` (repeats allowed).
 
         >>> s = nyto.Swarm(Net(), 4, init="randn"); t = s.gather([3, 3, 0]); len(t)
@@ -321,7 +321,7 @@ class SwarmCore:
                          [b.index_select(0, idx.to(b.device)) for b in self.buffers])
 
     def scatter_(self, index: Union[torch.Tensor, Sequence[int], slice],
-                 src: Union["SwarmCore", NytoModule]) -> "SwarmCore":
+                 src: Union[SwarmCore, NytoModule]) -> SwarmCore:
         """Copy ``src`` (a swarm with one row per index, or a particle for all of
         them) into rows ``index``, in place.
 
@@ -350,7 +350,7 @@ class SwarmCore:
                 b.index_copy_(0, idx.to(b.device), s.to(b.dtype))
         return self
 
-    def _new(self, flats: List[torch.Tensor], buffers: List[torch.Tensor]) -> "SwarmCore":
+    def _new(self, flats: List[torch.Tensor], buffers: List[torch.Tensor]) -> SwarmCore:
         """A swarm of this species around ``flats``/``buffers`` (sharing the template)."""
         cls = type(self)
         out = cls.__new__(cls)
@@ -393,7 +393,7 @@ class SwarmCore:
         return out
 
     # -- copies ---------------------------------------------------------------
-    def clone(self) -> "SwarmCore":
+    def clone(self) -> SwarmCore:
         """A new swarm of this species with copies of the rows (contiguous)."""
         return self._new([f.clone(memory_format=torch.contiguous_format) for f in self.flats],
                          [b.clone() for b in self.buffers])
@@ -406,14 +406,14 @@ class SwarmCore:
         """Independent copies of every particle (``[p.clone() for p in swarm]``)."""
         return [p.clone() for p in self]
 
-    def randn(self, *, generator: Optional[torch.Generator] = None) -> "SwarmCore":
+    def randn(self, *, generator: Optional[torch.Generator] = None) -> SwarmCore:
         """A swarm of this species with standard normal parameters (buffers copied)."""
         out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
                         [b.clone() for b in self.buffers])
         ops.normal_(out.flats, generator=generator)
         return out
 
-    def rand(self, *, generator: Optional[torch.Generator] = None) -> "SwarmCore":
+    def rand(self, *, generator: Optional[torch.Generator] = None) -> SwarmCore:
         """A swarm of this species with parameters uniform in [0, 1)."""
         out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
                         [b.clone() for b in self.buffers])

@@ -24,8 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-# the module nytorch/fuse.py (``nytorch.fuse`` itself is the decorator: import its names)
-from ..fuse import program, run_flat
+from ..fuse import program, run_flat  # the module fuse.py: nytorch.fuse itself is the decorator
 from ..particle import _number
 from .core import SwarmCore, check_species
 
