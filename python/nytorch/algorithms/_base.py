@@ -187,7 +187,7 @@ class SwarmOptimizer:
     def _new_generator(seed: Optional[int], device: Any = "cpu") -> torch.Generator:
         """A generator on ``device`` seeded with ``seed`` (or from torch's global RNG)."""
         g = torch.Generator(device=device)
-        g.manual_seed(torch.randint(2**62, ()).item() if seed is None else seed)
+        g.manual_seed(int(torch.randint(2**62, ()).item()) if seed is None else seed)
         return g
 
     @staticmethod

@@ -91,6 +91,7 @@ class GaussianStrategy(SwarmOptimizer):
 
     def _sums(self, w: torch.Tensor, v: Optional[torch.Tensor] = None):
         """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` over this step's noise rows."""
+        assert self.sample_seed is not None  # set in __init__
         return self.sampler.sums(self.sample_seed, w, v, like=self.flats)
 
     def _pop_sums(self, w: torch.Tensor, v: Optional[torch.Tensor] = None):

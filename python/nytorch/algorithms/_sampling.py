@@ -114,13 +114,14 @@ class FusedSampler:
         """Write ``population[j][i] = centers[j] + scale * eps_i`` (rows
         ``h + i``: ``- scale * eps_i`` when antithetic) for the step's ``seed``."""
         vector = not isinstance(scale, (int, float))
-        tensors = (list(centers), list(scale) if vector else [], list(population))
+        scales: List[torch.Tensor] = [] if isinstance(scale, (int, float)) else list(scale)
+        tensors = (list(centers), scales, list(population))
         key = (vector, self.store_noise, tuple(_describe(t) for group in tensors for t in group))
         if self._plan is None or self._plan[0] != key:
             # the calls' argument lists, kept while the same tensors come back (the plan holds them: their
             # memory cannot be reused by other tensors, so an equal key means the same buffers)
             self._plan = (key, self._sample_calls(*tensors, vector), tensors)
-        numbers = [] if vector else [float(scale)]
+        numbers = [float(scale)] if isinstance(scale, (int, float)) else []
         for prog, ins, outs in self._plan[1]:
             _fuse.run_flat(prog, ins, numbers, out=outs, seed=seed)
 
@@ -128,6 +129,7 @@ class FusedSampler:
         h, G, K = self.rows, self.groups, self.k
         full = h // K
         rows = [list(p.unbind(0)) for p in population]
+        noise_rows = self._noise_rows if self._noise_rows is not None else []
         calls = []
         for first_chunk, n_chunks, k in ((0, full, K), (full, 1 if h % K else 0, h % K)):
             if n_chunks == 0:
@@ -142,7 +144,7 @@ class FusedSampler:
             if self.antithetic:
                 outs += [[rows[j][h + c * K + r] for c, j in gids] for r in range(k)]
             if self.store_noise:
-                outs += [[self._noise_rows[j][c * K + r] for c, j in gids] for r in range(k)]
+                outs += [[noise_rows[j][c * K + r] for c, j in gids] for r in range(k)]
             outs = [self._pad(n_pad, o) + out for o, out in enumerate(outs)]
             calls.append((_ask_program(k, self.antithetic, vector, self.store_noise), ins, outs))
         return calls
@@ -158,9 +160,13 @@ class FusedSampler:
         acc1 = [torch.zeros(t.numel(), dtype=t.dtype, device=t.device) for t in like]
         acc2 = [torch.zeros_like(a) for a in acc1] if v is not None else None
         stored = self.store_noise
-        if stored and self._stored_rows is None:  # the chunks' noise rows, listed once
-            self._stored_rows = [[[self._noise_rows[j][a + r] for j in range(G)] for r in range(k)]
-                                 for a, k in self._chunks()]
+        stored_rows: List = []
+        if stored:
+            if self._stored_rows is None:  # the chunks' noise rows, listed once
+                noise_rows = self._noise_rows if self._noise_rows is not None else []
+                self._stored_rows = [[[noise_rows[j][a + r] for j in range(G)] for r in range(k)]
+                                     for a, k in self._chunks()]
+            stored_rows = self._stored_rows
         for c, (a, k) in enumerate(self._chunks()):
             # regenerated noise: chunk c is fuse groups c*G.. (empty groups before it); stored noise
             # draws nothing, so its group numbers do not matter (no padding: O(chunks) work, not O(chunks^2))
@@ -170,7 +176,7 @@ class FusedSampler:
             if acc2 is not None:
                 ins.append(pad + acc2)
             if stored:
-                ins += self._stored_rows[c]
+                ins += stored_rows[c]
             nums = wl[a:a + k] + (vl[a:a + k] if vl is not None else [])
             outs = [pad + acc1] + ([self._pad(n_pad, 1) + acc2] if acc2 is not None else [])
             _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs,

@@ -61,7 +61,7 @@ class CMAES(SwarmOptimizer):
         self.device = flats[0].device if flats else torch.device("cpu")
         self.popsize, self.n = popsize, n
         self.generator = self._new_generator(seed, self.device)
-        dd = dict(dtype=torch.float64, device=self.device)
+        dd: Dict[str, Any] = dict(dtype=torch.float64, device=self.device)
         mu = popsize // 2
         w = math.log(mu + 0.5) - torch.log(torch.arange(1, mu + 1, **dd))
         self.weights = w / w.sum()

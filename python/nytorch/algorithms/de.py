@@ -15,7 +15,7 @@ True
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import torch
 
@@ -26,7 +26,7 @@ from ._base import SwarmOptimizer
 from ._gaussian import check_positive
 
 _fuse = importlib.import_module("nytorch.fuse")
-_PROGRAM = []
+_PROGRAM: List[Any] = []
 
 
 def _trial_program():
@@ -69,7 +69,7 @@ class DE(SwarmOptimizer):
         self.sample_seed = 0
         n = len(swarm)
         self.fitness = torch.full((n,), float("inf"), dtype=torch.float64, device=self.device)
-        self.trials = swarm.clone()
+        self.trials = cast(Swarm, swarm.clone())
         self._donors = [[torch.empty_like(f) for f in swarm.flats] for _ in range(3)]
         self._jrand = torch.zeros(n, dtype=torch.long)
 

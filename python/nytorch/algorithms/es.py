@@ -79,7 +79,7 @@ class ES(SwarmOptimizer):
             raise ValueError(f"ES: lr must be >= 0 (maximize=True flips the direction), got {lr}")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"ES: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
-        betas = tuple(_checks.real(b, "ES", "betas") for b in betas)
+        betas = (_checks.real(betas[0], "ES", "betas"), _checks.real(betas[1], "ES", "betas"))
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"ES: betas must be in [0, 1), got {betas}")
         self._setup(maximize=maximize, track_diversity=track_diversity, seed=seed, generator=generator)
@@ -114,7 +114,7 @@ class ES(SwarmOptimizer):
                 raise ValueError(f"{type(self).__name__}: backend='fuse' with store_noise=False keeps no "
                                  "es.noise for this class's tell; pass store_noise=True")
             self.sampler = FusedSampler(flats, half, antithetic=antithetic, store_noise=bool(store_noise))
-            self.noise = self.sampler.noise if store_noise else []
+            self.noise: List[torch.Tensor] = self.sampler.noise if self.sampler.noise is not None else []
             self.seed_generator = self._seed_generator_from(self.generator, dev)  # the kernel's Philox seeds
             self.sample_seed = 0
         else:
@@ -145,6 +145,7 @@ class ES(SwarmOptimizer):
     def _gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
         """Per group: the utilities times the noise rows (the unscaled gradient)."""
         if self.sampler is not None:
+            assert self.sample_seed is not None  # set with the sampler
             return self.sampler.sums(self.sample_seed, u, like=flat_storage(self.center).flats)[0]
         return [u.to(eps.dtype) @ eps for eps in self.noise]
 

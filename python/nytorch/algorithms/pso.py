@@ -28,7 +28,7 @@ from ._base import SwarmOptimizer
 try:  # the module (nytorch.fuse is also the name of its decorator)
     _fuse = importlib.import_module("nytorch.fuse")
 except ImportError:  # pragma: no cover - nytorch.fuse not built
-    _fuse = None
+    _fuse = None  # type: ignore[assignment]
 
 Schedule = Union[float, Callable[[int], float]]
 
@@ -188,6 +188,7 @@ class PSO(SwarmOptimizer):
 
     # -- results ----------------------------------------------------------------
     _saves_best_fitness = False  # the global best's fitness is gbest_fitness (a device tensor: no sync per step)
+    generator: torch.Generator  # always one (SwarmOptimizer's may be None)
 
     def _best_value(self) -> float:
         return float(self.gbest_fitness)
@@ -240,6 +241,7 @@ class PSO(SwarmOptimizer):
             src = self.neighborhood_best()
         changed = (src != self._row_src) | improved[src]
         rows = changed.nonzero().squeeze(1)
+        assert self._best_rows is not None  # the fuse backend's
         if rows.numel():
             take = src.index_select(0, rows)
             for b, p in zip(self._best_rows, self.pbest):
@@ -274,6 +276,7 @@ class PSO(SwarmOptimizer):
                 run_flat(_program(True), [flats, self.velocity, self.pbest, self._best_rows],
                          [w, c1, c2, -self.vmax, self.vmax], out=[flats, self.velocity], seed=seed)
             return
+        assert self._r is not None  # the ops backend's
         ops.uniform_(self._r[0] + self._r[1], generator=self.generator)
         rows = self._rows()
         if self.topology == "ring":
