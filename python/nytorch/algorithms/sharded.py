@@ -31,6 +31,7 @@ compares both against the single-process runs and fails when they drift.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -72,7 +73,7 @@ def _global_rank(group: Optional[Any], rank: int) -> int:
 
 
 def draw_rows_(dist_name: str, full_shapes: List[Tuple[int, int]], locals_: List[torch.Tensor], lo: int,
-               generator: torch.Generator, a: float = 0.0, b: float = 1.0) -> None:
+               generator: Optional[torch.Generator], a: float = 0.0, b: float = 1.0) -> None:
     """Fill ``locals_[k]`` (rows ``[lo, lo + len)`` of a ``[n, numel]`` tensor)
     with the numbers ``ops.uniform_/normal_`` would put there when filling
     the full tensors (one draw per (device, dtype) group, tensors in order).
@@ -182,6 +183,7 @@ class ShardedPSO(PSO):
                     g.copy_(w)
                 self.gbest_fitness = self._pbest_all[i].clone()
             if refresh:
+                assert self._best_rows is not None
                 for b, w in zip(self._best_rows, win):
                     b.copy_(w.expand_as(b))
                 self._src = i
@@ -193,7 +195,7 @@ class ShardedPSO(PSO):
         win = [p[i - sh.lo].clone() if owner == sh.rank else torch.empty_like(g)
                for p, g in zip(self.pbest, self.gbest)]
         src = _global_rank(sh.group, owner)
-        works = [launch("ShardedPSO.tell", lambda w=w: dist.broadcast(w, src, group=sh.group, async_op=True))
+        works = [launch("ShardedPSO.tell", partial(dist.broadcast, w, src, group=sh.group, async_op=True))
                  for w in win]
         for w in works:
             wait_work("ShardedPSO.tell", w, None)
@@ -204,11 +206,13 @@ class ShardedPSO(PSO):
         if self.backend == "fuse":
             self._move_fused(w, c1, c2)
             return
+        r = self._r
+        assert r is not None  # the ops backend's random-number buffers
         if self.rng == "replicated":
             shapes = self._full_shapes()
-            draw_rows_("uniform", shapes + shapes, self._r[0] + self._r[1], self.sharded.lo, self.generator)
+            draw_rows_("uniform", shapes + shapes, r[0] + r[1], self.sharded.lo, self.generator)
         else:
-            ops.uniform_(self._r[0] + self._r[1], generator=self.generator)
+            ops.uniform_(r[0] + r[1], generator=self.generator)
         for g, (xr, vr, pr, r1r, r2r) in enumerate(self._rows()):
             ops.pso_velocity_(vr, xr, pr, [self.gbest[g]] * len(xr), r1r, r2r, w, c1, c2)
         if self.vmax is not None:
@@ -221,10 +225,11 @@ class ShardedPSO(PSO):
         counters start at this shard's first element (``offset``), so the
         numbers are those of the one-process run."""
         seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
-        clamped = self.vmax is not None
-        prog = _pso._program(clamped)
-        numbers = [w, c1, c2] + ([-self.vmax, self.vmax] if clamped else [])
-        ins = [self.swarm.flats, self.velocity, self.pbest, self._best_rows]
+        vmax = self.vmax
+        prog = _pso._program(vmax is not None)
+        numbers = [w, c1, c2] + ([-vmax, vmax] if vmax is not None else [])
+        assert self._best_rows is not None  # the fused backend's neighbourhood-best rows
+        ins: List[List[torch.Tensor]] = [self.swarm.flats, self.velocity, self.pbest, self._best_rows]
         lo = self.sharded.lo if self.rng == "replicated" else 0
         if len(ins[0]) == 1:
             run_flat(prog, ins, numbers, out=ins[:2], seed=seed, offset=lo * ins[0][0].shape[1])
@@ -322,7 +327,7 @@ class ShardedES(ES):
     def _reduced_gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
         """This rank's share of ES._gradient_sums, all-reduced over the group."""
         part = [u[self.plo:self.phi].to(eps.dtype) @ eps[self.plo:self.phi] for eps in self.noise]
-        works = [launch("ShardedES.tell", lambda p=p: dist.all_reduce(p, group=self.group, async_op=True))
+        works = [launch("ShardedES.tell", partial(dist.all_reduce, p, group=self.group, async_op=True))
                  for p in part]
         for w in works:
             wait_work("ShardedES.tell", w, None)

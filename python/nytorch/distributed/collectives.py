@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from functools import partial
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -164,17 +165,17 @@ def all_reduce_(particle_or_swarm: Any, op: str = "mean", weights: Weights = Non
         wt = torch.tensor([coef], dtype=torch.float64, device=small_device(group))
 
         def got_total() -> None:
-            divisor[0] = wt.item()
-            if not divisor[0] > 0:
-                raise ValueError(f"nytorch.distributed.{what}: the weights of all ranks sum to {divisor[0]}; "
+            total_w = wt.item()
+            divisor[0] = total_w
+            if not total_w > 0:
+                raise ValueError(f"nytorch.distributed.{what}: the weights of all ranks sum to {total_w}; "
                                  "a weighted mean needs a positive total (the parameters now hold 0)")
         works.append((launch(what, lambda: dist.all_reduce(wt, group=group, async_op=True)), got_total))
     for f in t.flats:
         for b in buckets(f, bucket_bytes):
             if coef is not None and coef != 1.0:
                 b.mul_(coef)
-            work = launch(what, lambda b=b: dist.all_reduce(b, op=dist.ReduceOp.SUM, group=group,
-                                                            async_op=True))
+            work = launch(what, partial(dist.all_reduce, b, op=dist.ReduceOp.SUM, group=group, async_op=True))
             after = None if divisor[0] is None and not sum_total else (lambda b=b: b.div_(divisor[0]))
             works.append((work, after))
     return _finish(Handle(what, works, lambda: particle_or_swarm, timeout), async_op)
@@ -226,7 +227,7 @@ def all_gather(particle_or_swarm: Any, group: Optional[Any] = None, async_op: bo
     what = "all_gather"
     t, rank, world = _prepare(what, particle_or_swarm, group, timeout)
     outs = [torch.empty((world,) + tuple(f.shape), dtype=f.dtype, device=f.device) for f in t.flats]
-    works = [(launch(what, lambda o=o, f=f: all_gather_flat(o, f.contiguous(), group, True)), None)
+    works = [(launch(what, partial(all_gather_flat, o, f.contiguous(), group, True)), None)
              for o, f in zip(outs, t.flats)]
     return _finish(Handle(what, works, lambda: _gathered(t, outs, world), timeout), async_op)
 

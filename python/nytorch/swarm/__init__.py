@@ -44,20 +44,19 @@ Layout of this package (dependencies point one way, towards ``core``):
 
 - :mod:`nytorch.swarm.core`: ``SwarmCore``, the stacked storage, rows,
   particles, indexing, copies, checkpoints;
-- :mod:`nytorch.swarm.arithmetic`: ``SwarmArithmetic``, operators and reductions;
-- :mod:`nytorch.swarm.forward`: ``SwarmForward``, the vectorized forward;
-- :mod:`nytorch.swarm.fused`: ``SwarmFusing``, ``Swarm.fused(fn)``;
+- :mod:`nytorch.swarm.arithmetic`: ``SwarmArithmetic(SwarmCore)``, operators and reductions;
+- :mod:`nytorch.swarm.forward`: ``SwarmForward(SwarmCore)``, the vectorized forward;
+- :mod:`nytorch.swarm.fused`: ``SwarmFusing``, a mix-in for ``Swarm.fused(fn)``;
 - here: :class:`Swarm`, the class assembled from them (no module above imports it).
 """
 from __future__ import annotations
 
 from .arithmetic import SwarmArithmetic
-from .core import SwarmCore
 from .forward import SwarmForward
 from .fused import SwarmFusing
 
 
-class Swarm(SwarmCore, SwarmArithmetic, SwarmForward, SwarmFusing):
+class Swarm(SwarmArithmetic, SwarmForward, SwarmFusing):
     """N particles of one species in stacked storage.
 
     ``Swarm(net, n, init="clone")`` builds ``n`` particles shaped like the

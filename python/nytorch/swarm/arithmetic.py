@@ -50,11 +50,8 @@ def _one_element(t: torch.Tensor) -> torch.Tensor:
     return (flat[:1].clone() if flat.numel() else t.new_zeros(1)).reshape(1, 1)
 
 
-class SwarmArithmetic:
+class SwarmArithmetic(SwarmCore):
     """Particle arithmetic, reductions and row statistics on stacked buffers."""
-
-    flats: List[torch.Tensor]
-    buffers: List[torch.Tensor]
 
     # -- operands ---------------------------------------------------------------
     def _operands(self, other: Any, what: str) -> Optional[List[Any]]:
@@ -173,13 +170,13 @@ class SwarmArithmetic:
         if len(parts) == 1:
             return parts[0]
         dev = parts[0].device
-        parts = torch.stack([q.to(dev, torch.float64) for q in parts])
+        stacked = torch.stack([q.to(dev, torch.float64) for q in parts])
         if p == float("inf"):
-            res = parts.max(0).values
+            res = stacked.max(0).values
         elif p == 0:
-            res = parts.sum(0)
+            res = stacked.sum(0)
         else:
-            res = parts.pow(p).sum(0).pow(1.0 / p)
+            res = stacked.pow(p).sum(0).pow(1.0 / p)
         return res.to(self.flats[0].dtype)
 
     def dot(self, other: Union[SwarmCore, NytoModule]) -> torch.Tensor:
@@ -191,10 +188,12 @@ class SwarmArithmetic:
         if not isinstance(other, (SwarmCore, NytoModule)):
             raise TypeError(f"Swarm.dot: other must be a Swarm or a particle, got {type(other).__name__}")
         ops_ = self._operands(other, "dot")
-        total = None
+        assert ops_ is not None  # a swarm or a particle: one operand per group
+        total: Optional[torch.Tensor] = None
         for f, o in zip(self.flats, ops_):
             d = (f * o).sum(1) if o.dim() == 2 else f @ o
             total = d if total is None else total + d.to(total.device)
+        assert total is not None  # a swarm has at least one group
         return total
 
     def _fitness(self, fitness: Any, name: str) -> torch.Tensor:
@@ -220,10 +219,11 @@ class SwarmArithmetic:
         """Mean Euclidean distance of the particles to their centroid."""
         if len(self) == 0:
             return 0.0
-        sq = None
+        sq: Optional[torch.Tensor] = None
         for f in self.flats:
             d = (f - f.mean(0, keepdim=True)).pow(2).sum(1)
             sq = d if sq is None else sq + d.to(sq.device)
+        assert sq is not None  # a swarm has at least one group
         return float(sq.sqrt().mean())
 
 

@@ -1,14 +1,14 @@
 """The core of :class:`nytorch.Swarm`: stacked storage, construction, rows,
 particles, indexing, copies and checkpoints (``SwarmCore``).
 
-``nytorch.swarm.Swarm`` is ``SwarmCore`` with the mix-ins of
+``nytorch.swarm.Swarm`` is ``SwarmCore`` extended by
 :mod:`nytorch.swarm.arithmetic`, :mod:`nytorch.swarm.forward` and
 :mod:`nytorch.swarm.fused`, assembled in ``nytorch/swarm/__init__.py``;
 nothing here imports them (a result of ``type(self)`` is a whole swarm).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -191,7 +191,7 @@ class SwarmCore:
 
     @property
     def species(self) -> Species:
-        return self.template._nyto_species
+        return cast(Species, self.template._nyto_species)
 
     @property
     def layout(self) -> S.Layout:
@@ -224,7 +224,7 @@ class SwarmCore:
                 f"groups={[(str(d), str(t).replace('torch.', '')) for d, t, _ in self.groups]})")
 
     # -- particles and rows ---------------------------------------------------
-    def particle(self, i: int) -> NytoModule:
+    def particle(self, i: Union[int, torch.Tensor]) -> NytoModule:
         """Particle ``i`` (same as ``swarm[i]``): its parameters and buffers are
         views of row ``i``, so writes go both ways."""
         n = len(self)

@@ -47,10 +47,8 @@ def vmap_forward(swarm: SwarmCore, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     return f(params, buffers, *args, *(kwargs[k] for k in keys))
 
 
-class SwarmForward:
+class SwarmForward(SwarmCore):
     """Every particle's forward at once: ``swarm(x)``."""
-
-    chunk_size: Optional[int]
 
     def forward(self, *args: Any, per_particle: bool = False, chunk_size: Optional[int] = None,
                 **kwargs: Any) -> Any:
