@@ -11,19 +11,23 @@
 
 namespace nyto {
 
-// Every elementwise op of the library. The order is part of the Python fast
-// path ABI (python/nytorch/_optable.py mirrors it): append only.
+// Every elementwise op of the library, in the order of csrc/ops.def (the op
+// table; the code is part of the Python fast path ABI: append only).
 enum class Op : int {
-  Neg, Copy, Add, Sub, Mul, Div, Pow,
-  AddS, SubS, MulS, DivS, PowS, RSubS, RDivS, RPowS,
-  Axpby, Lerp, Addcmul, PsoVelocity, Fill,
+#define NYTO_OP(E, ...) E,
+#include "ops.def"
+#undef NYTO_OP
   NumOps
 };
 
 struct OpInfo {
-  const char* name;   // registered name (in-place twin has a trailing '_')
-  int n_lists;        // tensor-list operands, self included
-  int n_scalars;      // scalar operands
+  const char* name;     // registered name (in-place twin has a trailing '_')
+  int n_lists;          // tensor-list operands, self included
+  int n_lists_inplace;  // ... of the in-place twin
+  int n_scalars;        // scalar operands
+  const char* args;     // the schema's arguments (ops.def)
+  const char* inplace_extra;
+  const char* fuse;     // the nytorch.fuse expression of the same value, or ""
 };
 const OpInfo& op_info(Op op);
 

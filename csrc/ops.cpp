@@ -13,17 +13,17 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <string>
+#include <utility>
 #include "nyto.h"
 
 namespace nyto {
 
 const OpInfo& op_info(Op op) {
   static const OpInfo table[] = {
-      {"neg", 1, 0},        {"copy", 1, 0},         {"add", 2, 0},       {"sub", 2, 0},
-      {"mul", 2, 0},        {"div", 2, 0},          {"pow", 2, 0},       {"add_scalar", 1, 1},
-      {"sub_scalar", 1, 1}, {"mul_scalar", 1, 1},   {"div_scalar", 1, 1}, {"pow_scalar", 1, 1},
-      {"rsub_scalar", 1, 1}, {"rdiv_scalar", 1, 1}, {"rpow_scalar", 1, 1}, {"axpby", 2, 2},
-      {"lerp", 2, 1},       {"addcmul", 3, 1},      {"pso_velocity", 6, 3}, {"fill", 1, 1},
+#define NYTO_OP(E, name, nl, nli, ns, args, extra, fuse, ...) {#name, nl, nli, ns, args, extra, fuse},
+#include "ops.def"
+#undef NYTO_OP
   };
   static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(Op::NumOps));
   return table[static_cast<int>(op)];
@@ -143,6 +143,10 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
     if (op == Op::PowS && c10::isIntegralType(self.scalar_type(), true) && scalars[0].isIntegral(false)) {
       TORCH_CHECK(scalars[0].toLong() >= 0, name, ": integers to negative integer powers are not allowed (index ", i, ")");
     }
+    if (op == Op::Hypot || op == Op::HypotS) {  // torch has no integer hypot
+      TORCH_CHECK(c10::isFloatingType(rt), name, ": dtype mismatch at index ", i, ": hypot needs a floating "
+                  "result, got ", rt);
+    }
     if (op == Op::Addcmul && c10::isIntegralType(rt, true)) {
       TORCH_CHECK(!scalars[0].isFloatingPoint(), name, ": for integral input tensors, value must not be a floating point number (index ", i, ")");
     }
@@ -256,31 +260,14 @@ std::vector<at::Tensor> apply(Op op, bool inplace, c10::ArrayRef<at::TensorList>
 // ---------------------------------------------------------------------------
 // Registration: the schema block (the only one) and the CPU implementations.
 TORCH_LIBRARY(nytorch, m) {
-  m.def("neg(Tensor[] self) -> Tensor[]");
-  m.def("neg_(Tensor(a!)[] self) -> ()");
-  m.def("copy(Tensor[] self) -> Tensor[]");
-  m.def("copy_(Tensor(a!)[] self, Tensor[] src) -> ()");
-  for (const char* name : {"add", "sub", "mul", "div", "pow"}) {
-    m.def((std::string(name) + "(Tensor[] self, Tensor[] other) -> Tensor[]").c_str());
-    m.def((std::string(name) + "_(Tensor(a!)[] self, Tensor[] other) -> ()").c_str());
+  for (int i = 0; i < static_cast<int>(nyto::Op::NumOps); ++i) {
+    const nyto::OpInfo& info = nyto::op_info(static_cast<nyto::Op>(i));
+    const std::string args = info.args;
+    const std::string list = "Tensor[]";
+    TORCH_INTERNAL_ASSERT(args.compare(0, list.size(), list) == 0, "ops.def: ", info.name, " starts with a list");
+    m.def((std::string(info.name) + "(" + args + ") -> Tensor[]").c_str());
+    m.def((std::string(info.name) + "_(Tensor(a!)[]" + args.substr(list.size()) + info.inplace_extra + ") -> ()").c_str());
   }
-  for (const char* name : {"add_scalar", "sub_scalar", "mul_scalar", "div_scalar", "pow_scalar",
-                           "rsub_scalar", "rdiv_scalar", "rpow_scalar"}) {
-    m.def((std::string(name) + "(Tensor[] self, Scalar scalar) -> Tensor[]").c_str());
-    m.def((std::string(name) + "_(Tensor(a!)[] self, Scalar scalar) -> ()").c_str());
-  }
-  m.def("axpby(Tensor[] self, Tensor[] other, Scalar a, Scalar b) -> Tensor[]");
-  m.def("axpby_(Tensor(a!)[] self, Tensor[] other, Scalar a, Scalar b) -> ()");
-  m.def("lerp(Tensor[] self, Tensor[] end, Scalar weight) -> Tensor[]");
-  m.def("lerp_(Tensor(a!)[] self, Tensor[] end, Scalar weight) -> ()");
-  m.def("addcmul(Tensor[] self, Tensor[] tensor1, Tensor[] tensor2, Scalar value=1) -> Tensor[]");
-  m.def("addcmul_(Tensor(a!)[] self, Tensor[] tensor1, Tensor[] tensor2, Scalar value=1) -> ()");
-  m.def("pso_velocity(Tensor[] v, Tensor[] x, Tensor[] pbest, Tensor[] gbest, Tensor[] r1, "
-        "Tensor[] r2, Scalar w, Scalar c1, Scalar c2) -> Tensor[]");
-  m.def("pso_velocity_(Tensor(a!)[] v, Tensor[] x, Tensor[] pbest, Tensor[] gbest, Tensor[] r1, "
-        "Tensor[] r2, Scalar w, Scalar c1, Scalar c2) -> ()");
-  m.def("fill(Tensor[] self, Scalar value) -> Tensor[]");
-  m.def("fill_(Tensor(a!)[] self, Scalar value) -> ()");
   m.def("normal(Tensor[] self, float mean=0., float std=1., *, Generator? generator=None) -> Tensor[]");
   m.def("normal_(Tensor(a!)[] self, float mean=0., float std=1., *, Generator? generator=None) -> ()");
   m.def("uniform(Tensor[] self, float low=0., float high=1., *, Generator? generator=None) -> Tensor[]");
@@ -296,43 +283,27 @@ namespace nyto {
 namespace {
 using TL = at::TensorList;
 using S = const c10::Scalar&;
-std::vector<at::Tensor> out_op(Op op, std::vector<TL> l, std::vector<c10::Scalar> s = {}) {
-  return apply(op, false, l, s);
-}
-void in_op(Op op, std::vector<TL> l, std::vector<c10::Scalar> s = {}) { apply(op, true, l, s); }
+// One adapter pair per op, typed from its table row: n tensor lists, then
+// m scalars (the registered schema's C++ signature).
+template <Op op, class Lists, class Scalars, class InLists>
+struct Adapter;
+template <size_t>
+using ListArg = TL;
+template <size_t>
+using ScalarArg = S;
+template <Op op, size_t... L, size_t... K, size_t... LI>
+struct Adapter<op, std::index_sequence<L...>, std::index_sequence<K...>, std::index_sequence<LI...>> {
+  static std::vector<at::Tensor> out(ListArg<L>... l, ScalarArg<K>... s) {
+    return apply(op, false, {l...}, {s...});
+  }
+  static void in(ListArg<LI>... l, ScalarArg<K>... s) { apply(op, true, {l...}, {s...}); }
+};
+#define NYTO_OP(E, name, nl, nli, ns, ...)                                                           \
+  using name##_adapter = Adapter<Op::E, std::make_index_sequence<nl>, std::make_index_sequence<ns>, \
+                                 std::make_index_sequence<nli>>;
+#include "ops.def"
+#undef NYTO_OP
 
-#define NYTO_LIST_OP(fn, OP)                                                         \
-  std::vector<at::Tensor> fn(TL a, TL b) { return out_op(Op::OP, {a, b}); }        \
-  void fn##_(TL a, TL b) { in_op(Op::OP, {a, b}); }
-#define NYTO_SCALAR_OP(fn, OP)                                                       \
-  std::vector<at::Tensor> fn(TL a, S s) { return out_op(Op::OP, {a}, {s}); }       \
-  void fn##_(TL a, S s) { in_op(Op::OP, {a}, {s}); }
-NYTO_LIST_OP(add, Add) NYTO_LIST_OP(sub, Sub) NYTO_LIST_OP(mul, Mul)
-NYTO_LIST_OP(div, Div) NYTO_LIST_OP(pow, Pow)
-NYTO_SCALAR_OP(add_scalar, AddS) NYTO_SCALAR_OP(sub_scalar, SubS)
-NYTO_SCALAR_OP(mul_scalar, MulS) NYTO_SCALAR_OP(div_scalar, DivS)
-NYTO_SCALAR_OP(pow_scalar, PowS) NYTO_SCALAR_OP(rsub_scalar, RSubS)
-NYTO_SCALAR_OP(rdiv_scalar, RDivS) NYTO_SCALAR_OP(rpow_scalar, RPowS)
-NYTO_SCALAR_OP(fill, Fill)
-#undef NYTO_LIST_OP
-#undef NYTO_SCALAR_OP
-
-std::vector<at::Tensor> neg(TL a) { return out_op(Op::Neg, {a}); }
-void neg_(TL a) { in_op(Op::Neg, {a}); }
-std::vector<at::Tensor> copy(TL a) { return out_op(Op::Copy, {a}); }
-void copy_(TL a, TL src) { in_op(Op::Copy, {a, src}); }
-std::vector<at::Tensor> axpby(TL x, TL y, S a, S b) { return out_op(Op::Axpby, {x, y}, {a, b}); }
-void axpby_(TL x, TL y, S a, S b) { in_op(Op::Axpby, {x, y}, {a, b}); }
-std::vector<at::Tensor> lerp(TL x, TL e, S w) { return out_op(Op::Lerp, {x, e}, {w}); }
-void lerp_(TL x, TL e, S w) { in_op(Op::Lerp, {x, e}, {w}); }
-std::vector<at::Tensor> addcmul(TL x, TL y, TL z, S v) { return out_op(Op::Addcmul, {x, y, z}, {v}); }
-void addcmul_(TL x, TL y, TL z, S v) { in_op(Op::Addcmul, {x, y, z}, {v}); }
-std::vector<at::Tensor> pso_velocity(TL v, TL x, TL p, TL g, TL r1, TL r2, S w, S c1, S c2) {
-  return out_op(Op::PsoVelocity, {v, x, p, g, r1, r2}, {w, c1, c2});
-}
-void pso_velocity_(TL v, TL x, TL p, TL g, TL r1, TL r2, S w, S c1, S c2) {
-  in_op(Op::PsoVelocity, {v, x, p, g, r1, r2}, {w, c1, c2});
-}
 using OptGen = const std::optional<at::Generator>&;
 std::vector<at::Tensor> normal(TL a, double mean, double std, OptGen g) { return random_like(a, Dist::Normal, mean, std, g); }
 void normal_(TL a, double mean, double std, OptGen g) { random_fill_(a, Dist::Normal, mean, std, g); }
@@ -341,13 +312,11 @@ void uniform_(TL a, double lo, double hi, OptGen g) { random_fill_(a, Dist::Unif
 }  // namespace
 
 void register_kernels(torch::Library& m) {
-#define NYTO_IMPL(fn) m.impl(#fn, &fn); m.impl(#fn "_", &fn##_);
-  NYTO_IMPL(neg) NYTO_IMPL(copy) NYTO_IMPL(add) NYTO_IMPL(sub) NYTO_IMPL(mul) NYTO_IMPL(div)
-  NYTO_IMPL(pow) NYTO_IMPL(add_scalar) NYTO_IMPL(sub_scalar) NYTO_IMPL(mul_scalar)
-  NYTO_IMPL(div_scalar) NYTO_IMPL(pow_scalar) NYTO_IMPL(rsub_scalar) NYTO_IMPL(rdiv_scalar)
-  NYTO_IMPL(rpow_scalar) NYTO_IMPL(axpby) NYTO_IMPL(lerp) NYTO_IMPL(addcmul)
-  NYTO_IMPL(pso_velocity) NYTO_IMPL(fill) NYTO_IMPL(normal) NYTO_IMPL(uniform)
-#undef NYTO_IMPL
+#define NYTO_OP(E, name, ...) m.impl(#name, &name##_adapter::out); m.impl(#name "_", &name##_adapter::in);
+#include "ops.def"
+#undef NYTO_OP
+  m.impl("normal", &normal); m.impl("normal_", &normal_);
+  m.impl("uniform", &uniform); m.impl("uniform_", &uniform_);
 }
 }  // namespace nyto
 

@@ -146,6 +146,8 @@ PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);   // csrc/fuse/python_fuse.cpp
 PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/particle_fastpath.cpp
+PyObject* py_fuse_op_table(PyObject*, PyObject*);                             // csrc/fuse/python_fuse.cpp
+PyObject* py_fuse_scalar(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
 // A lazy result's record, shared by its LazyParams and its State.
 struct LazyRecord {

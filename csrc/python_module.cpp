@@ -169,7 +169,7 @@ PyObject* apply_operands(long op, bool inplace, PyObject* const* list_objs, Py_s
     c10::SmallVector<c10::Scalar, 4> scalars;
     for (Py_ssize_t k = 0; k < ns; ++k) scalars.push_back(to_scalar(scalar_objs[k]));
     const auto& info = nyto::op_info(static_cast<Op>(op));
-    const int want_lists = info.n_lists + ((static_cast<Op>(op) == Op::Copy && inplace) ? 1 : 0);
+    const int want_lists = inplace ? info.n_lists_inplace : info.n_lists;
     if (nl != want_lists || ns != info.n_scalars) raise_type("nytorch._C.apply: wrong operand count");
     std::vector<at::Tensor> preset;
     if (pool != Py_None && !inplace) preset = pooled_outputs(pool, lists);
@@ -618,6 +618,25 @@ PyObject* py_set_parameter_class(PyObject*, PyObject* cls) {
   Py_RETURN_NONE;
 }
 
+// op_table() -> ((name, code, n_lists, n_lists_inplace, n_scalars, args, fuse), ...):
+// csrc/ops.def, which python/nytorch/ops.py reads.
+PyObject* py_op_table(PyObject*, PyObject*) {
+  const Py_ssize_t n = static_cast<Py_ssize_t>(Op::NumOps);
+  PyObject* out = PyTuple_New(n);
+  if (!out) return nullptr;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const auto& info = nyto::op_info(static_cast<Op>(i));
+    PyObject* row = Py_BuildValue("(sniiiss)", info.name, i, info.n_lists, info.n_lists_inplace, info.n_scalars,
+                                  info.args, info.fuse);
+    if (!row) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(out, i, row);
+  }
+  return out;
+}
+
 PyObject* py_torch_version(PyObject*, PyObject*) { return PyUnicode_FromString(NYTO_TORCH_VERSION); }
 PyObject* py_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(nyto::cpu_kernel_isa()); }
 PyObject* py_has_cuda(PyObject*, PyObject*) {
@@ -675,6 +694,12 @@ PyMethodDef methods[] = {
      "module_versions(root, modules): the packed module versions a particle State records."},
     {"state_ok", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_state_ok)), METH_FASTCALL,
      "state_ok(root, state): whether a particle's cached storage State is still valid."},
+    {"op_table", py_op_table, METH_NOARGS,
+     "op_table(): ((name, code, n_lists, n_lists_inplace, n_scalars, schema args, fuse expr), ...) of csrc/ops.def."},
+    {"fuse_op_table", py_fuse_op_table, METH_NOARGS,
+     "fuse_op_table(): ((name, code, arity, is_math), ...) of csrc/fuse/fops.def."},
+    {"fuse_scalar", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_scalar)), METH_FASTCALL,
+     "fuse_scalar(code, *numbers): a fuse math op on numbers, in double (as in a fused program)."},
     {"torch_version", py_torch_version, METH_NOARGS, "The torch version this extension was built against."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel build chosen at load time (DEFAULT or AVX2)."},
     {"has_cuda", py_has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},

@@ -18,63 +18,47 @@ at::Tensor wrapped(const c10::Scalar& s, const at::Tensor& like) {
 c10::Scalar sub_operand(const c10::Scalar& s) {
   return s.isBoolean() ? c10::Scalar(static_cast<int64_t>(s.toBool())) : s;
 }
+// w*v + c1*r1*(p - x) + c2*r2*(g - x), as Python evaluates it
+at::Tensor pso_velocity_slow(const std::vector<at::Tensor>& x, const std::vector<c10::Scalar>& s) {
+  const auto& v = x[0]; const auto& pos = x[1]; const auto& p = x[2];
+  const auto& g = x[3]; const auto& r1 = x[4]; const auto& r2 = x[5];
+  return at::add(at::add(at::mul(v, s[0]), at::mul(at::mul(r1, s[1]), at::sub(p, pos))),
+                 at::mul(at::mul(r2, s[2]), at::sub(g, pos)));
+}
 }  // namespace
 
+// The slow column of csrc/ops.def.
 at::Tensor slow_out(Op op, const std::vector<at::Tensor>& x, const std::vector<c10::Scalar>& s) {
   switch (op) {
-    case Op::Neg: return at::neg(x[0]);
-    case Op::Copy: return x[0].clone(at::MemoryFormat::Contiguous);
-    case Op::Add: return at::add(x[0], x[1]);
-    case Op::Sub: return at::sub(x[0], x[1]);
-    case Op::Mul: return at::mul(x[0], x[1]);
-    case Op::Div: return at::div(x[0], x[1]);
-    case Op::Pow: return at::pow(x[0], x[1]);
-    case Op::AddS: return at::add(x[0], s[0]);
-    case Op::SubS: return at::sub(x[0], sub_operand(s[0]));
-    case Op::MulS: return at::mul(x[0], s[0]);
-    case Op::DivS: return at::div(x[0], s[0]);
-    case Op::PowS: return at::pow(x[0], s[0]);
-    case Op::RSubS: return at::sub(wrapped(sub_operand(s[0]), x[0]), x[0]);
-    case Op::RDivS: return at::div(wrapped(s[0], x[0]), x[0]);
-    case Op::RPowS: return at::pow(s[0], x[0]);
-    case Op::Axpby: return at::add(at::mul(x[0], s[0]), at::mul(x[1], s[1]));
-    case Op::Lerp: return at::lerp(x[0], x[1], s[0]);
-    case Op::Addcmul: return at::addcmul(x[0], x[1], x[2], s[0]);
-    case Op::PsoVelocity: {
-      // w*v + c1*r1*(p - x) + c2*r2*(g - x), as Python evaluates it
-      const auto& v = x[0]; const auto& pos = x[1]; const auto& p = x[2];
-      const auto& g = x[3]; const auto& r1 = x[4]; const auto& r2 = x[5];
-      return at::add(at::add(at::mul(v, s[0]), at::mul(at::mul(r1, s[1]), at::sub(p, pos))),
-                     at::mul(at::mul(r2, s[2]), at::sub(g, pos)));
-    }
-    case Op::Fill: return at::full_like(x[0], s[0], at::MemoryFormat::Contiguous);
+#define NYTO_OP(E, name, nl, nli, ns, args, extra, fuse, functor, slow, ...) \
+  case Op::E:                                                                \
+    return slow;
+#include "ops.def"
+#undef NYTO_OP
     default: TORCH_INTERNAL_ASSERT(false, "nytorch: unknown op");
   }
 }
 
+// The slow_ column of csrc/ops.def; ops without an ATen in-place form
+// (NYTO_COPY_BACK) compute, then write back.
 void slow_inplace(Op op, const at::Tensor& self, const std::vector<at::Tensor>& o,
                   const std::vector<c10::Scalar>& s) {
+  auto copy_back = [&] {
+    std::vector<at::Tensor> xs{self};
+    xs.insert(xs.end(), o.begin(), o.end());
+    self.copy_(slow_out(op, xs, s));
+  };
+#define NYTO_COPY_BACK copy_back()
   switch (op) {
-    case Op::Neg: self.neg_(); return;
-    case Op::Copy: self.copy_(o[0]); return;
-    case Op::Add: self.add_(o[0]); return;
-    case Op::Sub: self.sub_(o[0]); return;
-    case Op::Mul: self.mul_(o[0]); return;
-    case Op::Div: self.div_(o[0]); return;
-    case Op::Pow: self.pow_(o[0]); return;
-    case Op::AddS: self.add_(s[0]); return;
-    case Op::SubS: self.sub_(sub_operand(s[0])); return;
-    case Op::MulS: self.mul_(s[0]); return;
-    case Op::DivS: self.div_(s[0]); return;
-    case Op::PowS: self.pow_(s[0]); return;
-    case Op::Fill: self.fill_(s[0]); return;
-    default: {
-      // Ops without an ATen in-place form: compute, then write back.
-      std::vector<at::Tensor> xs{self};
-      xs.insert(xs.end(), o.begin(), o.end());
-      self.copy_(slow_out(op, xs, s));
-    }
+#define NYTO_OP(E, name, nl, nli, ns, args, extra, fuse, functor, slow, slow_) \
+  case Op::E:                                                                  \
+    slow_;                                                                     \
+    return;
+#include "ops.def"
+#undef NYTO_OP
+    default: TORCH_INTERNAL_ASSERT(false, "nytorch: unknown op");
   }
+#undef NYTO_COPY_BACK
 }
 
 namespace {

@@ -9,6 +9,7 @@
 // LOAD of a full block reads the input in place (no copy) unless the input
 // is also an output. Scalar operands are broadcast into a register once per
 // task, so every instruction is a plain vector-vector loop.
+#define NYTO_CPU_KERNEL  // csrc/math.h: at::vec overloads
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -23,6 +24,7 @@
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
+#include "fuse/fop_math.h"
 #include "fuse/program.h"
 
 namespace nyto::fuse {
@@ -50,19 +52,6 @@ struct Interp {
   static constexpr int64_t B = kBlockBytes / sizeof(M);
   static_assert(B % W == 0 && B % 4 == 0, "block must hold whole vectors and counters");
 
-  static Vec fma(const Vec& a, const Vec& b, const Vec& c) {
-#if defined(CPU_CAPABILITY_AVX2)
-    return at::vec::fmadd(a, b, c);  // one rounding (vfmadd)
-#else
-    alignas(64) M x[W], y[W], z[W];
-    a.store(x);
-    b.store(y);
-    c.store(z);
-    for (int64_t j = 0; j < W; ++j) x[j] = std::fma(x[j], y[j], z[j]);
-    return Vec::loadu(x);
-#endif
-  }
-
   template <class F>
   static void map1(M* d, const M* a, int64_t n, const F& f) {
     for (int64_t i = 0; i < n; i += W) f(Vec::loadu(a + i)).store(d + i);
@@ -85,16 +74,51 @@ struct Interp {
     for (int64_t i = 0; i < n; i += W) f(Vec::loadu(a + i), Vec::loadu(b + i), Vec::loadu(c + i)).store(d + i);
   }
 
-  // x ** e for a scalar e: torch's special exponents (see csrc/functors.h FPowS).
+  // x ** e for a number e: torch's special exponents (math::pow_special),
+  // one loop per kind.
+  template <int K>
+  static void pow_loop(M* d, const M* a, const Vec& ev, int64_t n) {
+    map1(d, a, n, [&](Vec x) { return math::pow_special(x, ev, K); });
+  }
   static void pow_scalar(M* d, const M* a, double e, int64_t n) {
-    if (e == 2.0) return map1(d, a, n, [](Vec x) { return x * x; });
-    if (e == 3.0) return map1(d, a, n, [](Vec x) { return x * x * x; });
-    if (e == 0.5) return map1(d, a, n, [](Vec x) { return x.sqrt(); });
-    if (e == -1.0) return map1(d, a, n, [](Vec x) { return Vec(M(1)) / x; });
-    if (e == -0.5) return map1(d, a, n, [](Vec x) { return Vec(M(1)) / x.sqrt(); });
-    if (e == -2.0) return map1(d, a, n, [](Vec x) { return Vec(M(1)) / (x * x); });
     const Vec ev(static_cast<M>(e));
-    map1(d, a, n, [&](Vec x) { return x.pow(ev); });
+    switch (math::pow_kind(e)) {
+      case math::kPowSquare: return pow_loop<math::kPowSquare>(d, a, ev, n);
+      case math::kPowCube: return pow_loop<math::kPowCube>(d, a, ev, n);
+      case math::kPowSqrt: return pow_loop<math::kPowSqrt>(d, a, ev, n);
+      case math::kPowRecip: return pow_loop<math::kPowRecip>(d, a, ev, n);
+      case math::kPowRsqrt: return pow_loop<math::kPowRsqrt>(d, a, ev, n);
+      case math::kPowInvSquare: return pow_loop<math::kPowInvSquare>(d, a, ev, n);
+      default: return pow_loop<math::kPowGeneral>(d, a, ev, n);
+    }
+  }
+
+  // One math instruction over a block: FMath<E> (fops.def) on vectors, with
+  // a number operand kept in a register (map2), pow's special exponents and
+  // muladd's number factor as their own loops.
+  template <FOp E, class Src>
+  static void math_op(M* d, const Instr& ins, const Program& p, const Src& src, int64_t nw) {
+    using F = FMath<E>;
+    if constexpr (E == FOp::Pow) {
+      if (ins.b < 0 && ins.a >= 0) return pow_scalar(d, src(ins.a), p.sval[-1 - ins.b], nw);
+    }
+    if constexpr (E == FOp::MulAdd) {  // a * b + c, two roundings (the unfused pair; no contraction here)
+      if (ins.a < 0 && ins.b >= 0 && ins.c >= 0) {
+        const Vec av(*src(ins.a));
+        const M* b = src(ins.b);
+        const M* c = src(ins.c);
+        for (int64_t i = 0; i < nw; i += W) (av * Vec::loadu(b + i) + Vec::loadu(c + i)).store(d + i);
+        return;
+      }
+    }
+    if constexpr (F::nin == 1) {
+      map1(d, src(ins.a), nw, [](Vec a) { return F::f(a, a, a); });
+    } else if constexpr (F::nin == 2) {
+      map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return F::f(a, b, b); }, ins.a < 0, ins.b < 0);
+    } else {
+      static_assert(F::nin == 3, "fops.def: math ops read 1 to 3 operands");
+      map3(d, src(ins.a), src(ins.b), src(ins.c), nw, [](Vec a, Vec b, Vec c) { return F::f(a, b, c); });
+    }
   }
 
   // Full float32/float64 blocks read inputs in place, and an instruction whose
@@ -437,56 +461,14 @@ struct Interp {
               Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
                      words.get(), scratch, pf, static_cast<M>(p.sval[-1 - ins.b]));
               break;
-            case FOp::Neg: map1(d, src(ins.a), nw, [](Vec a) { return a.neg(); }); break;
-            case FOp::Pos: map1(d, src(ins.a), nw, [](Vec a) { return a; }); break;
-            case FOp::Abs: map1(d, src(ins.a), nw, [](Vec a) { return a.abs(); }); break;
-            case FOp::Sqrt: map1(d, src(ins.a), nw, [](Vec a) { return a.sqrt(); }); break;
-            case FOp::Exp: map1(d, src(ins.a), nw, [](Vec a) { return a.exp(); }); break;
-            case FOp::Log: map1(d, src(ins.a), nw, [](Vec a) { return a.log(); }); break;
-            case FOp::Sign:
-              map1(d, src(ins.a), nw, [](Vec a) { return Vec(M(0)).lt(a) - a.lt(Vec(M(0))); });
-              break;
-            case FOp::Add: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a + b; }, ins.a < 0, ins.b < 0); break;
-            case FOp::Sub: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a - b; }, ins.a < 0, ins.b < 0); break;
-            case FOp::Mul: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a * b; }, ins.a < 0, ins.b < 0); break;
-            case FOp::Div: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a / b; }, ins.a < 0, ins.b < 0); break;
-            case FOp::Pow:
-              if (ins.b < 0 && ins.a >= 0) {
-                pow_scalar(d, src(ins.a), p.sval[-1 - ins.b], nw);
-              } else {
-                map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.pow(b); }, ins.a < 0, ins.b < 0);
-              }
-              break;
-            case FOp::Min: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return at::vec::minimum(a, b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Max: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return at::vec::maximum(a, b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Lt: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.lt(b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Le: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.le(b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Gt: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.gt(b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Ge: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.ge(b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Eq: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.eq(b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Ne: map2(d, src(ins.a), src(ins.b), nw, [](Vec a, Vec b) { return a.ne(b); }, ins.a < 0, ins.b < 0); break;
-            case FOp::Where:
-              map3(d, src(ins.a), src(ins.b), src(ins.c), nw,
-                   [](Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c != Vec(M(0))); });
-              break;
-            case FOp::Lerp:  // torch.lerp: the weight's size picks the better-rounding form
-              map3(d, src(ins.a), src(ins.b), src(ins.c), nw, [](Vec x, Vec e, Vec w) {
-                const Vec diff = e - x;
-                const Vec small = w.abs() < Vec(M(0.5));
-                return Vec::blendv(fma(w - Vec(M(1)), diff, e), fma(w, diff, x), small);
-              });
-              break;
-            case FOp::MulAdd:  // a * b + c, two roundings (the unfused pair; no contraction here)
-              if (ins.a < 0 && ins.b >= 0 && ins.c >= 0) {
-                const Vec av(*src(ins.a));
-                const M* b = src(ins.b);
-                const M* c = src(ins.c);
-                for (int64_t i = 0; i < nw; i += W) (av * Vec::loadu(b + i) + Vec::loadu(c + i)).store(d + i);
-              } else {
-                map3(d, src(ins.a), src(ins.b), src(ins.c), nw, [](Vec a, Vec b, Vec c) { return a * b + c; });
-              }
-              break;
-            case FOp::Fma: map3(d, src(ins.a), src(ins.b), src(ins.c), nw, [](Vec a, Vec b, Vec c) { return fma(a, b, c); }); break;
+            // Every math op: the expr column of fuse/fops.def (see math_op).
+#define NYTO_FOP(E, ...) \
+  case FOp::E:           \
+    math_op<FOp::E>(d, ins, p, src, nw); break;
+#define NYTO_FOP_IO(...)
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
             default: break;  // decode() admits no other op
           }
           vptr[ins.dst] = d;

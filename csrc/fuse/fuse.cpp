@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include "fuse/fop_math.h"
 #include "fuse/program.h"
 
 namespace nyto {
@@ -29,41 +30,13 @@ Runner cpu_runner() {
 }
 
 constexpr const char* kNames[] = {
-    "load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
-    "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
-    "where", "lerp", "fma", "muladd", "rands"};
+#define NYTO_FOP(E, name, ...) #name,
+#define NYTO_FOP_IO(E, name, ...) #name,
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
+};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(FOp::NumOps));
-
-// Python number semantics, in double, for scalar instructions.
-double scalar_op(FOp op, double a, double b, double c) {
-  switch (op) {
-    case FOp::Neg: return -a;
-    case FOp::Pos: return a;
-    case FOp::Abs: return std::fabs(a);
-    case FOp::Sqrt: return std::sqrt(a);
-    case FOp::Exp: return std::exp(a);
-    case FOp::Log: return std::log(a);
-    case FOp::Sign: return static_cast<double>((0 < a) - (a < 0));
-    case FOp::Add: return a + b;
-    case FOp::Sub: return a - b;
-    case FOp::Mul: return a * b;
-    case FOp::Div: return a / b;
-    case FOp::Pow: return std::pow(a, b);
-    case FOp::Min: return (std::isnan(a) || std::isnan(b)) ? NAN : (a < b ? a : b);
-    case FOp::Max: return (std::isnan(a) || std::isnan(b)) ? NAN : (a > b ? a : b);
-    case FOp::Lt: return a < b;
-    case FOp::Le: return a <= b;
-    case FOp::Gt: return a > b;
-    case FOp::Ge: return a >= b;
-    case FOp::Eq: return a == b;
-    case FOp::Ne: return a != b;
-    case FOp::Where: return a != 0 ? b : c;
-    case FOp::Lerp: return std::fabs(c) < 0.5 ? std::fma(c, b - a, a) : std::fma(c - 1, b - a, b);
-    case FOp::Fma: return std::fma(a, b, c);
-    case FOp::MulAdd: return a * b + c;
-    default: TORCH_CHECK(false, "nytorch.fuse: ", kNames[static_cast<int>(op)], " has no scalar form");
-  }
-}
 
 bool fast_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
@@ -72,17 +45,36 @@ bool fast_dtype(at::ScalarType t) {
 
 int arity(FOp op) {
   switch (op) {
-    case FOp::Load: case FOp::Rand: case FOp::Randn: case FOp::Rands: return 0;
-    case FOp::Store: case FOp::Neg: case FOp::Pos: case FOp::Abs: case FOp::Sqrt: case FOp::Exp:
-    case FOp::Log: case FOp::Sign: return 1;
-    case FOp::Where: case FOp::Lerp: case FOp::Fma: case FOp::MulAdd: return 3;
-    default: return 2;
+#define NYTO_FOP(E, name, n, ...) \
+  case FOp::E:                    \
+    return n;
+#define NYTO_FOP_IO NYTO_FOP
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
+    default: return 0;
   }
 }
 
-const char* fop_name(FOp op) {
+const char* op_name(FOp op) {
   const int i = static_cast<int>(op);
   return i >= 0 && i < static_cast<int>(FOp::NumOps) ? kNames[i] : "?";
+}
+
+// Python number semantics, in double, for scalar instructions: the expr
+// column of fops.def (FMath) on doubles.
+double scalar_op(FOp op, double a, double b, double c) {
+  switch (op) {
+#define NYTO_FOP(E, ...) \
+  case FOp::E:           \
+    return FMath<FOp::E>::f(a, b, c);
+#define NYTO_FOP_IO(...)
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
+    default: break;
+  }
+  TORCH_CHECK(false, "nytorch.fuse: ", op_name(op), " has no scalar form");
 }
 
 void set_cuda_runner(Runner r) { cuda_runner = r; }

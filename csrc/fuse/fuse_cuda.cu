@@ -14,6 +14,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cstdint>
+#include "fuse/fop_math.h"
 #include "fuse/philox.h"
 #include "fuse/program.h"
 
@@ -34,21 +35,46 @@ struct KArgs {
 };
 static_assert(sizeof(KArgs) <= 4000, "fuse kernel arguments over 4 KB");
 
-template <class M>
-__device__ __forceinline__ M pow_scalar(M a, M e) {
-  if (e == M(2)) return a * a;
-  if (e == M(3)) return a * a * a;
-  if (e == M(0.5)) return ::sqrt(a);
-  if (e == M(-1)) return M(1) / a;
-  if (e == M(-0.5)) return M(1) / ::sqrt(a);
-  if (e == M(-2)) return M(1) / (a * a);
-  return ::pow(a, e);
+// One lane of a math instruction: FMath<op> (fops.def) on the operands it reads.
+template <class F, class Get>
+__device__ __forceinline__ auto lanes(const Get& get, int x, int y, int z, int l) {
+  if constexpr (F::nin == 1) {
+    const auto va = get(x, l);
+    return F::f(va, va, va);
+  } else if constexpr (F::nin == 2) {
+    const auto va = get(x, l), vb = get(y, l);
+    return F::f(va, vb, vb);
+  } else {
+    return F::f(get(x, l), get(y, l), get(z, l));
+  }
 }
 
-template <class M>
-__device__ __forceinline__ M vmin(M a, M b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-template <class M>
-__device__ __forceinline__ M vmax(M a, M b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+// One math instruction over a thread's 4 lanes, with the fast paths for a
+// number operand: x / number multiplies by the reciprocal (torch's CUDA
+// kernel), pow takes torch's special exponents (decided on the double).
+template <FOp E, class M, class Get>
+__device__ __forceinline__ void math_instr(M (&r)[kCudaMaxVreg][4], int d, int x, int y, int z, const Get& get,
+                                           const double* sval) {
+  if constexpr (E == FOp::Div) {
+    if (y < 0) {
+      const M num = get(y, 0), inv = M(1) / num;
+#pragma unroll
+      for (int l = 0; l < 4; ++l) r[d][l] = math::div_by_number(get(x, l), num, inv);
+      return;
+    }
+  }
+  if constexpr (E == FOp::Pow) {
+    if (y < 0 && x >= 0) {
+      const int kind = math::pow_kind(sval[-1 - y]);
+      const M e = get(y, 0);
+#pragma unroll
+      for (int l = 0; l < 4; ++l) r[d][l] = math::pow_special(get(x, l), e, kind);
+      return;
+    }
+  }
+#pragma unroll
+  for (int l = 0; l < 4; ++l) r[d][l] = lanes<FMath<E>>(get, x, y, z, l);
+}
 
 __device__ __forceinline__ void sincos2pi(float u, float* s, float* c) { sincospif(2.0f * u, s, c); }
 __device__ __forceinline__ void sincos2pi(double u, double* s, double* c) { sincospi(2.0 * u, s, c); }
@@ -107,11 +133,6 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(const __grid_constant__ 
     for (int i = 0; i < a.n_instr; ++i) {
       const int op = a.ins[i][0], d = a.ins[i][1], x = a.ins[i][2], y = a.ins[i][3], z = a.ins[i][4];
       auto get = [&](int o, int l) -> M { return o >= 0 ? r[o][l] : static_cast<M>(a.sval[-1 - o]); };
-#define NYTO_LANES(expr)                      \
-  _Pragma("unroll") for (int l = 0; l < 4; ++l) { \
-    r[d][l] = (expr);                         \
-  }                                           \
-  break;
       switch (static_cast<FOp>(op)) {
         case FOp::Load: {
           const T* p = static_cast<const T*>(a.in[x]) + base;
@@ -137,52 +158,17 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(const __grid_constant__ 
           for (int l = 0; l < 4; ++l) r[d][l] = v[l];
           break;
         }
-        case FOp::Neg: NYTO_LANES(-get(x, l))
-        case FOp::Pos: NYTO_LANES(get(x, l))
-        case FOp::Abs: NYTO_LANES(::fabs(get(x, l)))
-        case FOp::Sqrt: NYTO_LANES(::sqrt(get(x, l)))
-        case FOp::Exp: NYTO_LANES(::exp(get(x, l)))
-        case FOp::Log: NYTO_LANES(::log(get(x, l)))
-        case FOp::Sign: NYTO_LANES(static_cast<M>((M(0) < get(x, l)) - (get(x, l) < M(0))))
-        case FOp::Add: NYTO_LANES(get(x, l) + get(y, l))
-        case FOp::Sub: NYTO_LANES(get(x, l) - get(y, l))
-        case FOp::Mul: NYTO_LANES(get(x, l) * get(y, l))
-        case FOp::Div:
-          if (y < 0) {  // x / number: torch's CUDA kernel multiplies by the reciprocal
-            const M inv = M(1) / get(y, 0);
-            NYTO_LANES(get(x, l) * inv)
-          } else {
-            NYTO_LANES(get(x, l) / get(y, l))
-          }
-        case FOp::Pow:
-          if (y < 0 && x >= 0) {
-            NYTO_LANES(pow_scalar<M>(get(x, l), get(y, l)))
-          } else {
-            NYTO_LANES(::pow(get(x, l), get(y, l)))
-          }
-        case FOp::Min: NYTO_LANES(vmin<M>(get(x, l), get(y, l)))
-        case FOp::Max: NYTO_LANES(vmax<M>(get(x, l), get(y, l)))
-        case FOp::Lt: NYTO_LANES(static_cast<M>(get(x, l) < get(y, l)))
-        case FOp::Le: NYTO_LANES(static_cast<M>(get(x, l) <= get(y, l)))
-        case FOp::Gt: NYTO_LANES(static_cast<M>(get(x, l) > get(y, l)))
-        case FOp::Ge: NYTO_LANES(static_cast<M>(get(x, l) >= get(y, l)))
-        case FOp::Eq: NYTO_LANES(static_cast<M>(get(x, l) == get(y, l)))
-        case FOp::Ne: NYTO_LANES(static_cast<M>(get(x, l) != get(y, l)))
-        case FOp::Where: NYTO_LANES(get(x, l) != M(0) ? get(y, l) : get(z, l))
-        case FOp::Lerp: {
-#pragma unroll
-          for (int l = 0; l < 4; ++l) {
-            const M s = get(x, l), e = get(y, l), w = get(z, l);
-            const M diff = e - s;
-            r[d][l] = ::fabs(w) < M(0.5) ? ::fma(w, diff, s) : ::fma(w - M(1), diff, e);
-          }
-          break;
-        }
-        case FOp::Fma: NYTO_LANES(::fma(get(x, l), get(y, l), get(z, l)))
-        case FOp::MulAdd: NYTO_LANES(get(x, l) * get(y, l) + get(z, l))
+          // Every math op: the expr column of fuse/fops.def (see math_instr).
+#define NYTO_FOP_IO(...)
+#define NYTO_FOP(E, ...)                                      \
+  case FOp::E:                                                \
+    math_instr<FOp::E>(r, d, x, y, z, get, a.sval); \
+    break;
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
         default: break;
       }
-#undef NYTO_LANES
     }
   }
 }

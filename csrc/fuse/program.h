@@ -22,14 +22,13 @@ constexpr int32_t kMagic = 0x4E590001;  // "NY", program format 1
 constexpr int kHeader = 6;
 constexpr int kWords = 5;
 
-// Append only: python/nytorch/_fuse_program.py mirrors this order.
+// The instructions, in the order of csrc/fuse/fops.def (append only).
 enum class FOp : int32_t {
-  Load, Store, Rand, Randn,
-  Neg, Pos, Abs, Sqrt, Exp, Log, Sign,
-  Add, Sub, Mul, Div, Pow, Min, Max, Lt, Le, Gt, Ge, Eq, Ne,
-  Where, Lerp, Fma,
-  MulAdd,  // a * b + c, rounded after the product and after the sum (the unfused pair)
-  Rands,   // uniform stream a times scalar b: k * (2^-24 * b) == (k * 2^-24) * b exactly
+#define NYTO_FOP(E, ...) E,
+#define NYTO_FOP_IO(E, ...) E,
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
   NumOps
 };
 
@@ -42,8 +41,11 @@ struct Instr {
   int32_t op, dst, a, b, c;
 };
 
-int arity(FOp op);              // operands read (Load/Rand: 0 registers)
-const char* fop_name(FOp op);
+int arity(FOp op);           // operands read (Load/Rand: 0 registers)
+const char* op_name(FOp op);  // its name in fops.def ("?" for a bad code)
+// The value of a math op on numbers, in double (scalar instructions, and
+// nytorch._C.fuse_scalar for Python's number-only calls).
+double scalar_op(FOp op, double a, double b, double c);
 
 // A checked program with its scalar slots evaluated for one call.
 struct Program {

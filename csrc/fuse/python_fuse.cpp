@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <stdexcept>
+#include <string>
 #include "fuse/program.h"
 #include "python_api.h"
 
@@ -81,6 +82,59 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     auto res = fuse::run(words, n_words, consts, ins, std::move(outs), seed, offset);
     if (given) Py_RETURN_NONE;
     return fuse::wrap(std::move(res));
+  });
+}
+
+// fuse_op_table() -> ((name, code, arity, is_math), ...): csrc/fuse/fops.def.
+PyObject* py_fuse_op_table(PyObject*, PyObject*) {
+  static const struct {
+    const char* name;
+    int arity;
+    bool math;
+  } rows[] = {
+#define NYTO_FOP(E, name, n, ...) {#name, n, true},
+#define NYTO_FOP_IO(E, name, n) {#name, n, false},
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
+  };
+  constexpr Py_ssize_t n = static_cast<Py_ssize_t>(sizeof(rows) / sizeof(rows[0]));
+  static_assert(n == static_cast<Py_ssize_t>(fuse::FOp::NumOps));
+  PyObject* out = PyTuple_New(n);
+  if (!out) return nullptr;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* row = Py_BuildValue("(sniO)", rows[i].name, i, rows[i].arity, rows[i].math ? Py_True : Py_False);
+    if (!row) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(out, i, row);
+  }
+  return out;
+}
+
+// fuse_scalar(code, a, b=0, c=0) -> float: a math op of fops.def on numbers,
+// in double, as a fused program's scalar instructions compute it.
+PyObject* py_fuse_scalar(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs < 2 || nargs > 4) throw std::invalid_argument("nytorch._C.fuse_scalar: expected 2 to 4 arguments");
+    const long code = PyLong_AsLong(args[0]);
+    if (code == -1 && PyErr_Occurred()) return nullptr;
+    if (code < 0 || code >= static_cast<long>(fuse::FOp::NumOps)) {
+      throw std::invalid_argument("nytorch._C.fuse_scalar: bad op code");
+    }
+    double v[3] = {0, 0, 0};
+    for (Py_ssize_t k = 1; k < nargs; ++k) {
+      v[k - 1] = PyFloat_AsDouble(args[k]);
+      if (v[k - 1] == -1.0 && PyErr_Occurred()) return nullptr;
+    }
+    const auto op = static_cast<fuse::FOp>(code);
+    const int na = fuse::arity(op);
+    if (nargs - 1 != na) {
+      throw std::invalid_argument(std::string("nytorch._C.fuse_scalar: ") + fuse::op_name(op) + " takes " +
+                                  std::to_string(na) + " numbers");
+    }
+    return PyFloat_FromDouble(fuse::scalar_op(op, v[0], v[1], v[2]));
   });
 }
 }  // namespace nyto::py

@@ -12,14 +12,14 @@ from . import ops  # noqa: E402
 from .errors import CollectiveError, NytoError, SpeciesError, StateDictError, StructureError  # noqa: E402
 from .particle import NytoModule, Species  # noqa: E402
 from .storage import FlatStorage, flat_storage, structure_signature  # noqa: E402
-from .fuse import (FuseError, abs, clamp, exp, fma, fuse, lerp, log, maximum, minimum,  # noqa: E402,A004
-                   rand_like, randn_like, run_flat, sign, sqrt, where)
+from .fuse import (FuseError, abs, clamp, exp, fma, fuse, hypot, lerp, log, maximum,  # noqa: E402,A004
+                   minimum, rand_like, randn_like, run_flat, sign, sqrt, where)
 from .swarm import Swarm  # noqa: E402
 from . import algorithms  # noqa: E402
 
 from ._version import __version__  # noqa: E402
 __all__ = ["NytoModule", "Species", "ops", "fuse", "FuseError", "run_flat", "rand_like", "randn_like",
-           "where", "clamp", "minimum", "maximum", "lerp", "fma", "sqrt", "exp", "log", "sign", "abs"]
+           "where", "clamp", "minimum", "maximum", "lerp", "fma", "hypot", "sqrt", "exp", "log", "sign", "abs"]
 __all__ += ["Swarm", "algorithms", "NytoError", "SpeciesError", "StructureError", "CollectiveError",
             "StateDictError"]
 __all__ += ["flat_storage", "FlatStorage", "structure_signature"]

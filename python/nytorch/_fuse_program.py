@@ -11,15 +11,10 @@ from __future__ import annotations
 import struct
 from typing import Dict, List, Sequence, Tuple
 
-from ._fuse_trace import ARITY, FuseError, Node
+from ._fuse_trace import ARITY, CODE, OPS, FuseError, Node
 
 __all__ = ["OPS", "Program", "compile_nodes"]
 
-# csrc/fuse/program.h enum FOp, in order.
-OPS = ("load", "store", "rand", "randn", "neg", "pos", "abs", "sqrt", "exp", "log", "sign",
-       "add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne",
-       "where", "lerp", "fma", "muladd", "rands")
-CODE = {name: i for i, name in enumerate(OPS)}
 MAGIC = 0x4E590001
 MAX_INSTR = 4096
 

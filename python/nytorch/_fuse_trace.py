@@ -11,13 +11,20 @@ else raises :class:`FuseError` naming the operation, at trace time.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
+from . import _C
 from .errors import FuseError
 
-__all__ = ["FuseError", "Node", "lift", "apply", "is_node", "random_node", "start_trace"]
+__all__ = ["FuseError", "Node", "lift", "apply", "random_node", "start_trace", "scalar_eval"]
 
+# The instructions of a fuse program (csrc/fuse/fops.def, through _C):
+# OPS[code] is the name, CODE[name] the code, ARITY[name] the operands of a
+# math op (loads, stores and random streams are not in ARITY).
+_TABLE = _C.fuse_op_table()
+OPS: Tuple[str, ...] = tuple(name for name, _, _, _ in _TABLE)
+CODE: Dict[str, int] = {name: code for name, code, _, _ in _TABLE}
+ARITY: Dict[str, int] = {name: arity for name, _, arity, math in _TABLE if math}
 
 
 
@@ -85,6 +92,7 @@ class Node:
     def minimum(self, o): return apply("min", self, o)
     def maximum(self, o): return apply("max", self, o)
     def lerp(self, end, weight): return apply("lerp", self, end, weight)
+    def hypot(self, o): return apply("hypot", self, o)
 
     def clamp(self, min=None, max=None):  # noqa: A002  (torch's names)
         return clamp(self, min, max)
@@ -129,18 +137,7 @@ for _name in ("__matmul__", "__rmatmul__", "__floordiv__", "__rfloordiv__", "__m
 del _name
 
 SUPPORTED = ("+ - * / ** (with numbers and particles), unary -, +, abs, < <= > >= == != (masks), "
-             "sqrt, exp, log, sign, minimum, maximum, clamp, where, lerp, fma, rand_like, randn_like")
-
-_UNARY = ("neg", "pos", "abs", "sqrt", "exp", "log", "sign")
-_BINARY = ("add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne")
-_TERNARY = ("where", "lerp", "fma", "muladd")
-# rands: a uniform stream times a number, (k * 2^-24) * s == k * (2^-24 * s) exactly
-ARITY = {**{k: 1 for k in _UNARY}, **{k: 2 for k in _BINARY}, **{k: 3 for k in _TERNARY}}
-
-
-def is_node(x: Any) -> bool:
-    return type(x) is Node
-
+             "sqrt, exp, log, sign, minimum, maximum, clamp, where, lerp, fma, hypot, rand_like, randn_like")
 
 def lift(x: Any) -> Node:
     """A node for ``x``: nodes as they are, real numbers as constants."""
@@ -195,17 +192,16 @@ def clamp(x: Any, min: Any = None, max: Any = None) -> Node:  # noqa: A002
 
 
 def scalar_eval(op: str, *v: float) -> float:
-    """Python-number semantics of ``op`` (used for all-number eager calls)."""
-    a = v[0]
-    f = {
-        "neg": lambda: -a, "pos": lambda: +a, "abs": lambda: abs(a),
-        "sqrt": lambda: math.sqrt(a) if a >= 0 else math.nan,
-        "exp": lambda: math.exp(a), "log": lambda: math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan),
-        "sign": lambda: float((0 < a) - (a < 0)),
-        "min": lambda: math.nan if math.isnan(a) or math.isnan(v[1]) else min(a, v[1]),
-        "max": lambda: math.nan if math.isnan(a) or math.isnan(v[1]) else max(a, v[1]),
-        "where": lambda: v[1] if a else v[2],
-        "lerp": lambda: a + v[2] * (v[1] - a),
-        "fma": lambda: a * v[1] + v[2],
-    }[op]
-    return f()
+    """``op`` on numbers (eager calls on numbers only), exactly as a fused
+    program's scalar instructions and the kernels compute it in double: one
+    C function (csrc/fuse/fuse.cpp scalar_op over csrc/math.h), so
+    ``nyto.fma(0.1, 10.0, -1.0)`` rounds once and ``nyto.lerp`` takes torch's
+    two-branch form.
+
+    >>> scalar_eval("fma", 0.1, 10.0, -1.0), scalar_eval("lerp", 0.0, 10.0, 0.25)
+    (5.551115123125783e-17, 2.5)
+    """
+    return _fuse_scalar(CODE[op], *v)
+
+
+_fuse_scalar = _C.fuse_scalar

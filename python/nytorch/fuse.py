@@ -77,14 +77,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _C
-from ._fuse_program import OPS, Program, compile_nodes
+from ._fuse_program import Program, compile_nodes
 from ._fuse_trace import FuseError, Node, apply, clamp as _clamp, lift, random_node, scalar_eval, start_trace
 from . import _storage as S
 from ._storage import state_of
 from .particle import NytoModule, _number, _same_species
 
 __all__ = ["fuse", "Fused", "FuseError", "Program", "program", "run_flat", "rand_like", "randn_like",
-           "where", "clamp", "minimum", "maximum", "lerp", "fma", "sqrt", "exp", "log", "sign", "abs"]
+           "where", "clamp", "minimum", "maximum", "lerp", "fma", "hypot", "sqrt", "exp", "log", "sign", "abs"]
 
 _fuse_run = _C.fuse_run
 _fuse_call = _C.fuse_call
@@ -206,11 +206,6 @@ class Fused:
     def __repr__(self) -> str:
         return f"<nytorch.fuse of {self.__name__}: {self.traces} traces>"
 
-    def program_for(self, *args: Any) -> Program:
-        """The program a call with ``args`` runs (traced if needed)."""
-        kinds, _, parts = _classify(args)
-        return self._program(kinds, parts[0]._nyto_species)
-
     def _program(self, kinds: str, species) -> Program:
         key = (kinds, species)
         prog = self.programs.get(key)
@@ -308,29 +303,6 @@ def _as_number(a: Any) -> float:
     if n is None or isinstance(n, complex):
         raise TypeError(f"nytorch.fuse: arguments are particles or real numbers, got {type(a).__name__}")
     return n
-
-
-def _classify(args: Sequence[Any]) -> Tuple[str, List[float], List[NytoModule]]:
-    kinds = []
-    nums: List[float] = []
-    parts: List[NytoModule] = []
-    for a in args:
-        t = type(a)
-        if t is float or t is int or t is bool:
-            nums.append(a)
-            kinds.append("n")
-        elif isinstance(a, NytoModule):
-            parts.append(a)
-            kinds.append("p")
-        else:
-            n = _number(a)
-            if n is None or isinstance(n, complex):
-                raise TypeError(f"nytorch.fuse: arguments are particles or real numbers, got {t.__name__}")
-            nums.append(n)
-            kinds.append("n")
-    if not parts:
-        raise TypeError("nytorch.fuse: a fused function needs at least one particle argument")
-    return "".join(kinds), nums, parts
 
 
 def _layout_error(a: NytoModule, b: NytoModule) -> None:
@@ -456,6 +428,11 @@ def fma(a: Any, b: Any, c: Any):
     return _dispatch("fma", a, b, c)
 
 
+def hypot(a: Any, b: Any):
+    """``torch.hypot``: ``sqrt(a**2 + b**2)`` without overflow (each a particle or a number)."""
+    return _dispatch("hypot", a, b)
+
+
 def sqrt(x: Any):
     """Elementwise square root."""
     return _dispatch("sqrt", x)
@@ -498,8 +475,6 @@ def _fake_fused_(program, numbers, inputs, out, seed, offset=0):
 
 torch.library.register_fake("nytorch::fused")(_fake_fused)
 torch.library.register_fake("nytorch::fused_")(_fake_fused_)
-
-assert len(OPS) == 29  # csrc/fuse/program.h enum FOp
 
 # `nytorch.fuse` is this function (the package exports it); its helpers hang
 # on it, so `nytorch.fuse.run_flat`, `nytorch.fuse.program` work as documented.

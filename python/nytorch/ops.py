@@ -15,7 +15,7 @@ tensor([1., 1.])
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -26,15 +26,25 @@ Number = Union[int, float, bool]
 
 _ns = torch.ops.nytorch
 
+
+
+class OpRow(NamedTuple):
+    """One row of the op table (csrc/ops.def, read through ``_C.op_table()``)."""
+
+    name: str             # registered name; the in-place twin is name + "_"
+    code: int             # the op code of _C.apply (the row's position)
+    n_lists: int          # tensor lists of the out-of-place form, self included
+    n_lists_inplace: int  # ... of the in-place form (copy_ takes its source)
+    n_scalars: int        # scalar operands
+    args: str             # the out-of-place schema's arguments
+    fuse: str             # the same value as a nytorch.fuse expression ("" if none)
+
+
+OP_TABLE: Tuple[OpRow, ...] = tuple(OpRow(*row) for row in _C.op_table())
 # name -> (number of tensor lists, number of scalars) of the out-of-place form.
 # copy_ takes one more list (the source); the random ops take floats.
-ELEMENTWISE_OPS = {
-    "neg": (1, 0), "copy": (1, 0),
-    "add": (2, 0), "sub": (2, 0), "mul": (2, 0), "div": (2, 0), "pow": (2, 0),
-    "add_scalar": (1, 1), "sub_scalar": (1, 1), "mul_scalar": (1, 1), "div_scalar": (1, 1),
-    "pow_scalar": (1, 1), "rsub_scalar": (1, 1), "rdiv_scalar": (1, 1), "rpow_scalar": (1, 1),
-    "axpby": (2, 2), "lerp": (2, 1), "addcmul": (3, 1), "pso_velocity": (6, 3), "fill": (1, 1),
-}
+ELEMENTWISE_OPS = {row.name: (row.n_lists, row.n_scalars) for row in OP_TABLE}
+OP_CODE = {row.name: row.code for row in OP_TABLE}  # csrc/ops.def, enum nyto::Op
 RANDOM_OPS = ("normal", "uniform")
 ALL_OPS = tuple(ELEMENTWISE_OPS) + RANDOM_OPS
 
@@ -99,7 +109,7 @@ def _register_fakes() -> None:
                 for xs in zip(*lists)
             ]
 
-        def fake_in(*args, _name=name, _n=n_lists + (name == "copy")):
+        def fake_in(*args, _name=name, _n=OP_TABLE[OP_CODE[name]].n_lists_inplace):
             _check_operands(_name, True, args[:_n], args[_n:])
 
         torch.library.register_fake(f"nytorch::{name}")(fake_out)
@@ -122,7 +132,6 @@ _register_fakes()
 # subclasses, modes, autograd) it calls the op's `.default` overload. The
 # dispatcher picks a kernel from the tensor arguments, so a call whose lists
 # are all empty can't reach one: the wrappers answer those themselves.
-OP_CODE = {name: code for code, name in enumerate(ELEMENTWISE_OPS)}  # csrc/nyto.h enum Op
 _apply_eager = _C.apply_eager
 _is_compiling = torch.compiler.is_compiling
 
@@ -157,7 +166,8 @@ def copy_(xs: Tensors, src: Tensors) -> None:
     _run("copy", True, (xs, src))
 
 
-def _list_op(name: str, sym: str):
+def _list_op(name: str, sym: str, expr: str = ""):
+    """The wrapper pair of a two-list op: ``x sym y``, or ``expr`` (over x, y) for a function."""
     def out_of_place(xs: Tensors, ys: Tensors) -> List[torch.Tensor]:
         return _run(name, False, (xs, ys))
 
@@ -165,8 +175,10 @@ def _list_op(name: str, sym: str):
         _run(name, True, (xs, ys))
 
     out_of_place.__name__, in_place.__name__ = name, name + "_"
-    out_of_place.__doc__ = f"``[x {sym} y for x, y in zip(xs, ys)]`` in one call."
-    in_place.__doc__ = f"``x {sym}= y`` for every pair, in one call."
+    expr = expr or f"x {sym} y"
+    out_of_place.__doc__ = f"``[{expr} for x, y in zip(xs, ys)]`` in one call."
+    in_place.__doc__ = (f"``x {sym}= y`` for every pair, in one call." if sym else
+                        f"``x = {expr}`` in place for every pair, in one call.")
     return out_of_place, in_place
 
 
@@ -269,5 +281,35 @@ def uniform_(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
 
 _normal, _normal_, _uniform, _uniform_ = (
     _handle(n) for n in ("normal", "normal_", "uniform", "uniform_"))
+
+
+
+def _install_table_wrappers() -> None:
+    """Wrappers for the table's ops that have no hand-written one above (a new
+    row of csrc/ops.def needs no code here): its ``fuse`` expression is the doc."""
+    g = globals()
+    for row in OP_TABLE:
+        if row.name in g:
+            continue
+        expr = row.fuse or row.name
+        if (row.n_lists, row.n_scalars) == (2, 0):
+            pair = _list_op(row.name, "", expr)
+        elif (row.n_lists, row.n_scalars) == (1, 1):
+            pair = _scalar_op(row.name, expr)
+        else:
+            def out_of_place(*args, _row=row):
+                return _run(_row.name, False, args[:_row.n_lists], args[_row.n_lists:])
+
+            def in_place(*args, _row=row):
+                _run(_row.name, True, args[:_row.n_lists_inplace], args[_row.n_lists_inplace:])
+
+            out_of_place.__name__, in_place.__name__ = row.name, row.name + "_"
+            out_of_place.__doc__ = f"``{row.name}({row.args})`` in one call."
+            in_place.__doc__ = f"``{row.name}`` written into the first list, in one call."
+            pair = (out_of_place, in_place)
+        g[row.name], g[row.name + "_"] = pair
+
+
+_install_table_wrappers()
 
 __all__ = [n for n in ALL_OPS] + [n + "_" for n in ALL_OPS]

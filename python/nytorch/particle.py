@@ -96,7 +96,7 @@ def _tensor_promotes(st: S.State, t: torch.Tensor, s: Number) -> bool:
 _TENSOR_NUMBER_OPS: Dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     S.ADD_S: torch.add, S.SUB_S: torch.sub, S.MUL_S: torch.mul, S.DIV_S: torch.div, S.POW_S: torch.pow,
     S.RSUB_S: lambda p, t: torch.sub(t, p), S.RDIV_S: lambda p, t: torch.div(t, p),
-    S.RPOW_S: lambda p, t: torch.pow(t, p),
+    S.RPOW_S: lambda p, t: torch.pow(t, p), ops.OP_CODE["hypot_scalar"]: torch.hypot,
 }
 
 
@@ -405,16 +405,22 @@ def _strict(general, sym: str, reflected: bool):
 
 def _arith_methods(name: str, list_op: int, scalar_op: int, rname: str, rscalar_op: int, sym: str):
     """``((dunder, named method), ...)`` of the out-of-place, reflected and in-place forms of one operator."""
+    if sym.isidentifier():  # a function without an operator (hypot): named methods only
+        expr, rexpr, iexpr = f"{sym}(self, other)", f"{sym}(other, self)", f"self = {sym}(self, other)"
+        ex, rex, iex = f"net.{name}(2)", f"net.{rname}(2)", f"_ = net.{name}_(1)"
+    else:
+        expr, rexpr, iexpr = f"self {sym} other", f"other {sym} self", f"self {sym}= other"
+        ex, rex, iex = f"(net {sym} 2)", f"(2 {sym} net)", f"net {sym}= 1"
     rows = (
         (name, list_op, scalar_op, False, lambda self, other: self._binary(other, list_op, scalar_op),
-         f"``self {sym} other`` for every parameter: other is a particle of this "
-         f"species or a number.\n\n>>> (net {sym} 2).bias.shape == net.bias.shape\nTrue\n", sym, False),
+         f"``{expr}`` for every parameter: other is a particle of this "
+         f"species or a number.\n\n>>> {ex}.bias.shape == net.bias.shape\nTrue\n", sym, False),
         (rname, None, rscalar_op, False, lambda self, other: self._reflected(other, rscalar_op, name),
-         f"``other {sym} self`` for every parameter (other: a number).\n\n"
-         f">>> (2 {sym} net).bias.shape == net.bias.shape\nTrue\n", sym, True),
+         f"``{rexpr}`` for every parameter (other: a number).\n\n"
+         f">>> {rex}.bias.shape == net.bias.shape\nTrue\n", sym, True),
         (name + "_", list_op, scalar_op, True, lambda self, other: self._inplace(other, list_op, scalar_op),
-         f"``self {sym}= other`` in place: same object, same Parameter objects.\n\n"
-         f">>> w = net.weight; net {sym}= 1; net.weight is w\nTrue\n", sym + "=", False),
+         f"``{iexpr}`` in place: same object, same Parameter objects.\n\n"
+         f">>> w = net.weight; {iex}; net.weight is w\nTrue\n", sym if sym.isidentifier() else sym + "=", False),
     )
     return tuple((_arith_method(n, lo, so, inp, general, doc),
                   _arith_method(n, lo, so, inp, _strict(general, op_sym, reflected), doc))
@@ -438,14 +444,17 @@ _ARITHMETIC = (
     ("mul", S.MUL, S.MUL_S, "rmul", S.MUL_S, "*"),
     ("div", S.DIV, S.DIV_S, "rdiv", S.RDIV_S, "/"),
     ("pow", S.POW, S.POW_S, "rpow", S.RPOW_S, "**"),
+    # functions without an operator: named methods only (hypot is symmetric)
+    ("hypot", ops.OP_CODE["hypot"], ops.OP_CODE["hypot_scalar"], "rhypot", ops.OP_CODE["hypot_scalar"], "hypot"),
 )
 _DUNDER = {"add": "add", "sub": "sub", "mul": "mul", "div": "truediv", "pow": "pow"}
 
 for _row in _ARITHMETIC:
-    _d = _DUNDER[_row[0]]
+    _d = _DUNDER.get(_row[0])
     for (_method, _named), _dunder in zip(_arith_methods(*_row), (f"__{_d}__", f"__r{_d}__", f"__i{_d}__")):
         setattr(NytoModule, _named.__name__, _ParticleMethod(_named))
-        setattr(NytoModule, _dunder, _method)
+        if _d is not None:
+            setattr(NytoModule, _dunder, _method)
 for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
     _method.__name__ = _method.__name__.lstrip("_")
     setattr(NytoModule, _method.__name__, _ParticleMethod(_method))
