@@ -50,10 +50,9 @@ struct Job {
 };
 
 // Kernels. The CPU one is chosen by instruction set at load time; the CUDA
-// one is installed by csrc/cuda/*.cu when the extension is built with CUDA.
+// one is installed by csrc/cuda/kernels.cu in cuda_runners() (csrc/dispatch.h).
 void run_cpu_job(const Job& job);
 using JobRunner = void (*)(const Job&);
-void set_cuda_job_runner(JobRunner runner);
 
 // The front end every registered op and the Python fast path call: checks the
 // operands (raising before anything is written), groups tensors by

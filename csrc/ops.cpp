@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include "dispatch.h"
 #include "nyto.h"
 
 namespace nyto {
@@ -31,8 +32,6 @@ const OpInfo& op_info(Op op) {
 
 namespace {
 
-JobRunner cuda_runner = nullptr;
-
 // An op's registered name, for error messages: streamed only when a
 // TORCH_CHECK fails (its message arguments are evaluated on failure only).
 struct OpName {
@@ -41,10 +40,6 @@ struct OpName {
 };
 std::ostream& operator<<(std::ostream& os, const OpName& n) {
   return os << "nytorch." << op_info(n.op).name << (n.inplace ? "_" : "");
-}
-
-bool is_fast_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
 // Result dtype of the op at one index, by torch's promotion rules.
@@ -171,7 +166,7 @@ bool fast_index(c10::ArrayRef<at::TensorList> lists, size_t i) {
   const auto dt = self.scalar_type();
   if (!is_fast_dtype(dt)) return false;
   const auto dev = self.device().type();
-  if (dev != at::kCPU && !(dev == at::kCUDA && cuda_runner)) return false;
+  if (dev != at::kCPU && !(dev == at::kCUDA && cuda_runners().job)) return false;
   for (const auto& l : lists) {
     const at::Tensor& t = l[i];
     if (t.scalar_type() != dt || !t.is_contiguous() || t.is_neg() || t.is_conj()) return false;
@@ -182,12 +177,10 @@ bool fast_index(c10::ArrayRef<at::TensorList> lists, size_t i) {
 void run_job(const Job& job, at::DeviceType dev) {
   if (job.total == 0) return;
   if (dev == at::kCPU) run_cpu_job(job);
-  else cuda_runner(job);
+  else cuda_runners().job(job);
 }
 
 }  // namespace
-
-void set_cuda_job_runner(JobRunner runner) { cuda_runner = runner; }
 
 std::vector<at::Tensor> apply(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists,
                               c10::ArrayRef<c10::Scalar> scalars, const std::vector<at::Tensor>* preset) {

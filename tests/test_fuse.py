@@ -167,6 +167,10 @@ TORCH_OPS = {
     "lerp_particle_weight": (lambda x, y, s: nyto.lerp(x, y, y), lambda x, y, s: torch.lerp(x, y, y), "ulp", False),
     "fma": (lambda x, y, s: nyto.fma(x, y, s),
             lambda x, y, s: (x.double() * y.double() + s).to(x.dtype), "fma", False),
+    # SLEEF's hypot in the vector body, like torch's vectorized kernel
+    "hypot_pp": (lambda x, y, s: nyto.hypot(x, y), lambda x, y, s: torch.hypot(x, y), "ulp", False),
+    "hypot_pn": (lambda x, y, s: x.hypot(s), lambda x, y, s: torch.hypot(x, full(s, x)), "ulp", False),
+    "hypot_np": (lambda x, y, s: nyto.hypot(s, y), lambda x, y, s: torch.hypot(full(s, y), y), "ulp", False),
 }
 
 

@@ -52,6 +52,9 @@ REF = {
     "addcmul": lambda x, s: torch.addcmul(x[0], x[1], x[2], value=s[0]),
     "pso_velocity": lambda x, s: s[0] * x[0] + s[1] * x[4] * (x[2] - x[1]) + s[2] * x[5] * (x[3] - x[1]),
     "fill": lambda x, s: torch.full_like(x[0], s[0]),
+    "hypot": lambda x, s: torch.hypot(x[0], x[1]),
+    # torch.hypot takes the number as a wrapped tensor: cast to the result dtype
+    "hypot_scalar": lambda x, s: torch.hypot(x[0], torch.full_like(x[0], s[0], dtype=torch.result_type(x[0], s[0]))),
 }
 assert set(REF) == set(ELEMENTWISE_OPS)
 
@@ -60,18 +63,20 @@ SCALARS = {
     "add_scalar": (0.3,), "sub_scalar": (1.7,), "mul_scalar": (-1.3,), "div_scalar": (0.7,),
     "pow_scalar": (2.0,), "rsub_scalar": (2.5,), "rdiv_scalar": (2.5,), "rpow_scalar": (1.5,),
     "axpby": (1.5, -0.7), "lerp": (0.3,), "addcmul": (0.5,), "pso_velocity": (0.7, 1.5, 1.3),
-    "fill": (1.25,),
+    "fill": (1.25,), "hypot_scalar": (2.3,),
 }
 INT_SCALARS = {
     "add_scalar": (3,), "sub_scalar": (2,), "mul_scalar": (-3,), "div_scalar": (2,),
     "pow_scalar": (2,), "rsub_scalar": (5,), "rdiv_scalar": (6,), "rpow_scalar": (2,),
     "axpby": (2, -3), "lerp": (1,), "addcmul": (2,), "pso_velocity": (2, 3, -1), "fill": (7,),
+    "hypot_scalar": (3,),
 }
 CASES = [(op, SCALARS.get(op, ())) for op in ELEMENTWISE_OPS] + [
     ("lerp", (0.7,)), ("lerp", (-0.2,)),
     ("pow_scalar", (0.5,)), ("pow_scalar", (-1.0,)), ("pow_scalar", (1.7,)), ("pow_scalar", (3,)),
+    ("hypot_scalar", (-0.0,)), ("hypot_scalar", (float("inf"),)), ("hypot_scalar", (1e30,)),
 ]
-CASE_IDS = [f"{op}{s if op in ('lerp', 'pow_scalar') else ''}" for op, s in CASES]
+CASE_IDS = [f"{op}{s if op in ('lerp', 'pow_scalar', 'hypot_scalar') else ''}" for op, s in CASES]
 
 # Where the kernel mirrors torch's own float32/float64 arithmetic the results
 # must be bit-identical. Not exact: pow (SLEEF in the vector body, libm in the

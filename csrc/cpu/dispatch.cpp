@@ -1,7 +1,8 @@
-// Chooses the CPU kernel build for this processor once, at load time.
-// Like torch itself, ATEN_CPU_CAPABILITY=default forces the portable build.
+// The one instruction-set choice of the CPU kernels (csrc/dispatch.h), made
+// once at load time, and the CUDA runner registry.
 #include <cstdlib>
 #include <cstring>
+#include "dispatch.h"
 #include "nyto.h"
 
 namespace nyto {
@@ -19,9 +20,21 @@ bool want_avx2() {
   return false;
 #endif
 }
-const JobRunner cpu_runner = want_avx2() ? &AVX2::run_job : &DEFAULT::run_job;
 }  // namespace
 
-const char* cpu_kernel_isa() { return cpu_runner == &AVX2::run_job ? "AVX2" : "DEFAULT"; }
-void run_cpu_job(const Job& job) { cpu_runner(job); }
+bool cpu_avx2() {
+  static const bool avx2 = want_avx2();  // on first use: static initialization order across files is unspecified
+  return avx2;
+}
+const char* cpu_kernel_isa() { return cpu_avx2() ? "AVX2" : "DEFAULT"; }
+
+void run_cpu_job(const Job& job) {
+  static const JobRunner runner = by_isa<JobRunner>(&DEFAULT::run_job, &AVX2::run_job);
+  runner(job);
+}
+
+CudaRunners& cuda_runners() {
+  static CudaRunners runners;
+  return runners;
+}
 }  // namespace nyto

@@ -13,6 +13,7 @@
 #include <c10/util/Half.h>
 #include <algorithm>
 #include <utility>
+#include "dispatch.h"
 #include "functors.h"
 
 namespace nyto {
@@ -92,13 +93,10 @@ void run_typed(const Job& job) {
 }  // namespace
 
 void run_job(const Job& job) {
-  switch (job.dtype) {
-    case at::ScalarType::Float: return run_typed<float, float>(job);
-    case at::ScalarType::Double: return run_typed<double, double>(job);
-    case at::ScalarType::BFloat16: return run_typed<c10::BFloat16, float>(job);
-    case at::ScalarType::Half: return run_typed<c10::Half, float>(job);
-    default: TORCH_INTERNAL_ASSERT(false, "nytorch: no CPU fast route for ", job.dtype);
-  }
+  dispatch_fast(job.dtype, "nytorch: the CPU fast route", [&](auto t) {
+    using T = decltype(t);
+    run_typed<T, typename OpMath<T>::type>(job);
+  });
 }
 
 }  // namespace CPU_CAPABILITY

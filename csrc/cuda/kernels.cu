@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include "dispatch.h"
 #include "functors.h"
 
 namespace nyto {
@@ -48,10 +49,6 @@ struct Pack {
   int64_t first[kTensors<D> + 1];
   int n;  // tensors in this pack
 };
-
-template <class T> struct OpMath { using type = T; };
-template <> struct OpMath<c10::Half> { using type = float; };
-template <> struct OpMath<c10::BFloat16> { using type = float; };
 
 template <class T>
 struct alignas(16) Vec16 {
@@ -196,18 +193,15 @@ void run_typed(const Job& job) {
 }
 
 void run_cuda_job(const Job& job) {
-  switch (job.dtype) {
-    case at::ScalarType::Float: return run_typed<float, float>(job);
-    case at::ScalarType::Double: return run_typed<double, double>(job);
-    case at::ScalarType::BFloat16: return run_typed<c10::BFloat16, float>(job);
-    case at::ScalarType::Half: return run_typed<c10::Half, float>(job);
-    default: TORCH_INTERNAL_ASSERT(false, "nytorch: no CUDA fast route for ", job.dtype);
-  }
+  dispatch_fast(job.dtype, "nytorch: the CUDA fast route", [&](auto t) {
+    using T = decltype(t);
+    run_typed<T, typename OpMath<T>::type>(job);
+  });
 }
 
 // Installs the runner when the extension is loaded.
 struct Installer {
-  Installer() { set_cuda_job_runner(&run_cuda_job); }
+  Installer() { cuda_runners().job = &run_cuda_job; }
 } installer;
 
 }  // namespace

@@ -24,6 +24,7 @@
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
+#include "dispatch.h"
 #include "fuse/fop_math.h"
 #include "fuse/program.h"
 
@@ -485,12 +486,27 @@ struct Interp {
 }  // namespace
 
 void run_group(const Program& p, const GroupJob& job) {
-  switch (job.dtype) {
-    case at::ScalarType::Float: return Interp<float>::run<float>(p, job);
-    case at::ScalarType::Double: return Interp<double>::run<double>(p, job);
-    case at::ScalarType::BFloat16: return Interp<float>::run<c10::BFloat16>(p, job);
-    case at::ScalarType::Half: return Interp<float>::run<c10::Half>(p, job);
-    default: TORCH_CHECK(false, "nytorch.fuse: no CPU kernel for ", job.dtype);
+  dispatch_fast(job.dtype, "nytorch.fuse: the CPU kernel", [&](auto t) {
+    using T = decltype(t);
+    Interp<typename OpMath<T>::type>::template run<T>(p, job);
+  });
+}
+
+// A math op on numbers: one lane of the float64 vector instruction (see
+// scalar_op in fuse.cpp).
+double scalar_math(FOp op, double a, double b, double c) {
+  using Vec = at::vec::Vectorized<double>;
+  alignas(64) double r[Vec::size()];
+  switch (op) {
+#define NYTO_FOP(E, ...)                                    \
+  case FOp::E:                                              \
+    FMath<FOp::E>::f(Vec(a), Vec(b), Vec(c)).store(r); \
+    return r[0];
+#define NYTO_FOP_IO(...)
+#include "fuse/fops.def"
+#undef NYTO_FOP
+#undef NYTO_FOP_IO
+    default: TORCH_CHECK(false, "nytorch.fuse: ", op_name(op), " has no scalar form");
   }
 }
 

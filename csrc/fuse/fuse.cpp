@@ -8,24 +8,23 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
-#include "fuse/fop_math.h"
+#include "dispatch.h"
 #include "fuse/program.h"
 
-namespace nyto {
-const char* cpu_kernel_isa();
-}
-
 namespace nyto::fuse {
-namespace DEFAULT { void run_group(const Program& p, const GroupJob& job); }
-namespace AVX2 { void run_group(const Program& p, const GroupJob& job); }
+namespace DEFAULT {
+void run_group(const Program& p, const GroupJob& job);
+double scalar_math(FOp op, double a, double b, double c);
+}  // namespace DEFAULT
+namespace AVX2 {
+void run_group(const Program& p, const GroupJob& job);
+double scalar_math(FOp op, double a, double b, double c);
+}  // namespace AVX2
 
 namespace {
-Runner cuda_runner = nullptr;
-
-// The same instruction-set choice as the op library (csrc/cpu/dispatch.cpp),
-// made on first use (static initialization order across files is unspecified).
+// The op library's instruction-set choice (csrc/dispatch.h), made on first use.
 Runner cpu_runner() {
-  static const Runner r = std::strcmp(nyto::cpu_kernel_isa(), "AVX2") == 0 ? &AVX2::run_group : &DEFAULT::run_group;
+  static const Runner r = by_isa<Runner>(&DEFAULT::run_group, &AVX2::run_group);
   return r;
 }
 
@@ -38,9 +37,6 @@ constexpr const char* kNames[] = {
 };
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(FOp::NumOps));
 
-bool fast_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
-}
 }  // namespace
 
 int arity(FOp op) {
@@ -61,23 +57,20 @@ const char* op_name(FOp op) {
   return i >= 0 && i < static_cast<int>(FOp::NumOps) ? kNames[i] : "?";
 }
 
-// Python number semantics, in double, for scalar instructions: the expr
-// column of fops.def (FMath) on doubles.
+// A math op on numbers, in double: the CPU kernel's float64 math itself
+// (FMath of fops.def over at::vec vectors, one lane, in the chosen
+// instruction set; csrc/fuse/cpu_interp.cpp), so a scalar instruction, and
+// Python's number-only calls (nytorch._C.fuse_scalar), give exactly what a
+// float64 vector instruction gives: fma rounds once, lerp takes torch's two
+// branches, hypot/exp/log are the same SLEEF functions.
 double scalar_op(FOp op, double a, double b, double c) {
-  switch (op) {
-#define NYTO_FOP(E, ...) \
-  case FOp::E:           \
-    return FMath<FOp::E>::f(a, b, c);
-#define NYTO_FOP_IO(...)
-#include "fuse/fops.def"
-#undef NYTO_FOP
-#undef NYTO_FOP_IO
-    default: break;
-  }
-  TORCH_CHECK(false, "nytorch.fuse: ", op_name(op), " has no scalar form");
+  using Fn = double (*)(FOp, double, double, double);
+  static const Fn fn = by_isa<Fn>(&DEFAULT::scalar_math, &AVX2::scalar_math);
+  const int i = static_cast<int>(op);
+  TORCH_CHECK(i >= 0 && i < static_cast<int>(FOp::NumOps) && arity(op) > 0 && op != FOp::Store,
+              "nytorch.fuse: ", op_name(op), " has no scalar form");
+  return fn(op, a, b, c);
 }
-
-void set_cuda_runner(Runner r) { cuda_runner = r; }
 
 Program decode(const int32_t* w, size_t n_words, const std::vector<double>& consts) {
   TORCH_CHECK(n_words >= static_cast<size_t>(kHeader) && w[0] == kMagic,
@@ -197,7 +190,7 @@ std::vector<std::vector<at::Tensor>> run(
     const at::Tensor& ref = ins[0][g];
     auto check = [&](const at::Tensor& t, const char* what, size_t k) {
       TORCH_CHECK(t.defined(), "nytorch.fuse: ", what, " ", k, " of group ", g, " is undefined");
-      TORCH_CHECK(fast_dtype(t.scalar_type()), "nytorch.fuse: ", what, " ", k, " of group ", g, " has dtype ",
+      TORCH_CHECK(is_fast_dtype(t.scalar_type()), "nytorch.fuse: ", what, " ", k, " of group ", g, " has dtype ",
                   t.scalar_type(), "; fuse supports float32, float64, bfloat16 and float16");
       TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "nytorch.fuse: dtype mismatch in group ", g, ": ",
                   what, " ", k, " is ", t.scalar_type(), ", input 0 is ", ref.scalar_type());
@@ -210,7 +203,7 @@ std::vector<std::vector<at::Tensor>> run(
     };
     for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], "input", k);
     const auto dev = ref.device().type();
-    TORCH_CHECK(dev == at::kCPU || (dev == at::kCUDA && cuda_runner), "nytorch.fuse: no kernel for device ",
+    TORCH_CHECK(dev == at::kCPU || (dev == at::kCUDA && cuda_runners().fuse), "nytorch.fuse: no kernel for device ",
                 ref.device(), dev == at::kCUDA ? " (nytorch was built without CUDA)" : "");
     if (dev == at::kCUDA) {
       TORCH_CHECK(p.vec.size() <= static_cast<size_t>(kCudaMaxInstr) && p.n_vreg <= kCudaMaxVreg &&
@@ -272,7 +265,7 @@ std::vector<std::vector<at::Tensor>> run(
       }
     }
     if (ins[0][g].device().is_cpu()) cpu_runner()(p, job);
-    else cuda_runner(p, job);
+    else cuda_runners().fuse(p, job);
   }
   if (!alloc) {
     for (const auto& l : outs) {

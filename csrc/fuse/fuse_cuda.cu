@@ -14,6 +14,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cstdint>
+#include "dispatch.h"
 #include "fuse/fop_math.h"
 #include "fuse/philox.h"
 #include "fuse/program.h"
@@ -216,17 +217,14 @@ void launch(const Program& p, const GroupJob& job) {
 }
 
 void run_cuda(const Program& p, const GroupJob& job) {
-  switch (job.dtype) {
-    case at::ScalarType::Float: return launch<float, float>(p, job);
-    case at::ScalarType::Double: return launch<double, double>(p, job);
-    case at::ScalarType::BFloat16: return launch<c10::BFloat16, float>(p, job);
-    case at::ScalarType::Half: return launch<c10::Half, float>(p, job);
-    default: TORCH_CHECK(false, "nytorch.fuse: no CUDA kernel for ", job.dtype);
-  }
+  dispatch_fast(job.dtype, "nytorch.fuse: the CUDA kernel", [&](auto t) {
+    using T = decltype(t);
+    launch<T, typename OpMath<T>::type>(p, job);
+  });
 }
 
 struct Installer {
-  Installer() { set_cuda_runner(&run_cuda); }
+  Installer() { cuda_runners().fuse = &run_cuda; }
 } installer;
 
 }  // namespace

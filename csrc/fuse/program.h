@@ -76,8 +76,7 @@ struct GroupJob {
 // The CUDA kernel takes the program by value in its launch arguments.
 constexpr int kCudaMaxInstr = 160, kCudaMaxVreg = 24, kCudaMaxSreg = 48, kCudaMaxIn = 16, kCudaMaxOut = 16;
 
-using Runner = void (*)(const Program&, const GroupJob&);
-void set_cuda_runner(Runner r);
+using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runners().fuse (csrc/dispatch.h)
 
 // The front end: checks every operand (raising before anything is written),
 // allocates missing outputs, draws the seed (seed < 0: from torch's default
