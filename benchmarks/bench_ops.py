@@ -36,7 +36,7 @@ import _timing as T  # noqa: E402
 import nytorch  # noqa: E402
 from nytorch import ops  # noqa: E402
 
-OPCODE = {name: i for i, name in enumerate(ops.ELEMENTWISE_OPS)}  # == enum nyto::Op order
+OPCODE = ops.OP_CODE  # the op table (csrc/ops.def, read through nytorch._C.op_table())
 W, C1, C2 = 0.7, 1.5, 1.5
 PSO_BYTES_PER_ELEM = 32  # the brief's floor; the in-place update moves 6 reads + 1 write = 28
 
@@ -48,7 +48,7 @@ MEM_BOUND = ("resnet18", "big")
 
 
 def check_opcodes(device: str) -> None:
-    """The op codes of nytorch._C.apply follow ELEMENTWISE_OPS (and enum nyto::Op); verify."""
+    """The op codes of nytorch._C.apply (ops.OP_CODE, from csrc/ops.def) reach the right ops; verify."""
     x = torch.randn(5, device=device)
     y = torch.randn(5, device=device)
     r = nytorch._C.apply(OPCODE["add"], False, ([x], [y]), ())
