@@ -10,7 +10,7 @@
 #pragma once
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include "math.h"
+#include "nyto_math.h"
 #include "nyto.h"
 
 namespace nyto {

@@ -2,7 +2,7 @@
 csrc/fuse/fops.def, read through nytorch._C), an op's particle, op-library and
 fused forms compute the same values, and the elementwise math gives the same
 numbers on plain numbers, in fused programs (scalar and vector instructions)
-and in particle arithmetic (csrc/math.h, one source)."""
+and in particle arithmetic (csrc/nyto_math.h, one source)."""
 import itertools
 import math
 import random
@@ -87,7 +87,7 @@ def test_every_fuse_math_op_compiles_runs_and_evaluates_numbers(name):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_fusable_ops_agree_with_their_fused_expression(row, dtype):
     """An op with a `fuse` column computes the same bits (NaN, inf, -0.0
-    included) as that expression fused: one math source (csrc/math.h)."""
+    included) as that expression fused: one math source (csrc/nyto_math.h)."""
     m = re.fullmatch(r"(\w+)\(([xys, ]+)\)", row.fuse)
     fop, operands = m.group(1), [o.strip() for o in m.group(2).split(",")]
     assert fop in FUSE_MATH and FUSE_MATH[fop] == len(operands)

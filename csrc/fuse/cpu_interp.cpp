@@ -9,7 +9,7 @@
 // LOAD of a full block reads the input in place (no copy) unless the input
 // is also an output. Scalar operands are broadcast into a register once per
 // task, so every instruction is a plain vector-vector loop.
-#define NYTO_CPU_KERNEL  // csrc/math.h: at::vec overloads
+#define NYTO_CPU_KERNEL  // csrc/nyto_math.h: at::vec overloads
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>

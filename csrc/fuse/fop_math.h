@@ -1,10 +1,10 @@
 // The math of fuse's instructions: FMath<op>::f(a, b, c) is the expr column
-// of csrc/fuse/fops.def, for every value type of csrc/math.h (double in the
+// of csrc/fuse/fops.def, for every value type of csrc/nyto_math.h (double in the
 // scalar instructions, op-math M on CUDA, at::vec vectors on the CPU). Unused
 // operands (b, c of a unary op) are ignored.
 #pragma once
 #include "fuse/program.h"
-#include "math.h"
+#include "nyto_math.h"
 
 namespace nyto::fuse {
 

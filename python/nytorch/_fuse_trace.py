@@ -194,7 +194,7 @@ def clamp(x: Any, min: Any = None, max: Any = None) -> Node:  # noqa: A002
 def scalar_eval(op: str, *v: float) -> float:
     """``op`` on numbers (eager calls on numbers only), exactly as a fused
     program's scalar instructions and the kernels compute it in double: one
-    C function (csrc/fuse/fuse.cpp scalar_op over csrc/math.h), so
+    C function (csrc/fuse/fuse.cpp scalar_op over csrc/nyto_math.h), so
     ``nyto.fma(0.1, 10.0, -1.0)`` rounds once and ``nyto.lerp`` takes torch's
     two-branch form.
 
