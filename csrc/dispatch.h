@@ -20,9 +20,18 @@ inline bool is_fast_dtype(c10::ScalarType t) {
   return t == c10::kFloat || t == c10::kDouble || t == c10::kBFloat16 || t == c10::kHalf;
 }
 // The precision a dtype computes in: float for the reduced floats (as torch).
-template <class T> struct OpMath { using type = T; };
-template <> struct OpMath<c10::Half> { using type = float; };
-template <> struct OpMath<c10::BFloat16> { using type = float; };
+template <class T>
+struct OpMath {
+  using type = T;
+};
+template <>
+struct OpMath<c10::Half> {
+  using type = float;
+};
+template <>
+struct OpMath<c10::BFloat16> {
+  using type = float;
+};
 
 // Calls f(T()) with the storage type T of a fast dtype (use
 // typename OpMath<T>::type for the math); `what` names the caller in the
@@ -30,11 +39,16 @@ template <> struct OpMath<c10::BFloat16> { using type = float; };
 template <class F>
 decltype(auto) dispatch_fast(c10::ScalarType t, const char* what, F&& f) {
   switch (t) {
-    case c10::kFloat: return f(float());
-    case c10::kDouble: return f(double());
-    case c10::kBFloat16: return f(c10::BFloat16());
-    case c10::kHalf: return f(c10::Half());
-    default: TORCH_CHECK(false, what, ": no kernel for ", t);
+    case c10::kFloat:
+      return f(float());
+    case c10::kDouble:
+      return f(double());
+    case c10::kBFloat16:
+      return f(c10::BFloat16());
+    case c10::kHalf:
+      return f(c10::Half());
+    default:
+      TORCH_CHECK(false, what, ": no kernel for ", t);
   }
 }
 
@@ -51,7 +65,7 @@ F by_isa(F default_build, F avx2_build) {
 // The CUDA kernels, installed at load by csrc/cuda/kernels.cu and
 // csrc/fuse/fuse_cuda.cu; null without CUDA.
 struct CudaRunners {
-  void (*job)(const Job&) = nullptr;                                  // the op library's fast route
+  void (*job)(const Job&) = nullptr;                                    // the op library's fast route
   void (*fuse)(const fuse::Program&, const fuse::GroupJob&) = nullptr;  // a fuse program over one group
 };
 CudaRunners& cuda_runners();

@@ -24,7 +24,10 @@
 namespace nyto::math {
 
 // ---- primitives: scalar float / double --------------------------------------
-template <class V> NYTO_HD V neg(V a) { return -a; }
+template <class V>
+NYTO_HD V neg(V a) {
+  return -a;
+}
 NYTO_HD float pow(float a, float b) { return ::powf(a, b); }
 NYTO_HD double pow(double a, double b) { return ::pow(a, b); }
 NYTO_HD float sqrt(float a) { return ::sqrtf(a); }
@@ -43,36 +46,95 @@ NYTO_HD double fma(double a, double b, double c) { return ::fma(a, b, c); }
 // torch's vectorized CPU kernels' at::vec::fmadd: one rounding on scalars and
 // AVX2, `a * b + c` on the portable (DEFAULT) vector build. The op functors
 // mirror torch's kernels with it; fuse's fma() is one rounding everywhere.
-template <class V> NYTO_HD V torch_fmadd(V a, V b, V c) { return fma(a, b, c); }
+template <class V>
+NYTO_HD V torch_fmadd(V a, V b, V c) {
+  return fma(a, b, c);
+}
 // c ? a : b per element (c: a bool, or a comparison mask on vectors).
-template <class C, class V> NYTO_HD V select(C c, V a, V b) { return c ? a : b; }
+template <class C, class V>
+NYTO_HD V select(C c, V a, V b) {
+  return c ? a : b;
+}
 // Comparisons as 0/1 values of V (fuse's masks).
-template <class V> NYTO_HD V lt(V a, V b) { return static_cast<V>(a < b); }
-template <class V> NYTO_HD V le(V a, V b) { return static_cast<V>(a <= b); }
-template <class V> NYTO_HD V gt(V a, V b) { return static_cast<V>(a > b); }
-template <class V> NYTO_HD V ge(V a, V b) { return static_cast<V>(a >= b); }
-template <class V> NYTO_HD V eq(V a, V b) { return static_cast<V>(a == b); }
-template <class V> NYTO_HD V ne(V a, V b) { return static_cast<V>(a != b); }
+template <class V>
+NYTO_HD V lt(V a, V b) {
+  return static_cast<V>(a < b);
+}
+template <class V>
+NYTO_HD V le(V a, V b) {
+  return static_cast<V>(a <= b);
+}
+template <class V>
+NYTO_HD V gt(V a, V b) {
+  return static_cast<V>(a > b);
+}
+template <class V>
+NYTO_HD V ge(V a, V b) {
+  return static_cast<V>(a >= b);
+}
+template <class V>
+NYTO_HD V eq(V a, V b) {
+  return static_cast<V>(a == b);
+}
+template <class V>
+NYTO_HD V ne(V a, V b) {
+  return static_cast<V>(a != b);
+}
 // torch.minimum / torch.maximum: NaN if either is NaN; on a tie (0.0, -0.0)
 // the second operand (x86's minps/maxps, torch's vectorized CPU kernels).
-template <class V> NYTO_HD V minimum(V a, V b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-template <class V> NYTO_HD V maximum(V a, V b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+template <class V>
+NYTO_HD V minimum(V a, V b) {
+  return a != a ? a : (b != b ? b : (a < b ? a : b));
+}
+template <class V>
+NYTO_HD V maximum(V a, V b) {
+  return a != a ? a : (b != b ? b : (a > b ? a : b));
+}
 // torch.sign: -1, 0 or 1; 0 for NaN, -0.0 -> 0.0.
-template <class V> NYTO_HD V sign(V a) { return static_cast<V>((V(0) < a) - (a < V(0))); }
+template <class V>
+NYTO_HD V sign(V a) {
+  return static_cast<V>((V(0) < a) - (a < V(0)));
+}
 // fuse's where(c, a, b): a where c is nonzero.
-template <class V> NYTO_HD V where(V c, V a, V b) { return select(c != V(0), a, b); }
+template <class V>
+NYTO_HD V where(V c, V a, V b) {
+  return select(c != V(0), a, b);
+}
 
 #ifdef NYTO_CPU_KERNEL
 // ---- primitives: at::vec::Vectorized<T> -------------------------------------
-template <class T> using Vec = at::vec::Vectorized<T>;
-template <class T> inline Vec<T> neg(const Vec<T>& a) { return a.neg(); }
-template <class T> inline Vec<T> pow(const Vec<T>& a, const Vec<T>& b) { return a.pow(b); }
-template <class T> inline Vec<T> sqrt(const Vec<T>& a) { return a.sqrt(); }
-template <class T> inline Vec<T> abs(const Vec<T>& a) { return a.abs(); }
-template <class T> inline Vec<T> exp(const Vec<T>& a) { return a.exp(); }
-template <class T> inline Vec<T> log(const Vec<T>& a) { return a.log(); }
-template <class T> inline Vec<T> hypot(const Vec<T>& a, const Vec<T>& b) { return a.hypot(b); }
-template <class T> inline Vec<T> fma(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
+template <class T>
+using Vec = at::vec::Vectorized<T>;
+template <class T>
+inline Vec<T> neg(const Vec<T>& a) {
+  return a.neg();
+}
+template <class T>
+inline Vec<T> pow(const Vec<T>& a, const Vec<T>& b) {
+  return a.pow(b);
+}
+template <class T>
+inline Vec<T> sqrt(const Vec<T>& a) {
+  return a.sqrt();
+}
+template <class T>
+inline Vec<T> abs(const Vec<T>& a) {
+  return a.abs();
+}
+template <class T>
+inline Vec<T> exp(const Vec<T>& a) {
+  return a.exp();
+}
+template <class T>
+inline Vec<T> log(const Vec<T>& a) {
+  return a.log();
+}
+template <class T>
+inline Vec<T> hypot(const Vec<T>& a, const Vec<T>& b) {
+  return a.hypot(b);
+}
+template <class T>
+inline Vec<T> fma(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
 #if defined(CPU_CAPABILITY_AVX2)
   return at::vec::fmadd(a, b, c);  // one rounding (vfmadd)
 #else
@@ -84,33 +146,73 @@ template <class T> inline Vec<T> fma(const Vec<T>& a, const Vec<T>& b, const Vec
   return Vec<T>::loadu(x);
 #endif
 }
-template <class T> inline Vec<T> torch_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
+template <class T>
+inline Vec<T> torch_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
   return at::vec::fmadd(a, b, c);
 }
-template <class T> inline Vec<T> select(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b) {
+template <class T>
+inline Vec<T> select(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b) {
   return Vec<T>::blendv(b, a, c);
 }
-template <class T> inline Vec<T> lt(const Vec<T>& a, const Vec<T>& b) { return a.lt(b); }
-template <class T> inline Vec<T> le(const Vec<T>& a, const Vec<T>& b) { return a.le(b); }
-template <class T> inline Vec<T> gt(const Vec<T>& a, const Vec<T>& b) { return a.gt(b); }
-template <class T> inline Vec<T> ge(const Vec<T>& a, const Vec<T>& b) { return a.ge(b); }
-template <class T> inline Vec<T> eq(const Vec<T>& a, const Vec<T>& b) { return a.eq(b); }
-template <class T> inline Vec<T> ne(const Vec<T>& a, const Vec<T>& b) { return a.ne(b); }
-template <class T> inline Vec<T> minimum(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
-template <class T> inline Vec<T> maximum(const Vec<T>& a, const Vec<T>& b) { return at::vec::maximum(a, b); }
-template <class T> inline Vec<T> sign(const Vec<T>& a) { return Vec<T>(T(0)).lt(a) - a.lt(Vec<T>(T(0))); }
-template <class T> inline Vec<T> where(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b) {
+template <class T>
+inline Vec<T> lt(const Vec<T>& a, const Vec<T>& b) {
+  return a.lt(b);
+}
+template <class T>
+inline Vec<T> le(const Vec<T>& a, const Vec<T>& b) {
+  return a.le(b);
+}
+template <class T>
+inline Vec<T> gt(const Vec<T>& a, const Vec<T>& b) {
+  return a.gt(b);
+}
+template <class T>
+inline Vec<T> ge(const Vec<T>& a, const Vec<T>& b) {
+  return a.ge(b);
+}
+template <class T>
+inline Vec<T> eq(const Vec<T>& a, const Vec<T>& b) {
+  return a.eq(b);
+}
+template <class T>
+inline Vec<T> ne(const Vec<T>& a, const Vec<T>& b) {
+  return a.ne(b);
+}
+template <class T>
+inline Vec<T> minimum(const Vec<T>& a, const Vec<T>& b) {
+  return at::vec::minimum(a, b);
+}
+template <class T>
+inline Vec<T> maximum(const Vec<T>& a, const Vec<T>& b) {
+  return at::vec::maximum(a, b);
+}
+template <class T>
+inline Vec<T> sign(const Vec<T>& a) {
+  return Vec<T>(T(0)).lt(a) - a.lt(Vec<T>(T(0)));
+}
+template <class T>
+inline Vec<T> where(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b) {
   return Vec<T>::blendv(b, a, c != Vec<T>(T(0)));
 }
 #endif
 
 // ---- formulas, written once ------------------------------------------------
 // torch.lerp(x, e, w): the weight's size picks the better-rounding form.
-template <class V> NYTO_HD V lerp_small(V x, V e, V w) { return torch_fmadd(w, e - x, x); }
-template <class V> NYTO_HD V lerp_large(V x, V e, V w) { return torch_fmadd(w - V(1.0), e - x, e); }
-template <class W> NYTO_HD bool lerp_is_small(W w) { return abs(w) < W(0.5); }
+template <class V>
+NYTO_HD V lerp_small(V x, V e, V w) {
+  return torch_fmadd(w, e - x, x);
+}
+template <class V>
+NYTO_HD V lerp_large(V x, V e, V w) {
+  return torch_fmadd(w - V(1.0), e - x, e);
+}
+template <class W>
+NYTO_HD bool lerp_is_small(W w) {
+  return abs(w) < W(0.5);
+}
 // Per element (fuse: the weight may vary), with one-rounding fma.
-template <class V> NYTO_HD V lerp(V x, V e, V w) {
+template <class V>
+NYTO_HD V lerp(V x, V e, V w) {
   const V diff = e - x;
   return select(abs(w) < V(0.5), fma(w, diff, x), fma(w - V(1.0), diff, e));
 }
@@ -127,21 +229,30 @@ NYTO_HD int pow_kind(double e) {
   if (e == -2.0) return kPowInvSquare;
   return kPowGeneral;
 }
-template <class V> NYTO_HD V pow_special(V a, V e, int kind) {
+template <class V>
+NYTO_HD V pow_special(V a, V e, int kind) {
   switch (kind) {
-    case kPowSquare: return a * a;
-    case kPowCube: return a * a * a;
-    case kPowSqrt: return sqrt(a);
-    case kPowRecip: return V(1.0) / a;
-    case kPowRsqrt: return V(1.0) / sqrt(a);
-    case kPowInvSquare: return V(1.0) / (a * a);
-    default: return pow(a, e);
+    case kPowSquare:
+      return a * a;
+    case kPowCube:
+      return a * a * a;
+    case kPowSqrt:
+      return sqrt(a);
+    case kPowRecip:
+      return V(1.0) / a;
+    case kPowRsqrt:
+      return V(1.0) / sqrt(a);
+    case kPowInvSquare:
+      return V(1.0) / (a * a);
+    default:
+      return pow(a, e);
   }
 }
 
 // x / number: torch's CUDA kernel multiplies by the reciprocal (taken once, in
 // op-math precision); its CPU kernel divides. `inv` is 1 / s.
-template <class V> NYTO_HD V div_by_number(V a, V s, V inv) {
+template <class V>
+NYTO_HD V div_by_number(V a, V s, V inv) {
 #ifdef __CUDA_ARCH__
   (void)s;
   return a * inv;

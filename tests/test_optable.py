@@ -3,20 +3,19 @@ csrc/fuse/fops.def, read through nytorch._C), an op's particle, op-library and
 fused forms compute the same values, and the elementwise math gives the same
 numbers on plain numbers, in fused programs (scalar and vector instructions)
 and in particle arithmetic (csrc/nyto_math.h, one source)."""
+
 import itertools
 import math
 import random
 import re
 import struct
 
+import nytorch as nyto
 import pytest
 import torch
-
-import nytorch as nyto
-from nytorch import _C, ops
-from nytorch import _fuse_program, _fuse_trace
+from nytorch import _C, _fuse_program, _fuse_trace, ops
 from nytorch import fuse as F
-from nytorch._fuse_trace import Node, apply
+from nytorch._fuse_trace import apply
 
 OP_ROWS = list(ops.OP_TABLE)
 FUSE_ROWS = _C.fuse_op_table()
@@ -80,7 +79,11 @@ def test_every_fuse_math_op_compiles_runs_and_evaluates_numbers(name):
     scalar_prog = F.program(lambda x, *s: apply(name, *s), "p" + "n" * n)
     assert any(ins[0] == _fuse_trace.CODE[name] and ins[1] < 0 for ins in scalar_prog.instr)  # a scalar instruction
     in_scalar = F.run_flat(scalar_prog, [[x]], list(vals))[0][0]
-    assert same(got[0].item(), number) and same(in_scalar[0].item(), number), (got[0].item(), in_scalar[0].item(), number)
+    assert same(got[0].item(), number) and same(in_scalar[0].item(), number), (
+        got[0].item(),
+        in_scalar[0].item(),
+        number,
+    )
 
 
 @pytest.mark.parametrize("row", [r for r in OP_ROWS if r.fuse], ids=lambda r: r.name)
@@ -101,11 +104,13 @@ def test_fusable_ops_agree_with_their_fused_expression(row, dtype):
     y[: len(specials) ** 2] = torch.tensor([b for _ in specials for b in specials], dtype=dtype)
     if row.name in ("pow", "pow_scalar"):
         x = x.abs()
-    numbers = {"pow_scalar": [2.0, 0.5, -1.0, -0.5, -2.0, 3.0, 1.7], "lerp": [0.3, 0.7, -0.2, 0.5, math.nan],
-               }.get(row.name, [0.75, -0.0, math.inf, math.nan, -3.5])
+    numbers = {
+        "pow_scalar": [2.0, 0.5, -1.0, -0.5, -2.0, 3.0, 1.7],
+        "lerp": [0.3, 0.7, -0.2, 0.5, math.nan],
+    }.get(row.name, [0.75, -0.0, math.inf, math.nan, -3.5])
     lerp_rounds_twice = row.name == "lerp" and _C.cpu_isa() == "DEFAULT"  # torch's portable vec::fmadd
     for s in numbers if row.n_scalars else [None]:
-        lists = [[x], [y]][:row.n_lists]
+        lists = [[x], [y]][: row.n_lists]
         got = getattr(ops, row.name)(*lists, *([s] if s is not None else []))[0]
         kinds = "".join("n" if o == "s" else "p" for o in operands)
         names = [o for o in operands]
@@ -122,8 +127,9 @@ def assert_bits(a, b, what):
     assert a.dtype == b.dtype and a.shape == b.shape
     nan = a.isnan() & b.isnan()
     bad = ~nan & ((a != b) | (a.signbit() != b.signbit()))
-    assert not bad.any(), f"{what}: {int(bad.sum())} differ, first at {int(bad.nonzero()[0])}: " \
-                          f"{a[bad][0].item()} vs {b[bad][0].item()}"
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} differ, first at {int(bad.nonzero()[0])}: {a[bad][0].item()} vs {b[bad][0].item()}"
+    )
 
 
 def same(a, b):
@@ -135,13 +141,35 @@ def same(a, b):
 
 # ---------------------------------------------------------------------------
 # Plain numbers vs fused (scalar and vector instructions) vs particle arithmetic.
-SPECIALS = [0.0, -0.0, 1.0, -1.0, 0.1, 10.0, 0.3, 0.7, -2.5, 0.49999999999999994, 0.5, math.inf, -math.inf, math.nan,
-            1e308, 5e-324]
+SPECIALS = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.1,
+    10.0,
+    0.3,
+    0.7,
+    -2.5,
+    0.49999999999999994,
+    0.5,
+    math.inf,
+    -math.inf,
+    math.nan,
+    1e308,
+    5e-324,
+]
 
 # name -> (nytorch function, arity, exact across routes)
 FUNCS = {
-    "fma": (nyto.fma, 3), "lerp": (nyto.lerp, 3), "hypot": (nyto.hypot, 2), "minimum": (nyto.minimum, 2),
-    "maximum": (nyto.maximum, 2), "where": (nyto.where, 3), "sign": (nyto.sign, 1), "abs": (nyto.abs, 1),
+    "fma": (nyto.fma, 3),
+    "lerp": (nyto.lerp, 3),
+    "hypot": (nyto.hypot, 2),
+    "minimum": (nyto.minimum, 2),
+    "maximum": (nyto.maximum, 2),
+    "where": (nyto.where, 3),
+    "sign": (nyto.sign, 1),
+    "abs": (nyto.abs, 1),
     "sqrt": (nyto.sqrt, 1),
 }
 
@@ -199,14 +227,25 @@ def test_fma_rounds_once_everywhere():
 
 
 def test_lerp_takes_torchs_two_branches_on_numbers():
-    for s, e, w in [(1.0, 3.0, 0.7), (0.1, 0.3, 0.49999999999999994), (0.1, 0.3, 0.5), (1e16, 1.0, 0.9),
-                    (-0.0, 0.0, 0.25), (1.0, 2.0, math.inf)]:
-        ref = torch.lerp(torch.tensor([s] * 8, dtype=torch.float64), torch.tensor([e] * 8, dtype=torch.float64),
-                         w)[0].item()
+    for s, e, w in [
+        (1.0, 3.0, 0.7),
+        (0.1, 0.3, 0.49999999999999994),
+        (0.1, 0.3, 0.5),
+        (1e16, 1.0, 0.9),
+        (-0.0, 0.0, 0.25),
+        (1.0, 2.0, math.inf),
+    ]:
+        ref = torch.lerp(torch.tensor([s] * 8, dtype=torch.float64), torch.tensor([e] * 8, dtype=torch.float64), w)[
+            0
+        ].item()
         got = nyto.lerp(s, e, w)
         assert same(got, ref), (s, e, w, got, ref)
-        assert same(ops.lerp([torch.tensor([s] * 8, dtype=torch.float64)],
-                             [torch.tensor([e] * 8, dtype=torch.float64)], w)[0][0].item(), ref)
+        assert same(
+            ops.lerp([torch.tensor([s] * 8, dtype=torch.float64)], [torch.tensor([e] * 8, dtype=torch.float64)], w)[0][
+                0
+            ].item(),
+            ref,
+        )
 
 
 # ---------------------------------------------------------------------------

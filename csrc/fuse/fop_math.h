@@ -12,16 +12,16 @@ template <FOp op>
 struct FMath {
   static constexpr int nin = -1;  // not math: loads, stores, random streams
 };
-#define NYTO_FOP(E, name, n, expr)                 \
-  template <>                                      \
-  struct FMath<FOp::E> {                           \
-    static constexpr int nin = n;                  \
-    template <class V>                             \
+#define NYTO_FOP(E, name, n, expr)                           \
+  template <>                                                \
+  struct FMath<FOp::E> {                                     \
+    static constexpr int nin = n;                            \
+    template <class V>                                       \
     static NYTO_HD V f(const V& a, const V& b, const V& c) { \
-      (void)b;                                     \
-      (void)c;                                     \
-      return expr;                                 \
-    }                                              \
+      (void)b;                                               \
+      (void)c;                                               \
+      return expr;                                           \
+    }                                                        \
   };
 #define NYTO_FOP_IO(...)
 #include "fuse/fops.def"
