@@ -565,7 +565,7 @@ def test_torch_op_route_matches_eager_entry():
     prog = F.program(lambda x, y, s: (x * s + y, x - y), "ppn")
     ins = [[torch.randn(6), torch.randn(4, dtype=torch.float64)], [torch.randn(6), torch.randn(4, dtype=torch.float64)]]
     eager = F.run_flat(prog, ins, [3.0])
-    run_op = sys.modules["nytorch.fuse"]._run_op
+    run_op = sys.modules["nytorch._fuse.api"]._run_op
     via_op = run_op(prog, ins, [3.0, *prog.lits], None, 0, 0)
     for a, b in zip(eager, via_op):
         for u, v in zip(a, b):
@@ -607,7 +607,7 @@ def test_scalar_subexpressions_computed_once_in_double():
     close(step(x, w), per_param(lambda t: (1 - w) * t + w ** 2 * t + math.sqrt(w) + 0.0, x), torch.float32)
 
 
-@pytest.mark.parametrize("name", ["nytorch.fuse", "nytorch._fuse_trace", "nytorch._fuse_program"])
+@pytest.mark.parametrize("name", ["nytorch._fuse.api", "nytorch._fuse.trace", "nytorch._fuse.program"])
 def test_docstring_examples(name):
     import doctest
     result = doctest.testmod(sys.modules[name], optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -674,7 +674,7 @@ def test_big_call_streams_outputs():
 
 
 # --- the C hot path of in-place calls (_C.fuse_call) ------------------------
-FUSE_MOD = sys.modules["nytorch.fuse"]
+FUSE_MOD = sys.modules["nytorch._fuse.api"]
 
 
 def pso_step(x, v, p, g, w, c1, c2):

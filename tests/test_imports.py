@@ -46,11 +46,7 @@ ALLOWED: Set[frozenset] = {
 # Submodules that an attribute of their package hides (``from pkg import sub``
 # or ``pkg.sub`` then gives the attribute, and importers need importlib).
 # Same rule as ALLOWED: each entry names its issue and the list only shrinks.
-ALLOWED_SHADOWS: Set[str] = {
-    # issue 12: nytorch.fuse is the decorator; the module (fuse.py) moves to a
-    # private _fuse/ package, whose public face stays nyto.fuse
-    "nytorch.fuse",
-}
+ALLOWED_SHADOWS: Set[str] = set()
 
 
 def source_modules(root: Path = SRC, package: str = "nytorch") -> Dict[str, Path]:

@@ -13,9 +13,11 @@ import struct
 import nytorch as nyto
 import pytest
 import torch
-from nytorch import _C, _fuse_program, _fuse_trace, ops
+from nytorch import _C, ops
+from nytorch._fuse import program as _fuse_program
+from nytorch._fuse import trace as _fuse_trace
 from nytorch import fuse as F
-from nytorch._fuse_trace import apply
+from nytorch._fuse.trace import apply
 
 OP_ROWS = list(ops.OP_TABLE)
 FUSE_ROWS = _C.fuse_op_table()

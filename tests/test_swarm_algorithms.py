@@ -70,7 +70,7 @@ def random_pair(pso, x0):
         nyto.ops.uniform_([r1, r2], generator=g)
         return r1, r2
     # fuse: Philox streams 0 and 1 of the step's seed (the k-th rand_like of a program)
-    fz = importlib.import_module("nytorch.fuse")
+    fz = importlib.import_module("nytorch._fuse.api")
     g = torch.Generator()
     g.set_state(pso.seed_generator.get_state())
     seed = int(torch.randint(0, 2**62, (), generator=g))

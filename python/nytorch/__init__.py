@@ -12,7 +12,7 @@ from . import ops  # noqa: E402
 from .errors import CollectiveError, NytoError, SpeciesError, StateDictError, StructureError  # noqa: E402
 from .particle import NytoModule, Species  # noqa: E402
 from .storage import FlatStorage, flat_storage, structure_signature  # noqa: E402
-from .fuse import (FuseError, abs, clamp, exp, fma, fuse, hypot, lerp, log, maximum,  # noqa: E402,A004
+from ._fuse.api import (FuseError, abs, clamp, exp, fma, fuse, hypot, lerp, log, maximum,  # noqa: E402,A004
                    minimum, rand_like, randn_like, run_flat, sign, sqrt, where)
 from .swarm import Swarm  # noqa: E402
 from . import algorithms  # noqa: E402

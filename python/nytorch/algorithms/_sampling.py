@@ -21,12 +21,11 @@ interpreter's block of 16 draws and up to 48 outputs thrashed L1: ``ask``
 """
 from __future__ import annotations
 
-import importlib
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-_fuse = importlib.import_module("nytorch.fuse")
+from .._fuse import api as _fuse
 
 ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <= 16 outputs
 CPU_ROWS = 8  # on the CPU (16 measured 10-20% slower in ask: a block's 16 draws + 48 outputs thrash L1)

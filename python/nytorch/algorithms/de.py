@@ -14,18 +14,17 @@ True
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Dict, List, Optional, cast
 
 import torch
 
 from .. import _checks
+from .._fuse import api as _fuse
 from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import SwarmOptimizer
 from ._gaussian import check_positive
 
-_fuse = importlib.import_module("nytorch.fuse")
 _PROGRAM: List[Any] = []
 
 

@@ -15,7 +15,6 @@ True
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
@@ -25,8 +24,8 @@ from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import SwarmOptimizer
 
-try:  # the module (nytorch.fuse is also the name of its decorator)
-    _fuse = importlib.import_module("nytorch.fuse")
+try:  # the functions of nytorch.fuse (nytorch._fuse.api)
+    from .._fuse import api as _fuse
 except ImportError:  # pragma: no cover - nytorch.fuse not built
     _fuse = None  # type: ignore[assignment]
 

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from .. import ops
+from .._fuse.api import run_flat
 from ..distributed.core import (
     check_signature,
     launch,
@@ -48,7 +49,6 @@ from ..distributed.core import (
     wait_work,
 )
 from ..distributed.sharded_swarm import ShardedSwarm, gather_rows, load_sharded, owner_of, save_sharded, shard_rows
-from ..fuse import run_flat  # the module fuse.py: nytorch.fuse itself is the decorator
 from ..particle import NytoModule
 from . import pso as _pso
 from ._base import as_fitness

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..fuse import program, run_flat  # the module fuse.py: nytorch.fuse itself is the decorator
+from .._fuse.api import program, run_flat
 from ..particle import _number
 from .core import SwarmCore, check_species
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from . import _C
-from .errors import FuseError
+from .. import _C
+from ..errors import FuseError
 
 __all__ = ["FuseError", "Node", "lift", "apply", "random_node", "start_trace", "scalar_eval"]
 
@@ -36,7 +36,7 @@ class Node:
 
     __slots__ = ("op", "args", "value", "scalar")
 
-    def __init__(self, op: str, args: Tuple["Node", ...], value: Any, scalar: bool) -> None:
+    def __init__(self, op: str, args: Tuple[Node, ...], value: Any, scalar: bool) -> None:
         self.op = op
         self.args = args
         self.value = value
@@ -146,7 +146,7 @@ def lift(x: Any) -> Node:
     t = type(x)
     if t is float or t is int or t is bool:
         return Node("lit", (), float(x), True)
-    from .particle import _number  # 0-dim tensors, numpy scalars
+    from ..particle import _number  # 0-dim tensors, numpy scalars
     n = _number(x)
     if n is None or isinstance(x, complex):
         raise FuseError(f"nytorch.fuse: can't use a {type(x).__name__} in a fused expression; only particles "

@@ -76,12 +76,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _C
-from ._fuse_program import Program, compile_nodes
-from ._fuse_trace import FuseError, Node, apply, clamp as _clamp, lift, random_node, scalar_eval, start_trace
-from . import _storage as S
-from ._storage import state_of
-from .particle import NytoModule, _number, _same_species
+from .. import _C
+from .. import _storage as S
+from .._storage import state_of
+from ..particle import NytoModule, _number, _same_species
+from .program import Program, compile_nodes
+from .trace import FuseError, Node, apply, lift, random_node, scalar_eval, start_trace
+from .trace import clamp as _clamp
 
 __all__ = ["fuse", "Fused", "FuseError", "Program", "program", "run_flat", "rand_like", "randn_like",
            "where", "clamp", "minimum", "maximum", "lerp", "fma", "hypot", "sqrt", "exp", "log", "sign", "abs"]

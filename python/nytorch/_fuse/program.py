@@ -1,6 +1,6 @@
 """Compiling a traced DAG into a fuse program (the bytecode of csrc/fuse/program.h).
 
->>> from nytorch._fuse_trace import Node
+>>> from nytorch._fuse.trace import Node
 >>> x, w = Node("in", (), 0, False), Node("num", (), 0, True)
 >>> prog = compile_nodes([w * x + 1.0], n_in=1, n_num=1)
 >>> prog.n_in, prog.n_out, prog.lits, prog.n_vreg
@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Dict, List, Sequence, Tuple
 
-from ._fuse_trace import ARITY, CODE, OPS, FuseError, Node
+from .trace import ARITY, CODE, OPS, FuseError, Node
 
 __all__ = ["OPS", "Program", "compile_nodes"]
 
