@@ -479,8 +479,6 @@ torch.library.register_fake("nytorch::fused_")(_fake_fused_)
 
 # `nytorch.fuse` is this function (the package exports it); its helpers hang
 # on it, so `nytorch.fuse.run_flat`, `nytorch.fuse.program` work as documented.
-fuse.Fused = Fused
-fuse.FuseError = FuseError
-fuse.Program = Program
-fuse.program = program
-fuse.run_flat = run_flat
+for _name, _value in (("Fused", Fused), ("FuseError", FuseError), ("Program", Program), ("program", program),
+                      ("run_flat", run_flat)):
+    setattr(fuse, _name, _value)

@@ -95,13 +95,13 @@ def _peephole(outputs: Sequence[Node]) -> List[Node]:
             x, y = n.args
             r, k = (y, args[0]) if (y.op == "rand" and x.scalar and uses.get(id(y), 0) == 1) else \
                 (x, args[1]) if (x.op == "rand" and y.scalar and uses.get(id(x), 0) == 1) else (None, None)
-            if r is not None:  # s * rand_like(x): the scale folds into the conversion, same value
+            if r is not None and k is not None:  # s * rand_like(x): the scale folds into the conversion, same value
                 new[id(n)] = Node("rands", (k,), r.value, False)
                 continue
         if n.op == "add" and not n.scalar:
             x, y = n.args
             m, other = (y, args[0]) if lone_mul(y) else (x, args[1]) if lone_mul(x) else (None, None)
-            if m is not None:
+            if m is not None and other is not None:
                 f, g = new[id(m.args[0])], new[id(m.args[1])]
                 if g.scalar:  # the scalar factor first (it stays in a register); a*b == b*a exactly
                     f, g = g, f

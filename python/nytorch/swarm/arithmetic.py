@@ -16,13 +16,16 @@ written, so bad input leaves both operands unchanged.
 from __future__ import annotations
 
 import operator
-from typing import Any, List, Optional, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 import torch
 
 from ..particle import NytoModule, _number, _strict
 from ..storage import flat_storage
 from .core import SwarmCore, check_species
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def _as_index(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
@@ -108,13 +111,13 @@ class SwarmArithmetic(SwarmCore):
                 fn(f, o)
         return self
 
-    def __neg__(self) -> SwarmCore:
+    def __neg__(self) -> Self:
         return self._new([torch.neg(f) for f in self.flats], [b.clone() for b in self.buffers])
 
-    def __pos__(self) -> SwarmCore:
+    def __pos__(self) -> Self:
         return self.clone()
 
-    def neg(self) -> SwarmCore:
+    def neg(self) -> Self:
         """``-swarm``."""
         return -self
 

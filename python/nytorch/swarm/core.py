@@ -8,7 +8,7 @@ nothing here imports them (a result of ``type(self)`` is a whole swarm).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from .. import _storage as S
 from .._storage import state_of
 from ..errors import SpeciesError, StructureError
 from ..particle import NytoModule, Species, _same_species
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Init = Union[str, Callable[[int], nn.Module], None]
 Index = Union[int, slice, torch.Tensor, Sequence[int]]
@@ -61,7 +64,7 @@ class SwarmCore:
     # -- construction -----------------------------------------------------------
     @classmethod
     def from_flats(cls, template: NytoModule, flats: Sequence[torch.Tensor],
-                   buffers: Optional[Sequence[torch.Tensor]] = None) -> SwarmCore:
+                   buffers: Optional[Sequence[torch.Tensor]] = None) -> Self:
         """A swarm around the given stacked buffers (no copy).
 
         ``template``: a particle of the species. ``flats[g]``: ``[n, numel_g]``
@@ -105,7 +108,7 @@ class SwarmCore:
         return self
 
     @classmethod
-    def stack(cls, particles: Sequence[NytoModule]) -> SwarmCore:
+    def stack(cls, particles: Sequence[NytoModule]) -> Self:
         """A swarm holding copies of ``particles`` (all of one species), in order.
 
         >>> a = Net(); s = nyto.Swarm.stack([a, a + 1, a * 2]); len(s)
@@ -211,12 +214,12 @@ class SwarmCore:
     def training(self) -> bool:
         return self.template.training
 
-    def train(self, mode: bool = True) -> SwarmCore:
+    def train(self, mode: bool = True) -> Self:
         """Train mode for the vectorized forward (BatchNorm updates per-particle stats)."""
         self.template.train(mode)
         return self
 
-    def eval(self) -> SwarmCore:
+    def eval(self) -> Self:
         return self.train(False)
 
     def __repr__(self) -> str:
@@ -251,7 +254,7 @@ class SwarmCore:
         for i in range(len(self)):
             yield self.particle(i)
 
-    def __getitem__(self, index: Index) -> Union[NytoModule, SwarmCore]:
+    def __getitem__(self, index: Index) -> Union[NytoModule, Self]:
         """``swarm[i]``: a particle viewing row i. ``swarm[a:b:c]``: a sub-swarm
         viewing those rows (no copy). ``swarm[index_tensor_or_list]``: a new swarm
         holding copies of those rows (like torch advanced indexing; see ``gather``)."""
@@ -308,7 +311,7 @@ class SwarmCore:
             raise IndexError(f"row index out of range for a swarm of {n}: {t.tolist()}")
         return t % max(n, 1)
 
-    def gather(self, index: Union[torch.Tensor, Sequence[int]]) -> SwarmCore:
+    def gather(self, index: Union[torch.Tensor, Sequence[int]]) -> Self:
         """A new swarm holding copies of rows ``index`` (repeats allowed).
 
         >>> s = nyto.Swarm(Net(), 4, init="randn"); t = s.gather([3, 3, 0]); len(t)
@@ -321,7 +324,7 @@ class SwarmCore:
                          [b.index_select(0, idx.to(b.device)) for b in self.buffers])
 
     def scatter_(self, index: Union[torch.Tensor, Sequence[int], slice],
-                 src: Union[SwarmCore, NytoModule]) -> SwarmCore:
+                 src: Union[SwarmCore, NytoModule]) -> Self:
         """Copy ``src`` (a swarm with one row per index, or a particle for all of
         them) into rows ``index``, in place.
 
@@ -350,7 +353,7 @@ class SwarmCore:
                 b.index_copy_(0, idx.to(b.device), s.to(b.dtype))
         return self
 
-    def _new(self, flats: List[torch.Tensor], buffers: List[torch.Tensor]) -> SwarmCore:
+    def _new(self, flats: List[torch.Tensor], buffers: List[torch.Tensor]) -> Self:
         """A swarm of this species around ``flats``/``buffers`` (sharing the template)."""
         cls = type(self)
         out = cls.__new__(cls)
@@ -393,7 +396,7 @@ class SwarmCore:
         return out
 
     # -- copies ---------------------------------------------------------------
-    def clone(self) -> SwarmCore:
+    def clone(self) -> Self:
         """A new swarm of this species with copies of the rows (contiguous)."""
         return self._new([f.clone(memory_format=torch.contiguous_format) for f in self.flats],
                          [b.clone() for b in self.buffers])
@@ -406,14 +409,14 @@ class SwarmCore:
         """Independent copies of every particle (``[p.clone() for p in swarm]``)."""
         return [p.clone() for p in self]
 
-    def randn(self, *, generator: Optional[torch.Generator] = None) -> SwarmCore:
+    def randn(self, *, generator: Optional[torch.Generator] = None) -> Self:
         """A swarm of this species with standard normal parameters (buffers copied)."""
         out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
                         [b.clone() for b in self.buffers])
         ops.normal_(out.flats, generator=generator)
         return out
 
-    def rand(self, *, generator: Optional[torch.Generator] = None) -> SwarmCore:
+    def rand(self, *, generator: Optional[torch.Generator] = None) -> Self:
         """A swarm of this species with parameters uniform in [0, 1)."""
         out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
                         [b.clone() for b in self.buffers])
