@@ -77,5 +77,18 @@ for root, _, names in os.walk(dst):
 print(f"cuda-compile: source copy {dst}: {changed} of {len(files)} files changed, {gone} removed")
 ' "$repo" "$cache/src" || fail "source sync"
 bash "$cache/src/tools/build-wheel.sh" cuda --python "$py" --build-dir "$cache/build" --out "$out" || fail "wheel build"
+# --- fuse code generation: the generated kernels compile with NVRTC (tests/test_codegen.py), with
+# the libnvrtc of the CUDA venv (no GPU needed), run by the calling venv's python (the CPU nytorch of
+# .ci/run's README install). Skipped when either is missing.
+nvrtc=$(compgen -G "$(dirname "$(dirname "$py")")/lib/python3*/site-packages/nvidia/cu1[0-9]/lib/libnvrtc.so.1[0-9]" | head -1 || true)
+if [[ -n $nvrtc ]] && python -c "import nytorch" >/dev/null 2>&1; then
+  codegen_cache=$(mktemp -d)
+  NYTO_NVRTC=$nvrtc NYTO_FUSE_CACHE_DIR=$codegen_cache python -m pytest -q -p no:cacheprovider tests/test_codegen.py \
+    || fail "tests/test_codegen.py with NYTO_NVRTC=$nvrtc"
+  rm -rf "$codegen_cache"
+else
+  echo "cuda-compile: tests/test_codegen.py SKIPPED (no libnvrtc in the CUDA venv, or no nytorch for 'python')"
+fi
+# --- end fuse code generation
 echo "cuda-compile: PASS (CUDA wheel built, repaired and its kernels listed in $((SECONDS - t1)) s," \
      "total $((SECONDS - t0)) s; build tree $cache/build)"

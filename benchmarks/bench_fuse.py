@@ -178,6 +178,62 @@ def candidates(kind, shapes, dev, args):
     return fns, ct
 
 
+# --- engines (nytorch/_fuse_codegen.py): --engine interp|codegen|both --------
+def engine_candidates(fns, ours, engine):
+    """With --engine both, time the fused update under each engine in the same compare."""
+    if engine != "both":
+        return
+    from nytorch import _fuse_codegen as cg
+
+    def under(name):
+        def call():
+            prev, cg._ENGINE = cg._ENGINE, name
+            try:
+                ours()
+            finally:
+                cg._ENGINE = prev
+        return call
+    fns["ours interp"] = under("interp")
+    fns["ours gen"] = T.probe(under("codegen"), "ours gen")
+
+
+def engine_report(name, kind, n, m, bw_copy, results):
+    if "ours gen" not in m:
+        return
+    gbs = {k: T.ratio(BYTES[kind] * n, m[k]) / 1e9 for k in ("ours gen", "ours interp", "foreach")}
+    print(f"    engines {name}/{kind}: gen {gbs['ours gen']:.0f} GB/s ({gbs['ours gen'] * 1e9 / bw_copy:.0%} of copy), "
+          f"interp {gbs['ours interp']:.0f} GB/s, foreach {gbs['foreach']:.0f} GB/s, copy {bw_copy / 1e9:.0f} GB/s; "
+          f"gen/interp {T.fmt_ratio(T.ratio(m['ours interp'], m['ours gen']))}", flush=True)
+    results.append(dict(workload=name, update=kind, engines_GBps=gbs, copy_GBps=bw_copy / 1e9))
+
+
+def engine_compile_times(args):
+    """First compile (NVRTC, empty cache folder) and cached load (disk) of the PSO program."""
+    if args.engine == "interp" or args.device != "cuda":
+        return
+    import tempfile
+    from nytorch import _fuse_codegen as cg, _nvrtc
+    reason = cg.available()
+    if reason:
+        print(f"  codegen unavailable: {reason}")
+        return
+    prog = nyto.fuse.program(pso, "ppppnnn")
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["NYTO_FUSE_CACHE_DIR"] = d
+        t0 = time.perf_counter()
+        cg.compile_program(prog, torch.float32)
+        first = time.perf_counter() - t0
+        cg._COMPILED.clear()
+        _nvrtc._mem.clear()
+        t0 = time.perf_counter()
+        cg.compile_program(prog, torch.float32)
+        cached = time.perf_counter() - t0
+        del os.environ["NYTO_FUSE_CACHE_DIR"]
+    print(f"  codegen: first compile {first * 1e3:.0f} ms (target < 150), cached load {cached * 1e3:.2f} ms "
+          f"(target < 2), NVRTC {_nvrtc.nvrtc().version}")
+# --- end engines
+
+
 def bench_memory(name, shapes, args, rows, results):
     dev = args.device
     n = T.numel(shapes)
@@ -188,6 +244,7 @@ def bench_memory(name, shapes, args, rows, results):
         probes = T.bandwidth_probes(dev)
         fns["bw add_"] = probes["add_"][0]
         fns["bw copy"] = probes["copy"][0]
+        engine_candidates(fns, fns["ours"], args.engine)
         t = T.compare(fns, **cfg)
         del probes
         m = {k: v.median for k, v in t.items()}
@@ -213,6 +270,7 @@ def bench_memory(name, shapes, args, rows, results):
                      T.fmt_ratio(r_floor), T.fmt_ratio(r_fe), T.fmt_ratio(T.ratio(m["particle"], m["ours"])),
                      T.fmt_ratio(T.ratio(m["compile"], m["ours"])), f"{ours_bw / 1e9:.1f}", f"{bw / 1e9:.1f}",
                      f"{bw_copy / 1e9:.1f}", T.worst_spread(t), target, T.verdict(ok, bool(target))])
+        engine_report(name, kind, n, m, bw_copy, results)
         results.append(dict(workload=name, update=kind, numel=n, us={k: v * 1e6 for k, v in m.items()},
                             min_us=T.mins_us(t), floor_us=floor * 1e6, compile_s=compile_s, add_GBps=bw / 1e9,
                             copy_GBps=bw_copy / 1e9, ours_GBps=ours_bw / 1e9, target=target, ok=ok))
@@ -290,7 +348,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--engine", choices=["interp", "codegen", "both"], help="CUDA fuse engine of 'ours' "
+                    "(default: NYTO_FUSE_ENGINE or interp); both: also time each engine in the same compare")
     args = ap.parse_args(argv)
+    if args.engine in ("interp", "codegen"):
+        from nytorch import _fuse_codegen
+        _fuse_codegen.set_engine(args.engine)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*force_disable_caches.*")
@@ -310,6 +373,7 @@ def main(argv=None) -> int:
           f"(CPU kernels: {nyto._C.cpu_isa()}, CUDA kernels: {nyto._C.has_cuda()})")
     if T.load_warning():
         print(T.load_warning())
+    engine_compile_times(args)
     only = set(args.only.split(",")) if args.only else None
     results: list = []
     with torch.no_grad():

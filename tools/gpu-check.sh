@@ -15,8 +15,12 @@ NYTO_CUDA=ON timeout 300 python3 -m pip install --no-build-isolation --no-deps -
   -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C build-dir=/tmp/nyto-build >"$OUT/build.log" 2>&1 \
   || { tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
 cd /tmp && python3 -c "import nytorch; print('nytorch', nytorch.__file__, 'cuda kernels', nytorch._C.has_cuda())"; cd - >/dev/null
+# --- fuse code generation (python/nytorch/_fuse_codegen.py): one kernel cache for tests and benches
+export NYTO_FUSE_CACHE_DIR=${NYTO_FUSE_CACHE_DIR:-/tmp/nyto-fuse-cache}
+python3 -c "from nytorch import _fuse_codegen as c, _nvrtc as n; print('fuse codegen:', c.available() or 'ok', n.find_nvrtc())"
+# --- end fuse code generation
 step tests
-timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short tests -k "${1:-cuda}" \
+timeout 300 python3 -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short tests -k "${1:-cuda or codegen}" \
   --deselect tests/test_ci_commands.py 2>&1 | tee "$OUT/tests.log" | tail -40
 step bench_ops
 [ -n "${SKIP_OPS:-}" ] || timeout 60 python3 benchmarks/bench_ops.py --device cuda --quick 2>&1 | tee "$OUT/bench_ops.log" | tail -60
@@ -26,7 +30,13 @@ timeout 60 python3 tools/gpu_particle_timing.py 2>&1 | tee "$OUT/particles.log"
 for b in bench_fuse bench_swarm; do
   [ -f benchmarks/$b.py ] || continue
   args=FUSE_ARGS; [ $b = bench_swarm ] && args=SWARM_ARGS
-  step $b; timeout 110 python3 benchmarks/$b.py --device cuda --quick ${!args:-} 2>&1 | tee "$OUT/$b.log" | tail -45
+  if [ $b = bench_fuse ]; then  # ours (generated) vs ours (interpreter) in one compare, + foreach, copy
+    step "$b (--engine both)"; timeout 150 python3 benchmarks/$b.py --device cuda --quick --engine both ${!args:-} 2>&1 | tee "$OUT/$b.log" | tail -50
+  else  # once per engine
+    for e in interp codegen; do
+      step "$b ($e)"; NYTO_FUSE_ENGINE=$e timeout 90 python3 benchmarks/$b.py --device cuda --quick ${!args:-} 2>&1 | tee "$OUT/$b.$e.log" | tail -45
+    done
+  fi
 done
 for f in ${GPU_EXTRA:-}; do step "$f"; timeout 120 python3 $f 2>&1 | tee "$OUT/$(basename $f).log"; done
 step done

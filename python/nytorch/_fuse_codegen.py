@@ -270,10 +270,11 @@ def _op_names() -> Tuple[str, ...]:
     return tuple(OPS)
 
 
-def _scalar_slots(prog: Any, numbers: Sequence[float]) -> List[float]:
-    """Every scalar slot's value for one call (the numbers, the constants,
-    then the scalar instructions in double, as csrc/fuse/fuse.cpp decode)."""
-    vals = [float(x) for x in numbers] + [float(x) for x in prog.lits]
+def _scalar_slots(prog: Any, consts: Sequence[float]) -> List[float]:
+    """Every scalar slot's value for one call: ``consts`` (the numbers, then
+    the program's constants ``prog.lits``), then the scalar instructions in
+    double, as csrc/fuse/fuse.cpp's decode evaluates them."""
+    vals = [float(x) for x in consts]
     ops = _op_names()
     n_s = max([len(vals)] + [-d for (_, d, *_r) in prog.instr if d < 0])
     vals += [0.0] * (n_s - len(vals))
@@ -483,32 +484,33 @@ def cuda_source(prog: Any, dtype: torch.dtype = torch.float32, vec: Optional[int
     return "\n".join(head)
 
 
-def host_source(prog: Any, dtype: torch.dtype = torch.float32, vec: int = 4) -> str:
-    """The same element function compiled as host C++ (tests): an
-    ``extern "C" nyto_host_run(n, in, out, s, seed, offset, group)`` looping
-    over a group's elements with the scalar (unaligned) path."""
-    T, M, _ = DTYPES[dtype]
-    if dtype == torch.float16:
-        raise TypeError("nytorch.fuse codegen: no host form for float16")
-    return "\n".join([
-        "// nytorch.fuse generated element function, host build (tests).",
-        _PRELUDE,
-        "namespace nyto {\nnamespace gen {",
-        _elements_fn(prog, device=False),
-        "}  // namespace gen\n}  // namespace nyto",
-        f'extern "C" void nyto_host_run(int64_t n, const uint64_t* in, const uint64_t* out, const double* s,',
-        "                              uint64_t seed, uint64_t offset, uint32_t group) {",
-        "  using namespace nyto::gen;",
-        f"  constexpr int V = {vec};",
-        f"  const int io = {prog.n_in};",
-        "  for (int64_t i = 0; i < n; i += V) {",
-        "    const int cnt = n - i < V ? static_cast<int>(n - i) : V;",
-        f"    elements<{T}, {M}, V>(in, out, s, i, cnt, false, static_cast<uint64_t>(i) + offset, group, seed);",
-        "  }",
-        "  (void)io;",
-        "}",
-        "",
-    ])
+def host_source(progs: Sequence[Tuple[Any, torch.dtype]], vec: int = 4) -> str:
+    """The programs' element functions compiled as host C++ (tests): one
+    translation unit with ``extern "C" nyto_host_run_<i>(n, in, out, s, seed,
+    offset, group)`` per (program, dtype), looping over a group's elements
+    with the per-element (unaligned) path of the same function the kernels use."""
+    parts = ["// nytorch.fuse generated element functions, host build (tests).", _PRELUDE]
+    for i, (prog, dtype) in enumerate(progs):
+        if dtype not in DTYPES or dtype == torch.float16:
+            raise TypeError(f"nytorch.fuse codegen: no host form for {dtype}")
+        T, M, _ = DTYPES[dtype]
+        parts += [
+            f"namespace nyto {{\nnamespace gen {{\nnamespace p{i} {{",
+            _elements_fn(prog, device=False),
+            "}  // namespace p" + str(i) + "\n}  // namespace gen\n}  // namespace nyto",
+            f'extern "C" void nyto_host_run_{i}(int64_t n, const uint64_t* in, const uint64_t* out, const double* s,',
+            "                              uint64_t seed, uint64_t offset, uint32_t group) {",
+            f"  constexpr int V = {vec};",
+            "  for (int64_t i = 0; i < n; i += V) {",
+            "    const int cnt = n - i < V ? static_cast<int>(n - i) : V;",
+            f"    nyto::gen::p{i}::elements<{'nyto::gen::' + T if T.startswith('nyto') else T}, {M}, V>("
+            "in, out, s, i, cnt, false, "
+            "static_cast<uint64_t>(i) + offset, group, seed);",
+            "  }",
+            "}",
+            "",
+        ]
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------
@@ -584,7 +586,7 @@ def _warn_once(reason: str) -> None:
 
 
 def _pack(prog: Any, n_slots: int, maxt: int, svals: List[float], seed: int, offset: int,
-          tensors: List[Tuple[List[int], int, int, bool]], chunk: int) -> bytes:
+          tensors: List[Tuple[List[int], int, int, bool]], chunk: int) -> Tuple[bytes, int]:
     nio = prog.n_in + prog.n_out
     s = list(svals[:n_slots]) + [0.0] * (max(1, n_slots) - min(len(svals), n_slots))
     ptr = [0] * (maxt * nio)
@@ -607,14 +609,35 @@ def _pack(prog: Any, n_slots: int, maxt: int, svals: List[float], seed: int, off
                        len(tensors)), total
 
 
-def run(prog: Any, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[float],
+class Fallback(Exception):
+    """Generated kernels can't run this call here (the message says why)."""
+
+
+_FAILED: Dict[Tuple[bytes, torch.dtype], str] = {}
+
+
+def run(prog: Any, inputs: Sequence[Sequence[torch.Tensor]], consts: Sequence[float],
         out: Optional[Sequence[Sequence[torch.Tensor]]], seed: int, offset: int):
     """Run ``prog`` with generated kernels on CUDA buffers (the contract of
-    ``nytorch.fuse.run_flat``; numbers exclude the program's constants).
+    ``nytorch.fuse.run_flat``; ``consts``: the numbers then ``prog.lits``).
     Returns the outputs (``outs[j][g]``) or None when ``out`` was given.
-    Raises ``_Fallback`` when generated kernels can't be used here."""
+    Raises :class:`Fallback` (before writing anything) when generated kernels
+    can't be used here: NVRTC or the headers missing, a compile error."""
     from . import _nvrtc
+    reason = available()
+    if reason is not None:
+        raise Fallback(reason)
     ng = len(inputs[0])
+    for g in range(ng):
+        key = (prog.words, inputs[0][g].dtype)
+        if key in _FAILED:
+            raise Fallback(_FAILED[key])
+        if inputs[0][g].numel():
+            try:
+                compile_program(prog, inputs[0][g].dtype, _arch(inputs[0][g].device.index))
+            except (_nvrtc.NvrtcError, OSError) as e:
+                _FAILED[key] = f"compile error: {e}"
+                raise Fallback(_FAILED[key]) from None
     given = out is not None
     if not given:
         out = [[torch.empty_like(inputs[0][g], memory_format=torch.contiguous_format) for g in range(ng)]
@@ -623,7 +646,7 @@ def run(prog: Any, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[f
     if prog.has_rand and seed < 0:
         seed = int(torch.randint(0, 2 ** 62, ()).item())
     seed = max(seed, 0)
-    svals = _scalar_slots(prog, numbers)
+    svals = _scalar_slots(prog, consts)
     n_slots, maxt = _layout(prog)
     by_key: Dict[Tuple[torch.dtype, int], List[int]] = {}
     for g in range(ng):
@@ -649,10 +672,6 @@ def run(prog: Any, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[f
                 args, blocks = _pack(prog, n_slots, maxt, svals, seed, offset, tensors, chunk)
                 drv.launch(fn, blocks, THREADS, stream, args)
     if given:
-        for lst in out:
-            for t in lst:
-                if not t.is_inference():
-                    t._version  # noqa: B018  (writes go through data_ptr: bump below)
         _bump(out)
         return None
     return [list(x) for x in out]
@@ -670,6 +689,8 @@ def _check(prog: Any, inputs, out) -> None:
     ng = len(inputs[0])
     for g in range(ng):
         ref = inputs[0][g]
+        if ref.numel() and not ref.is_cuda:
+            raise Fallback("a call mixing CPU and CUDA groups")
         for what, lst in (("input", inputs), ("output", out)):
             for k, ts in enumerate(lst):
                 if len(ts) != ng:

@@ -77,6 +77,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _C
+from .. import _fuse_codegen as _codegen
 from .. import _storage as S
 from .._storage import state_of
 from ..particle import NytoModule, _number, _same_species
@@ -173,7 +174,21 @@ def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: S
     consts = [*numbers, *prog.lits]
     if torch.compiler.is_compiling():
         return _run_op(prog, inputs, consts, out, seed, offset)
+    return _run(prog, consts, inputs, out, seed, offset)
+
+
+# --- generated CUDA kernels (nytorch/_fuse_codegen.py): NYTO_FUSE_ENGINE=codegen
+def _run(prog, consts, inputs, out, seed, offset):
+    """One fuse call: generated kernels for CUDA buffers when the engine is
+    "codegen" (falling back to the interpreter, with a one-time warning
+    naming the reason), else the interpreter (nytorch._C.fuse_run)."""
+    if _codegen._ENGINE == "codegen" and inputs and inputs[0] and inputs[0][0].is_cuda:
+        try:
+            return _codegen.run(prog, inputs, consts, out, seed, offset)
+        except _codegen.Fallback as e:
+            _codegen._warn_once(str(e))
     return _fuse_run(prog.words, consts, inputs, out, seed, offset)
+# --- end generated CUDA kernels
 
 
 def _run_op(prog, inputs, consts, out, seed, offset):
@@ -221,7 +236,7 @@ class Fused:
     def __call__(self, *args: Any, out: Union[None, NytoModule, Sequence[NytoModule]] = None):
         # The hot path: an in-place call of a traced program on valid particles
         # runs in C (_C.fuse_call); it returns None for anything else.
-        if out is not None:
+        if out is not None and _codegen._ENGINE != "codegen":
             done = _fuse_call(self.programs, args, out)
             if done is not None:
                 return done
@@ -260,7 +275,7 @@ class Fused:
             pool = layout.pool
             outs = [_C.pooled_like(st.flats, pool) for _ in range(prog.n_out)]
             if layout.groups:  # a particle without parameters: nothing to compute
-                _fuse_run(prog.words, nums, inputs, outs, -1, 0)
+                _run(prog, nums, inputs, outs, -1, 0)
             if prog.single:
                 return first._from_flats(st, outs[0])
             return tuple(first._from_flats(st, f) for f in outs)
@@ -284,7 +299,7 @@ class Fused:
                     raise TypeError(f"nytorch.fuse: out= takes particles, got {type(o).__name__}")
                 flats.append(_flats_like(first, o, sp, layout))
         if layout.groups:
-            _fuse_run(prog.words, nums, inputs, flats, -1, 0)
+            _run(prog, nums, inputs, flats, -1, 0)
         return out
 
 
