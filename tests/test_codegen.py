@@ -204,7 +204,7 @@ def _inputs(n_in, n, dtype, seed):
     for k in range(n_in):
         t = torch.randn(n, generator=g, dtype=torch.float64) * 2
         idx = torch.randperm(n, generator=g)[:len(SPECIALS) * 3]
-        t[idx] = torch.tensor(SPECIALS * 3, dtype=torch.float64)
+        t[idx] = torch.tensor(SPECIALS * 3, dtype=torch.float64)[:len(idx)]
         ins.append(t.to(dtype))
     return ins
 
@@ -273,6 +273,68 @@ def test_host_matches_interpreter_bit_for_bit(host_lib):
                     continue
             bad = (~same).nonzero()[0].item()
             failures.append(f"{name} {dtype} out {j}: [{bad}] host {a[bad].item()!r} interp {b[bad].item()!r}")
+    assert not failures, "\n".join(failures[:30])
+
+
+LAUNCH_CASES = ("pso", "pso_clamped", "ema", "soup", "de_trial", "multi_out", "rands", "store_number",
+                "div_number", "lerp_ppn", "es_sum_stored")
+
+
+def test_host_launch_matches_interpreter(host_lib):
+    """The whole kernel on the host: packed launch arguments (several groups
+    per launch, a table cut over launches), the block -> tensor search,
+    16-byte packs and the tail, in place with outputs permuted over inputs,
+    an unaligned group; against the CPU interpreter, bit for bit."""
+    lib, cases = host_lib
+    sizes = (1, 3, 4096, 4099, 16385, 70001)
+    failures = []
+    for i, (name, prog, nums, _, dtype) in enumerate(cases):
+        if name not in LAUNCH_CASES:
+            continue
+        base = [[t for t in _inputs(prog.n_in, n + 1, dtype, seed=n)] for n in sizes]
+        # group g of input k: sizes[g] elements, the last group starts one element in (unaligned)
+        ins = [[base[g][k][1:] if g == len(sizes) - 1 else base[g][k][:-1] for g in range(len(sizes))]
+               for k in range(prog.n_in)]
+        for inplace in (False, True):
+            mine = [[t.clone() for t in lst] for lst in ins]
+            theirs = [[t.clone() for t in lst] for lst in ins]
+            if inplace and prog.n_out <= prog.n_in:  # output j writes input (j + 1) % n_in's memory
+                out_m = [mine[(j + 1) % prog.n_in] for j in range(prog.n_out)]
+                out_t = [theirs[(j + 1) % prog.n_in] for j in range(prog.n_out)]
+            elif inplace:
+                continue
+            else:
+                out_m = [[torch.empty_like(t) for t in ins[0]] for _ in range(prog.n_out)]
+                out_t = None
+            ref = fuse.run_flat(prog, theirs, nums, out=out_t, seed=99, offset=7)
+            ref = out_t if inplace else ref
+            sv = cg._scalar_slots(prog, [*nums, *prog.lits])
+            groups = list(range(len(sizes)))
+            for max_t in (None, 2):  # the table cut into launches of 2 groups too
+                if max_t:
+                    m2 = [[t.clone() for t in lst] for lst in ins]
+                    o2 = [m2[(j + 1) % prog.n_in] for j in range(prog.n_out)] if inplace else \
+                        [[torch.empty_like(t) for t in ins[0]] for _ in range(prog.n_out)]
+                    tensors, outs = m2, o2
+                else:
+                    tensors, outs = mine, out_m
+                packs = cg.launches(prog, tensors, outs, groups, dtype, sv, 99, 7)
+                if max_t:
+                    assert len(packs) == 1  # the table holds them all; cut by hand below
+                    packs = []
+                    for c0 in range(0, len(groups), max_t):
+                        packs += cg.launches(prog, [[lst[g] if g in groups[c0:c0 + max_t] else lst[g]
+                                                     for g in range(len(groups))] for lst in tensors],
+                                             outs, groups[c0:c0 + max_t], dtype, sv, 99, 7)
+                for args, blocks in packs:
+                    buf = ctypes.create_string_buffer(args, len(args))
+                    getattr(lib, f"nyto_host_launch_{i}")(buf, ctypes.c_int64(blocks))
+                for j in range(prog.n_out):
+                    for g in groups:
+                        a, b = outs[j][g], ref[j][g]
+                        same = (_bits(a) == _bits(b)) | (a.isnan() & b.isnan())
+                        if not bool(same.all()):
+                            failures.append(f"{name} {dtype} inplace={inplace} max_t={max_t} out {j} group {g}")
     assert not failures, "\n".join(failures[:30])
 
 

@@ -319,6 +319,10 @@ class Driver:
                                        ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, c_p,
                                        ctypes.POINTER(c_p), ctypes.POINTER(c_p)]
         lib.cuCtxGetCurrent.argtypes = [ctypes.POINTER(c_p)]
+        lib.cuCtxSetCurrent.argtypes = [c_p]
+        lib.cuInit.argtypes = [ctypes.c_uint]
+        lib.cuDeviceGet.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        lib.cuDevicePrimaryCtxRetain.argtypes = [ctypes.POINTER(c_p), ctypes.c_int]
         lib.cuFuncSetAttribute.argtypes = [c_p, ctypes.c_int, ctypes.c_int]
         self.functions: Dict[Tuple[str, int, str], int] = {}
 
@@ -336,8 +340,12 @@ class Driver:
         if f is None:
             ctx = ctypes.c_void_p()
             self._check(self.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
-            if not ctx.value:
-                raise RuntimeError("nytorch: no current CUDA context (torch has not initialized CUDA)")
+            if not ctx.value:  # a thread where torch made no runtime call yet: its primary context
+                dev = ctypes.c_int()
+                self._check(self.lib.cuInit(0), "cuInit")
+                self._check(self.lib.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
+                self._check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+                self._check(self.lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
             mod = ctypes.c_void_p()
             self._check(self.lib.cuModuleLoadData(ctypes.byref(mod), cubin), "cuModuleLoadData")
             fn = ctypes.c_void_p()
