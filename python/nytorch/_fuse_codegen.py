@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._fuse_program import OPS
+from ._fuse_program import OPS, Program
 
 __all__ = ["cuda_source", "host_source", "kernel_headers", "include_dirs", "run", "compile_program",
            "set_engine", "engine", "available", "DTYPES"]
@@ -503,6 +503,17 @@ def cuda_source(prog: Any, dtype: torch.dtype = torch.float32, vec: Optional[int
         "}",
         "",
     ])
+
+
+def _program_cuda_source(self: Any, dtype: Optional[torch.dtype] = None, vec: Optional[int] = None) -> str:
+    """The CUDA C++ that the code generator (nytorch/_fuse_codegen.py) emits
+    for this program on buffers of ``dtype`` (default float32), ``vec``
+    elements per thread step (default: one 16-byte vector)."""
+    return cuda_source(self, torch.float32 if dtype is None else dtype, vec)
+
+
+# Program.cuda_source(): set from here (the program module does not import the generator).
+setattr(Program, "cuda_source", _program_cuda_source)
 
 
 def host_source(progs: Sequence[Tuple[Any, torch.dtype]], vec: Optional[int] = None) -> str:

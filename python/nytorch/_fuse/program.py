@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .trace import ARITY, CODE, OPS, FuseError, Node
 
@@ -46,14 +46,6 @@ class Program:
     def ints(self) -> List[int]:
         """The program as a list of ints (the ``int[] program`` of torch.ops.nytorch.fused)."""
         return list(struct.unpack(f"{len(self.words) // 4}i", self.words))
-
-    def cuda_source(self, dtype=None, vec: Optional[int] = None) -> str:
-        """The CUDA C++ that the code generator (nytorch/_fuse_codegen.py) emits
-        for this program on buffers of ``dtype`` (default float32), ``vec``
-        elements per thread step (default: one 16-byte vector)."""
-        from ._fuse_codegen import cuda_source
-        import torch
-        return cuda_source(self, torch.float32 if dtype is None else dtype, vec)
 
     def __repr__(self) -> str:
         lines = [f"<nytorch.fuse.Program: {self.n_in} inputs, {self.n_num} numbers, {self.n_out} outputs, "
