@@ -212,7 +212,9 @@ def engine_compile_times(args):
     if args.engine == "interp" or args.device != "cuda":
         return
     import tempfile
-    from nytorch import _fuse_codegen as cg, _nvrtc
+
+    from nytorch import _fuse_codegen as cg
+    from nytorch import _nvrtc
     reason = cg.available()
     if reason:
         print(f"  codegen unavailable: {reason}")

@@ -10,6 +10,7 @@ Runnable without a GPU:
 - the disk cache hits in a second process; a corrupted file is rebuilt.
 CUDA cases (generated vs interpreter values, aliasing, streams) skip without a GPU.
 """
+
 import ctypes
 import os
 import shutil
@@ -17,10 +18,9 @@ import subprocess
 import sys
 import textwrap
 
+import nytorch as nyto
 import pytest
 import torch
-
-import nytorch as nyto
 from nytorch import _fuse_codegen as cg
 from nytorch import _nvrtc
 from nytorch._fuse_program import OPS
@@ -47,12 +47,28 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 # Programs
 UNARY = ("neg", "pos", "abs", "sqrt", "exp", "log", "sign")
 BINARY = ("add", "sub", "mul", "div", "pow", "min", "max", "lt", "le", "gt", "ge", "eq", "ne")
-_F = {"neg": lambda x: -x, "pos": lambda x: +x, "abs": abs, "sqrt": lambda x: nyto.sqrt(x),
-      "exp": lambda x: nyto.exp(x), "log": lambda x: nyto.log(x), "sign": lambda x: nyto.sign(x),
-      "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-      "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "min": lambda a, b: nyto.minimum(a, b),
-      "max": lambda a, b: nyto.maximum(a, b), "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
-      "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b, "ne": lambda a, b: a != b}
+_F = {
+    "neg": lambda x: -x,
+    "pos": lambda x: +x,
+    "abs": abs,
+    "sqrt": lambda x: nyto.sqrt(x),
+    "exp": lambda x: nyto.exp(x),
+    "log": lambda x: nyto.log(x),
+    "sign": lambda x: nyto.sign(x),
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "pow": lambda a, b: a**b,
+    "min": lambda a, b: nyto.minimum(a, b),
+    "max": lambda a, b: nyto.maximum(a, b),
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+}
 # ops whose value comes from a libm (the CPU interpreter: SLEEF vectors; host: glibc): within ulps
 TRANSCENDENTAL = {"exp", "log", "pow"}
 
@@ -67,7 +83,7 @@ def op_programs():
         out[f"{op}_pn"] = (fuse.program(_F[op], "pn"), [0.75], op in TRANSCENDENTAL)
         out[f"{op}_np"] = (fuse.program(_F[op], "np"), [1.5], op in TRANSCENDENTAL)
     for e in (2.0, 3.0, 0.5, -1.0, -0.5, -2.0):  # torch's special exponents: exact forms
-        out[f"pow_special_{e}"] = (fuse.program(lambda x, e: x ** e, "pn"), [e], e not in (2.0, 3.0, -1.0, -2.0, 0.5, -0.5))
+        out[f"pow_special_{e}"] = (fuse.program(lambda x, e: x**e, "pn"), [e], False)
     out["div_number"] = (fuse.program(lambda x, s: x / s, "pn"), [3.0], False)
     out["where"] = (fuse.program(lambda x, a, b: nyto.where(x > 0, a, b), "ppp"), [], False)
     out["where_n"] = (fuse.program(lambda x, a, s: nyto.where(x > 0, a, s), "ppn"), [2.5], False)
@@ -105,6 +121,7 @@ def _soup(m1, m2, m3, m4, m5, a1, a2, a3, a4, a5):
 def algorithm_programs():
     """name -> (program, numbers, uses randn): the programs the algorithms and benchmarks run."""
     from nytorch.algorithms import _sampling, de, pso
+
     return {
         "pso": (fuse.program(_pso, "ppppnnn"), [0.7, 1.5, 1.5], False),
         "pso_algorithm": (pso._program(False), [0.7, 1.5, 1.5], False),
@@ -121,31 +138,46 @@ def algorithm_programs():
 
 def all_ops_program():
     """One program using every op (each output one op): its source holds every op's code."""
+
     def fn(x, y, z, s):
         outs = [_F[op](x) for op in UNARY] + [_F[op](x, y) for op in BINARY] + [_F[op](x, s) for op in BINARY]
-        outs += [nyto.where(x > y, y, z), nyto.lerp(x, y, z), nyto.lerp(x, y, s), nyto.fma(x, y, z),
-                 x * y + z, nyto.rand_like(x) * s, nyto.randn_like(x) + nyto.rand_like(x), x ** 2.0, x / s]
+        outs += [
+            nyto.where(x > y, y, z),
+            nyto.lerp(x, y, z),
+            nyto.lerp(x, y, s),
+            nyto.fma(x, y, z),
+            x * y + z,
+            nyto.rand_like(x) * s,
+            nyto.randn_like(x) + nyto.rand_like(x),
+            x**2.0,
+            x / s,
+        ]
         if "hypot" in OPS:
             outs.append(nyto.hypot(x, y))
         return tuple(outs)
+
     return fuse.program(fn, "pppn")
 
 
 def test_every_op_has_a_program():
-    covered = {"load", "store", "rand", "randn", "rands", "muladd"} | set(UNARY) | set(BINARY) | {
-        "where", "lerp", "fma", "hypot"}
+    covered = (
+        {"load", "store", "rand", "randn", "rands", "muladd"}
+        | set(UNARY)
+        | set(BINARY)
+        | {"where", "lerp", "fma", "hypot"}
+    )
     assert set(OPS) <= covered, f"ops without a codegen test: {set(OPS) - covered}"
 
 
 def test_source_is_straight_line():
     prog = fuse.program(_pso, "ppppnnn")
     src = prog.cuda_source()
-    assert "#include \"nyto_math.h\"" in src and "#include \"fuse/fops.def\"" in src
-    assert "switch" not in src.split("extern \"C\"")[1]  # no interpreter loop in the kernel
+    assert '#include "nyto_math.h"' in src and '#include "fuse/fops.def"' in src
+    assert "switch" not in src.split('extern "C"')[1]  # no interpreter loop in the kernel
     assert "const M v" in src and "store_pack" in src and "load_pack" in src
     assert "nyto::fuse::philox4x32_10" in src  # the shared Philox, not a copy
     for dt in cg.DTYPES:
-        assert "extern \"C\" __global__" in prog.cuda_source(dt)
+        assert 'extern "C" __global__' in prog.cuda_source(dt)
 
 
 # ---------------------------------------------------------------------------
@@ -171,8 +203,11 @@ def test_nvrtc_compiles_each_op_float32(monkeypatch):
 def test_nvrtc_compiles_algorithm_programs(name, monkeypatch):
     monkeypatch.setenv("NYTO_FUSE_CACHE", "0")
     prog = algorithm_programs()[name][0]
-    for dtype in ((torch.float32, torch.bfloat16, torch.float64, torch.float16) if name == "pso"
-                  else (torch.float32, torch.bfloat16)):
+    for dtype in (
+        (torch.float32, torch.bfloat16, torch.float64, torch.float16)
+        if name == "pso"
+        else (torch.float32, torch.bfloat16)
+    ):
         _, cubin, _ = cg.compile_program(prog, dtype, arch=90)
         assert cubin[:4] == b"\x7fELF", (name, dtype)
 
@@ -181,15 +216,20 @@ def test_nvrtc_compiles_algorithm_programs(name, monkeypatch):
 def test_no_fma_contraction_and_vector_accesses(monkeypatch):
     """--fmad=false: PSO (no fma asked) has no fma; 16-byte loads and stores."""
     prog = fuse.program(_pso, "ppppnnn")
-    ptx, _, _ = _nvrtc.nvrtc().compile(prog.cuda_source(), "k.cu", ["--gpu-architecture=compute_90", *cg._OPTIONS],
-                                       cg.kernel_headers(), cubin=False)
+    ptx, _, _ = _nvrtc.nvrtc().compile(
+        prog.cuda_source(), "k.cu", ["--gpu-architecture=compute_90", *cg._OPTIONS], cg.kernel_headers(), cubin=False
+    )
     ptx = ptx.decode(errors="replace")
     assert "fma.rn.f32" not in ptx
     assert "ld.global.v4.f32" in ptx and "st.global.v4.b32" in ptx
     fma_prog = fuse.program(lambda a, b, c: nyto.fma(a, b, c), "ppp")
-    ptx2, _, _ = _nvrtc.nvrtc().compile(fma_prog.cuda_source(), "k.cu",
-                                        ["--gpu-architecture=compute_90", *cg._OPTIONS], cg.kernel_headers(),
-                                        cubin=False)
+    ptx2, _, _ = _nvrtc.nvrtc().compile(
+        fma_prog.cuda_source(),
+        "k.cu",
+        ["--gpu-architecture=compute_90", *cg._OPTIONS],
+        cg.kernel_headers(),
+        cubin=False,
+    )
     assert b"fma.rn.f32" in ptx2
 
 
@@ -201,10 +241,10 @@ SPECIALS = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1.0, -1.0, 0.5
 def _inputs(n_in, n, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     ins = []
-    for k in range(n_in):
+    for _k in range(n_in):
         t = torch.randn(n, generator=g, dtype=torch.float64) * 2
-        idx = torch.randperm(n, generator=g)[:len(SPECIALS) * 3]
-        t[idx] = torch.tensor(SPECIALS * 3, dtype=torch.float64)[:len(idx)]
+        idx = torch.randperm(n, generator=g)[: len(SPECIALS) * 3]
+        t[idx] = torch.tensor(SPECIALS * 3, dtype=torch.float64)[: len(idx)]
         ins.append(t.to(dtype))
     return ins
 
@@ -216,7 +256,7 @@ def _bits(t):
 def _ulps(a, b):
     a, b = a.double(), b.double()
     both_nan = a.isnan() & b.isnan()
-    same_inf = (a == b)
+    same_inf = a == b
     diff = (a - b).abs()
     scale = torch.maximum(a.abs(), b.abs()).clamp_min(1e-300)
     return torch.where(both_nan | same_inf, torch.zeros_like(diff), diff / scale)
@@ -239,8 +279,20 @@ def host_lib(tmp_path_factory):
     d = tmp_path_factory.mktemp("host")
     (d / "gen.cpp").write_text(src)
     inc = [cg._find_include(), *__import__("torch.utils.cpp_extension").utils.cpp_extension.include_paths()]
-    cmd = ["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-w",
-           *[f"-I{i}" for i in inc], str(d / "gen.cpp"), "-o", str(d / "gen.so")]
+    cmd = [
+        "g++",
+        "-std=c++17",
+        "-O2",
+        "-ffp-contract=off",
+        "-fno-fast-math",
+        "-shared",
+        "-fPIC",
+        "-w",
+        *[f"-I{i}" for i in inc],
+        str(d / "gen.cpp"),
+        "-o",
+        str(d / "gen.so"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
     return ctypes.CDLL(str(d / "gen.so")), cases
@@ -259,8 +311,9 @@ def test_host_matches_interpreter_bit_for_bit(host_lib):
         outp = (ctypes.c_uint64 * prog.n_out)(*[t.data_ptr() for t in outs])
         sv = cg._scalar_slots(prog, [*nums, *prog.lits])
         s = (ctypes.c_double * max(1, len(sv)))(*sv)
-        getattr(lib, f"nyto_host_run_{i}")(ctypes.c_int64(n), inp, outp, s, ctypes.c_uint64(seed),
-                                            ctypes.c_uint64(offset), ctypes.c_uint32(group))
+        getattr(lib, f"nyto_host_run_{i}")(
+            ctypes.c_int64(n), inp, outp, s, ctypes.c_uint64(seed), ctypes.c_uint64(offset), ctypes.c_uint32(group)
+        )
         for j in range(prog.n_out):
             a, b = outs[j], ref[j][0]
             nan_both = a.isnan() & b.isnan()
@@ -276,8 +329,19 @@ def test_host_matches_interpreter_bit_for_bit(host_lib):
     assert not failures, "\n".join(failures[:30])
 
 
-LAUNCH_CASES = ("pso", "pso_clamped", "ema", "soup", "de_trial", "multi_out", "rands", "store_number",
-                "div_number", "lerp_ppn", "es_sum_stored")
+LAUNCH_CASES = (
+    "pso",
+    "pso_clamped",
+    "ema",
+    "soup",
+    "de_trial",
+    "multi_out",
+    "rands",
+    "store_number",
+    "div_number",
+    "lerp_ppn",
+    "es_sum_stored",
+)
 
 
 def test_host_launch_matches_interpreter(host_lib):
@@ -293,8 +357,10 @@ def test_host_launch_matches_interpreter(host_lib):
             continue
         base = [[t for t in _inputs(prog.n_in, n + 1, dtype, seed=n)] for n in sizes]
         # group g of input k: sizes[g] elements, the last group starts one element in (unaligned)
-        ins = [[base[g][k][1:] if g == len(sizes) - 1 else base[g][k][:-1] for g in range(len(sizes))]
-               for k in range(prog.n_in)]
+        ins = [
+            [base[g][k][1:] if g == len(sizes) - 1 else base[g][k][:-1] for g in range(len(sizes))]
+            for k in range(prog.n_in)
+        ]
         for inplace in (False, True):
             mine = [[t.clone() for t in lst] for lst in ins]
             theirs = [[t.clone() for t in lst] for lst in ins]
@@ -313,8 +379,11 @@ def test_host_launch_matches_interpreter(host_lib):
             for max_t in (None, 2):  # the table cut into launches of 2 groups too
                 if max_t:
                     m2 = [[t.clone() for t in lst] for lst in ins]
-                    o2 = [m2[(j + 1) % prog.n_in] for j in range(prog.n_out)] if inplace else \
-                        [[torch.empty_like(t) for t in ins[0]] for _ in range(prog.n_out)]
+                    o2 = (
+                        [m2[(j + 1) % prog.n_in] for j in range(prog.n_out)]
+                        if inplace
+                        else [[torch.empty_like(t) for t in ins[0]] for _ in range(prog.n_out)]
+                    )
                     tensors, outs = m2, o2
                 else:
                     tensors, outs = mine, out_m
@@ -323,9 +392,19 @@ def test_host_launch_matches_interpreter(host_lib):
                     assert len(packs) == 1  # the table holds them all; cut by hand below
                     packs = []
                     for c0 in range(0, len(groups), max_t):
-                        packs += cg.launches(prog, [[lst[g] if g in groups[c0:c0 + max_t] else lst[g]
-                                                     for g in range(len(groups))] for lst in tensors],
-                                             outs, groups[c0:c0 + max_t], dtype, sv, 99, 7)
+                        packs += cg.launches(
+                            prog,
+                            [
+                                [lst[g] if g in groups[c0 : c0 + max_t] else lst[g] for g in range(len(groups))]
+                                for lst in tensors
+                            ],
+                            outs,
+                            groups[c0 : c0 + max_t],
+                            dtype,
+                            sv,
+                            99,
+                            7,
+                        )
                 for args, blocks in packs:
                     buf = ctypes.create_string_buffer(args, len(args))
                     getattr(lib, f"nyto_host_launch_{i}")(buf, ctypes.c_int64(blocks))
@@ -355,6 +434,7 @@ def _child(tmp_path, extra=None):
     r = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     import json
+
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
 
@@ -411,9 +491,13 @@ def _engine(name):
 def test_cuda_generated_equals_interpreter(dtype):
     cases = {**op_programs(), **algorithm_programs()}
     if dtype != torch.float32:  # every op in float32; the algorithms and a few ops in the others
-        cases = {k: v for k, v in cases.items() if k in algorithm_programs() or k in (
-            "add_pp", "div_number", "pow_special_2.0", "lerp_ppp", "rand", "rands", "min_pp", "sign")}
-    for name, (prog, nums, transc) in cases.items():
+        cases = {
+            k: v
+            for k, v in cases.items()
+            if k in algorithm_programs()
+            or k in ("add_pp", "div_number", "pow_special_2.0", "lerp_ppp", "rand", "rands", "min_pp", "sign")
+        }
+    for name, (prog, nums, _transc) in cases.items():
         for n in (1, 5, 4099, 70001):
             ins = [t.cuda() for t in _inputs(prog.n_in, n, dtype, seed=n)]
             prev = cg.set_engine("interp")

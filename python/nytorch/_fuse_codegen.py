@@ -29,6 +29,7 @@ Entry points: ``cuda_source(prog, dtype)`` (also ``Program.cuda_source()``),
 :func:`set_engine`). ``NYTO_FUSE_PRINT_SOURCE=1`` prints each source when it
 is compiled.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,18 @@ import torch
 
 from ._fuse_program import OPS, Program
 
-__all__ = ["cuda_source", "host_source", "kernel_headers", "include_dirs", "run", "compile_program",
-           "set_engine", "engine", "available", "DTYPES"]
+__all__ = [
+    "cuda_source",
+    "host_source",
+    "kernel_headers",
+    "include_dirs",
+    "run",
+    "compile_program",
+    "set_engine",
+    "engine",
+    "available",
+    "DTYPES",
+]
 
 # dtype -> (storage type in the generated code, op-math type, element bytes)
 DTYPES: Dict[torch.dtype, Tuple[str, str, int]] = {
@@ -53,8 +64,8 @@ DTYPES: Dict[torch.dtype, Tuple[str, str, int]] = {
     torch.float16: ("nyto_f16", "float", 2),
 }
 THREADS = 256
-ITERS = 4          # vector steps per thread per chunk
-ARG_BYTES = 4000   # the kernel argument stays under the classic 4 KB limit
+ITERS = 4  # vector steps per thread per chunk
+ARG_BYTES = 4000  # the kernel argument stays under the classic 4 KB limit
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -81,20 +92,26 @@ def _find_include() -> str:
     for d in include_dirs():
         if all(os.path.isfile(os.path.join(d, h)) for h in _NEEDED):
             return d
-    raise FileNotFoundError(f"nytorch.fuse codegen: the shared headers {', '.join(_NEEDED)} are not in "
-                            f"{include_dirs()} (set NYTO_FUSE_INCLUDE to a folder holding them)")
+    raise FileNotFoundError(
+        f"nytorch.fuse codegen: the shared headers {', '.join(_NEEDED)} are not in "
+        f"{include_dirs()} (set NYTO_FUSE_INCLUDE to a folder holding them)"
+    )
 
 
 # NVRTC has no C++ standard library or torch headers: the shared headers'
 # includes are answered by these (what they use of them).
 _SHIMS = {
     "cmath": "#pragma once\n// NVRTC: the CUDA math functions are built in.\n",
-    "cstdint": ("#pragma once\ntypedef unsigned int uint32_t; typedef int int32_t;\n"
-                "typedef unsigned long long uint64_t; typedef long long int64_t;\n"
-                "typedef unsigned short uint16_t; typedef unsigned long long uintptr_t;\n"),
-    "c10/macros/Macros.h": ("#pragma once\n#define C10_HOST_DEVICE __host__ __device__\n"
-                            "#define C10_DEVICE __device__\n#define C10_HOST __host__\n"
-                            "#define C10_ALWAYS_INLINE __forceinline__\n"),
+    "cstdint": (
+        "#pragma once\ntypedef unsigned int uint32_t; typedef int int32_t;\n"
+        "typedef unsigned long long uint64_t; typedef long long int64_t;\n"
+        "typedef unsigned short uint16_t; typedef unsigned long long uintptr_t;\n"
+    ),
+    "c10/macros/Macros.h": (
+        "#pragma once\n#define C10_HOST_DEVICE __host__ __device__\n"
+        "#define C10_DEVICE __device__\n#define C10_HOST __host__\n"
+        "#define C10_ALWAYS_INLINE __forceinline__\n"
+    ),
 }
 
 
@@ -282,30 +299,52 @@ def _scalar_slots(prog: Any, consts: Sequence[float]) -> List[float]:
         if d >= 0:
             continue
         name = ops[op]
-        args = [vals[-1 - o] for o in (a, b, c)[:_ARITY.get(name, 2)]]
+        args = [vals[-1 - o] for o in (a, b, c)[: _ARITY.get(name, 2)]]
         vals[-1 - d] = _scalar(op, name, args)
     return vals
 
 
-_ARITY = {"neg": 1, "pos": 1, "abs": 1, "sqrt": 1, "exp": 1, "log": 1, "sign": 1,
-          "where": 3, "lerp": 3, "fma": 3, "muladd": 3}
+_ARITY = {
+    "neg": 1,
+    "pos": 1,
+    "abs": 1,
+    "sqrt": 1,
+    "exp": 1,
+    "log": 1,
+    "sign": 1,
+    "where": 3,
+    "lerp": 3,
+    "fma": 3,
+    "muladd": 3,
+}
 
 
 def _scalar(code: int, name: str, args: List[float]) -> float:
     from . import _C
+
     f = getattr(_C, "fuse_scalar", None)
     if f is not None:  # the C evaluation of csrc/fuse/fuse.cpp (csrc/nyto_math.h in double)
         return float(f(code, *args))
     from ._fuse_trace import scalar_eval
+
     try:
         return float(scalar_eval(name, *args))
     except KeyError:
         a, b = args[0], args[1] if len(args) > 1 else 0.0
-        return {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b,
-                "div": lambda: a / b if b else math.copysign(math.inf, a) * math.copysign(1.0, b) if a else math.nan,
-                "pow": lambda: math.pow(a, b), "lt": lambda: float(a < b), "le": lambda: float(a <= b),
-                "gt": lambda: float(a > b), "ge": lambda: float(a >= b), "eq": lambda: float(a == b),
-                "ne": lambda: float(a != b), "muladd": lambda: a * b + args[2]}[name]()
+        return {
+            "add": lambda: a + b,
+            "sub": lambda: a - b,
+            "mul": lambda: a * b,
+            "div": lambda: a / b if b else math.copysign(math.inf, a) * math.copysign(1.0, b) if a else math.nan,
+            "pow": lambda: math.pow(a, b),
+            "lt": lambda: float(a < b),
+            "le": lambda: float(a <= b),
+            "gt": lambda: float(a > b),
+            "ge": lambda: float(a >= b),
+            "eq": lambda: float(a == b),
+            "ne": lambda: float(a != b),
+            "muladd": lambda: a * b + args[2],
+        }[name]()
 
 
 # ---------------------------------------------------------------------------
@@ -314,11 +353,11 @@ def _body(prog: Any, device: bool) -> Tuple[List[str], List[int], List[int]]:
     """Lines of the element function's body; the inputs it loads; the scalar
     slots it reads."""
     ops = _op_names()
-    reg: Dict[int, str] = {}     # bytecode register -> SSA local currently in it
+    reg: Dict[int, str] = {}  # bytecode register -> SSA local currently in it
     lines: List[str] = []
     loads: List[int] = []
     slots: List[int] = []
-    pre: List[str] = []          # per-block arrays (random streams), before the lane loop
+    pre: List[str] = []  # per-block arrays (random streams), before the lane loop
 
     def s_of(o: int) -> str:
         k = -1 - o
@@ -365,8 +404,7 @@ def _body(prog: Any, device: bool) -> Tuple[List[str], List[int], List[int]]:
             opnd = [val(o) for o in (a, b, c)[:n]] + ["M(0)"] * (3 - n)
             lines.append(f"const M {v} = op_{name}<M>({', '.join(opnd)});")
         reg[d] = v
-    return pre + ["#pragma unroll", "for (int l = 0; l < VEC; ++l) {"] + ["  " + x for x in lines] + ["}"], \
-        loads, slots
+    return pre + ["#pragma unroll", "for (int l = 0; l < VEC; ++l) {"] + ["  " + x for x in lines] + ["}"], loads, slots
 
 
 def _elements_fn(prog: Any, device: bool) -> str:
@@ -390,16 +428,19 @@ def _elements_fn(prog: Any, device: bool) -> str:
         out.append(f"  {{ const T* p = reinterpret_cast<const T*>(in[{k}]) + i;")
         out.append("    if (vec_ok) { const Pack<T, VEC> q = load_pack<T, VEC>(p);")
         out.append(f"#pragma unroll\n      for (int l = 0; l < VEC; ++l) x{k}[l] = to_m<M>(q.v[l]); }}")
-        out.append(f"    else {{\n#pragma unroll\n      for (int l = 0; l < VEC; ++l) x{k}[l] = l < cnt ? to_m<M>(p[l]) : M(0); }} }}")
+        out.append("    else {\n#pragma unroll")
+        out.append(f"      for (int l = 0; l < VEC; ++l) x{k}[l] = l < cnt ? to_m<M>(p[l]) : M(0); }} }}")
     for j in range(prog.n_out):
         out.append(f"  M y{j}[VEC];")
     out += ["  " + x for x in body]
     # all loads happened above: the stores may write any input's memory
     for j in range(prog.n_out):
         out.append(f"  {{ T* p = reinterpret_cast<T*>(out[{j}]) + i;")
-        out.append(f"    if (vec_ok) {{ Pack<T, VEC> q;\n#pragma unroll\n      for (int l = 0; l < VEC; ++l) q.v[l] = from_m<T>(y{j}[l]);")
+        out.append("    if (vec_ok) { Pack<T, VEC> q;\n#pragma unroll")
+        out.append(f"      for (int l = 0; l < VEC; ++l) q.v[l] = from_m<T>(y{j}[l]);")
         out.append("      store_pack<T, VEC>(p, q); }")
-        out.append(f"    else {{\n#pragma unroll\n      for (int l = 0; l < VEC; ++l) if (l < cnt) p[l] = from_m<T>(y{j}[l]); }} }}")
+        out.append("    else {\n#pragma unroll")
+        out.append(f"      for (int l = 0; l < VEC; ++l) if (l < cnt) p[l] = from_m<T>(y{j}[l]); }} }}")
     out.append("}")
     return "\n".join(out)
 
@@ -449,7 +490,7 @@ def _kernel_parts(prog: Any, dtype: torch.dtype, vec: int, device: bool) -> List
         "  uint32_t aligned[kMaxT];",
         "  int64_t n_tensors;",
         "};",
-        f"static_assert(sizeof(Args) == {_args_size(prog)}, \"Args must match _pack\");",
+        f'static_assert(sizeof(Args) == {_args_size(prog)}, "Args must match _pack");',
         "",
         "template <class T, class M>",
         "NYTO_GEN_FN void block(const Args& a, int64_t b, int64_t tid) {",
@@ -487,22 +528,25 @@ def cuda_source(prog: Any, dtype: torch.dtype = torch.float32, vec: Optional[int
     elements per thread step (default: one 16-byte vector)."""
     vec = _check_vec(dtype, vec)
     T, M, _ = DTYPES[dtype]
-    return "\n".join([
-        "// Generated by nytorch.fuse (python/nytorch/_fuse_codegen.py): do not edit.",
-        f"// {prog.n_in} inputs, {prog.n_num} numbers, {prog.n_out} outputs; {dtype}, {vec} elements per step.",
-        "// Program:",
-        *["//   " + line for line in repr(prog).splitlines()[1:]],
-        _PRELUDE,
-        "namespace nyto {\nnamespace gen {",
-        *_kernel_parts(prog, dtype, vec, device=True),
-        "}  // namespace gen\n}  // namespace nyto",
-        "",
-        "extern \"C\" __global__ void __launch_bounds__(256) nyto_fused(const __grid_constant__ nyto::gen::Args a) {",
-        f"  nyto::gen::block<nyto::gen::{T}, {M}>(a, blockIdx.x, threadIdx.x);" if T.startswith("nyto") else
-        f"  nyto::gen::block<{T}, {M}>(a, blockIdx.x, threadIdx.x);",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "// Generated by nytorch.fuse (python/nytorch/_fuse_codegen.py): do not edit.",
+            f"// {prog.n_in} inputs, {prog.n_num} numbers, {prog.n_out} outputs; {dtype}, {vec} elements per step.",
+            "// Program:",
+            *["//   " + line for line in repr(prog).splitlines()[1:]],
+            _PRELUDE,
+            "namespace nyto {\nnamespace gen {",
+            *_kernel_parts(prog, dtype, vec, device=True),
+            "}  // namespace gen\n}  // namespace nyto",
+            "",
+            'extern "C" __global__ void __launch_bounds__(256) nyto_fused(const __grid_constant__ nyto::gen::Args a) {',
+            f"  nyto::gen::block<nyto::gen::{T}, {M}>(a, blockIdx.x, threadIdx.x);"
+            if T.startswith("nyto")
+            else f"  nyto::gen::block<{T}, {M}>(a, blockIdx.x, threadIdx.x);",
+            "}",
+            "",
+        ]
+    )
 
 
 def _program_cuda_source(self: Any, dtype: Optional[torch.dtype] = None, vec: Optional[int] = None) -> str:
@@ -513,7 +557,7 @@ def _program_cuda_source(self: Any, dtype: Optional[torch.dtype] = None, vec: Op
 
 
 # Program.cuda_source(): set from here (the program module does not import the generator).
-setattr(Program, "cuda_source", _program_cuda_source)
+setattr(Program, "cuda_source", _program_cuda_source)  # noqa: B010
 
 
 def host_source(progs: Sequence[Tuple[Any, torch.dtype]], vec: Optional[int] = None) -> str:
@@ -569,11 +613,13 @@ def _arch(device: Optional[int] = None) -> int:
     return 90
 
 
-def compile_program(prog: Any, dtype: torch.dtype, arch: Optional[int] = None,
-                    vec: Optional[int] = None) -> Tuple[str, bytes, str]:
+def compile_program(
+    prog: Any, dtype: torch.dtype, arch: Optional[int] = None, vec: Optional[int] = None
+) -> Tuple[str, bytes, str]:
     """(cache key, CUBIN, kernel name) of ``prog`` for ``dtype`` on ``sm_<arch>``
     (default: the current device's, else ``NYTO_FUSE_ARCH`` or 90)."""
     from . import _nvrtc
+
     arch = arch or _arch()
     vec = vec or default_vec(dtype)
     k = (prog.words, dtype, arch, vec)
@@ -610,6 +656,7 @@ def engine() -> str:
 def available() -> Optional[str]:
     """None when generated kernels can be compiled here, else the reason."""
     from . import _nvrtc
+
     try:
         _nvrtc.nvrtc()
         _find_include()
@@ -621,12 +668,23 @@ def available() -> Optional[str]:
 def _warn_once(reason: str) -> None:
     if not _WARNED.get(reason):
         _WARNED[reason] = True
-        warnings.warn(f"nytorch.fuse: generated CUDA kernels unavailable, using the interpreter kernel: {reason}",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"nytorch.fuse: generated CUDA kernels unavailable, using the interpreter kernel: {reason}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
-def _pack(prog: Any, n_slots: int, maxt: int, svals: List[float], seed: int, offset: int,
-          tensors: List[Tuple[List[int], int, int, bool]], chunk: int) -> Tuple[bytes, int]:
+def _pack(
+    prog: Any,
+    n_slots: int,
+    maxt: int,
+    svals: List[float],
+    seed: int,
+    offset: int,
+    tensors: List[Tuple[List[int], int, int, bool]],
+    chunk: int,
+) -> Tuple[bytes, int]:
     nio = prog.n_in + prog.n_out
     s = list(svals[:n_slots]) + [0.0] * (max(1, n_slots) - min(len(svals), n_slots))
     ptr = [0] * (maxt * nio)
@@ -636,7 +694,7 @@ def _pack(prog: Any, n_slots: int, maxt: int, svals: List[float], seed: int, off
     aligned = [0] * maxt
     total = 0
     for t, (ptrs, n, g, al) in enumerate(tensors):
-        ptr[t * nio:(t + 1) * nio] = ptrs
+        ptr[t * nio : (t + 1) * nio] = ptrs
         numel[t] = n
         cstart[t] = total
         total += (n + chunk - 1) // chunk
@@ -646,8 +704,9 @@ def _pack(prog: Any, n_slots: int, maxt: int, svals: List[float], seed: int, off
         cstart[t] = total
     fmt = f"<{max(1, n_slots)}dQQ{maxt * nio}Q{maxt}q{maxt}q{maxt}I{maxt}Iq"
     assert struct.calcsize(fmt) == _args_size(prog)
-    return struct.pack(fmt, *s, seed & (2 ** 64 - 1), offset, *ptr, *numel, *cstart, *group, *aligned,
-                       len(tensors)), total
+    return struct.pack(
+        fmt, *s, seed & (2**64 - 1), offset, *ptr, *numel, *cstart, *group, *aligned, len(tensors)
+    ), total
 
 
 class Fallback(Exception):
@@ -657,8 +716,17 @@ class Fallback(Exception):
 _FAILED: Dict[Tuple[bytes, torch.dtype], str] = {}
 
 
-def launches(prog: Any, inputs, out, groups: Sequence[int], dtype: torch.dtype, svals: List[float], seed: int,
-             offset: int, vec: Optional[int] = None):
+def launches(
+    prog: Any,
+    inputs,
+    out,
+    groups: Sequence[int],
+    dtype: torch.dtype,
+    svals: List[float],
+    seed: int,
+    offset: int,
+    vec: Optional[int] = None,
+):
     """(packed kernel argument, blocks) of each launch over ``groups`` (all of
     ``dtype``, none empty): up to the table's size of tensors per launch."""
     n_slots, maxt = _layout(prog)
@@ -668,44 +736,54 @@ def launches(prog: Any, inputs, out, groups: Sequence[int], dtype: torch.dtype, 
     res = []
     for c0 in range(0, len(groups), maxt):
         tensors = []
-        for g in groups[c0:c0 + maxt]:
-            ptrs = [inputs[k][g].data_ptr() for k in range(prog.n_in)] + \
-                   [out[j][g].data_ptr() for j in range(prog.n_out)]
+        for g in groups[c0 : c0 + maxt]:
+            ptrs = [inputs[k][g].data_ptr() for k in range(prog.n_in)] + [
+                out[j][g].data_ptr() for j in range(prog.n_out)
+            ]
             al = vbytes % 16 == 0 and all(p % 16 == 0 for p in ptrs)
             tensors.append((ptrs, inputs[0][g].numel(), g, al))
         res.append(_pack(prog, n_slots, maxt, svals, seed, offset, tensors, chunk))
     return res
 
 
-def run(prog: Any, inputs: Sequence[Sequence[torch.Tensor]], consts: Sequence[float],
-        out: Optional[Sequence[Sequence[torch.Tensor]]], seed: int, offset: int):
+def run(
+    prog: Any,
+    inputs: Sequence[Sequence[torch.Tensor]],
+    consts: Sequence[float],
+    out: Optional[Sequence[Sequence[torch.Tensor]]],
+    seed: int,
+    offset: int,
+):
     """Run ``prog`` with generated kernels on CUDA buffers (the contract of
     ``nytorch.fuse.run_flat``; ``consts``: the numbers then ``prog.lits``).
     Returns the outputs (``outs[j][g]``) or None when ``out`` was given.
     Raises :class:`Fallback` (before writing anything) when generated kernels
     can't be used here: NVRTC or the headers missing, a compile error."""
     from . import _nvrtc
+
     reason = available()
     if reason is not None:
         raise Fallback(reason)
     ng = len(inputs[0])
-    for g in range(ng):
-        key = (prog.words, inputs[0][g].dtype)
-        if key in _FAILED:
-            raise Fallback(_FAILED[key])
+    given = out is not None
+    if out is None:
+        out = [
+            [torch.empty_like(inputs[0][g], memory_format=torch.contiguous_format) for g in range(ng)]
+            for _ in range(prog.n_out)
+        ]
+    _check(prog, inputs, out)
+    for g in range(ng):  # compile everything before writing anything
+        fkey = (prog.words, inputs[0][g].dtype)
+        if fkey in _FAILED:
+            raise Fallback(_FAILED[fkey])
         if inputs[0][g].numel():
             try:
                 compile_program(prog, inputs[0][g].dtype, _arch(inputs[0][g].device.index))
             except (_nvrtc.NvrtcError, OSError) as e:
-                _FAILED[key] = f"compile error: {e}"
-                raise Fallback(_FAILED[key]) from None
-    given = out is not None
-    if not given:
-        out = [[torch.empty_like(inputs[0][g], memory_format=torch.contiguous_format) for g in range(ng)]
-               for _ in range(prog.n_out)]
-    _check(prog, inputs, out)
+                _FAILED[fkey] = f"compile error: {e}"
+                raise Fallback(_FAILED[fkey]) from None
     if prog.has_rand and seed < 0:
-        seed = int(torch.randint(0, 2 ** 62, ()).item())
+        seed = int(torch.randint(0, 2**62, ()).item())
     seed = max(seed, 0)
     svals = _scalar_slots(prog, consts)
     by_key: Dict[Tuple[torch.dtype, int], List[int]] = {}
@@ -746,10 +824,17 @@ def _check(prog: Any, inputs, out) -> None:
                 if len(ts) != ng:
                     raise RuntimeError(f"nytorch.fuse: {what} {k} has {len(ts)} buffers (groups), input 0 has {ng}")
                 t = ts[g]
-                if t.dtype not in DTYPES or t.dtype != ref.dtype or t.device != ref.device or \
-                        t.numel() != ref.numel() or not t.is_contiguous():
-                    raise RuntimeError(f"nytorch.fuse: {what} {k} of group {g} does not match input 0 "
-                                       f"(dtype, device, numel, contiguity)")
+                if (
+                    t.dtype not in DTYPES
+                    or t.dtype != ref.dtype
+                    or t.device != ref.device
+                    or t.numel() != ref.numel()
+                    or not t.is_contiguous()
+                ):
+                    raise RuntimeError(
+                        f"nytorch.fuse: {what} {k} of group {g} does not match input 0 "
+                        f"(dtype, device, numel, contiguity)"
+                    )
         for j in range(prog.n_out):
             o = out[j][g]
             lo, hi = o.data_ptr(), o.data_ptr() + o.numel() * o.element_size()

@@ -20,6 +20,7 @@ Launching (CUDA tensors only) goes through the driver API (libcuda, also
 opened with dlopen): ``cuModuleLoadData``, ``cuModuleGetFunction``,
 ``cuLaunchKernel`` on torch's current stream.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -54,6 +55,7 @@ def _candidates() -> List[str]:
             roots.append(os.path.join(p, "nvidia"))
     try:  # the site-packages holding torch (without importing torch here)
         import importlib.util
+
         spec = importlib.util.find_spec("torch")
         if spec is not None and spec.origin:
             site = os.path.dirname(os.path.dirname(spec.origin))
@@ -102,8 +104,14 @@ class _Nvrtc:
         lib.nvrtcVersion.argtypes = [ctypes.POINTER(ctypes.c_int)] * 2
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
         lib.nvrtcGetErrorString.argtypes = [ctypes.c_int]
-        lib.nvrtcCreateProgram.argtypes = [ctypes.POINTER(c_p), ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
-                                           ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)]
+        lib.nvrtcCreateProgram.argtypes = [
+            ctypes.POINTER(c_p),
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.POINTER(ctypes.c_char_p),
+        ]
         lib.nvrtcDestroyProgram.argtypes = [ctypes.POINTER(c_p)]
         lib.nvrtcCompileProgram.argtypes = [c_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         for name in ("nvrtcGetProgramLogSize", "nvrtcGetPTXSize", "nvrtcGetCUBINSize"):
@@ -135,15 +143,24 @@ class _Nvrtc:
         self._check(self.lib.nvrtcGetSupportedArchs(arr), "nvrtcGetSupportedArchs")
         return list(arr)
 
-    def compile(self, source: str, name: str, options: Sequence[str], headers: Dict[str, str],
-                cubin: bool = True, lowered: Sequence[str] = ()) -> Tuple[bytes, str, Dict[str, str]]:
+    def compile(
+        self,
+        source: str,
+        name: str,
+        options: Sequence[str],
+        headers: Dict[str, str],
+        cubin: bool = True,
+        lowered: Sequence[str] = (),
+    ) -> Tuple[bytes, str, Dict[str, str]]:
         """(CUBIN or PTX, log, {name expression: lowered name})."""
         prog = ctypes.c_void_p()
         hn = list(headers)
         hsrc = (ctypes.c_char_p * max(1, len(hn)))(*[headers[h].encode() for h in hn])
         hnames = (ctypes.c_char_p * max(1, len(hn)))(*[h.encode() for h in hn])
-        self._check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), len(hn),
-                                                hsrc, hnames), "nvrtcCreateProgram")
+        self._check(
+            self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), len(hn), hsrc, hnames),
+            "nvrtcCreateProgram",
+        )
         try:
             for e in lowered:
                 self._check(self.lib.nvrtcAddNameExpression(prog, e.encode()), "nvrtcAddNameExpression")
@@ -155,15 +172,19 @@ class _Nvrtc:
             self.lib.nvrtcGetProgramLog(prog, buf)
             log = buf.value.decode(errors="replace")
             if rc != 0:
-                raise NvrtcError(f"nytorch: NVRTC could not compile {name} "
-                                 f"({self.lib.nvrtcGetErrorString(rc).decode()}):\n{log}")
+                raise NvrtcError(
+                    f"nytorch: NVRTC could not compile {name} ({self.lib.nvrtcGetErrorString(rc).decode()}):\n{log}"
+                )
             names = {}
             for e in lowered:
                 p = ctypes.c_char_p()
                 self._check(self.lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(p)), "nvrtcGetLoweredName")
-                names[e] = p.value.decode()
-            get_size, get = ((self.lib.nvrtcGetCUBINSize, self.lib.nvrtcGetCUBIN) if cubin
-                             else (self.lib.nvrtcGetPTXSize, self.lib.nvrtcGetPTX))
+                names[e] = (p.value or b"").decode()
+            get_size, get = (
+                (self.lib.nvrtcGetCUBINSize, self.lib.nvrtcGetCUBIN)
+                if cubin
+                else (self.lib.nvrtcGetPTXSize, self.lib.nvrtcGetPTX)
+            )
             self._check(get_size(prog, ctypes.byref(size)), "nvrtcGet(CUBIN|PTX)Size")
             out = ctypes.create_string_buffer(size.value)
             self._check(get(prog, out), "nvrtcGet(CUBIN|PTX)")
@@ -185,8 +206,10 @@ def nvrtc() -> _Nvrtc:
         if _nvrtc_error is None:
             path = find_nvrtc()
             if path is None:
-                _nvrtc_error = ("nytorch: libnvrtc not found (set NYTO_NVRTC to its path, or install a CUDA "
-                                "build of torch, whose nvidia wheels bring it)")
+                _nvrtc_error = (
+                    "nytorch: libnvrtc not found (set NYTO_NVRTC to its path, or install a CUDA "
+                    "build of torch, whose nvidia wheels bring it)"
+                )
             else:
                 try:
                     _nvrtc = _Nvrtc(path)
@@ -222,7 +245,7 @@ def _read_cached(path: str) -> Optional[bytes]:
     head = len(_MAGIC) + 32
     if len(data) >= head and data.startswith(_MAGIC):
         payload = data[head:]
-        if hashlib.sha256(payload).digest() == data[len(_MAGIC):head]:
+        if hashlib.sha256(payload).digest() == data[len(_MAGIC) : head]:
             return payload
     stats["corrupt"] += 1
     try:
@@ -256,8 +279,9 @@ stats = {"memory": 0, "disk": 0, "compiles": 0, "corrupt": 0}
 _mem: Dict[str, Tuple[bytes, Dict[str, str]]] = {}
 
 
-def compile_cuda(source: str, name: str, arch: int, headers: Dict[str, str], options: Sequence[str] = (),
-                 lowered: Sequence[str] = ()) -> Tuple[bytes, Dict[str, str], str]:
+def compile_cuda(
+    source: str, name: str, arch: int, headers: Dict[str, str], options: Sequence[str] = (), lowered: Sequence[str] = ()
+) -> Tuple[bytes, Dict[str, str], str]:
     """CUBIN of ``source`` for ``sm_<arch>``, from the caches or NVRTC.
 
     Returns (cubin, {name expression: lowered name}, cache key)."""
@@ -315,9 +339,19 @@ class Driver:
         lib.cuGetErrorString.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         lib.cuModuleLoadData.argtypes = [ctypes.POINTER(c_p), ctypes.c_char_p]
         lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(c_p), c_p, ctypes.c_char_p]
-        lib.cuLaunchKernel.argtypes = [c_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
-                                       ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, c_p,
-                                       ctypes.POINTER(c_p), ctypes.POINTER(c_p)]
+        lib.cuLaunchKernel.argtypes = [
+            c_p,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            c_p,
+            ctypes.POINTER(c_p),
+            ctypes.POINTER(c_p),
+        ]
         lib.cuCtxGetCurrent.argtypes = [ctypes.POINTER(c_p)]
         lib.cuCtxSetCurrent.argtypes = [c_p]
         lib.cuInit.argtypes = [ctypes.c_uint]
@@ -350,15 +384,19 @@ class Driver:
             self._check(self.lib.cuModuleLoadData(ctypes.byref(mod), cubin), "cuModuleLoadData")
             fn = ctypes.c_void_p()
             self._check(self.lib.cuModuleGetFunction(ctypes.byref(fn), mod, name.encode()), "cuModuleGetFunction")
-            f = self.functions[k] = fn.value
+            f = self.functions[k] = int(fn.value or 0)
         return f
 
     def launch(self, fn: int, grid: int, block: int, stream: int, args: bytes) -> None:
         """Launch ``fn`` with one by-value argument holding ``args``."""
         buf = ctypes.create_string_buffer(args, len(args))
         params = (ctypes.c_void_p * 1)(ctypes.cast(buf, ctypes.c_void_p))
-        self._check(self.lib.cuLaunchKernel(ctypes.c_void_p(fn), grid, 1, 1, block, 1, 1, 0,
-                                            ctypes.c_void_p(stream), params, None), "cuLaunchKernel")
+        self._check(
+            self.lib.cuLaunchKernel(
+                ctypes.c_void_p(fn), grid, 1, 1, block, 1, 1, 0, ctypes.c_void_p(stream), params, None
+            ),
+            "cuLaunchKernel",
+        )
 
 
 _driver: Optional[Driver] = None
