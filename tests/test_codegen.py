@@ -560,3 +560,25 @@ def test_cuda_uniform_streams_equal_cpu():
                 assert torch.equal(cpu[j][0], gpu[j][0].cpu())
     finally:
         cg.set_engine(prev)
+
+
+@needs_cuda
+def test_cuda_fallback_warns_once(monkeypatch):
+    """Without NVRTC (here: pretended), calls run on the interpreter with one warning naming the reason."""
+    import warnings
+
+    monkeypatch.setattr(cg, "available", lambda: "pretended: no libnvrtc")
+    monkeypatch.setattr(cg, "_WARNED", {})
+    prev = cg.set_engine("codegen")
+    try:
+        prog = fuse.program(lambda x, s: x * s + 1, "pn")
+        x = torch.arange(10.0, device="cuda")
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            (r1,) = fuse.run_flat(prog, [[x]], [2.0])
+            fuse.run_flat(prog, [[x]], [2.0])
+        msgs = [str(m.message) for m in w if "interpreter" in str(m.message)]
+        assert len(msgs) == 1 and "pretended: no libnvrtc" in msgs[0]
+        assert torch.equal(r1[0], x * 2 + 1)
+    finally:
+        cg.set_engine(prev)

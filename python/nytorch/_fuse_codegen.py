@@ -292,18 +292,22 @@ def _scalar_slots(prog: Any, consts: Sequence[float]) -> List[float]:
     the program's constants ``prog.lits``), then the scalar instructions in
     double, as csrc/fuse/fuse.cpp's decode evaluates them."""
     vals = [float(x) for x in consts]
+    scalar = _SCALAR_INSTR.get(prog.words)
+    if scalar is None:
+        scalar = _SCALAR_INSTR[prog.words] = [i for i in prog.instr if i[1] < 0]
+    if not scalar:
+        return vals
     ops = _op_names()
-    n_s = max([len(vals)] + [-d for (_, d, *_r) in prog.instr if d < 0])
+    n_s = max([len(vals)] + [-i[1] for i in scalar])
     vals += [0.0] * (n_s - len(vals))
-    for op, d, a, b, c in prog.instr:
-        if d >= 0:
-            continue
+    for op, d, a, b, c in scalar:
         name = ops[op]
         args = [vals[-1 - o] for o in (a, b, c)[: _ARITY.get(name, 2)]]
         vals[-1 - d] = _scalar(op, name, args)
     return vals
 
 
+_SCALAR_INSTR: Dict[bytes, List[Any]] = {}
 _ARITY = {
     "neg": 1,
     "pos": 1,
@@ -451,9 +455,16 @@ def _max_tensors(prog: Any, n_slots: int) -> int:
     return max(1, min(64, (ARG_BYTES - fixed) // per))
 
 
+_LAYOUT: Dict[bytes, Tuple[int, int]] = {}
+
+
 def _layout(prog: Any) -> Tuple[int, int]:
-    n_slots = max([prog.n_num + len(prog.lits)] + [-d for (_, d, *_r) in prog.instr if d < 0])
-    return n_slots, _max_tensors(prog, n_slots)
+    """(scalar slots, tensors per launch) of ``prog``'s launch argument."""
+    lay = _LAYOUT.get(prog.words)
+    if lay is None:
+        n_slots = max([prog.n_num + len(prog.lits)] + [-d for (_, d, *_r) in prog.instr if d < 0])
+        lay = _LAYOUT[prog.words] = (n_slots, _max_tensors(prog, n_slots))
+    return lay
 
 
 def _args_size(prog: Any) -> int:
@@ -702,11 +713,15 @@ def _pack(
         aligned[t] = int(al)
     for t in range(len(tensors), maxt):
         cstart[t] = total
-    fmt = f"<{max(1, n_slots)}dQQ{maxt * nio}Q{maxt}q{maxt}q{maxt}I{maxt}Iq"
-    assert struct.calcsize(fmt) == _args_size(prog)
-    return struct.pack(
-        fmt, *s, seed & (2**64 - 1), offset, *ptr, *numel, *cstart, *group, *aligned, len(tensors)
-    ), total
+    st = _STRUCTS.get(prog.words)
+    if st is None:
+        st = struct.Struct(f"<{max(1, n_slots)}dQQ{maxt * nio}Q{maxt}q{maxt}q{maxt}I{maxt}Iq")
+        assert st.size == _args_size(prog)
+        _STRUCTS[prog.words] = st
+    return st.pack(*s, seed & (2**64 - 1), offset, *ptr, *numel, *cstart, *group, *aligned, len(tensors)), total
+
+
+_STRUCTS: Dict[bytes, struct.Struct] = {}
 
 
 class Fallback(Exception):
