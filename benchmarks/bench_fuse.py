@@ -178,12 +178,12 @@ def candidates(kind, shapes, dev, args):
     return fns, ct
 
 
-# --- engines (nytorch/_fuse_codegen.py): --engine interp|codegen|both --------
+# --- engines (nytorch/_fuse/codegen.py): --engine interp|codegen|both --------
 def engine_candidates(fns, ours, engine):
     """With --engine both, time the fused update under each engine in the same compare."""
     if engine != "both":
         return
-    from nytorch import _fuse_codegen as cg
+    from nytorch._fuse import codegen as cg
 
     def under(name):
         def call():
@@ -213,8 +213,8 @@ def engine_compile_times(args):
         return
     import tempfile
 
-    from nytorch import _fuse_codegen as cg
-    from nytorch import _nvrtc
+    from nytorch._fuse import codegen as cg
+    from nytorch._fuse import nvrtc as _nvrtc
     reason = cg.available()
     if reason:
         print(f"  codegen unavailable: {reason}")
@@ -354,8 +354,9 @@ def main(argv=None) -> int:
                     "(default: NYTO_FUSE_ENGINE or interp); both: also time each engine in the same compare")
     args = ap.parse_args(argv)
     if args.engine in ("interp", "codegen"):
-        from nytorch import _fuse_codegen
-        _fuse_codegen.set_engine(args.engine)
+        from nytorch._fuse import codegen
+
+        codegen.set_engine(args.engine)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*force_disable_caches.*")

@@ -1,4 +1,4 @@
-"""nytorch.fuse code generation (python/nytorch/_fuse_codegen.py, _nvrtc.py).
+"""nytorch.fuse code generation (python/nytorch/_fuse/codegen.py, nvrtc.py).
 
 Runnable without a GPU:
 - the generated CUDA source of every op and of the PSO, EMA, soup, ES and DE
@@ -21,9 +21,9 @@ import textwrap
 import nytorch as nyto
 import pytest
 import torch
-from nytorch import _fuse_codegen as cg
-from nytorch import _nvrtc
-from nytorch._fuse_program import OPS
+from nytorch._fuse import codegen as cg
+from nytorch._fuse import nvrtc as _nvrtc
+from nytorch._fuse.program import OPS
 
 fuse = nyto.fuse
 
@@ -421,7 +421,7 @@ def test_host_launch_matches_interpreter(host_lib):
 # The disk cache (NVRTC, no GPU)
 _CHILD = textwrap.dedent("""
     import json, torch, nytorch as nyto
-    from nytorch import _fuse_codegen as cg, _nvrtc
+    from nytorch._fuse import codegen as cg, nvrtc as _nvrtc
     prog = nyto.fuse.program(lambda x, v, w: (x + w * v, v * 0.5), "ppn")
     cg.compile_program(prog, torch.float32, arch=90)
     print(json.dumps(_nvrtc.stats))

@@ -15,9 +15,9 @@ NYTO_CUDA=ON timeout 300 python3 -m pip install --no-build-isolation --no-deps -
   -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C build-dir=/tmp/nyto-build >"$OUT/build.log" 2>&1 \
   || { tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
 cd /tmp && python3 -c "import nytorch; print('nytorch', nytorch.__file__, 'cuda kernels', nytorch._C.has_cuda())"; cd - >/dev/null
-# --- fuse code generation (python/nytorch/_fuse_codegen.py): one kernel cache for tests and benches
+# --- fuse code generation (python/nytorch/_fuse/codegen.py): one kernel cache for tests and benches
 export NYTO_FUSE_CACHE_DIR=${NYTO_FUSE_CACHE_DIR:-/tmp/nyto-fuse-cache}
-python3 -c "from nytorch import _fuse_codegen as c, _nvrtc as n; print('fuse codegen:', c.available() or 'ok', n.find_nvrtc())"
+python3 -c "from nytorch._fuse import codegen as c, nvrtc as n; print('fuse codegen:', c.available() or 'ok', n.find_nvrtc())"
 # --- end fuse code generation
 step tests
 timeout 300 python3 -m pytest -q -p no:cacheprovider --maxfail=20 --tb=short tests -k "${1:-cuda or codegen}" \

@@ -77,7 +77,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _C
-from .. import _fuse_codegen as _codegen
+from . import codegen as _codegen
 from .. import _storage as S
 from .._storage import state_of
 from ..particle import NytoModule, _number, _same_species
@@ -177,7 +177,7 @@ def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: S
     return _run(prog, consts, inputs, out, seed, offset)
 
 
-# --- generated CUDA kernels (nytorch/_fuse_codegen.py): NYTO_FUSE_ENGINE=codegen
+# --- generated CUDA kernels (nytorch/_fuse/codegen.py): NYTO_FUSE_ENGINE=codegen
 def _run(prog, consts, inputs, out, seed, offset):
     """One fuse call: generated kernels for CUDA buffers when the engine is
     "codegen" (falling back to the interpreter, with a one-time warning

@@ -1,7 +1,7 @@
 """NVRTC and the CUDA driver, opened at run time (never linked).
 
 nytorch's CPU build and wheel carry no CUDA at all; the code generator of
-``nytorch.fuse`` (``_fuse_codegen.py``) compiles its kernels with the libnvrtc
+``nytorch.fuse`` (``nytorch/_fuse/codegen.py``) compiles its kernels with the libnvrtc
 that CUDA torch wheels bring (``nvidia/cu13/lib`` or ``nvidia/cu12/lib`` in
 site-packages, or the CUDA toolkit), found at first use:
 
