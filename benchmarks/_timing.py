@@ -7,6 +7,7 @@ every candidate times one block (in a rotating order), and reports the median
 per-call time of each candidate over the rounds. Ratios between candidates of
 one :func:`compare` call are therefore measured under the same conditions.
 """
+
 from __future__ import annotations
 
 import gc
@@ -29,6 +30,7 @@ Shapes = List[Tuple[int, ...]]
 @dataclass
 class Timing:
     """Per-call times (seconds) of one candidate over the rounds of a compare."""
+
     name: str
     calls_per_block: int
     samples: List[float] = field(default_factory=list)
@@ -49,12 +51,12 @@ class Timing:
         return (q[2] - q[0]) / self.median
 
 
-def mins_us(timings: Dict[str, "Timing"]) -> Dict[str, float]:
+def mins_us(timings: Dict[str, Timing]) -> Dict[str, float]:
     """Fastest block of every candidate (us per call): a cross-check under heavy load."""
     return {k: min(t.samples) * 1e6 for k, t in timings.items() if t.samples}
 
 
-def worst_spread(timings: Dict[str, "Timing"]) -> str:
+def worst_spread(timings: Dict[str, Timing]) -> str:
     """The largest relative spread among the candidates of one compare."""
     vals = [t.spread for t in timings.values() if t.samples and not math.isnan(t.spread)]
     return f"{max(vals):.0%}" if vals else "n/a"
@@ -66,8 +68,7 @@ def _sync_for(device: str) -> Optional[Callable[[], None]]:
     return None
 
 
-def _block(fn: Callable[[], object], n: int, sync: Optional[Callable[[], None]],
-           gc_off: bool = False) -> float:
+def _block(fn: Callable[[], object], n: int, sync: Optional[Callable[[], None]], gc_off: bool = False) -> float:
     """Seconds for n back-to-back calls of fn.
 
     The cyclic GC stays on by default (unlike timeit), and each candidate
@@ -99,8 +100,9 @@ def _block(fn: Callable[[], object], n: int, sync: Optional[Callable[[], None]],
             gc.enable()
 
 
-def calibrate(fn: Callable[[], object], block_s: float, sync=None, warmup: int = 2,
-              max_calls: int = 1_000_000) -> Tuple[int, float]:
+def calibrate(
+    fn: Callable[[], object], block_s: float, sync=None, warmup: int = 2, max_calls: int = 1_000_000
+) -> Tuple[int, float]:
     """Warm fn up and find a block size n whose block lasts about block_s.
 
     A candidate whose first call already lasts block_s is not called again
@@ -123,9 +125,17 @@ def calibrate(fn: Callable[[], object], block_s: float, sync=None, warmup: int =
         n = min(max_calls, max(n + 1, min(n * 100, int(n * block_s / t * 1.1) + 1)))
 
 
-def compare(fns: Dict[str, Optional[Callable[[], object]]], *, rounds: int = 9, block_s: float = 2e-3,
-            device: str = "cpu", budget_s: Optional[float] = None, min_rounds: int = 3,
-            warmup: int = 2, slow_s: float = 1.0) -> Dict[str, Timing]:
+def compare(
+    fns: Dict[str, Optional[Callable[[], object]]],
+    *,
+    rounds: int = 9,
+    block_s: float = 2e-3,
+    device: str = "cpu",
+    budget_s: Optional[float] = None,
+    min_rounds: int = 3,
+    warmup: int = 2,
+    slow_s: float = 1.0,
+) -> Dict[str, Timing]:
     """Median per-call time of every candidate, measured interleaved.
 
     Every round times one block of each candidate, in a rotating order.
@@ -188,8 +198,7 @@ def big_shapes(d: int = 576, layers: int = 12, vocab: int = 4096, ctx: int = 512
     """A GPT-like transformer: 148 tensors, ~50M params by default."""
     shapes: Shapes = [(vocab, d), (ctx, d)]
     for _ in range(layers):
-        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,),
-                   (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
     shapes += [(d,), (d,)]
     return shapes
 
@@ -301,9 +310,11 @@ def load_warning() -> str:
     cores = os.cpu_count() or 1
     if load <= cores * 1.5:  # this benchmark's own threads count too
         return ""
-    return (f"WARNING: load average {load:.1f} on {cores} cores: other processes compete for the CPUs. "
-            "Multi-threaded rows of mid-sized workloads (0.1-10 MB) stall in parallel regions waiting "
-            "for a descheduled worker; rerun when the machine is quiet, or compare with --threads 1.")
+    return (
+        f"WARNING: load average {load:.1f} on {cores} cores: other processes compete for the CPUs. "
+        "Multi-threaded rows of mid-sized workloads (0.1-10 MB) stall in parallel regions waiting "
+        "for a descheduled worker; rerun when the machine is quiet, or compare with --threads 1."
+    )
 
 
 def rss_bytes() -> int:
@@ -332,8 +343,7 @@ def probe(fn: Callable[[], object], label: str) -> Optional[Callable[[], object]
         return None
 
 
-def finish(script: str, results: List[dict], elapsed_s: float, device: str, json_path: Optional[str],
-           **extra) -> None:
+def finish(script: str, results: List[dict], elapsed_s: float, device: str, json_path: Optional[str], **extra) -> None:
     """The scripts' last lines: the PASS/MISS count (n/a too where a target
     could not be measured), a load warning if any, and the JSON file."""
     n_ok = sum(1 for r in results if r.get("ok") is True)

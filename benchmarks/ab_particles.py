@@ -20,6 +20,7 @@ release or the previous commit::
 
 Exits 0 whatever the numbers say.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run_side(python: str, only: str, quick: bool, threads: int) -> List[dict]:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r.json")
-        cmd = [python, os.path.join(HERE, "bench_particles.py"), "--json", out, "--only", only,
-               "--threads", str(threads)] + (["--quick"] if quick else [])
+        cmd = [
+            python,
+            os.path.join(HERE, "bench_particles.py"),
+            "--json",
+            out,
+            "--only",
+            only,
+            "--threads",
+            str(threads),
+        ] + (["--quick"] if quick else [])
         # from a neutral folder: the baseline must import its own installed nytorch
         subprocess.run(cmd, check=True, cwd=d, stdout=subprocess.DEVNULL)
         with open(out) as f:
@@ -56,7 +65,7 @@ def main(argv=None) -> int:
     sides = {"before": args.baseline, "after": sys.executable}
     runs: Dict[str, List[List[dict]]] = {"before": [], "after": []}
     for r in range(args.rounds):
-        for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+        for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
             print(f"ab_particles: round {r + 1}/{args.rounds}, {side} ({sides[side]})", flush=True)
             runs[side].append(run_side(sides[side], args.only, args.quick, args.threads))
 
@@ -74,15 +83,24 @@ def main(argv=None) -> int:
         return {k: (statistics.median(t), statistics.median(q)) for k, (t, q) in acc.items()}
 
     before, after = medians("before"), medians("after")
-    head = ["workload", "op", "before us", "after us", "after/before", "before ours/flat", "after ours/flat",
-            "ratio after/before"]
+    head = [
+        "workload",
+        "op",
+        "before us",
+        "after us",
+        "after/before",
+        "before ours/flat",
+        "after ours/flat",
+        "ratio after/before",
+    ]
     rows = [head]
     for key in before:
         if key not in after:
             continue
         (tb, qb), (ta, qa) = before[key], after[key]
-        rows.append([key[0], key[1], f"{tb:.2f}", f"{ta:.2f}", f"{ta / tb:.3f}", f"{qb:.3f}", f"{qa:.3f}",
-                     f"{qa / qb:.3f}"])
+        rows.append(
+            [key[0], key[1], f"{tb:.2f}", f"{ta:.2f}", f"{ta / tb:.3f}", f"{qb:.3f}", f"{qa:.3f}", f"{qa / qb:.3f}"]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     print(f"\nab_particles: medians of {args.rounds} runs per side, alternating")
     for i, r in enumerate(rows):

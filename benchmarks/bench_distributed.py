@@ -23,6 +23,7 @@ sizes (the data behind the default).
 
 Both processes share this machine's cores; the header prints the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,8 @@ def make_particle(shapes, seed: int):
 
 
 def candidates(net, world: int, bucket_sizes: List[int]) -> Dict[str, Callable[[], object]]:
-    import torch.distributed as dist
     import nytorch.distributed as nd
+    import torch.distributed as dist
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
     params = list(net.parameters())
@@ -91,15 +92,15 @@ def candidates(net, world: int, bucket_sizes: List[int]) -> Dict[str, Callable[[
         "flat sum": lambda: dist.all_reduce(floor_buf),
     }
     for b in bucket_sizes:
-        fns[f"ours b={b >> 20}MiB"] = (lambda b=b: nd.all_reduce_(net, bucket_bytes=b))
+        fns[f"ours b={b >> 20}MiB"] = lambda b=b: nd.all_reduce_(net, bucket_bytes=b)
     return fns
 
 
 def check_equal(net, world: int, rank: int) -> str:
     """ours, loop and p2v give the same mean (bitwise: 2 ranks, one sum each)."""
-    import torch.distributed as dist
     import nytorch.distributed as nd
     from torch.nn.utils import parameters_to_vector
+
     results = {}
     for name in ("ours", "loop", "p2v"):
         c = net.clone()
@@ -115,8 +116,14 @@ def worker(rank: int, port: int, args: argparse.Namespace, queue) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(args.threads)
     import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=120))
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=120),
+    )
     net = make_particle(T.resnet18_shapes(), seed=rank)
     equal = check_equal(net, WORLD, rank)
     buckets = [1 << 20, 4 << 20, 8 << 20, 32 << 20, 64 << 20] if args.buckets else []
@@ -165,23 +172,38 @@ def main() -> None:
     samples = res["samples"]
     shapes = T.resnet18_shapes()
     n = T.numel(shapes)
-    print(f"nytorch.distributed all_reduce_ benchmark: {len(shapes)} tensors, {n:,} float32 params "
-          f"({n * 4 / 1e6:.1f} MB), gloo, {WORLD} processes on 127.0.0.1, {args.threads} torch thread(s) each")
+    print(
+        f"nytorch.distributed all_reduce_ benchmark: {len(shapes)} tensors, {n:,} float32 params "
+        f"({n * 4 / 1e6:.1f} MB), gloo, {WORLD} processes on 127.0.0.1, {args.threads} torch thread(s) each"
+    )
     print(res["machine"])
     warn = T.load_warning()
     if warn:
         print(warn)
-    print(f"results of ours / loop / p2v: {res['equal']}; {args.rounds} rounds x {args.calls} calls; "
-          "NCCL: no multi-GPU machine here, same code path (one collective per bucket)")
+    print(
+        f"results of ours / loop / p2v: {res['equal']}; {args.rounds} rounds x {args.calls} calls; "
+        "NCCL: no multi-GPU machine here, same code path (one collective per bucket)"
+    )
     ours = statistics.median(samples["ours"])
     rows = []
     for k, v in samples.items():
         med = statistics.median(v)
         q = statistics.quantiles(v, n=4) if len(v) >= 4 else (min(v), 0, max(v))
-        rows.append([k, "", f"{med * 1e3:.2f}", f"{(q[2] - q[0]) / med:.0%}",
-                     T.fmt_ratio(med / ours), f"{n * 4 / med / 1e9:.2f}"])
-    T.print_table(["candidate", "", "median ms", "IQR", "vs ours", "GB/s (model bytes)"], rows,
-                  title="all_reduce mean of a ResNet-18-sized particle")
+        rows.append(
+            [
+                k,
+                "",
+                f"{med * 1e3:.2f}",
+                f"{(q[2] - q[0]) / med:.0%}",
+                T.fmt_ratio(med / ours),
+                f"{n * 4 / med / 1e9:.2f}",
+            ]
+        )
+    T.print_table(
+        ["candidate", "", "median ms", "IQR", "vs ours", "GB/s (model bytes)"],
+        rows,
+        title="all_reduce mean of a ResNet-18-sized particle",
+    )
     print(f"total {time.perf_counter() - t0:.0f} s")
     T.write_json(args.json, {"samples": samples, "machine": res["machine"], "args": vars(args)})
 

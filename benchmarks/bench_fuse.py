@@ -27,6 +27,7 @@ PSO; on CUDA, ours' bandwidth >= 80% of a device copy's; first-call trace
 
     python benchmarks/bench_fuse.py [--quick] [--device cpu|cuda] [--only resnet18,big] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing as T  # noqa: E402
-
 import nytorch as nyto  # noqa: E402
 
 W, C1, C2, D = 0.7, 1.5, 1.5, 0.9
@@ -78,15 +78,16 @@ class Shapes(nyto.NytoModule):
 
 def flats(p):
     from nytorch._storage import state_of
+
     (f,) = state_of(p).flats
     return f
-
 
 
 def compiled(fn, label, args):
     """torch.compile(fn) and its compile time (first call), or (None, nan)."""
     try:
         import torch._inductor.config as inductor_config
+
         inductor_config.force_disable_caches = True  # a cold compile: what a fresh process pays
         torch._dynamo.reset()
         cf = torch.compile(fn, dynamic=False)
@@ -161,8 +162,7 @@ def candidates(kind, shapes, dev, args):
         step = nyto.fuse(soup)
 
         def particle():
-            return (ALPHAS[0] * ms[0] + ALPHAS[1] * ms[1] + ALPHAS[2] * ms[2] + ALPHAS[3] * ms[3]
-                    + ALPHAS[4] * ms[4])
+            return ALPHAS[0] * ms[0] + ALPHAS[1] * ms[1] + ALPHAS[2] * ms[2] + ALPHAS[3] * ms[3] + ALPHAS[4] * ms[4]
 
         def foreach():
             torch._foreach_mul_(O, 0.0)
@@ -192,7 +192,9 @@ def engine_candidates(fns, ours, engine):
                 ours()
             finally:
                 cg._ENGINE = prev
+
         return call
+
     fns["ours interp"] = under("interp")
     fns["ours gen"] = T.probe(under("codegen"), "ours gen")
 
@@ -201,9 +203,12 @@ def engine_report(name, kind, n, m, bw_copy, results):
     if "ours gen" not in m:
         return
     gbs = {k: T.ratio(BYTES[kind] * n, m[k]) / 1e9 for k in ("ours gen", "ours interp", "foreach")}
-    print(f"    engines {name}/{kind}: gen {gbs['ours gen']:.0f} GB/s ({gbs['ours gen'] * 1e9 / bw_copy:.0%} of copy), "
-          f"interp {gbs['ours interp']:.0f} GB/s, foreach {gbs['foreach']:.0f} GB/s, copy {bw_copy / 1e9:.0f} GB/s; "
-          f"gen/interp {T.fmt_ratio(T.ratio(m['ours interp'], m['ours gen']))}", flush=True)
+    print(
+        f"    engines {name}/{kind}: gen {gbs['ours gen']:.0f} GB/s ({gbs['ours gen'] * 1e9 / bw_copy:.0%} of copy), "
+        f"interp {gbs['ours interp']:.0f} GB/s, foreach {gbs['foreach']:.0f} GB/s, copy {bw_copy / 1e9:.0f} GB/s; "
+        f"gen/interp {T.fmt_ratio(T.ratio(m['ours interp'], m['ours gen']))}",
+        flush=True,
+    )
     results.append(dict(workload=name, update=kind, engines_GBps=gbs, copy_GBps=bw_copy / 1e9))
 
 
@@ -215,6 +220,7 @@ def engine_compile_times(args):
 
     from nytorch._fuse import codegen as cg
     from nytorch._fuse import nvrtc as _nvrtc
+
     reason = cg.available()
     if reason:
         print(f"  codegen unavailable: {reason}")
@@ -231,16 +237,26 @@ def engine_compile_times(args):
         cg.compile_program(prog, torch.float32)
         cached = time.perf_counter() - t0
         del os.environ["NYTO_FUSE_CACHE_DIR"]
-    print(f"  codegen: first compile {first * 1e3:.0f} ms (target < 150), cached load {cached * 1e3:.2f} ms "
-          f"(target < 2), NVRTC {_nvrtc.nvrtc().version}")
+    print(
+        f"  codegen: first compile {first * 1e3:.0f} ms (target < 150), cached load {cached * 1e3:.2f} ms "
+        f"(target < 2), NVRTC {_nvrtc.nvrtc().version}"
+    )
+
+
 # --- end engines
 
 
 def bench_memory(name, shapes, args, rows, results):
     dev = args.device
     n = T.numel(shapes)
-    cfg = dict(rounds=args.rounds, block_s=args.block_s, device=dev, min_rounds=args.min_rounds,
-               slow_s=args.slow_s, budget_s=args.budget)
+    cfg = dict(
+        rounds=args.rounds,
+        block_s=args.block_s,
+        device=dev,
+        min_rounds=args.min_rounds,
+        slow_s=args.slow_s,
+        budget_s=args.budget,
+    )
     for kind in ("pso", "ema", "soup"):
         fns, compile_s = candidates(kind, shapes, dev, args)
         probes = T.bandwidth_probes(dev)
@@ -267,15 +283,45 @@ def bench_memory(name, shapes, args, rows, results):
                 checks.append(T.check(r_fe, TGT_FOREACH, at_most=False))
                 target += f", foreach/ours>={TGT_FOREACH:g}"
             ok = None if any(c is None for c in checks) else all(checks)
-        rows.append([name, kind, T.us(m["particle"]), T.us(m["foreach"]), T.us(m["compile"]),
-                     f"{compile_s:.1f}" if not math.isnan(compile_s) else "n/a", T.us(floor), T.us(m["ours"]),
-                     T.fmt_ratio(r_floor), T.fmt_ratio(r_fe), T.fmt_ratio(T.ratio(m["particle"], m["ours"])),
-                     T.fmt_ratio(T.ratio(m["compile"], m["ours"])), f"{ours_bw / 1e9:.1f}", f"{bw / 1e9:.1f}",
-                     f"{bw_copy / 1e9:.1f}", T.worst_spread(t), target, T.verdict(ok, bool(target))])
+        rows.append(
+            [
+                name,
+                kind,
+                T.us(m["particle"]),
+                T.us(m["foreach"]),
+                T.us(m["compile"]),
+                f"{compile_s:.1f}" if not math.isnan(compile_s) else "n/a",
+                T.us(floor),
+                T.us(m["ours"]),
+                T.fmt_ratio(r_floor),
+                T.fmt_ratio(r_fe),
+                T.fmt_ratio(T.ratio(m["particle"], m["ours"])),
+                T.fmt_ratio(T.ratio(m["compile"], m["ours"])),
+                f"{ours_bw / 1e9:.1f}",
+                f"{bw / 1e9:.1f}",
+                f"{bw_copy / 1e9:.1f}",
+                T.worst_spread(t),
+                target,
+                T.verdict(ok, bool(target)),
+            ]
+        )
         engine_report(name, kind, n, m, bw_copy, results)
-        results.append(dict(workload=name, update=kind, numel=n, us={k: v * 1e6 for k, v in m.items()},
-                            min_us=T.mins_us(t), floor_us=floor * 1e6, compile_s=compile_s, add_GBps=bw / 1e9,
-                            copy_GBps=bw_copy / 1e9, ours_GBps=ours_bw / 1e9, target=target, ok=ok))
+        results.append(
+            dict(
+                workload=name,
+                update=kind,
+                numel=n,
+                us={k: v * 1e6 for k, v in m.items()},
+                min_us=T.mins_us(t),
+                floor_us=floor * 1e6,
+                compile_s=compile_s,
+                add_GBps=bw / 1e9,
+                copy_GBps=bw_copy / 1e9,
+                ours_GBps=ours_bw / 1e9,
+                target=target,
+                ok=ok,
+            )
+        )
         del fns
         print(f"    {name}/{kind} done", flush=True)
 
@@ -309,7 +355,9 @@ def bench_overhead(args, rows, results):
     particle = {
         "pso": lambda: (lambda nv: (x + nv, nv))(W * v + C1 * x.rand() * (p - x) + C2 * x.rand() * (g - x)),
         "ema": lambda: (x.__imul__(D), x.__iadd__((1 - D) * p)),
-        "soup": lambda: ALPHAS[0] * ms[0] + ALPHAS[1] * ms[1] + ALPHAS[2] * ms[2] + ALPHAS[3] * ms[3] + ALPHAS[4] * ms[4],
+        "soup": lambda: (
+            ALPHAS[0] * ms[0] + ALPHAS[1] * ms[1] + ALPHAS[2] * ms[2] + ALPHAS[3] * ms[3] + ALPHAS[4] * ms[4]
+        ),
     }
     kinds = {"pso": "ppppnnn", "ema": "ppn", "soup": "pppppnnnnn"}
     fns = {"pso": pso, "ema": ema, "soup": soup}
@@ -335,11 +383,29 @@ def bench_overhead(args, rows, results):
         trace_ms = statistics.median(traces) * 1e3
         ok = T.check(ours, TGT_CALL_US) if dev == "cpu" else None
         ok_t = T.check(trace_ms, TGT_TRACE_MS)
-        rows.append([k, f"{trace_ms:.3f}", f"{first * 1e3:.3f}", T.us(part * 1e-6), T.us(ours * 1e-6),
-                     T.fmt_ratio(T.ratio(part, ours)), f"trace<{TGT_TRACE_MS:g}ms, call<{TGT_CALL_US:g}us",
-                     T.verdict(None if ok is None or ok_t is None else (ok and ok_t), True)])
-        results.append(dict(workload="tiny", update=k, trace_ms=trace_ms, first_call_ms=first * 1e3,
-                            particle_us=part, ours_us=ours, ok=None if ok is None else (ok and ok_t)))
+        rows.append(
+            [
+                k,
+                f"{trace_ms:.3f}",
+                f"{first * 1e3:.3f}",
+                T.us(part * 1e-6),
+                T.us(ours * 1e-6),
+                T.fmt_ratio(T.ratio(part, ours)),
+                f"trace<{TGT_TRACE_MS:g}ms, call<{TGT_CALL_US:g}us",
+                T.verdict(None if ok is None or ok_t is None else (ok and ok_t), True),
+            ]
+        )
+        results.append(
+            dict(
+                workload="tiny",
+                update=k,
+                trace_ms=trace_ms,
+                first_call_ms=first * 1e3,
+                particle_us=part,
+                ours_us=ours,
+                ok=None if ok is None else (ok and ok_t),
+            )
+        )
 
 
 def main(argv=None) -> int:
@@ -350,8 +416,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--engine", choices=["interp", "codegen", "both"], help="CUDA fuse engine of 'ours' "
-                    "(default: NYTO_FUSE_ENGINE or interp); both: also time each engine in the same compare")
+    ap.add_argument(
+        "--engine",
+        choices=["interp", "codegen", "both"],
+        help="CUDA fuse engine of 'ours' "
+        "(default: NYTO_FUSE_ENGINE or interp); both: also time each engine in the same compare",
+    )
     args = ap.parse_args(argv)
     if args.engine in ("interp", "codegen"):
         from nytorch._fuse import codegen
@@ -372,8 +442,10 @@ def main(argv=None) -> int:
     args.micro_calls = 500 if args.quick else 2000
     watch = T.Stopwatch()
     torch.manual_seed(0)
-    print(f"bench_fuse: {T.machine_line(args.device)}; nytorch {nyto.__version__} "
-          f"(CPU kernels: {nyto._C.cpu_isa()}, CUDA kernels: {nyto._C.has_cuda()})")
+    print(
+        f"bench_fuse: {T.machine_line(args.device)}; nytorch {nyto.__version__} "
+        f"(CPU kernels: {nyto._C.cpu_isa()}, CUDA kernels: {nyto._C.has_cuda()})"
+    )
     if T.load_warning():
         print(T.load_warning())
     engine_compile_times(args)
@@ -383,10 +455,12 @@ def main(argv=None) -> int:
         if not only or "tiny" in only:
             rows: list = []
             bench_overhead(args, rows, results)
-            T.print_table(["update", "trace ms", "1st call ms", "particle us", "ours us", "particle/ours",
-                           "target", ""], rows,
-                          title="tiny (2 parameters, 11 elements): trace cost and per-call time "
-                                "(median CPU time per call, time.thread_time)")
+            T.print_table(
+                ["update", "trace ms", "1st call ms", "particle us", "ours us", "particle/ours", "target", ""],
+                rows,
+                title="tiny (2 parameters, 11 elements): trace cost and per-call time "
+                "(median CPU time per call, time.thread_time)",
+            )
         rows = []
         for name, shapes in T.workloads().items():
             if name not in MEM_BOUND or (only and name not in only):
@@ -394,12 +468,34 @@ def main(argv=None) -> int:
             print(f"  {name}: {len(shapes)} tensors, {T.numel(shapes):,} elements ... ({watch():.0f}s)", flush=True)
             bench_memory(name, shapes, args, rows, results)
         if rows:
-            T.print_table(["workload", "update", "particle us", "foreach us", "compile us", "compile s",
-                           "floor us", "ours us", "ours/floor", "foreach/ours", "particle/ours", "compile/ours",
-                           "ours GB/s", "add_ GB/s", "copy GB/s", "IQR", "target", ""], rows,
-                          title=f"Fused updates in place ({args.device}, float32, per-call medians)")
-            print("floor: bytes needed (PSO 24, EMA 12, soup 24 per element) at the add_ bandwidth of the same "
-                  "compare; GB/s columns count those bytes.")
+            T.print_table(
+                [
+                    "workload",
+                    "update",
+                    "particle us",
+                    "foreach us",
+                    "compile us",
+                    "compile s",
+                    "floor us",
+                    "ours us",
+                    "ours/floor",
+                    "foreach/ours",
+                    "particle/ours",
+                    "compile/ours",
+                    "ours GB/s",
+                    "add_ GB/s",
+                    "copy GB/s",
+                    "IQR",
+                    "target",
+                    "",
+                ],
+                rows,
+                title=f"Fused updates in place ({args.device}, float32, per-call medians)",
+            )
+            print(
+                "floor: bytes needed (PSO 24, EMA 12, soup 24 per element) at the add_ bandwidth of the same "
+                "compare; GB/s columns count those bytes."
+            )
     T.finish("bench_fuse", results, watch(), args.device, args.json, quick=args.quick)
     return 0
 

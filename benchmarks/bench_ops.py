@@ -21,10 +21,10 @@ column for the targets, and a table of the call paths of one 2-tensor op
 
 Exit code is 0 whatever the targets say (they are informational).
 """
+
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -32,7 +32,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing as T  # noqa: E402
-
 import nytorch  # noqa: E402
 from nytorch import ops  # noqa: E402
 
@@ -41,9 +40,9 @@ W, C1, C2 = 0.7, 1.5, 1.5
 PSO_BYTES_PER_ELEM = 32  # the brief's floor; the in-place update moves 6 reads + 1 write = 28
 
 # Targets (informational): (what, limit)
-TGT_INPLACE = 1.10      # in-place ops on resnet18/big: ours <= 1.1x the flat op
-TGT_PSO_FLOOR = 1.30    # fused PSO on resnet18/big: ours <= 1.3x the memory floor
-TGT_PSO_FOREACH = 3.0   # ... and foreach chain / ours >= 3
+TGT_INPLACE = 1.10  # in-place ops on resnet18/big: ours <= 1.1x the flat op
+TGT_PSO_FLOOR = 1.30  # fused PSO on resnet18/big: ours <= 1.3x the memory floor
+TGT_PSO_FOREACH = 3.0  # ... and foreach chain / ours >= 3
 MEM_BOUND = ("resnet18", "big")
 
 
@@ -61,7 +60,6 @@ def check_opcodes(device: str) -> None:
     assert torch.allclose(v, want, atol=1e-5), "op code of pso_velocity"
 
 
-
 def make_lists(shapes, k: int, device: str, scale: float = 1.0):
     """k lists of separately allocated tensors (like a model's parameters)."""
     return [[torch.randn(s, device=device) * scale for s in shapes] for _ in range(k)]
@@ -71,8 +69,14 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
     dev = args.device
     n = T.numel(shapes)
     big = n > 5_000_000
-    cfg = dict(rounds=args.rounds, block_s=args.block_s, device=dev, min_rounds=args.min_rounds,
-               slow_s=args.slow_s, budget_s=args.budget_big if big else args.budget_small)
+    cfg = dict(
+        rounds=args.rounds,
+        block_s=args.block_s,
+        device=dev,
+        min_rounds=args.min_rounds,
+        slow_s=args.slow_s,
+        budget_s=args.budget_big if big else args.budget_small,
+    )
     xs, ys = make_lists(shapes, 2, dev)
     ys = [y * 1e-3 for y in ys]
     fx, fy = torch.randn(n, device=dev), torch.randn(n, device=dev) * 1e-3
@@ -115,11 +119,33 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
         if op.endswith("_") and name in MEM_BOUND:
             ok = T.check(r_flat, TGT_INPLACE)
             target = f"ours/flat<={TGT_INPLACE}"
-        rows.append([name, op, T.us(m["loop"]), T.us(m["foreach"]), T.us(m["flat"]), T.us(m["ours"]),
-                     T.fmt_ratio(r_flat), T.fmt_ratio(T.ratio(m["foreach"], m["ours"])),
-                     T.worst_spread(t), target, T.verdict(ok, bool(target))])
-        results.append(dict(workload=name, op=op, tensors=len(shapes), numel=n,
-                            us={k: v * 1e6 for k, v in m.items()}, min_us=T.mins_us(t), target=target, ok=ok))
+        rows.append(
+            [
+                name,
+                op,
+                T.us(m["loop"]),
+                T.us(m["foreach"]),
+                T.us(m["flat"]),
+                T.us(m["ours"]),
+                T.fmt_ratio(r_flat),
+                T.fmt_ratio(T.ratio(m["foreach"], m["ours"])),
+                T.worst_spread(t),
+                target,
+                T.verdict(ok, bool(target)),
+            ]
+        )
+        results.append(
+            dict(
+                workload=name,
+                op=op,
+                tensors=len(shapes),
+                numel=n,
+                us={k: v * 1e6 for k, v in m.items()},
+                min_us=T.mins_us(t),
+                target=target,
+                ok=ok,
+            )
+        )
     del cases, xs, ys, fx, fy, fo
 
     # PSO velocity: v = w*v + c1*r1*(p - x) + c2*r2*(g - x), in place into v.
@@ -166,14 +192,47 @@ def bench_workload(name, shapes, args, results, rows, pso_rows):
         a, b = T.check(r_floor, TGT_PSO_FLOOR), T.check(r_fe, TGT_PSO_FOREACH, at_most=False)
         ok = None if a is None or b is None else (a and b)
         target = f"ours/floor<={TGT_PSO_FLOOR}, foreach/ours>={TGT_PSO_FOREACH:g}"
-    rows.append([name, "pso_velocity_", T.us(m["loop"]), T.us(m["foreach"]), T.us(floor) + "*",
-                 T.us(m["ours"]), T.fmt_ratio(r_floor), T.fmt_ratio(r_fe),
-                 T.worst_spread(t), target, T.verdict(ok, bool(target))])
-    pso_rows.append([name, f"{bw_copy / 1e9:.1f}", f"{bw / 1e9:.1f}", T.us(floor), T.us(m["flat-chain"]), T.us(m["ours-1flat"]),
-                     T.us(m["ours"]), T.fmt_ratio(T.ratio(m["ours"], m["ours-1flat"]))])
-    results.append(dict(workload=name, op="pso_velocity_", tensors=len(shapes), numel=n,
-                        us={**{k: v * 1e6 for k, v in m.items()}, "mem_floor": floor * 1e6}, min_us=T.mins_us(t),
-                        bandwidth_GBps=bw / 1e9, copy_GBps=bw_copy / 1e9, target=target, ok=ok))
+    rows.append(
+        [
+            name,
+            "pso_velocity_",
+            T.us(m["loop"]),
+            T.us(m["foreach"]),
+            T.us(floor) + "*",
+            T.us(m["ours"]),
+            T.fmt_ratio(r_floor),
+            T.fmt_ratio(r_fe),
+            T.worst_spread(t),
+            target,
+            T.verdict(ok, bool(target)),
+        ]
+    )
+    pso_rows.append(
+        [
+            name,
+            f"{bw_copy / 1e9:.1f}",
+            f"{bw / 1e9:.1f}",
+            T.us(floor),
+            T.us(m["flat-chain"]),
+            T.us(m["ours-1flat"]),
+            T.us(m["ours"]),
+            T.fmt_ratio(T.ratio(m["ours"], m["ours-1flat"])),
+        ]
+    )
+    results.append(
+        dict(
+            workload=name,
+            op="pso_velocity_",
+            tensors=len(shapes),
+            numel=n,
+            us={**{k: v * 1e6 for k, v in m.items()}, "mem_floor": floor * 1e6},
+            min_us=T.mins_us(t),
+            bandwidth_GBps=bw / 1e9,
+            copy_GBps=bw_copy / 1e9,
+            target=target,
+            ok=ok,
+        )
+    )
 
 
 def bench_call_paths(args, results):
@@ -206,12 +265,23 @@ def bench_call_paths(args, results):
         ok = None
         if k == "nytorch.ops.add_ (wrapper)":
             ok = T.check(v, ref_in)
-        rows.append([k, "in-place" if inplace else "out-of-place", T.us(v), T.fmt_ratio(T.ratio(v, ref)),
-                     f"{t[k].spread:.0%}" if t[k].samples else "", "<= _foreach_add_" if k == "nytorch.ops.add_ (wrapper)" else "",
-                     T.verdict(ok, k == "nytorch.ops.add_ (wrapper)")])
+        rows.append(
+            [
+                k,
+                "in-place" if inplace else "out-of-place",
+                T.us(v),
+                T.fmt_ratio(T.ratio(v, ref)),
+                f"{t[k].spread:.0%}" if t[k].samples else "",
+                "<= _foreach_add_" if k == "nytorch.ops.add_ (wrapper)" else "",
+                T.verdict(ok, k == "nytorch.ops.add_ (wrapper)"),
+            ]
+        )
         results.append(dict(workload="tiny", op="call-path", path=k, us=v * 1e6, ok=ok))
-    T.print_table(["call (2 tensors: [10,1], [1])", "kind", "us/call", "vs foreach", "IQR", "target", ""],
-                  rows, title="Call paths of one 2-tensor add (per-call overhead)")
+    T.print_table(
+        ["call (2 tensors: [10,1], [1])", "kind", "us/call", "vs foreach", "IQR", "target", ""],
+        rows,
+        title="Call paths of one 2-tensor add (per-call overhead)",
+    )
 
 
 def main(argv=None) -> int:
@@ -228,22 +298,26 @@ def main(argv=None) -> int:
     args.rounds = 31 if args.quick else 101
     args.rounds_paths = 100 if args.quick else 400
     args.block_s = 2e-4 if args.quick else 3e-4
-    args.budget_small = 0.3 if args.quick else 1.5   # seconds of measured rounds per compare
+    args.budget_small = 0.3 if args.quick else 1.5  # seconds of measured rounds per compare
     args.budget_big = 1.5 if args.quick else 6.0
     args.min_rounds = 2 if args.quick else 3
-    args.slow_s = 0.2 if args.quick else 1.0   # calls slower than this may get just 2 rounds
+    args.slow_s = 0.2 if args.quick else 1.0  # calls slower than this may get just 2 rounds
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device")
         return 0
     watch = T.Stopwatch()
     torch.manual_seed(0)
     check_opcodes(args.device)
-    print(f"bench_ops: {T.machine_line(args.device)}; nytorch {nytorch.__version__} "
-          f"(CPU kernels: {nytorch._C.cpu_isa()}, CUDA kernels: {nytorch._C.has_cuda()})")
+    print(
+        f"bench_ops: {T.machine_line(args.device)}; nytorch {nytorch.__version__} "
+        f"(CPU kernels: {nytorch._C.cpu_isa()}, CUDA kernels: {nytorch._C.has_cuda()})"
+    )
     if T.load_warning():
         print(T.load_warning())
-    print("medians over interleaved rounds; ratios from the same rounds; IQR = spread of the noisiest\n"
-          "column (its full range where it has < 4 rounds)")
+    print(
+        "medians over interleaved rounds; ratios from the same rounds; IQR = spread of the noisiest\n"
+        "column (its full range where it has < 4 rounds)"
+    )
     results: list = []
     with torch.no_grad():
         bench_call_paths(args, results)
@@ -255,16 +329,43 @@ def main(argv=None) -> int:
                 continue
             print(f"  {name}: {len(shapes)} tensors, {T.numel(shapes):,} elements ... ({watch():.0f}s)", flush=True)
             bench_workload(name, shapes, args, results, rows, pso_rows)
-    T.print_table(["workload", "op", "loop us", "foreach us", "flat us", "ours us", "ours/flat",
-                   "foreach/ours", "IQR", "target", ""], rows,
-                  title="Multi-tensor ops (float32, per-call medians)")
-    print("* PSO 'flat' is the memory floor: 32 bytes/element at the bandwidth of a 256 MiB a.add_(b)\n"
-          "  (12 bytes/element) measured in the same row; copy_ GB/s is shown for reference (it\n"
-          "  understates the traffic: write-allocate reads the destination too)."
-          + (" --quick: no PSO loop on resnet18/big." if args.quick else ""))
-    T.print_table(["workload", "copy GB/s", "add_ GB/s", "mem floor us", "flat chain us", "ours 1-flat us", "ours us",
-                   "ours/1-flat"], pso_rows,
-                  title="PSO velocity detail (flat chain: torch ops on one flat buffer; 1-flat: our kernel on one tensor)")
+    T.print_table(
+        [
+            "workload",
+            "op",
+            "loop us",
+            "foreach us",
+            "flat us",
+            "ours us",
+            "ours/flat",
+            "foreach/ours",
+            "IQR",
+            "target",
+            "",
+        ],
+        rows,
+        title="Multi-tensor ops (float32, per-call medians)",
+    )
+    print(
+        "* PSO 'flat' is the memory floor: 32 bytes/element at the bandwidth of a 256 MiB a.add_(b)\n"
+        "  (12 bytes/element) measured in the same row; copy_ GB/s is shown for reference (it\n"
+        "  understates the traffic: write-allocate reads the destination too)."
+        + (" --quick: no PSO loop on resnet18/big." if args.quick else "")
+    )
+    T.print_table(
+        [
+            "workload",
+            "copy GB/s",
+            "add_ GB/s",
+            "mem floor us",
+            "flat chain us",
+            "ours 1-flat us",
+            "ours us",
+            "ours/1-flat",
+        ],
+        pso_rows,
+        title="PSO velocity detail (flat chain: torch ops on one flat buffer; 1-flat: our kernel on one tensor)",
+    )
     T.finish("bench_ops", results, watch(), args.device, args.json, quick=args.quick)
     return 0
 

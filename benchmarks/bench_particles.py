@@ -28,6 +28,7 @@ rounds (no gc.collect()), then the loop's total time and time per round.
 measured here, not asserted there.)
 Exit code is 0 whatever the targets say (they are informational).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,6 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _timing as T  # noqa: E402
-
 import nytorch  # noqa: E402  (ours)
 
 V110_DIR = os.path.join(HERE, ".nytorch110")
@@ -52,12 +52,12 @@ V110_VERSION = "1.1.0"
 W, C1, C2 = 0.7, 1.5, 1.5
 
 # Targets (informational)
-TGT_TINY_ADD_US = 5.0        # a + b on the 2-parameter model, us
-TGT_TINY_IADD_US = 1.5       # a += b on the 2-parameter model, us
-TGT_SMALL_INPLACE = 3.0      # many-small: a += b within 3x of the flat op
-TGT_SMALL_VS_110 = 30.0      # many-small: out-of-place >= 30x faster than 1.1.0
-TGT_BIG_INPLACE = 1.15       # resnet18/big: a += b within 1.15x of the flat op
-TGT_BIG_OUT = 1.20           # resnet18/big: out-of-place within 1.2x of the flat op with out=
+TGT_TINY_ADD_US = 5.0  # a + b on the 2-parameter model, us
+TGT_TINY_IADD_US = 1.5  # a += b on the 2-parameter model, us
+TGT_SMALL_INPLACE = 3.0  # many-small: a += b within 3x of the flat op
+TGT_SMALL_VS_110 = 30.0  # many-small: out-of-place >= 30x faster than 1.1.0
+TGT_BIG_INPLACE = 1.15  # resnet18/big: a += b within 1.15x of the flat op
+TGT_BIG_OUT = 1.20  # resnet18/big: out-of-place within 1.2x of the flat op with out=
 MEM_BOUND = ("resnet18", "big")
 OUT_OF_PLACE = ("a + b", "a * 2", "a.clone()")
 
@@ -75,10 +75,14 @@ def load_nytorch110(target: str = V110_DIR):
     """
     pkg_dir = os.path.join(target, "nytorch")
     if not os.path.isfile(os.path.join(pkg_dir, "__init__.py")):
-        print(f"nytorch {V110_VERSION} not found in {target}: installing it there "
-              f"(pip install --no-deps --target ...)", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target,
-                        f"nytorch=={V110_VERSION}"], check=True)
+        print(
+            f"nytorch {V110_VERSION} not found in {target}: installing it there (pip install --no-deps --target ...)",
+            flush=True,
+        )
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, f"nytorch=={V110_VERSION}"],
+            check=True,
+        )
 
     class _Finder:
         @staticmethod
@@ -106,12 +110,13 @@ def load_nytorch110(target: str = V110_DIR):
             del sys.modules[k]
         sys.modules.update(saved)
     for k, v in loaded.items():
-        sys.modules["nytorch110" + k[len("nytorch"):]] = v
+        sys.modules["nytorch110" + k[len("nytorch") :]] = v
     return mod
 
 
 def self_check(v110) -> None:
     import nytorch as again
+
     ours_file = os.path.abspath(again.__file__)
     print(f"ours : nytorch {again.__version__}  {ours_file}")
     print(f"1.1.0: nytorch110  {v110.__file__}  (module.py: {v110.module.__file__})")
@@ -143,7 +148,6 @@ def particle_class(base):
 
     Params.__name__ = Params.__qualname__ = f"Params[{base.__module__}]"
     return Params
-
 
 
 def particle_cases(cls, shapes, label):
@@ -269,8 +273,11 @@ def bench(args, v110) -> int:
         n = T.numel(shapes)
         big = n > 5_000_000
         skip_110 = args.quick and name == "big"
-        print(f"  {name}: {len(shapes)} tensors, {n:,} elements ... ({watch():.0f}s)"
-              + ("  [1.1.0 skipped in --quick]" if skip_110 else ""), flush=True)
+        print(
+            f"  {name}: {len(shapes)} tensors, {n:,} elements ... ({watch():.0f}s)"
+            + ("  [1.1.0 skipped in --quick]" if skip_110 else ""),
+            flush=True,
+        )
         torch.manual_seed(0)
         ours = particle_cases(Ours, shapes, f"{name} ours")
         old = {} if skip_110 else particle_cases(Old, shapes, f"{name} 1.1.0")
@@ -279,29 +286,83 @@ def bench(args, v110) -> int:
             fns = {"ours": ours.get(op), "1.1.0": old.get(op), "foreach": foreach[op], "flat": flat[op]}
             if op == "pso step":
                 fns["flat-fused"] = pso_fused
-            t = T.compare(fns, rounds=args.rounds, block_s=args.block_s,
-                          budget_s=args.budget_big if big else args.budget_small,
-                          min_rounds=args.min_rounds, slow_s=0.2 if args.quick else 1.0)
+            t = T.compare(
+                fns,
+                rounds=args.rounds,
+                block_s=args.block_s,
+                budget_s=args.budget_big if big else args.budget_small,
+                min_rounds=args.min_rounds,
+                slow_s=0.2 if args.quick else 1.0,
+            )
             m = {k: v.median for k, v in t.items()}
             desc, ok = targets_for(name, op, m)
-            rows.append([name, op, T.us(m["ours"]), T.us(m["1.1.0"]), T.us(m["foreach"]), T.us(m["flat"]),
-                         T.fmt_ratio(T.ratio(m["ours"], m["flat"])), T.fmt_ratio(T.ratio(m["1.1.0"], m["ours"])),
-                         T.fmt_ratio(T.ratio(m["foreach"], m["ours"])), T.worst_spread(t), desc,
-                         T.verdict(ok, bool(desc))])
+            rows.append(
+                [
+                    name,
+                    op,
+                    T.us(m["ours"]),
+                    T.us(m["1.1.0"]),
+                    T.us(m["foreach"]),
+                    T.us(m["flat"]),
+                    T.fmt_ratio(T.ratio(m["ours"], m["flat"])),
+                    T.fmt_ratio(T.ratio(m["1.1.0"], m["ours"])),
+                    T.fmt_ratio(T.ratio(m["foreach"], m["ours"])),
+                    T.worst_spread(t),
+                    desc,
+                    T.verdict(ok, bool(desc)),
+                ]
+            )
             if op == "pso step":
-                pso_rows.append([name, T.us(m["ours"]), T.us(m["flat"]), T.us(m["flat-fused"]),
-                                 T.fmt_ratio(T.ratio(m["ours"], m["flat-fused"]))])
-            results.append(dict(workload=name, op=op, tensors=len(shapes), numel=n,
-                                us={k: v * 1e6 for k, v in m.items()}, min_us=T.mins_us(t), target=desc, ok=ok))
+                pso_rows.append(
+                    [
+                        name,
+                        T.us(m["ours"]),
+                        T.us(m["flat"]),
+                        T.us(m["flat-fused"]),
+                        T.fmt_ratio(T.ratio(m["ours"], m["flat-fused"])),
+                    ]
+                )
+            results.append(
+                dict(
+                    workload=name,
+                    op=op,
+                    tensors=len(shapes),
+                    numel=n,
+                    us={k: v * 1e6 for k, v in m.items()},
+                    min_us=T.mins_us(t),
+                    target=desc,
+                    ok=ok,
+                )
+            )
         del ours, old, foreach, flat, pso_fused
         gc.collect()
-    T.print_table(["workload", "op", "ours us", "1.1.0 us", "foreach us", "flat us", "ours/flat",
-                   "1.1.0/ours", "foreach/ours", "IQR", "target", ""], rows,
-                  title="Particle ops (float32, per-call medians)")
-    print("flat: in-place op on one flat buffer, or out-of-place into a preallocated result (out=);\n"
-          "pso step: r1, r2 = x.rand(); v = w*v + c1*r1*(p - x) + c2*r2*(g - x); x += v")
-    T.print_table(["workload", "ours us", "flat chain us", "flat fused us", "ours/fused"], pso_rows,
-                  title="PSO step detail (flat fused: 2 RNG fills + one pso_velocity_ + x += v on flat buffers)")
+    T.print_table(
+        [
+            "workload",
+            "op",
+            "ours us",
+            "1.1.0 us",
+            "foreach us",
+            "flat us",
+            "ours/flat",
+            "1.1.0/ours",
+            "foreach/ours",
+            "IQR",
+            "target",
+            "",
+        ],
+        rows,
+        title="Particle ops (float32, per-call medians)",
+    )
+    print(
+        "flat: in-place op on one flat buffer, or out-of-place into a preallocated result (out=);\n"
+        "pso step: r1, r2 = x.rand(); v = w*v + c1*r1*(p - x) + c2*r2*(g - x); x += v"
+    )
+    T.print_table(
+        ["workload", "ours us", "flat chain us", "flat fused us", "ours/fused"],
+        pso_rows,
+        title="PSO step detail (flat fused: 2 RNG fills + one pso_velocity_ + x += v on flat buffers)",
+    )
     T.finish("bench_particles", results, watch(), "cpu", args.json, quick=args.quick, has_ours=Ours is not None)
     return 0
 
@@ -322,8 +383,10 @@ def rss_check(which: str, v110, rounds: int = 1000, every: int = 100) -> int:
         torch.manual_seed(0)
         net = cls(shapes)
         base = T.rss_bytes()
-        print(f"\n--rss {label}: {rounds} rounds of net = 0.5 * net + 1 on a ResNet-18-sized particle "
-              f"({size / mib:.1f} MiB of parameters), no gc.collect()")
+        print(
+            f"\n--rss {label}: {rounds} rounds of net = 0.5 * net + 1 on a ResNet-18-sized particle "
+            f"({size / mib:.1f} MiB of parameters), no gc.collect()"
+        )
         print(f"{'round':>6} {'RSS MiB':>9} {'growth MiB':>11} {'particles':>10} {'elapsed s':>10}")
         print(f"{0:>6} {base / mib:>9.1f} {0.0:>11.1f} {0.0:>10.1f} {0.0:>10.2f}", flush=True)
         watch = T.Stopwatch()
@@ -332,11 +395,15 @@ def rss_check(which: str, v110, rounds: int = 1000, every: int = 100) -> int:
             if i % every == 0:
                 t = watch()  # before reading RSS: the loop's time only (the prints add little)
                 r = T.rss_bytes()
-                print(f"{i:>6} {r / mib:>9.1f} {(r - base) / mib:>11.1f} {(r - base) / size:>10.1f} {t:>10.2f}",
-                      flush=True)
+                print(
+                    f"{i:>6} {r / mib:>9.1f} {(r - base) / mib:>11.1f} {(r - base) / size:>10.1f} {t:>10.2f}",
+                    flush=True,
+                )
         total = watch()
-        print(f"{label}: {rounds} rounds in {total:.2f} s, {total / rounds * 1e3:.1f} ms per round; "
-              f"gc counts {gc.get_count()}")
+        print(
+            f"{label}: {rounds} rounds in {total:.2f} s, {total / rounds * 1e3:.1f} ms per round; "
+            f"gc counts {gc.get_count()}"
+        )
         del net
     return 0
 
@@ -347,8 +414,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--only", help="comma-separated workloads (tiny,mlp,many-small,resnet18,big)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--rss", nargs="?", const="ours", choices=["ours", "110", "both"],
-                    help="memory check instead of timings (default: ours)")
+    ap.add_argument(
+        "--rss",
+        nargs="?",
+        const="ours",
+        choices=["ours", "110", "both"],
+        help="memory check instead of timings (default: ours)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,6 +34,7 @@ pyswarms``; without them their columns print n/a.
 Targets (informational): ES ask within 1.5x of max(write floor, generator);
 every strategy 3x faster per generation than EvoTorch; PSO 10x pyswarms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,6 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _timing as T  # noqa: E402
-
 import nytorch as nyto  # noqa: E402
 from nytorch.algorithms import CEM, CMAES, DE, ES, PGPE, PSO, SNES, SepCMAES  # noqa: E402
 
@@ -84,9 +84,11 @@ def floors(P, D, device):
     pop = torch.empty(P, D, device=device)
     buf = pop[: P // 2].reshape(-1)
     prog = _fuse.program(lambda x: _fuse.randn_like(x), "p")
-    return {"write floor": lambda: pop.fill_(1.0),
-            "read (fitness)": lambda: sphere_rows(pop),
-            "gen floor": lambda: _fuse.run_flat(prog, [[buf]], [], out=[[buf]], seed=1)}
+    return {
+        "write floor": lambda: pop.fill_(1.0),
+        "read (fitness)": lambda: sphere_rows(pop),
+        "gen floor": lambda: _fuse.run_flat(prog, [[buf]], [], out=[[buf]], seed=1),
+    }
 
 
 def evotorch_searchers(P, D, device):
@@ -94,23 +96,45 @@ def evotorch_searchers(P, D, device):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import logging
+
             import evotorch
+
             logging.getLogger("evotorch").setLevel(logging.WARNING)
             from evotorch import Problem
-            from evotorch.algorithms import CEM as ECEM, CMAES as ECMAES, PGPE as EPGPE, SNES as ESNES
+            from evotorch.algorithms import CEM as ECEM
+            from evotorch.algorithms import CMAES as ECMAES
+            from evotorch.algorithms import PGPE as EPGPE
+            from evotorch.algorithms import SNES as ESNES
     except Exception as e:  # noqa: BLE001
         print(f"  [EvoTorch] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
         return {}, None
 
     def problem():
-        return Problem("min", sphere_rows, solution_length=D, initial_bounds=(-1.0, 1.0),
-                       vectorized=True, device=device, dtype=torch.float32)
+        return Problem(
+            "min",
+            sphere_rows,
+            solution_length=D,
+            initial_bounds=(-1.0, 1.0),
+            vectorized=True,
+            device=device,
+            dtype=torch.float32,
+        )
+
     out = {
-        "pgpe": lambda: EPGPE(problem(), popsize=P, center_learning_rate=LR, stdev_learning_rate=0.1,
-                              stdev_init=STDEV, optimizer="clipup", ranking_method="centered", symmetric=True),
+        "pgpe": lambda: EPGPE(
+            problem(),
+            popsize=P,
+            center_learning_rate=LR,
+            stdev_learning_rate=0.1,
+            stdev_init=STDEV,
+            optimizer="clipup",
+            ranking_method="centered",
+            symmetric=True,
+        ),
         "snes": lambda: ESNES(problem(), popsize=P, stdev_init=STDEV),
-        "cem": lambda: ECEM(problem(), popsize=P, parenthood_ratio=0.5, stdev_init=STDEV,
-                            stdev_max_change=CEM_MAX_CHANGE),
+        "cem": lambda: ECEM(
+            problem(), popsize=P, parenthood_ratio=0.5, stdev_init=STDEV, stdev_max_change=CEM_MAX_CHANGE
+        ),
         "sepcma": lambda: ECMAES(problem(), popsize=P, stdev_init=STDEV, separable=True),
         "cmaes": lambda: ECMAES(problem(), popsize=P, stdev_init=STDEV),
     }
@@ -137,13 +161,15 @@ def ours(name, P, D, device):
 def bench_es(P, D, device, rounds, results):
     sync = sync_fn(device)
     f = torch.randn(P, device=device)
-    es = {"ops": ES(Vec(D).to(device), P, sigma=STDEV, lr=LR, seed=0),
-          "fuse-stored": ES(Vec(D).to(device), P, sigma=STDEV, lr=LR, seed=0, backend="fuse", store_noise=True),
-          "fuse-regen": ES(Vec(D).to(device), P, sigma=STDEV, lr=LR, seed=0, backend="fuse", store_noise=False)}
+    es = {
+        "ops": ES(Vec(D).to(device), P, sigma=STDEV, lr=LR, seed=0),
+        "fuse-stored": ES(Vec(D).to(device), P, sigma=STDEV, lr=LR, seed=0, backend="fuse", store_noise=True),
+        "fuse-regen": ES(Vec(D).to(device), P, sigma=STDEV, lr=LR, seed=0, backend="fuse", store_noise=False),
+    }
     fns = {}
     for k, o in es.items():
         fns[f"ES {k} ask"] = o.ask
-        fns[f"ES {k} tell"] = (lambda o=o: o.tell(f))
+        fns[f"ES {k} tell"] = lambda o=o: o.tell(f)
     fns.update(floors(P, D, device))
     t = T.compare(fns, rounds=rounds, block_s=2e-3, device=device)
     ms = {k: v.median * 1e3 for k, v in t.items()}
@@ -151,21 +177,36 @@ def bench_es(P, D, device, rounds, results):
     rows = []
     for k in es:
         a, b = ms[f"ES {k} ask"], ms[f"ES {k} tell"]
-        rows.append([f"ES {k}", f"{P}x{D // 1000}k", f"{a:.1f}", f"{b:.1f}", f"{a + b:.1f}",
-                     f"{a / floor:.2f}x", f"{(ms['ES ops ask'] + ms['ES ops tell']) / (a + b):.2f}x"])
+        rows.append(
+            [
+                f"ES {k}",
+                f"{P}x{D // 1000}k",
+                f"{a:.1f}",
+                f"{b:.1f}",
+                f"{a + b:.1f}",
+                f"{a / floor:.2f}x",
+                f"{(ms['ES ops ask'] + ms['ES ops tell']) / (a + b):.2f}x",
+            ]
+        )
         results.append(dict(row=f"ES {k}", P=P, D=D, ask_ms=a, tell_ms=b))
-    T.print_table(["ES", "P x D", "ask ms", "tell ms", "ask+tell", "ask/floor", "speedup vs ops"], rows,
-                  f"ES ask/tell, P={P} x D={D} (floors: write {ms['write floor']:.1f} ms, fitness read "
-                  f"{ms['read (fitness)']:.1f} ms, generator {ms['gen floor']:.1f} ms; spread {T.worst_spread(t)})")
+    T.print_table(
+        ["ES", "P x D", "ask ms", "tell ms", "ask+tell", "ask/floor", "speedup vs ops"],
+        rows,
+        f"ES ask/tell, P={P} x D={D} (floors: write {ms['write floor']:.1f} ms, fitness read "
+        f"{ms['read (fitness)']:.1f} ms, generator {ms['gen floor']:.1f} ms; spread {T.worst_spread(t)})",
+    )
     for k in ("fuse-stored", "fuse-regen"):
         ok = ms[f"ES {k} ask"] <= 1.5 * floor
         results.append(dict(row=f"ES {k} ask within 1.5x floor", P=P, D=D, target=True, ok=ok))
     if (P, D) == (256, 100_000):
         best = min(ms[f"ES fuse-{k} ask"] + ms[f"ES fuse-{k} tell"] for k in ("stored", "regen"))
-        print(f"  ES ask + tell: {best:.1f} ms, {ISSUE_BASELINE_MS / best:.1f}x faster than the "
-              f"{ISSUE_BASELINE_MS:.0f} ms of the issue's baseline (target 3x)")
-        results.append(dict(row="ES ask+tell 3x the issue baseline", P=P, D=D, target=True,
-                            ok=best * 3 <= ISSUE_BASELINE_MS))
+        print(
+            f"  ES ask + tell: {best:.1f} ms, {ISSUE_BASELINE_MS / best:.1f}x faster than the "
+            f"{ISSUE_BASELINE_MS:.0f} ms of the issue's baseline (target 3x)"
+        )
+        results.append(
+            dict(row="ES ask+tell 3x the issue baseline", P=P, D=D, target=True, ok=best * 3 <= ISSUE_BASELINE_MS)
+        )
     del sync
 
 
@@ -174,7 +215,7 @@ def bench_gaussian(names, P, D, device, rounds, use_evotorch, results):
     fns = {}
     for name in names:
         o = ours(name, P, D, device)
-        fns[f"{name} ours"] = (lambda o=o: o.step(sphere_swarm))
+        fns[f"{name} ours"] = lambda o=o: o.step(sphere_swarm)
         if name in evo:
             s = T.probe(evo[name], f"EvoTorch {name}")
             searcher = s() if s is not None else None
@@ -187,16 +228,28 @@ def bench_gaussian(names, P, D, device, rounds, use_evotorch, results):
         a = ms[f"{name} ours"]
         b = ms.get(f"{name} EvoTorch", math.nan)
         ok = None if math.isnan(b) else b >= 3 * a
-        rows.append([name, f"{P}x{D // 1000}k", f"{a:.1f}", "n/a" if math.isnan(b) else f"{b:.1f}",
-                     "n/a" if math.isnan(b) else f"{b / a:.2f}x", T.verdict(ok, name in evo)])
+        rows.append(
+            [
+                name,
+                f"{P}x{D // 1000}k",
+                f"{a:.1f}",
+                "n/a" if math.isnan(b) else f"{b:.1f}",
+                "n/a" if math.isnan(b) else f"{b / a:.2f}x",
+                T.verdict(ok, name in evo),
+            ]
+        )
         results.append(dict(row=name, P=P, D=D, ours_ms=a, evotorch_ms=b, target=name in evo, ok=ok))
-    T.print_table(["strategy", "P x D", "ours ms/gen", f"EvoTorch {evo_version or ''} ms/gen", "speedup", "3x"],
-                  rows, f"one generation, P={P} x D={D} (floors: write {ms['write floor']:.1f} ms, fitness "
-                  f"{ms['read (fitness)']:.1f} ms, generator {ms['gen floor']:.1f} ms; spread {T.worst_spread(t)})")
+    T.print_table(
+        ["strategy", "P x D", "ours ms/gen", f"EvoTorch {evo_version or ''} ms/gen", "speedup", "3x"],
+        rows,
+        f"one generation, P={P} x D={D} (floors: write {ms['write floor']:.1f} ms, fitness "
+        f"{ms['read (fitness)']:.1f} ms, generator {ms['gen floor']:.1f} ms; spread {T.worst_spread(t)})",
+    )
 
 
 def bench_pso(N, D, device, rounds, use_pyswarms, results):
     import numpy as np
+
     torch.manual_seed(0)
     swarm = nyto.Swarm(Vec(D).to(device), N, init="randn")
     pso = PSO(swarm, seed=0, vmax=0.5, track_diversity=False)  # pyswarms computes no diversity either
@@ -207,12 +260,18 @@ def bench_pso(N, D, device, rounds, use_pyswarms, results):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import logging
+
                 import pyswarms
                 from pyswarms.single import GlobalBestPSO
+
                 logging.getLogger("pyswarms").setLevel(logging.ERROR)
             version = pyswarms.__version__
-            opt = GlobalBestPSO(n_particles=N, dimensions=D, options={"c1": 1.49618, "c2": 1.49618, "w": 0.7298},
-                                velocity_clamp=(-0.5, 0.5))
+            opt = GlobalBestPSO(
+                n_particles=N,
+                dimensions=D,
+                options={"c1": 1.49618, "c2": 1.49618, "w": 0.7298},
+                velocity_clamp=(-0.5, 0.5),
+            )
             f = lambda x: (x * x).sum(1)  # noqa: E731
             fns["PSO pyswarms"] = lambda: opt.optimize(f, iters=1, verbose=False)
         except Exception as e:  # noqa: BLE001
@@ -222,10 +281,20 @@ def bench_pso(N, D, device, rounds, use_pyswarms, results):
     ms = {k: v.median * 1e3 for k, v in t.items()}
     a, b = ms["PSO ours"], ms.get("PSO pyswarms", math.nan)
     ok = None if math.isnan(b) else b >= 10 * a
-    T.print_table(["PSO", "N x D", "ours ms/step", f"pyswarms {version or ''} ms/step", "speedup", "10x"],
-                  [["PSO", f"{N}x{D // 1000}k", f"{a:.2f}", "n/a" if math.isnan(b) else f"{b:.2f}",
-                    "n/a" if math.isnan(b) else f"{b / a:.1f}x", T.verdict(ok, use_pyswarms)]],
-                  f"PSO step (spread {T.worst_spread(t)})")
+    T.print_table(
+        ["PSO", "N x D", "ours ms/step", f"pyswarms {version or ''} ms/step", "speedup", "10x"],
+        [
+            [
+                "PSO",
+                f"{N}x{D // 1000}k",
+                f"{a:.2f}",
+                "n/a" if math.isnan(b) else f"{b:.2f}",
+                "n/a" if math.isnan(b) else f"{b / a:.1f}x",
+                T.verdict(ok, use_pyswarms),
+            ]
+        ],
+        f"PSO step (spread {T.worst_spread(t)})",
+    )
     results.append(dict(row="pso", N=N, D=D, ours_ms=a, pyswarms_ms=b, target=True, ok=ok))
 
 
@@ -258,7 +327,7 @@ def main(argv=None) -> None:
     if "cmaes" in only:  # the dense covariance: a small problem
         bench_gaussian(["cmaes", "sepcma"], 64, 1000, args.device, rounds, not args.no_evotorch, results)
     if "pso" in only:
-        for N, D in ([(64, 10_000)] if args.quick else [(64, 10_000), (1024, 2_000)]):
+        for N, D in [(64, 10_000)] if args.quick else [(64, 10_000), (1024, 2_000)]:
             bench_pso(N, D, args.device, rounds, not args.no_pyswarms, results)
     T.finish("bench_strategies", results, sw(), args.device, args.json)
 

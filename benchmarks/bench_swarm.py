@@ -35,6 +35,7 @@ benchmarks/.nytorch110 along (both are git-ignored install targets).
 
 Target (informational): swarm update within 1.3x of the floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,6 @@ from torch.func import functional_call
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _timing as T  # noqa: E402
-
 import nytorch as nyto  # noqa: E402
 from nytorch.algorithms import PSO  # noqa: E402
 
@@ -80,18 +80,37 @@ def net_class(base):
 
         def forward(self, x):
             return self.body(x)
+
     return Net
 
 
 def load_tensordict():
     """tensordict from benchmarks/.tensordict (installing it there if missing), or None."""
     if not os.path.isdir(os.path.join(TD_DIR, "tensordict")):
-        print(f"tensordict not found in {TD_DIR}: installing it there (pip install --no-deps --target ...)",
-              flush=True)
+        print(f"tensordict not found in {TD_DIR}: installing it there (pip install --no-deps --target ...)", flush=True)
         try:
-            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--retries", "0",
-                                "--timeout", "15", "--target", TD_DIR, "tensordict", "pyvers<0.3,>=0.2",
-                                "cloudpickle"], capture_output=True, text=True, timeout=120)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--retries",
+                    "0",
+                    "--timeout",
+                    "15",
+                    "--target",
+                    TD_DIR,
+                    "tensordict",
+                    "pyvers<0.3,>=0.2",
+                    "cloudpickle",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         except subprocess.TimeoutExpired:
             print("  pip timed out (no network?): emulating tensordict")
             return None
@@ -101,6 +120,7 @@ def load_tensordict():
     sys.path.insert(0, TD_DIR)
     try:
         import tensordict
+
         return tensordict
     except Exception as e:  # noqa: BLE001
         print(f"  tensordict does not import ({type(e).__name__}: {e}): emulating it")
@@ -130,8 +150,16 @@ def swarm_cases(cfg, x, y, device):
     ops_swarm = swarm.clone()
     pso_ops = PSO(ops_swarm, inertia=W, cognitive=C1, social=C2, seed=0, track_diversity=False, backend="ops")
     pso_ops.tell(fixed)
-    return swarm, {"swarm": lambda: pso.step(fitness), "swarm upd": upd,
-                   "upd ops": lambda: pso_ops.tell(fixed), "swarm eval": lambda: fitness(swarm)}, pso.backend
+    return (
+        swarm,
+        {
+            "swarm": lambda: pso.step(fitness),
+            "swarm upd": upd,
+            "upd ops": lambda: pso_ops.tell(fixed),
+            "swarm eval": lambda: fitness(swarm),
+        },
+        pso.backend,
+    )
 
 
 def v110_cases(v110, cfg, x, y, device):
@@ -159,6 +187,7 @@ def v110_cases(v110, cfg, x, y, device):
             x_, r1, r2 = xs[i], xs[i].rand(), xs[i].rand()
             vs[i] = W * vs[i] + C1 * r1 * (ps[i] - x_) + C2 * r2 * (g - x_)
             xs[i] = x_ + vs[i]
+
     return step
 
 
@@ -175,12 +204,20 @@ def td_cases(tensordict, cfg, x, y, device):
         def call(p, xx):
             with p.to_module(base):
                 return base(xx)
+
         evaluate = lambda: ce(torch.vmap(call, (0, None))(params, x), y)  # noqa: E731
     else:
         names = [k for k, _ in nets[0].named_parameters()]
         X = [torch.stack([dict(m.named_parameters())[k].detach() for m in nets]) for k in names]
-        evaluate = lambda: ce(torch.vmap(lambda p, xx: functional_call(  # noqa: E731
-            base, dict(zip(names, p)), (xx,)), (0, None))(tuple(X), x), y)
+        evaluate = lambda: ce(
+            torch.vmap(
+                lambda p, xx: functional_call(  # noqa: E731
+                    base, dict(zip(names, p)), (xx,)
+                ),
+                (0, None),
+            )(tuple(X), x),
+            y,
+        )
     V = [torch.zeros_like(t) for t in X]
     P = [t.clone() for t in X]
     G = [t[0].clone() for t in X]
@@ -208,6 +245,7 @@ def td_cases(tensordict, cfg, x, y, device):
             torch._foreach_addcmul_(V, R1, d1, value=C1)
             torch._foreach_addcmul_(V, R2, d2, value=C2)
             torch._foreach_add_(X, V)
+
     step()
     return step, tensordict is not None
 
@@ -237,13 +275,16 @@ def main() -> int:
         print("no CUDA device")
         return 0
     load = os.getloadavg()[0]
-    print(f"nytorch {nyto.__version__}, torch {torch.__version__}, device {device}, "
-          f"{torch.get_num_threads()} threads, load average {load:.1f} on {os.cpu_count()} cores"
-          + ("  (noisy)" if load > (os.cpu_count() or 1) else ""))
+    print(
+        f"nytorch {nyto.__version__}, torch {torch.__version__}, device {device}, "
+        f"{torch.get_num_threads()} threads, load average {load:.1f} on {os.cpu_count()} cores"
+        + ("  (noisy)" if load > (os.cpu_count() or 1) else "")
+    )
     v110 = None
     if not args.no_110:
         try:
             from bench_particles import load_nytorch110
+
             v110 = load_nytorch110()
         except Exception as e:  # noqa: BLE001
             print(f"nytorch 1.1.0 unavailable ({type(e).__name__}: {e}): column n/a")
@@ -261,26 +302,46 @@ def main() -> int:
         numel = swarm.numel
         bw = floor_bandwidth(device, cfg["n"] * numel)
         floor_s = 5 * cfg["n"] * numel * 4 / bw
-        timings = T.compare(fns, rounds=rounds, block_s=0.05 if args.quick else 0.2, device=device,
-                            budget_s=10 if args.quick else 40, min_rounds=2)
+        timings = T.compare(
+            fns,
+            rounds=rounds,
+            block_s=0.05 if args.quick else 0.2,
+            device=device,
+            budget_s=10 if args.quick else 40,
+            min_rounds=2,
+        )
         ms = {k: t.median * 1e3 for k, t in timings.items()}
-        results[name] = dict(ms=ms, floor_ms=floor_s * 1e3, backend=backend, bandwidth_gbs=bw / 1e9, numel=numel, n=cfg["n"],
-                             tensordict_real=real_td, spread=T.worst_spread(timings))
+        results[name] = dict(
+            ms=ms,
+            floor_ms=floor_s * 1e3,
+            backend=backend,
+            bandwidth_gbs=bw / 1e9,
+            numel=numel,
+            n=cfg["n"],
+            tensordict_real=real_td,
+            spread=T.worst_spread(timings),
+        )
     print()
-    hdr = (f"{'workload':13} {'swarm':>9} {'upd':>8} {'upd ops':>8} {'eval':>8} {'1.1.0':>10} {'tensordict':>11} "
-           f"{'EvoTorch':>9} {'floor':>8} {'upd/floor':>10} {'vs 1.1.0':>9} {'vs td':>7}")
-    print("ms per PSO step (update + evaluation), median; 'upd'/'eval' are the swarm's parts "
-          f"('upd': backend {results[next(iter(results))]['backend']!r}; 'upd ops': backend 'ops')")
+    hdr = (
+        f"{'workload':13} {'swarm':>9} {'upd':>8} {'upd ops':>8} {'eval':>8} {'1.1.0':>10} {'tensordict':>11} "
+        f"{'EvoTorch':>9} {'floor':>8} {'upd/floor':>10} {'vs 1.1.0':>9} {'vs td':>7}"
+    )
+    print(
+        "ms per PSO step (update + evaluation), median; 'upd'/'eval' are the swarm's parts "
+        f"('upd': backend {results[next(iter(results))]['backend']!r}; 'upd ops': backend 'ops')"
+    )
     print(hdr)
     for name, r in results.items():
         ms = r["ms"]
         ratio = ms["swarm upd"] / r["floor_ms"]
         td = f"{ms['tensordict']:.2f}" + ("" if r["tensordict_real"] else "*")
-        print(f"{name:13} {ms['swarm']:9.2f} {ms['swarm upd']:8.2f} {ms['upd ops']:8.2f} {ms['swarm eval']:8.2f} "
-              f"{ms.get('1.1.0', float('nan')):10.1f} {td:>11} {'n/a':>9} {r['floor_ms']:8.2f} "
-              f"{ratio:9.2f}x {ms.get('1.1.0', float('nan')) / ms['swarm']:8.1f}x "
-              f"{ms['tensordict'] / ms['swarm']:6.2f}x  [{'PASS' if ratio <= TGT_FLOOR else 'MISS'} "
-              f"upd <= {TGT_FLOOR}x floor; IQR {r['spread']}]")
+        print(
+            f"{name:13} {ms['swarm']:9.2f} {ms['swarm upd']:8.2f} {ms['upd ops']:8.2f} {ms['swarm eval']:8.2f} "
+            f"{ms.get('1.1.0', float('nan')):10.1f} {td:>11} {'n/a':>9} {r['floor_ms']:8.2f} "
+            f"{ratio:9.2f}x {ms.get('1.1.0', float('nan')) / ms['swarm']:8.1f}x "
+            f"{ms['tensordict'] / ms['swarm']:6.2f}x  [{'PASS' if ratio <= TGT_FLOOR else 'MISS'} "
+            f"upd <= {TGT_FLOOR}x floor; IQR {r['spread']}]"
+        )
     bw = [r["bandwidth_gbs"] for r in results.values()]
     print(f"floor: 5 x N x numel x 4 bytes at the flat add_ bandwidth ({', '.join(f'{b:.1f}' for b in bw)} GB/s)")
     if not all(r["tensordict_real"] for r in results.values()):

@@ -27,16 +27,14 @@ namespace {
 // ---------------------------------------------------------------------------
 // VersionCell: an int64, no references (not a GC object).
 struct VersionCell {
-  PyObject_HEAD
-  int64_t version;
+  PyObject_HEAD int64_t version;
 };
 
 int64_t version_counter = 0;  // guarded by the GIL
 
-PyMemberDef cell_members[] = {
-    {const_cast<char*>("version"), T_LONGLONG, offsetof(VersionCell, version), READONLY,
-     const_cast<char*>("The module structure version this cell holds.")},
-    {nullptr, 0, 0, 0, nullptr}};
+PyMemberDef cell_members[] = {{const_cast<char*>("version"), T_LONGLONG, offsetof(VersionCell, version), READONLY,
+                               const_cast<char*>("The module structure version this cell holds.")},
+                              {nullptr, 0, 0, 0, nullptr}};
 
 PyTypeObject VersionCellType = [] {
   PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
@@ -101,23 +99,21 @@ PyObject* cd_reduce_ex(PyObject* self, PyObject*) {
   return Py_BuildValue("(O(N))", reinterpret_cast<PyObject*>(&PyDict_Type), plain);
 }
 
-#define NYTO_CHANGING(M, name, doc)                                                                          \
+#define NYTO_CHANGING(M, name, doc)                                                                                  \
   {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cd_changing<M>)), METH_FASTCALL | METH_KEYWORDS, \
    doc}
-PyMethodDef cd_methods[] = {
-    NYTO_CHANGING(kPop, "pop", "dict.pop, then a new structure version."),
-    NYTO_CHANGING(kPopitem, "popitem", "dict.popitem, then a new structure version."),
-    NYTO_CHANGING(kClear, "clear", "dict.clear, then a new structure version."),
-    NYTO_CHANGING(kUpdate, "update", "dict.update, then a new structure version."),
-    NYTO_CHANGING(kSetdefault, "setdefault", "dict.setdefault, then a new structure version."),
-    {"__reduce_ex__", cd_reduce_ex, METH_O, "Pickles as a plain dict."},
-    {nullptr, nullptr, 0, nullptr}};
+PyMethodDef cd_methods[] = {NYTO_CHANGING(kPop, "pop", "dict.pop, then a new structure version."),
+                            NYTO_CHANGING(kPopitem, "popitem", "dict.popitem, then a new structure version."),
+                            NYTO_CHANGING(kClear, "clear", "dict.clear, then a new structure version."),
+                            NYTO_CHANGING(kUpdate, "update", "dict.update, then a new structure version."),
+                            NYTO_CHANGING(kSetdefault, "setdefault", "dict.setdefault, then a new structure version."),
+                            {"__reduce_ex__", cd_reduce_ex, METH_O, "Pickles as a plain dict."},
+                            {nullptr, nullptr, 0, nullptr}};
 #undef NYTO_CHANGING
 
-PyMemberDef cd_members[] = {
-    {const_cast<char*>("_nyto_cell"), T_OBJECT, offsetof(ContainerDict, cell), 0,
-     const_cast<char*>("The module's version cell, shared with its _parameters.")},
-    {nullptr, 0, 0, 0, nullptr}};
+PyMemberDef cd_members[] = {{const_cast<char*>("_nyto_cell"), T_OBJECT, offsetof(ContainerDict, cell), 0,
+                             const_cast<char*>("The module's version cell, shared with its _parameters.")},
+                            {nullptr, 0, 0, 0, nullptr}};
 
 // The free list: dead ContainerDicts, emptied, untracked, cell cleared.
 constexpr int kMaxFree = 256;
@@ -159,8 +155,7 @@ PyObject* cd_alloc(PyTypeObject* tp, Py_ssize_t nitems) {
 
 void cd_dealloc(PyObject* self) {
   PyObject_GC_UnTrack(self);
-  Py_TRASHCAN_BEGIN(self, cd_dealloc)
-  Py_CLEAR(reinterpret_cast<ContainerDict*>(self)->cell);
+  Py_TRASHCAN_BEGIN(self, cd_dealloc) Py_CLEAR(reinterpret_cast<ContainerDict*>(self)->cell);
   // Drop the entries first: freeing them can free (and list) other
   // ContainerDicts, so the room on the list is known only afterwards.
   PyDict_Clear(self);  // the keys table becomes the shared empty one
@@ -243,9 +238,7 @@ PyObject* new_cell() {
   return reinterpret_cast<PyObject*>(cell);
 }
 
-int64_t cell_version(PyObject* cell) {
-  return is_cell(cell) ? reinterpret_cast<VersionCell*>(cell)->version : -1;
-}
+int64_t cell_version(PyObject* cell) { return is_cell(cell) ? reinterpret_cast<VersionCell*>(cell)->version : -1; }
 
 int64_t params_version(PyObject* params) {
   if (!params || !is_param_dict(params)) return -1;
@@ -254,8 +247,10 @@ int64_t params_version(PyObject* params) {
 
 bool set_cell(PyObject* d, PyObject* cell) {
   PyObject** slot = nullptr;
-  if (Py_TYPE(d) == &ContainerDictType) slot = &reinterpret_cast<ContainerDict*>(d)->cell;
-  else if (is_param_dict(d)) slot = &param_cell(d);
+  if (Py_TYPE(d) == &ContainerDictType)
+    slot = &reinterpret_cast<ContainerDict*>(d)->cell;
+  else if (is_param_dict(d))
+    slot = &param_cell(d);
   if (!slot) {
     PyErr_SetString(PyExc_TypeError, "set_cell: not a nytorch tracked dict");
     return false;

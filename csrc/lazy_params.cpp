@@ -159,11 +159,17 @@ PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_s
       Py_INCREF(tmpl);
     } else {
       tmpl = PyDict_New();
-      if (!tmpl || !copy_keys(tmpl, old)) { Py_XDECREF(tmpl); return nullptr; }
+      if (!tmpl || !copy_keys(tmpl, old)) {
+        Py_XDECREF(tmpl);
+        return nullptr;
+      }
     }
     if (!same_version) {
       PyObject* entry = Py_BuildValue("(OL)", tmpl, static_cast<long long>(version));
-      if (!entry) { Py_DECREF(tmpl); return nullptr; }
+      if (!entry) {
+        Py_DECREF(tmpl);
+        return nullptr;
+      }
       PyList_SetItem(cache, mi, entry);  // steals entry
     }
   } else if (reinterpret_cast<PyObject*>(Py_TYPE(old)) == lazy_params_cls) {
@@ -183,7 +189,10 @@ PyObject* new_lazy_params(PyObject* old, PyObject* record, PyObject* cache, Py_s
   const bool ok = lp && (tmpl ? PyDict_Update(lp, tmpl) == 0 : copy_keys(lp, old)) &&
                   lazy_slots.set(lp, kRecord, record) && lazy_slots.set(lp, kTemplate, tmpl ? tmpl : Py_None);
   Py_XDECREF(tmpl);
-  if (!ok) { Py_XDECREF(lp); return nullptr; }
+  if (!ok) {
+    Py_XDECREF(lp);
+    return nullptr;
+  }
   return lp;
 }
 
@@ -242,7 +251,10 @@ PyObject* py_materialize(PyObject*, PyObject* record) {
     return nullptr;
   }
   const Py_ssize_t nm = PyTuple_GET_SIZE(wrs);
-  auto fail = [&]() -> PyObject* { Py_DECREF(made); return nullptr; };
+  auto fail = [&]() -> PyObject* {
+    Py_DECREF(made);
+    return nullptr;
+  };
   for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(slots); ++k) {
     PyObject* e = PyTuple_GET_ITEM(slots, k);
     const Py_ssize_t mi = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 0));
@@ -300,7 +312,8 @@ PyObject* py_register_lazy_types(PyObject*, PyObject* const* args, Py_ssize_t na
   }
   // The version cell slot (csrc/containers.cpp): LazyParams adds no slot to
   // ParamDict, so one offset serves both.
-  if (!bind_param_cell(reinterpret_cast<PyTypeObject*>(param_dict_cls), reinterpret_cast<PyTypeObject*>(lazy_params_cls)))
+  if (!bind_param_cell(reinterpret_cast<PyTypeObject*>(param_dict_cls),
+                       reinterpret_cast<PyTypeObject*>(lazy_params_cls)))
     return nullptr;
   Py_RETURN_NONE;
 }

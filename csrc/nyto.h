@@ -27,11 +27,11 @@ struct OpInfo {
   int n_scalars;        // scalar operands
   const char* args;     // the schema's arguments (ops.def)
   const char* inplace_extra;
-  const char* fuse;     // the nytorch.fuse expression of the same value, or ""
+  const char* fuse;  // the nytorch.fuse expression of the same value, or ""
 };
 const OpInfo& op_info(Op op);
 
-constexpr int kMaxLists = 6;    // pso_velocity: v, x, p, g, r1, r2
+constexpr int kMaxLists = 6;  // pso_velocity: v, x, p, g, r1, r2
 constexpr int kMaxScalars = 3;
 
 // One fast-route job: `n` tensors of one dtype on one device, all contiguous.
@@ -59,19 +59,16 @@ using JobRunner = void (*)(const Job&);
 // (device, dtype) for the fast route, runs the rest per tensor with ATen.
 // Out-of-place: returns the results (into `preset` outputs where given: the
 // particle layer's reused buffers). In-place: writes lists[0], returns {}.
-std::vector<at::Tensor> apply(
-    Op op, bool inplace, c10::ArrayRef<at::TensorList> lists,
-    c10::ArrayRef<c10::Scalar> scalars, const std::vector<at::Tensor>* preset = nullptr);
+std::vector<at::Tensor> apply(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists,
+                              c10::ArrayRef<c10::Scalar> scalars, const std::vector<at::Tensor>* preset = nullptr);
 
 // The slow route for one tensor index: plain ATen, identical to torch.
 at::Tensor slow_out(Op op, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s);
-void slow_inplace(Op op, const at::Tensor& self, const std::vector<at::Tensor>& xs,
-                  const std::vector<c10::Scalar>& s);
+void slow_inplace(Op op, const at::Tensor& self, const std::vector<at::Tensor>& xs, const std::vector<c10::Scalar>& s);
 
 // Random fills (not elementwise functors: they draw from torch's generators).
 enum class Dist : int { Normal, Uniform };
-void random_fill_(at::TensorList self, Dist dist, double a, double b,
-                  const std::optional<at::Generator>& gen);
+void random_fill_(at::TensorList self, Dist dist, double a, double b, const std::optional<at::Generator>& gen);
 std::vector<at::Tensor> random_like(at::TensorList self, Dist dist, double a, double b,
                                     const std::optional<at::Generator>& gen);
 

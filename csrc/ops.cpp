@@ -48,10 +48,12 @@ at::ScalarType result_dtype(Op op, c10::ArrayRef<at::Tensor> xs, c10::ArrayRef<c
   for (size_t k = 1; k < xs.size(); ++k) rt = c10::promoteTypes(rt, xs[k].scalar_type());
   const bool int_like = c10::isIntegralType(rt, /*includeBool=*/true);
   for (const auto& sc : s) {
-    if (sc.isFloatingPoint() && int_like) rt = c10::typeMetaToScalarType(c10::get_default_dtype());
+    if (sc.isFloatingPoint() && int_like)
+      rt = c10::typeMetaToScalarType(c10::get_default_dtype());
     else if (sc.isIntegral(false) && rt == at::kBool) {
       // a Python int in [2**63, 2**64) is a uint64 scalar, which torch won't promote with bool
-      TORCH_CHECK(sc.type() != at::kUInt64, "Promotion for uint16, uint32, uint64 types is not supported, "
+      TORCH_CHECK(sc.type() != at::kUInt64,
+                  "Promotion for uint16, uint32, uint64 types is not supported, "
                   "attempted to promote Bool and UInt64");
       rt = at::kLong;
     }
@@ -75,12 +77,14 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
   const OpName name{op, inplace};
   const size_t n = lists[0].size();
   for (size_t k = 1; k < lists.size(); ++k) {
-    TORCH_CHECK(lists[k].size() == n, name, ": tensor list arguments must have the same length, "
-                "but argument 0 has ", n, " tensors and argument ", k, " has ", lists[k].size());
+    TORCH_CHECK(lists[k].size() == n, name,
+                ": tensor list arguments must have the same length, "
+                "but argument 0 has ",
+                n, " tensors and argument ", k, " has ", lists[k].size());
   }
   for (size_t k = 0; k < scalars.size(); ++k) {
-    TORCH_CHECK(!scalars[k].isComplex(), name, ": scalar argument ", k, " is complex (",
-                scalars[k], "); only real numbers are supported");
+    TORCH_CHECK(!scalars[k].isComplex(), name, ": scalar argument ", k, " is complex (", scalars[k],
+                "); only real numbers are supported");
   }
   // torch refuses subtraction with a bool on either side (its wording).
   constexpr const char* kBoolSub =
@@ -102,21 +106,23 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
     for (size_t k = 1; k < lists.size(); ++k) {
       const at::Tensor& t = lists[k][i];
       TORCH_CHECK(t.defined(), name, ": tensor ", i, " of argument ", k, " is undefined");
-      TORCH_CHECK(t.sizes().equals(self.sizes()), name, ": shape mismatch at index ", i,
-                  ": argument 0 has shape ", self.sizes(), " but argument ", k, " has shape ", t.sizes());
-      TORCH_CHECK(t.device() == self.device(), name, ": device mismatch at index ", i,
-                  ": argument 0 is on ", self.device(), " but argument ", k, " is on ", t.device());
+      TORCH_CHECK(t.sizes().equals(self.sizes()), name, ": shape mismatch at index ", i, ": argument 0 has shape ",
+                  self.sizes(), " but argument ", k, " has shape ", t.sizes());
+      TORCH_CHECK(t.device() == self.device(), name, ": device mismatch at index ", i, ": argument 0 is on ",
+                  self.device(), " but argument ", k, " is on ", t.device());
     }
     if (!inplace) continue;
     // Memory overlap: torch refuses it only while writing this index, after
     // earlier indices were written. fill_ may write an expanded tensor.
     TORCH_CHECK(op == Op::Fill || self.is_contiguous() || at::has_internal_overlap(self) != at::MemOverlap::Yes, name,
-                ": internal overlap at index ", i, ": more than one element of argument 0 refers to a "
+                ": internal overlap at index ", i,
+                ": more than one element of argument 0 refers to a "
                 "single memory location (e.g. an expanded view); clone it first");
     for (size_t k = 1; k < lists.size(); ++k) {
       TORCH_CHECK(disjoint_dense(self, lists[k][i]) ||
-                  at::get_overlap_status(self, lists[k][i]) != at::MemOverlapStatus::Partial, name,
-                  ": partial overlap at index ", i, ": argument ", k, " and argument 0 share some, "
+                      at::get_overlap_status(self, lists[k][i]) != at::MemOverlapStatus::Partial,
+                  name, ": partial overlap at index ", i, ": argument ", k,
+                  " and argument 0 share some, "
                   "but not all, memory locations");
     }
     if (op == Op::Copy || op == Op::Fill) continue;  // copy_/fill_ cast like torch
@@ -128,22 +134,26 @@ void check_operands(Op op, bool inplace, c10::ArrayRef<at::TensorList> lists, c1
     if (one_float_dtype) continue;
     for (size_t k = 0; k < lists.size(); ++k) xs[k] = lists[k][i];
     if (op == Op::Lerp) {
-      TORCH_CHECK(c10::isFloatingType(self.scalar_type()) && lists[1][i].scalar_type() == self.scalar_type(),
-                  name, ": dtype mismatch at index ", i, ": lerp needs floating tensors of one dtype, got ",
+      TORCH_CHECK(c10::isFloatingType(self.scalar_type()) && lists[1][i].scalar_type() == self.scalar_type(), name,
+                  ": dtype mismatch at index ", i, ": lerp needs floating tensors of one dtype, got ",
                   self.scalar_type(), " and ", lists[1][i].scalar_type());
     }
     const at::ScalarType rt = result_dtype(op, xs, scalars);
-    TORCH_CHECK(c10::canCast(rt, self.scalar_type()), name, ": dtype mismatch at index ", i,
-                ": the result type ", rt, " can't be cast to the in-place output's dtype ", self.scalar_type());
+    TORCH_CHECK(c10::canCast(rt, self.scalar_type()), name, ": dtype mismatch at index ", i, ": the result type ", rt,
+                " can't be cast to the in-place output's dtype ", self.scalar_type());
     if (op == Op::PowS && c10::isIntegralType(self.scalar_type(), true) && scalars[0].isIntegral(false)) {
-      TORCH_CHECK(scalars[0].toLong() >= 0, name, ": integers to negative integer powers are not allowed (index ", i, ")");
+      TORCH_CHECK(scalars[0].toLong() >= 0, name, ": integers to negative integer powers are not allowed (index ", i,
+                  ")");
     }
     if (op == Op::Hypot || op == Op::HypotS) {  // torch has no integer hypot
-      TORCH_CHECK(c10::isFloatingType(rt), name, ": dtype mismatch at index ", i, ": hypot needs a floating "
-                  "result, got ", rt);
+      TORCH_CHECK(c10::isFloatingType(rt), name, ": dtype mismatch at index ", i,
+                  ": hypot needs a floating "
+                  "result, got ",
+                  rt);
     }
     if (op == Op::Addcmul && c10::isIntegralType(rt, true)) {
-      TORCH_CHECK(!scalars[0].isFloatingPoint(), name, ": for integral input tensors, value must not be a floating point number (index ", i, ")");
+      TORCH_CHECK(!scalars[0].isFloatingPoint(), name,
+                  ": for integral input tensors, value must not be a floating point number (index ", i, ")");
     }
     // bool arithmetic torch refuses (again only while writing): subtraction
     // with a bool tensor, and neg/pow/addcmul computed in bool. (A bool scalar
@@ -176,8 +186,10 @@ bool fast_index(c10::ArrayRef<at::TensorList> lists, size_t i) {
 
 void run_job(const Job& job, at::DeviceType dev) {
   if (job.total == 0) return;
-  if (dev == at::kCPU) run_cpu_job(job);
-  else cuda_runners().job(job);
+  if (dev == at::kCPU)
+    run_cpu_job(job);
+  else
+    cuda_runners().job(job);
 }
 
 }  // namespace
@@ -213,16 +225,17 @@ std::vector<at::Tensor> apply(Op op, bool inplace, c10::ArrayRef<at::TensorList>
       continue;
     }
     if (!inplace) {
-      const bool use_preset = preset && i < preset->size() && (*preset)[i].defined() &&
-          (*preset)[i].is_contiguous() && (*preset)[i].scalar_type() == self.scalar_type() &&
-          (*preset)[i].device() == self.device() && (*preset)[i].sizes().equals(self.sizes());
+      const bool use_preset = preset && i < preset->size() && (*preset)[i].defined() && (*preset)[i].is_contiguous() &&
+                              (*preset)[i].scalar_type() == self.scalar_type() &&
+                              (*preset)[i].device() == self.device() && (*preset)[i].sizes().equals(self.sizes());
       out[i] = use_preset ? (*preset)[i] : at::empty_like(self, at::MemoryFormat::Contiguous);
     }
     const int64_t numel = self.numel();
     if (numel == 0) continue;
     const auto key = std::make_pair(self.device(), self.scalar_type());
     Job* job = nullptr;
-    for (auto& kv : jobs) if (kv.first == key) job = &kv.second;
+    for (auto& kv : jobs)
+      if (kv.first == key) job = &kv.second;
     if (!job) {
       jobs.emplace_back(key, Job{});
       job = &jobs.back().second;
@@ -259,7 +272,8 @@ TORCH_LIBRARY(nytorch, m) {
     const std::string list = "Tensor[]";
     TORCH_INTERNAL_ASSERT(args.compare(0, list.size(), list) == 0, "ops.def: ", info.name, " starts with a list");
     m.def((std::string(info.name) + "(" + args + ") -> Tensor[]").c_str());
-    m.def((std::string(info.name) + "_(Tensor(a!)[]" + args.substr(list.size()) + info.inplace_extra + ") -> ()").c_str());
+    m.def((std::string(info.name) + "_(Tensor(a!)[]" + args.substr(list.size()) + info.inplace_extra + ") -> ()")
+              .c_str());
   }
   m.def("normal(Tensor[] self, float mean=0., float std=1., *, Generator? generator=None) -> Tensor[]");
   m.def("normal_(Tensor(a!)[] self, float mean=0., float std=1., *, Generator? generator=None) -> ()");
@@ -286,30 +300,36 @@ template <size_t>
 using ScalarArg = S;
 template <Op op, size_t... L, size_t... K, size_t... LI>
 struct Adapter<op, std::index_sequence<L...>, std::index_sequence<K...>, std::index_sequence<LI...>> {
-  static std::vector<at::Tensor> out(ListArg<L>... l, ScalarArg<K>... s) {
-    return apply(op, false, {l...}, {s...});
-  }
+  static std::vector<at::Tensor> out(ListArg<L>... l, ScalarArg<K>... s) { return apply(op, false, {l...}, {s...}); }
   static void in(ListArg<LI>... l, ScalarArg<K>... s) { apply(op, true, {l...}, {s...}); }
 };
-#define NYTO_OP(E, name, nl, nli, ns, ...)                                                           \
-  using name##_adapter = Adapter<Op::E, std::make_index_sequence<nl>, std::make_index_sequence<ns>, \
-                                 std::make_index_sequence<nli>>;
+#define NYTO_OP(E, name, nl, nli, ns, ...) \
+  using name##_adapter =                   \
+      Adapter<Op::E, std::make_index_sequence<nl>, std::make_index_sequence<ns>, std::make_index_sequence<nli>>;
 #include "ops.def"
 #undef NYTO_OP
 
 using OptGen = const std::optional<at::Generator>&;
-std::vector<at::Tensor> normal(TL a, double mean, double std, OptGen g) { return random_like(a, Dist::Normal, mean, std, g); }
+std::vector<at::Tensor> normal(TL a, double mean, double std, OptGen g) {
+  return random_like(a, Dist::Normal, mean, std, g);
+}
 void normal_(TL a, double mean, double std, OptGen g) { random_fill_(a, Dist::Normal, mean, std, g); }
-std::vector<at::Tensor> uniform(TL a, double lo, double hi, OptGen g) { return random_like(a, Dist::Uniform, lo, hi, g); }
+std::vector<at::Tensor> uniform(TL a, double lo, double hi, OptGen g) {
+  return random_like(a, Dist::Uniform, lo, hi, g);
+}
 void uniform_(TL a, double lo, double hi, OptGen g) { random_fill_(a, Dist::Uniform, lo, hi, g); }
 }  // namespace
 
 void register_kernels(torch::Library& m) {
-#define NYTO_OP(E, name, ...) m.impl(#name, &name##_adapter::out); m.impl(#name "_", &name##_adapter::in);
+#define NYTO_OP(E, name, ...)          \
+  m.impl(#name, &name##_adapter::out); \
+  m.impl(#name "_", &name##_adapter::in);
 #include "ops.def"
 #undef NYTO_OP
-  m.impl("normal", &normal); m.impl("normal_", &normal_);
-  m.impl("uniform", &uniform); m.impl("uniform_", &uniform_);
+  m.impl("normal", &normal);
+  m.impl("normal_", &normal_);
+  m.impl("uniform", &uniform);
+  m.impl("uniform_", &uniform_);
 }
 }  // namespace nyto
 

@@ -36,7 +36,11 @@ struct Ref {
   ~Ref() { Py_XDECREF(p); }
   explicit operator bool() const { return p != nullptr; }
   PyObject* get() const { return p; }
-  PyObject* release() { PyObject* r = p; p = nullptr; return r; }
+  PyObject* release() {
+    PyObject* r = p;
+    p = nullptr;
+    return r;
+  }
 };
 
 PyObject* module_dict(PyObject* m) {
@@ -171,8 +175,8 @@ bool views_ok_all(c10::ArrayRef<ViewCheck> checks) {
 
 // The slots of State `st` into `sv`; false when one is missing.
 bool fill_view(PyObject* st, StateView& sv) {
-  Ref* fields[kNumSlots] = {&sv.layout, &sv.modules, &sv.params, &sv.buffers,
-                            &sv.flats, &sv.keys, &sv.versions, &sv.record};
+  Ref* fields[kNumSlots] = {&sv.layout, &sv.modules, &sv.params,   &sv.buffers,
+                            &sv.flats,  &sv.keys,    &sv.versions, &sv.record};
   for (int i = 0; i < kNumSlots; ++i) {
     fields[i]->p = state_slot(st, i);
     if (!fields[i]->p) return false;
@@ -190,9 +194,7 @@ bool valid_state(PyObject* m, StateView& sv, ViewCheck* later = nullptr) {
   return state_valid(m, st, sv, later);
 }
 
-bool plain_number(PyObject* o) {
-  return PyFloat_CheckExact(o) || PyLong_CheckExact(o) || PyBool_Check(o);
-}
+bool plain_number(PyObject* o) { return PyFloat_CheckExact(o) || PyLong_CheckExact(o) || PyBool_Check(o); }
 
 // A new particle like `self` (state `sv`) whose parameters view `flats`;
 // its Parameter objects are made on first use (csrc/lazy_params.cpp).
@@ -229,8 +231,8 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
     Py_INCREF(m);
     PyTuple_SET_ITEM(olds.get(), i + 1, m);
   }
-  PyObject* bm_args[9] = {olds.get(), containers, children.get(), pslots.get(), Py_None, bslots.get(),
-                          buffers.get(), record.get(), key_cache.get()};
+  PyObject* bm_args[9] = {olds.get(),   containers,    children.get(), pslots.get(),   Py_None,
+                          bslots.get(), buffers.get(), record.get(),   key_cache.get()};
   c10::SmallVector<int64_t, 8> new_versions;  // the new modules' versions, in `olds`' order: root's first
   Ref mods(build_modules(bm_args, 9, &new_versions));
   if (!mods) return nullptr;
@@ -244,10 +246,10 @@ PyObject* result_from_flats(PyObject* self, StateView& sv, PyObject* flats) {
   PyObject* root = PyList_GET_ITEM(mods.get(), 0);
   // The new modules have new tracked containers, each with a new version.
   Ref versions(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(new_versions.data()),
-                                          static_cast<Py_ssize_t>(new_versions.size() * sizeof(int64_t))));
+                                         static_cast<Py_ssize_t>(new_versions.size() * sizeof(int64_t))));
   if (!versions) return nullptr;
-  PyObject* st_args[8] = {sv.layout.get(), new_modules_t.get(), Py_None, buffers.get(), flats, Py_None,
-                          versions.get(), record.get()};
+  PyObject* st_args[8] = {sv.layout.get(), new_modules_t.get(), Py_None,     buffers.get(), flats,
+                          Py_None,         versions.get(),      record.get()};
   Ref state(new_state(st_args));
   if (!state) return nullptr;
   PyObject* swr = PyWeakref_NewRef(state.get(), nullptr);
@@ -418,8 +420,7 @@ namespace nyto::py {
 namespace {
 
 struct OpMethod {
-  PyObject_HEAD
-  vectorcallfunc vectorcall;
+  PyObject_HEAD vectorcallfunc vectorcall;
   PyObject* list_op;    // int, or None for reflected ops
   PyObject* scalar_op;  // int
   PyObject* inplace;    // bool
@@ -573,8 +574,8 @@ PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
   }
   // The flats of particle m: same species and layout as the first, valid state.
   PyObject* layout = nullptr;
-  std::deque<StateView> views;  // keeps each state's references while the kernel runs
-  c10::SmallVector<ViewCheck, 8> checks;  // their per-parameter checks, run together below
+  std::deque<StateView> views;                     // keeps each state's references while the kernel runs
+  c10::SmallVector<ViewCheck, 8> checks;           // their per-parameter checks, run together below
   auto flats_of = [&](PyObject* m) -> PyObject* {  // borrowed from a StateView kept in `views`
     if (species_of(m) != species) return nullptr;
     views.emplace_back();
@@ -638,4 +639,3 @@ PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
   return a[2];
 }
 }  // namespace nyto::py
-

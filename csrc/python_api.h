@@ -78,7 +78,10 @@ class SlotAccess {
   PyObject* get(PyObject* obj, int i) {
     if (bound(obj)) {
       PyObject* v = at(obj, i);
-      if (v) { Py_INCREF(v); return v; }
+      if (v) {
+        Py_INCREF(v);
+        return v;
+      }
     }
     return PyObject_GetAttrString(obj, names_[i]);
   }
@@ -113,7 +116,9 @@ class SlotAccess {
     Py_INCREF(tp);  // kept for life: its offsets are cached
     return true;
   }
-  PyObject*& at(PyObject* obj, int i) { return *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(obj) + offsets_[i]); }
+  PyObject*& at(PyObject* obj, int i) {
+    return *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(obj) + offsets_[i]);
+  }
 
  private:
   std::array<const char*, N> names_;
@@ -127,8 +132,8 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* random_flats(PyObject* flats, PyObject* pool, int dist, double a, double b);
 // apply's body, on operand arrays: op code, in place or not, the tensor lists
 // (sequences of tensors), the numbers, the output pool (or Py_None).
-PyObject* apply_operands(long op, bool inplace, PyObject* const* lists, Py_ssize_t nl,
-                         PyObject* const* scalars, Py_ssize_t ns, PyObject* pool);
+PyObject* apply_operands(long op, bool inplace, PyObject* const* lists, Py_ssize_t nl, PyObject* const* scalars,
+                         Py_ssize_t ns, PyObject* pool);
 PyObject* py_views_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 // views_ok's check on packed keys, without the Python API (any thread).
 bool views_match(Py_ssize_t n, const int64_t* key, const int64_t* end) noexcept;
@@ -144,15 +149,14 @@ PyObject* py_module_versions(PyObject*, PyObject* const* args, Py_ssize_t nargs)
 PyObject* py_state_ok(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 PyObject* py_lazy_result(PyObject*, PyObject* const* args, Py_ssize_t nargs);
-PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);   // csrc/fuse/python_fuse.cpp
-PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/particle_fastpath.cpp
-PyObject* py_fuse_op_table(PyObject*, PyObject*);                             // csrc/fuse/python_fuse.cpp
+PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);     // csrc/fuse/python_fuse.cpp
+PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);    // csrc/particle_fastpath.cpp
+PyObject* py_fuse_op_table(PyObject*, PyObject*);                              // csrc/fuse/python_fuse.cpp
 PyObject* py_fuse_scalar(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
 // A lazy result's record, shared by its LazyParams and its State.
 struct LazyRecord {
-  PyObject_HEAD
-  bool done;                // the Parameters were made
+  PyObject_HEAD bool done;  // the Parameters were made
   PyObject* flats;          // list of the result's flat buffers
   PyObject* view_spec;      // Layout.view_spec
   PyObject* param_slots;    // Layout.param_slots
@@ -174,7 +178,7 @@ extern PyObject* param_dict_cls;      // nytorch._containers.ParamDict
 extern PyObject* container_dict_cls;  // nytorch._C.ContainerDict
 bool bind_param_cell(PyTypeObject* param_dict, PyTypeObject* lazy_params);
 PyObject* new_cell();
-int64_t cell_version(PyObject* cell);  // -1: not a VersionCell
+int64_t cell_version(PyObject* cell);      // -1: not a VersionCell
 int64_t params_version(PyObject* params);  // -1: not a tracked _parameters
 PyObject* new_tracked(PyObject* tp, PyObject* src, PyObject* cell);
 bool set_cell(PyObject* d, PyObject* cell);

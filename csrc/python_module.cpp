@@ -13,7 +13,9 @@
 
 #include "python_api.h"
 
-namespace nyto { const char* cpu_kernel_isa(); }
+namespace nyto {
+const char* cpu_kernel_isa();
+}
 
 namespace nyto::py {
 
@@ -69,7 +71,8 @@ c10::Scalar to_scalar(PyObject* obj) {
     // scalar; anything else raises CPython's OverflowError ("int too big to
     // convert", "can't convert negative int to unsigned"), kept by guarded().
     const unsigned long long u = PyLong_AsUnsignedLongLong(obj);
-    if (u == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw std::overflow_error("int too big to convert");
+    if (u == static_cast<unsigned long long>(-1) && PyErr_Occurred())
+      throw std::overflow_error("int too big to convert");
     return c10::Scalar(static_cast<uint64_t>(u));
   }
   if (PyFloat_Check(obj)) return c10::Scalar(PyFloat_AS_DOUBLE(obj));
@@ -153,12 +156,11 @@ PyObject* py_apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   return apply_operands(op, inplace != 0, &PyTuple_GET_ITEM(args[2], 0), PyTuple_GET_SIZE(args[2]),
-                        &PyTuple_GET_ITEM(args[3], 0), PyTuple_GET_SIZE(args[3]),
-                        nargs == 5 ? args[4] : Py_None);
+                        &PyTuple_GET_ITEM(args[3], 0), PyTuple_GET_SIZE(args[3]), nargs == 5 ? args[4] : Py_None);
 }
 
-PyObject* apply_operands(long op, bool inplace, PyObject* const* list_objs, Py_ssize_t nl,
-                         PyObject* const* scalar_objs, Py_ssize_t ns, PyObject* pool) {
+PyObject* apply_operands(long op, bool inplace, PyObject* const* list_objs, Py_ssize_t nl, PyObject* const* scalar_objs,
+                         Py_ssize_t ns, PyObject* pool) {
   return guarded([&]() -> PyObject* {
     if (op < 0 || op >= static_cast<long>(Op::NumOps)) raise_type("nytorch._C.apply: bad op code");
     c10::SmallVector<TensorRefs, 4> owned;  // small vectors: no heap allocation per call
@@ -199,9 +201,10 @@ int64_t pack_rank_dtype(const c10::TensorImpl* t) {
 void append_view_key(const c10::TensorImpl* t, std::string& out) {
   // [3] packs the dtype above the rank: `p.data = p.data.view(torch.int32)`
   // and `.double()` of an empty parameter keep storage, offset and sizes.
-  const int64_t head[4] = {static_cast<int64_t>(reinterpret_cast<uintptr_t>(t)),
-                           static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl())),
-                           t->storage_offset(), pack_rank_dtype(t)};
+  const int64_t head[4] = {
+      static_cast<int64_t>(reinterpret_cast<uintptr_t>(t)),
+      static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl())),
+      t->storage_offset(), pack_rank_dtype(t)};
   out.append(reinterpret_cast<const char*>(head), sizeof(head));
   const auto sizes = t->sizes();
   out.append(reinterpret_cast<const char*>(sizes.data()), sizes.size() * sizeof(int64_t));
@@ -288,9 +291,9 @@ bool views_match_impl(Py_ssize_t n, const int64_t* key, const int64_t* end) {
       empty = empty || sizes[d] == 0;
     }
     // an empty parameter has nothing to read or write: its place is free
-    if (!empty && (reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl()) !=
-                       static_cast<uintptr_t>(key[1]) ||
-                   t->storage_offset() != key[2])) {
+    if (!empty &&
+        (reinterpret_cast<uintptr_t>(t->unsafe_storage().unsafeGetStorageImpl()) != static_cast<uintptr_t>(key[1]) ||
+         t->storage_offset() != key[2])) {
       return false;
     }
     key += 4 + nd;
@@ -366,8 +369,8 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         // A fresh TensorImpl on the flat's storage, built without the
         // dispatcher (as_strided + detach cost ~1 us each per parameter).
         const at::Tensor& flat = flats.at(g);
-        at::Tensor v = at::detail::make_tensor<c10::TensorImpl>(
-            c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
+        at::Tensor v =
+            at::detail::make_tensor<c10::TensorImpl>(c10::Storage(flat.storage()), flat.key_set(), flat.dtype());
         v.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, flat.storage_offset() + off);
         v.unsafeGetTensorImpl()->set_allow_tensor_metadata_change(true);
         // One version counter per flat, as for views: an in-place op on the
@@ -379,10 +382,14 @@ PyObject* py_make_params(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         if (!w) throw std::runtime_error("");
         PyList_SET_ITEM(params, i, w);
       }
-    } catch (...) { Py_DECREF(params); throw; }
+    } catch (...) {
+      Py_DECREF(params);
+      throw;
+    }
     PyObject* ptrs = bytes_of(keys);
     PyObject* res = ptrs ? PyTuple_Pack(2, params, ptrs) : nullptr;
-    Py_DECREF(params); Py_XDECREF(ptrs);
+    Py_DECREF(params);
+    Py_XDECREF(ptrs);
     return res;
   });
 }
@@ -412,14 +419,24 @@ PyObject* copy_container(PyObject* v, PyObject* s_copy) {
     PyObject* items = PyObject_CallMethod(v, "items", nullptr);  // in the odict's order
     PyObject* it = items ? PyObject_GetIter(items) : nullptr;
     Py_XDECREF(items);
-    if (!it) { Py_DECREF(c); return nullptr; }
+    if (!it) {
+      Py_DECREF(c);
+      return nullptr;
+    }
     while (PyObject* kv = PyIter_Next(it)) {
       const int rc = PyODict_SetItem(c, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1));
       Py_DECREF(kv);
-      if (rc < 0) { Py_DECREF(it); Py_DECREF(c); return nullptr; }
+      if (rc < 0) {
+        Py_DECREF(it);
+        Py_DECREF(c);
+        return nullptr;
+      }
     }
     Py_DECREF(it);
-    if (PyErr_Occurred()) { Py_DECREF(c); return nullptr; }
+    if (PyErr_Occurred()) {
+      Py_DECREF(c);
+      return nullptr;
+    }
     return c;
   }
   if (PyAnySet_CheckExact(v)) return PySet_New(v);
@@ -444,7 +461,9 @@ bool same_name(PyObject* a, PyObject* b) {
 PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVectorImpl<int64_t>* versions_out) {
   return guarded([&]() -> PyObject* {
     if (nargs < 7 || nargs > 9)
-      raise_type("build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers[, record[, key_templates]])");
+      raise_type(
+          "build_modules(olds, containers, children, param_slots, params, buffer_slots, buffers[, record[, "
+          "key_templates]])");
     PyObject* key_cache = nargs == 9 ? args[8] : nullptr;  // Layout.key_templates
     // With a lazy record, each module gets a LazyParams (keys only) and the
     // record learns weak references to them; `params` is not read.
@@ -467,21 +486,38 @@ PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVecto
     std::vector<PyObject*> cells(n, nullptr);
     struct CellsRelease {
       std::vector<PyObject*>& c;
-      ~CellsRelease() { for (PyObject* x : c) Py_XDECREF(x); }
+      ~CellsRelease() {
+        for (PyObject* x : c) Py_XDECREF(x);
+      }
     } cells_release{cells};
-    auto fail = [&]() -> PyObject* { Py_DECREF(out); return nullptr; };
+    auto fail = [&]() -> PyObject* {
+      Py_DECREF(out);
+      return nullptr;
+    };
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* old = PyTuple_GET_ITEM(olds, i);
       PyObject** od = _PyObject_GetDictPtr(old);
-      if (!od || !*od) { PyErr_SetString(PyExc_TypeError, "build_modules: module without __dict__"); return fail(); }
+      if (!od || !*od) {
+        PyErr_SetString(PyExc_TypeError, "build_modules: module without __dict__");
+        return fail();
+      }
       PyObject* d = PyDict_Copy(*od);
       if (!d) return fail();
       PyObject* cell = cells[i] = new_cell();
-      if (!cell) { Py_DECREF(d); return fail(); }
+      if (!cell) {
+        Py_DECREF(d);
+        return fail();
+      }
       for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(containers); ++k) {
         PyObject* name = PyTuple_GET_ITEM(containers, k);
         PyObject* v = PyDict_GetItemWithError(d, name);
-        if (!v) { if (PyErr_Occurred()) { Py_DECREF(d); return fail(); } continue; }
+        if (!v) {
+          if (PyErr_Occurred()) {
+            Py_DECREF(d);
+            return fail();
+          }
+          continue;
+        }
         if (v == Py_None) continue;
         const bool is_params = same_name(name, s_parameters);
         if (record && is_params) continue;  // made lazy below
@@ -489,28 +525,47 @@ PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVecto
         PyObject* c = (is_params || is_buffers) && PyDict_Check(v)
                           ? new_tracked(is_params ? param_dict_cls : container_dict_cls, v, cell)
                           : copy_container(v, s_copy);
-        if (!c || PyDict_SetItem(d, name, c) < 0) { Py_XDECREF(c); Py_DECREF(d); return fail(); }
+        if (!c || PyDict_SetItem(d, name, c) < 0) {
+          Py_XDECREF(c);
+          Py_DECREF(d);
+          return fail();
+        }
         Py_DECREF(c);
       }
       PyObject* mods = new_tracked(container_dict_cls, nullptr, cell);
-      if (!mods || PyDict_SetItem(d, s_modules, mods) < 0) { Py_XDECREF(mods); Py_DECREF(d); return fail(); }
+      if (!mods || PyDict_SetItem(d, s_modules, mods) < 0) {
+        Py_XDECREF(mods);
+        Py_DECREF(d);
+        return fail();
+      }
       Py_DECREF(mods);
       const int has_state = PyDict_Contains(d, s_state);
-      if (has_state > 0 && PyDict_SetItem(d, s_state, Py_None) < 0) { Py_DECREF(d); return fail(); }
+      if (has_state > 0 && PyDict_SetItem(d, s_state, Py_None) < 0) {
+        Py_DECREF(d);
+        return fail();
+      }
       PyTypeObject* tp = Py_TYPE(old);
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
       // 3.11/3.12: object.__new__ would give the new module a values array
       // that the dict pointer below then turns into a dict, both dropped at
       // once for `d`; a bare allocation has neither (its managed dict slot
       // is empty until set below).
-      PyObject* m = (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT) ? tp->tp_alloc(tp, 0)
-                                                              : PyBaseObject_Type.tp_new(tp, empty, nullptr);
+      PyObject* m =
+          (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT) ? tp->tp_alloc(tp, 0) : PyBaseObject_Type.tp_new(tp, empty, nullptr);
 #else
       PyObject* m = PyBaseObject_Type.tp_new(tp, empty, nullptr);
 #endif
-      if (!m) { Py_DECREF(d); return fail(); }
+      if (!m) {
+        Py_DECREF(d);
+        return fail();
+      }
       PyObject** nd = _PyObject_GetDictPtr(m);
-      if (!nd) { Py_DECREF(d); Py_DECREF(m); PyErr_SetString(PyExc_TypeError, "build_modules: no __dict__ slot"); return fail(); }
+      if (!nd) {
+        Py_DECREF(d);
+        Py_DECREF(m);
+        PyErr_SetString(PyExc_TypeError, "build_modules: no __dict__ slot");
+        return fail();
+      }
       Py_XSETREF(*nd, d);
       dicts[i] = d;
       PyList_SET_ITEM(out, i, m);
@@ -527,9 +582,16 @@ PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVecto
           wr = lp ? PyWeakref_NewRef(lp, nullptr) : nullptr;
           const bool ok = wr && PyDict_SetItem(dicts[i], s_parameters, lp) == 0;
           Py_XDECREF(lp);
-          if (!ok) { Py_XDECREF(wr); Py_DECREF(wrs); return fail(); }
+          if (!ok) {
+            Py_XDECREF(wr);
+            Py_DECREF(wrs);
+            return fail();
+          }
         } else {
-          if (PyErr_Occurred()) { Py_DECREF(wrs); return fail(); }
+          if (PyErr_Occurred()) {
+            Py_DECREF(wrs);
+            return fail();
+          }
           Py_INCREF(wr);
         }
         PyTuple_SET_ITEM(wrs, i, wr);
@@ -542,16 +604,22 @@ PyObject* build_modules(PyObject* const* args, Py_ssize_t nargs, c10::SmallVecto
         PyObject* e = PyTuple_GET_ITEM(slots, k);
         const Py_ssize_t mi = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 0));
         const Py_ssize_t j = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 2));
-        if (mi < 0 || mi >= n) { PyErr_SetString(PyExc_IndexError, "build_modules: bad slot"); return false; }
+        if (mi < 0 || mi >= n) {
+          PyErr_SetString(PyExc_IndexError, "build_modules: bad slot");
+          return false;
+        }
         PyObject* v;
-        if (modules) v = j >= 0 ? PyList_GET_ITEM(out, j) : Py_None;
-        else v = PySequence_Fast_GET_ITEM(values, j);
+        if (modules)
+          v = j >= 0 ? PyList_GET_ITEM(out, j) : Py_None;
+        else
+          v = PySequence_Fast_GET_ITEM(values, j);
         PyObject* target = PyDict_GetItemWithError(dicts[mi], key);
         // Our tracked dicts (and plain ones) are filled raw: building is no change of structure.
         PyObject* tt = target ? reinterpret_cast<PyObject*>(Py_TYPE(target)) : nullptr;
         const bool raw = target && (PyDict_CheckExact(target) || tt == param_dict_cls || tt == container_dict_cls ||
                                     tt == lazy_params_cls);
-        if (!target || (raw ? PyDict_SetItem(target, PyTuple_GET_ITEM(e, 1), v) : PyObject_SetItem(target, PyTuple_GET_ITEM(e, 1), v)) < 0) {
+        if (!target || (raw ? PyDict_SetItem(target, PyTuple_GET_ITEM(e, 1), v)
+                            : PyObject_SetItem(target, PyTuple_GET_ITEM(e, 1), v)) < 0) {
           if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "build_modules: missing container");
           return false;
         }
@@ -678,8 +746,8 @@ PyMethodDef methods[] = {
     {"lazy_result", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_lazy_result)), METH_FASTCALL,
      "lazy_result(self, state, flats): a result particle viewing flats (Parameters made on first use)."},
     {"materialize", py_materialize, METH_O, "materialize(record): make a lazy result particle's Parameters."},
-    {"register_lazy_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_lazy_types)), METH_FASTCALL,
-     "register_lazy_types(LazyParams, ParamDict)."},
+    {"register_lazy_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_lazy_types)),
+     METH_FASTCALL, "register_lazy_types(LazyParams, ParamDict)."},
     {"new_cell", py_new_cell, METH_NOARGS, "new_cell(): a module structure version cell with a new version."},
     {"bump", py_bump, METH_O, "bump(cell): move a version cell to a new version (None: no-op)."},
     {"fast_op", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_op)), METH_FASTCALL,
@@ -688,8 +756,8 @@ PyMethodDef methods[] = {
      "fast_random(self, dist, a, b): the particle hot path of randn/rand (default generator), or None."},
     {"fast_unary", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fast_unary)), METH_FASTCALL,
      "fast_unary(self, op): the particle hot path of clone/neg/pos, or None."},
-    {"register_particle_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_particle_types)), METH_FASTCALL,
-     "register_particle_types(NytoModule, State, containers)."},
+    {"register_particle_types", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_register_particle_types)),
+     METH_FASTCALL, "register_particle_types(NytoModule, State, containers)."},
     {"module_versions", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_module_versions)), METH_FASTCALL,
      "module_versions(root, modules): the packed module versions a particle State records."},
     {"state_ok", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_state_ok)), METH_FASTCALL,

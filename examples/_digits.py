@@ -1,5 +1,6 @@
 """Shared parts of the digits examples: scikit-learn's 8x8 digits (shipped
 inside scikit-learn, no download), a small MLP particle, loss and accuracy."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,10 @@ import os
 import time
 from typing import Tuple
 
+import nytorch as nyto
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import nytorch as nyto
 
 
 class MLP(nyto.NytoModule):
@@ -33,8 +33,7 @@ def load_digits(seed: int = 0, test_size: float = 0.25) -> Tuple[torch.Tensor, .
     except ImportError as e:
         raise SystemExit("this example needs scikit-learn: pip install scikit-learn") from e
     d = sk_load()
-    xtr, xte, ytr, yte = train_test_split(d.data, d.target, test_size=test_size, random_state=seed,
-                                          stratify=d.target)
+    xtr, xte, ytr, yte = train_test_split(d.data, d.target, test_size=test_size, random_state=seed, stratify=d.target)
     f = lambda a: torch.tensor(a, dtype=torch.float32) / 16.0  # noqa: E731
     g = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
     return f(xtr), g(ytr), f(xte), g(yte)

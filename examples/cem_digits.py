@@ -7,13 +7,12 @@ Gaussian samples around the mean network form a Swarm evaluated in one
 vectorized forward; the distribution is refit to the elite fraction (mean and
 per-parameter stdev, the stdev's change bounded per step).
 """
+
 from __future__ import annotations
 
 import torch
-
-from nytorch.algorithms import CEM
-
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import CEM
 
 
 def main(argv=None) -> float:
@@ -28,14 +27,17 @@ def main(argv=None) -> float:
     steps = args.steps or (30 if args.quick else 300)
     setup(args)
     xtr, ytr, xte, yte = load_digits(args.seed)
-    opt = CEM(MLP(args.hidden), popsize, stdev_init=args.stdev, elite_ratio=args.elite, stdev_max_change=0.02,
-              seed=args.seed)
+    opt = CEM(
+        MLP(args.hidden), popsize, stdev_init=args.stdev, elite_ratio=args.elite, stdev_max_change=0.02, seed=args.seed
+    )
     print(f"CEM: population {popsize} x {opt.population.numel:,} parameters, {steps} steps")
     with Timer() as t:
         hist = opt.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="CEM")
     acc = accuracy(opt.center, xte, yte)
-    print(f"mean network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"mean network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"CEM on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

@@ -9,13 +9,12 @@ recombination moves the mean, CSA sets sigma, rank-one and rank-mu updates
 learn C. The dense covariance limits it to small networks (hidden 8: 610
 parameters); sepcma_digits.py scales.
 """
+
 from __future__ import annotations
 
 import torch
-
-from nytorch.algorithms import CMAES
-
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import CMAES
 
 
 def main(argv=None) -> float:
@@ -34,8 +33,10 @@ def main(argv=None) -> float:
     with Timer() as t:
         hist = opt.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="CMAES")
     acc = accuracy(opt.center, xte, yte)
-    print(f"mean network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"mean network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"CMAES on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

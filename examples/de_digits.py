@@ -7,14 +7,13 @@ A Swarm of MLPs (random initializations) evolves by DE/rand/1/bin: every row
 gets a trial x_a + F (x_b - x_c) crossed over with it (one fused pass), the
 trials are evaluated in one vectorized forward and replace rows they beat.
 """
+
 from __future__ import annotations
 
-import torch
-
 import nytorch as nyto
-from nytorch.algorithms import DE
-
+import torch
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import DE
 
 
 def main(argv=None) -> float:
@@ -35,8 +34,10 @@ def main(argv=None) -> float:
     with Timer() as t:
         hist = de.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="DE")
     acc = accuracy(de.best, xte, yte)
-    print(f"best network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"best network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"DE on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

@@ -7,13 +7,12 @@ Antithetic Gaussian samples around the mean network form a Swarm that is
 evaluated in one vectorized forward; rank-shaped fitness gives a gradient
 estimate that Adam applies to the mean.
 """
+
 from __future__ import annotations
 
 import torch
-
-from nytorch.algorithms import ES
-
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import ES
 
 
 def main(argv=None) -> float:
@@ -34,8 +33,10 @@ def main(argv=None) -> float:
     with Timer() as t:
         hist = es.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="ES")
     acc = accuracy(es.center, xte, yte)
-    print(f"mean network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"mean network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"ES on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

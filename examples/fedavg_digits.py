@@ -12,6 +12,7 @@ copy with the average weighted by shard size: one collective per dtype group of
 the particle's flat storage, not one per parameter. Rank 0 prints the test
 accuracy of the averaged model after every round.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,19 +38,20 @@ def client_shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int, split:
     return x[rank::world], y[rank::world]
 
 
-def train_locally(net: MLP, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int,
-                  gen: torch.Generator) -> float:
+def train_locally(
+    net: MLP, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int, gen: torch.Generator
+) -> float:
     """Plain minibatch SGD (a fresh optimizer each round, as FedAvg clients do)."""
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     total = 0.0
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             loss = F.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
-            opt.step()        # updates the particle's flat storage in place
+            opt.step()  # updates the particle's flat storage in place
             total = loss.item()
     return total
 
@@ -75,11 +77,13 @@ def main(argv=None) -> float:
     x, y = client_shard(xtr, ytr, rank, world, args.split)
     torch.manual_seed(args.seed)
     net = MLP(args.hidden)
-    nd.broadcast_(net, src=0)          # every client starts from rank 0's model (checks the species too)
+    nd.broadcast_(net, src=0)  # every client starts from rank 0's model (checks the species too)
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
     if rank == 0:
-        print(f"FedAvg: {world} client(s), {len(xtr)} training digits split '{args.split}', "
-              f"{rounds} rounds x {epochs} local epochs, MLP 64-{args.hidden}-10")
+        print(
+            f"FedAvg: {world} client(s), {len(xtr)} training digits split '{args.split}', "
+            f"{rounds} rounds x {epochs} local epochs, MLP 64-{args.hidden}-10"
+        )
     t0 = time.perf_counter()
     comm = 0.0
     acc = 0.0
@@ -87,18 +91,22 @@ def main(argv=None) -> float:
         local_loss = train_locally(net, x, y, epochs, args.lr, args.batch, gen)
         local_acc = accuracy(net, xte, yte)
         t = time.perf_counter()
-        nd.all_reduce_(net, weights=len(x))   # weighted mean over clients, in place
+        nd.all_reduce_(net, weights=len(x))  # weighted mean over clients, in place
         comm += time.perf_counter() - t
         acc = accuracy(net, xte, yte)
         if rank == 0:
-            print(f"round {r:2d}: client 0 loss {local_loss:.3f}, its own test acc {local_acc:.1%}; "
-                  f"averaged model test acc {acc:.1%}")
-    everyone = nd.all_gather(net)     # every client's model: all equal after the last average
+            print(
+                f"round {r:2d}: client 0 loss {local_loss:.3f}, its own test acc {local_acc:.1%}; "
+                f"averaged model test acc {acc:.1%}"
+            )
+    everyone = nd.all_gather(net)  # every client's model: all equal after the last average
     same = all(torch.equal(everyone.flats[0][0], row) for row in everyone.flats[0])
     if rank == 0:
-        print(f"test accuracy {acc:.1%}; clients hold the same model: {same}; "
-              f"{time.perf_counter() - t0:.1f} s ({comm * 1e3:.1f} ms in all_reduce_, waiting for the "
-              "slowest client included)")
+        print(
+            f"test accuracy {acc:.1%}; clients hold the same model: {same}; "
+            f"{time.perf_counter() - t0:.1f} s ({comm * 1e3:.1f} ms in all_reduce_, waiting for the "
+            "slowest client included)"
+        )
     nd.barrier()
     return acc
 

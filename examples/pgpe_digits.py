@@ -8,13 +8,12 @@ in one vectorized forward; ranked fitness gives gradients for the mean (applied
 with ClipUp: normalized steps, momentum, a speed limit) and for the
 per-parameter standard deviations.
 """
+
 from __future__ import annotations
 
 import torch
-
-from nytorch.algorithms import PGPE
-
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import PGPE
 
 
 def main(argv=None) -> float:
@@ -34,8 +33,10 @@ def main(argv=None) -> float:
     with Timer() as t:
         hist = opt.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="PGPE")
     acc = accuracy(opt.center, xte, yte)
-    print(f"mean network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"mean network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"PGPE on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

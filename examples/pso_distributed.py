@@ -20,6 +20,7 @@ manifest); ``--resume DIR`` continues that run up to ``--steps`` steps in all
     torchrun --standalone --nproc-per-node=2 examples/pso_distributed.py --quick --steps 20 --save ck
     torchrun --standalone --nproc-per-node=2 examples/pso_distributed.py --quick --resume ck
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def main(argv=None) -> float:
     xtr, ytr, xte, yte = load_digits(args.seed)
 
     def build():
-        torch.manual_seed(args.seed)     # the same swarm on every rank; each keeps its rows
+        torch.manual_seed(args.seed)  # the same swarm on every rank; each keeps its rows
         net = MLP(args.hidden)
         return net, (lambda i: MLP(args.hidden))
 
@@ -70,23 +71,29 @@ def main(argv=None) -> float:
     if args.resume:
         pso.load(args.resume)
     if rank == 0:
-        print(f"sharded PSO: {n} particles x {sw.local.numel:,} parameters on {world} rank(s) "
-              f"(rank 0 holds rows [{sw.lo}, {sw.hi})), steps {pso.steps_done}..{steps}")
+        print(
+            f"sharded PSO: {n} particles x {sw.local.numel:,} parameters on {world} rank(s) "
+            f"(rank 0 holds rows [{sw.lo}, {sw.hi})), steps {pso.steps_done}..{steps}"
+        )
     t0 = time.perf_counter()
     every = max(1, steps // 10)
     todo = max(0, steps - pso.steps_done)
     for _ in range(todo):
-        local = pso.ask()                                  # this rank's particles
-        pso.tell(swarm_loss(local, xtr, ytr))              # their fitness; the rest is collective
+        local = pso.ask()  # this rank's particles
+        pso.tell(swarm_loss(local, xtr, ytr))  # their fitness; the rest is collective
         rec = pso.history.records[-1]
         if rank == 0 and (pso.steps_done % every == 0):
-            print(f"step {pso.steps_done:5d}: best loss {rec['best']:.4f}, mean {rec['mean']:.4f}, "
-                  f"diversity {rec['diversity']:.3f}")
+            print(
+                f"step {pso.steps_done:5d}: best loss {rec['best']:.4f}, mean {rec['mean']:.4f}, "
+                f"diversity {rec['diversity']:.3f}"
+            )
     seconds = time.perf_counter() - t0
     acc = accuracy(pso.best, xte, yte)
     if rank == 0:
-        print(f"best train loss {pso.best_fitness:.4f}; test accuracy {acc:.1%} "
-              f"({seconds:.1f} s, {seconds / max(todo, 1) * 1e3:.1f} ms/step)")
+        print(
+            f"best train loss {pso.best_fitness:.4f}; test accuracy {acc:.1%} "
+            f"({seconds:.1f} s, {seconds / max(todo, 1) * 1e3:.1f} ms/step)"
+        )
     if args.save:
         pso.save(args.save)
         if rank == 0:
@@ -95,15 +102,17 @@ def main(argv=None) -> float:
         full = sw.gather()
         if rank == 0:
             from nytorch.algorithms import PSO
+
             net1, init1 = build()
             swarm = nyto.Swarm(net1, n, init=init1)
-            ref = PSO(swarm, inertia=inertia, cognitive=C1, social=C2, vmax=VMAX, seed=args.seed,
-                      track_diversity=False)
+            ref = PSO(swarm, inertia=inertia, cognitive=C1, social=C2, vmax=VMAX, seed=args.seed, track_diversity=False)
             for _ in range(steps):
                 ref.tell(swarm_loss(ref.ask(), xtr, ytr))
             same = all(torch.equal(a, b) for a, b in zip(full.flats, swarm.flats))
-            print(f"check: same positions as the single-process PSO run: {same} (bitwise), "
-                  f"best fitness {ref.best_fitness:.6f} vs {pso.best_fitness:.6f}")
+            print(
+                f"check: same positions as the single-process PSO run: {same} (bitwise), "
+                f"best fitness {ref.best_fitness:.6f} vs {pso.best_fitness:.6f}"
+            )
             if not same:
                 raise SystemExit("check failed")
     nd.barrier()

@@ -8,13 +8,12 @@ forward; weighted recombination of the best half moves the mean, cumulative
 step-size adaptation sets sigma and the rank-one / rank-mu updates the
 diagonal covariance C.
 """
+
 from __future__ import annotations
 
 import torch
-
-from nytorch.algorithms import SepCMAES
-
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import SepCMAES
 
 
 def main(argv=None) -> float:
@@ -33,8 +32,10 @@ def main(argv=None) -> float:
     with Timer() as t:
         hist = opt.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="SepCMAES")
     acc = accuracy(opt.center, xte, yte)
-    print(f"mean network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"mean network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"SepCMAES on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

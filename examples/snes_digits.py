@@ -7,13 +7,12 @@ Gaussian samples around the mean network (one stdev per parameter) form a
 Swarm evaluated in one vectorized forward; NES utilities give natural-gradient
 steps for the mean and multiplicative updates of the stdevs.
 """
+
 from __future__ import annotations
 
 import torch
-
-from nytorch.algorithms import SNES
-
 from _digits import MLP, Timer, accuracy, load_digits, parser, save_plot, setup, swarm_loss
+from nytorch.algorithms import SNES
 
 
 def main(argv=None) -> float:
@@ -28,14 +27,15 @@ def main(argv=None) -> float:
     steps = args.steps or (30 if args.quick else 300)
     setup(args)
     xtr, ytr, xte, yte = load_digits(args.seed)
-    opt = SNES(MLP(args.hidden), popsize, stdev_init=args.stdev, center_lr=args.lr, antithetic=True,
-               seed=args.seed)
+    opt = SNES(MLP(args.hidden), popsize, stdev_init=args.stdev, center_lr=args.lr, antithetic=True, seed=args.seed)
     print(f"SNES: population {popsize} x {opt.population.numel:,} parameters, {steps} steps")
     with Timer() as t:
         hist = opt.run(lambda s: swarm_loss(s, xtr, ytr), steps, progress_bar=not args.no_progress, desc="SNES")
     acc = accuracy(opt.center, xte, yte)
-    print(f"mean network: test accuracy {acc:.1%} "
-          f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)")
+    print(
+        f"mean network: test accuracy {acc:.1%} "
+        f"({t.seconds:.1f} s, {t.seconds / steps * 1e3:.1f} ms/step, {torch.get_num_threads()} threads)"
+    )
     save_plot(hist, args.plot, f"SNES on digits: population {popsize}, test acc {acc:.1%}")
     return acc
 

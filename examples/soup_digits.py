@@ -10,14 +10,13 @@ Prints the test accuracy of every ingredient, the uniform soup
 held-out accuracy does not drop) and an EMA of the first ingredient's
 training trajectory, and plots them.
 """
+
 from __future__ import annotations
 
-import torch
-
 import nytorch as nyto
-from nytorch.algorithms import EMA, greedy_soup, uniform_soup
-
+import torch
 from _digits import MLP, Timer, accuracy, load_digits, loss, parser, setup
+from nytorch.algorithms import EMA, greedy_soup, uniform_soup
 
 
 def train(net, x, y, *, epochs: int, lr: float, seed: int, batch: int = 64, wd: float = 0.0, ema=None):
@@ -26,7 +25,7 @@ def train(net, x, y, *, epochs: int, lr: float, seed: int, batch: int = 64, wd: 
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             opt.zero_grad()
             loss(net, x[idx], y[idx]).backward()
             opt.step()
@@ -53,22 +52,36 @@ def main(argv=None) -> float:
             p_i = swarm[i]
             if i == 0:
                 ema = EMA(p_i, decay=0.95)
-            train(p_i, xfit, yfit, epochs=ft_epochs, lr=1e-3 * (1 + i % 3), seed=args.seed + 1 + i,
-                  wd=1e-4 * (i % 2), ema=ema if i == 0 else None)
+            train(
+                p_i,
+                xfit,
+                yfit,
+                epochs=ft_epochs,
+                lr=1e-3 * (1 + i % 3),
+                seed=args.seed + 1 + i,
+                wd=1e-4 * (i % 2),
+                ema=ema if i == 0 else None,
+            )
         soup = uniform_soup(swarm)
         greedy, kept = greedy_soup(swarm, lambda net: accuracy(net, xval, yval))
     accs = [accuracy(swarm[i], xte, yte) for i in range(k)]
     print(f"{k} fine-tuned ingredients, test accuracy: " + ", ".join(f"{a:.1%}" for a in accs))
-    results = {"best ingredient": max(accs), "uniform soup": accuracy(soup, xte, yte),
-               "greedy soup": accuracy(greedy, xte, yte), "EMA (ingredient 0)": accuracy(ema.average, xte, yte)}
+    results = {
+        "best ingredient": max(accs),
+        "uniform soup": accuracy(soup, xte, yte),
+        "greedy soup": accuracy(greedy, xte, yte),
+        "EMA (ingredient 0)": accuracy(ema.average, xte, yte),
+    }
     for name, a in results.items():
         print(f"{name:20} test accuracy {a:.1%}")
     print(f"greedy soup kept ingredients {sorted(kept)}; {t.seconds:.1f} s")
     if args.plot:
         try:
             import matplotlib
+
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+
             fig, ax = plt.subplots(figsize=(7, 4))
             names = [f"ing. {i}" for i in range(k)] + list(results)[1:]
             vals = accs + list(results.values())[1:]

@@ -9,6 +9,7 @@
 
 ``HYPOTHESIS_PROFILE=<name>`` picks a profile explicitly.
 """
+
 import os
 
 try:
@@ -21,13 +22,19 @@ if settings is not None:
     _slow = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
     _common = dict(deadline=None, suppress_health_check=_slow, print_blob=True)
     # CI: on a failure shrink only the first bug found, and skip the explain phase (time)
-    settings.register_profile("nyto-ci", max_examples=400, derandomize=True, database=None,
-                              report_multiple_bugs=False,
-                              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-                              **_common)
+    settings.register_profile(
+        "nyto-ci",
+        max_examples=400,
+        derandomize=True,
+        database=None,
+        report_multiple_bugs=False,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        **_common,
+    )
     # failures found locally are replayed first; kept under the git-ignored .pytest_cache/
-    _db = DirectoryBasedExampleDatabase(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                     ".pytest_cache", "hypothesis"))
+    _db = DirectoryBasedExampleDatabase(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "hypothesis")
+    )
     settings.register_profile("nyto-dev", max_examples=400, database=_db, **_common)
     settings.register_profile("nyto-long", max_examples=100_000, database=_db, **_common)
     if os.environ.get("HYPOTHESIS_PROFILE"):

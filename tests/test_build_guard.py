@@ -4,23 +4,36 @@ Mismatches are simulated with fake build facts (no second torch is installed):
 the guard's function directly, and a copy of the installed package whose
 build record or compiled module was changed, imported in a subprocess.
 """
+
 import os
 import shutil
 import subprocess
 import sys
 
+import nytorch
 import pytest
 import torch
-
-import nytorch
 from nytorch import _guard
 
 HAVE = _guard.running_facts()
-CPU_213 = {"LOCAL_VERSION": "torch2.13cpu", "TORCH_VERSION": "2.13.0+cpu", "TORCH_CUDA": None,
-           "CXX11_ABI": True, "WITH_CUDA": False, "CUDA_ARCHS": [], "CPU_ISAS": ["DEFAULT", "AVX2"]}
-CUDA_214 = {"LOCAL_VERSION": "torch2.14cu130", "TORCH_VERSION": "2.14.1+cu130", "TORCH_CUDA": "13.0",
-            "CXX11_ABI": True, "WITH_CUDA": True, "CUDA_ARCHS": ["sm_80", "sm_90", "compute_90"],
-            "CPU_ISAS": ["DEFAULT", "AVX2"]}
+CPU_213 = {
+    "LOCAL_VERSION": "torch2.13cpu",
+    "TORCH_VERSION": "2.13.0+cpu",
+    "TORCH_CUDA": None,
+    "CXX11_ABI": True,
+    "WITH_CUDA": False,
+    "CUDA_ARCHS": [],
+    "CPU_ISAS": ["DEFAULT", "AVX2"],
+}
+CUDA_214 = {
+    "LOCAL_VERSION": "torch2.14cu130",
+    "TORCH_VERSION": "2.14.1+cu130",
+    "TORCH_CUDA": "13.0",
+    "CXX11_ABI": True,
+    "WITH_CUDA": True,
+    "CUDA_ARCHS": ["sm_80", "sm_90", "compute_90"],
+    "CPU_ISAS": ["DEFAULT", "AVX2"],
+}
 TORCH_CPU = {"TORCH_VERSION": "2.13.0+cpu", "TORCH_CUDA": None, "CXX11_ABI": True}
 TORCH_CUDA = {"TORCH_VERSION": "2.14.1+cu130", "TORCH_CUDA": "13.0", "CXX11_ABI": True}
 
@@ -49,19 +62,23 @@ def test_matching_facts_pass():
 
 def test_wrong_torch_version():
     msg = guard_error(CPU_213, dict(TORCH_CPU, TORCH_VERSION="2.14.1+cpu"))
-    assert msg.startswith("nytorch 2.0.0.dev0+torch2.13cpu was built for PyTorch 2.13.0+cpu without CUDA "
-                          "(CPU build) (you have PyTorch 2.14.1+cpu without CUDA (CPU build)): torch 2.13.x != 2.14.x.")
+    assert msg.startswith(
+        "nytorch 2.0.0.dev0+torch2.13cpu was built for PyTorch 2.13.0+cpu without CUDA "
+        "(CPU build) (you have PyTorch 2.14.1+cpu without CUDA (CPU build)): torch 2.13.x != 2.14.x."
+    )
     # the exact commands to get a matching build, and the escape hatch
     assert "pip install 'torch==2.13.*' --index-url https://download.pytorch.org/whl/cpu" in msg
     assert "pip install --no-build-isolation --no-deps --force-reinstall ." in msg
-    assert "tools/build-wheel.sh --python \"$(command -v python)\" cpu" in msg
+    assert 'tools/build-wheel.sh --python "$(command -v python)" cpu' in msg
     assert "NYTO_SKIP_TORCH_CHECK=1" in msg
 
 
 def test_cuda_build_under_cpu_torch():
     msg = guard_error(CUDA_214, dict(TORCH_CPU, TORCH_VERSION="2.14.1+cpu"))
-    assert msg.startswith("nytorch 2.0.0.dev0+torch2.14cu130 was built for PyTorch 2.14.1+cu130 with CUDA 13.0, "
-                          "CUDA kernels for sm_80, sm_90, compute_90 (you have PyTorch 2.14.1+cpu without CUDA")
+    assert msg.startswith(
+        "nytorch 2.0.0.dev0+torch2.14cu130 was built for PyTorch 2.14.1+cu130 with CUDA 13.0, "
+        "CUDA kernels for sm_80, sm_90, compute_90 (you have PyTorch 2.14.1+cpu without CUDA"
+    )
     assert "a CUDA build (CUDA 13.0) under a CPU-only torch" in msg
     assert "pip install 'torch==2.14.*' --index-url https://download.pytorch.org/whl/cu130" in msg
 
@@ -71,7 +88,7 @@ def test_cpu_build_under_cuda_torch():
     assert "(you have PyTorch 2.13.0+cu130 with CUDA 13.0)" in msg
     assert "a CPU-only build under a CUDA torch (CUDA 13.0): nytorch has no CUDA kernels" in msg
     assert "--index-url https://download.pytorch.org/whl/cpu" in msg
-    assert "tools/build-wheel.sh --python \"$(command -v python)\" cuda" in msg
+    assert 'tools/build-wheel.sh --python "$(command -v python)" cuda' in msg
 
 
 def test_other_cuda_version_and_abi():
@@ -83,8 +100,11 @@ def test_other_cuda_version_and_abi():
 
 def test_escape_hatch():
     have = dict(TORCH_CPU, TORCH_VERSION="2.14.1+cpu")
-    with pytest.warns(RuntimeWarning, match="NYTO_SKIP_TORCH_CHECK is set; loading nytorch anyway. nytorch "
-                                            "2.0.0.dev0\\+torch2.13cpu was built for PyTorch 2.13.0"):
+    with pytest.warns(
+        RuntimeWarning,
+        match="NYTO_SKIP_TORCH_CHECK is set; loading nytorch anyway. nytorch "
+        "2.0.0.dev0\\+torch2.13cpu was built for PyTorch 2.13.0",
+    ):
         _guard.check(built=CPU_213, have=have, extension="/x/_C.so", environ={"NYTO_SKIP_TORCH_CHECK": "1"})
     guard_error(CPU_213, have, NYTO_SKIP_TORCH_CHECK="0")  # "0" does not skip
 
@@ -102,6 +122,7 @@ def test_missing_compiled_module():
 
 def test_gpu_coverage():
     from nytorch.info import _gpu_covered
+
     archs = CUDA_214["CUDA_ARCHS"]
     assert _gpu_covered(archs, 8, 0).startswith("yes (machine code)")
     assert _gpu_covered(archs, 8, 6).startswith("yes (machine code)")  # sm_80 cubin runs on sm_86
@@ -189,8 +210,10 @@ for so in pkg.parent.glob('_C*.so'):
         assert "build check      FAILED: nytorch 2.0.0.dev0+torch2.99cpu was built for PyTorch 2.99.0" in r.stdout
         assert "pip install 'torch==2.99.*'" in r.stdout
         # the escape hatch: a warning, then the import goes on (from the copy)
-        r = run(["-S", "-c", "import nytorch; print(nytorch.__file__)"],
-                env=dict(env, NYTO_SKIP_TORCH_CHECK="1", PYTHONWARNINGS="default"))
+        r = run(
+            ["-S", "-c", "import nytorch; print(nytorch.__file__)"],
+            env=dict(env, NYTO_SKIP_TORCH_CHECK="1", PYTHONWARNINGS="default"),
+        )
         assert r.returncode == 0 and r.stdout.strip() == str(pkg / "__init__.py"), r.stderr
         assert "NYTO_SKIP_TORCH_CHECK is set; loading nytorch anyway" in r.stderr
     finally:

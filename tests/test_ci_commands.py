@@ -1,4 +1,5 @@
 """README.md's two set-up commands are what .ci/run runs, and they build without a second torch."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -9,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ci_runs_the_readme_commands():
-    out = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print-commands"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "run"), "--print-commands"], check=True, capture_output=True, text=True
+    ).stdout
     install, test = out.splitlines()
     steps = install.split(" && ")
     assert steps[0] == "python -m pip install -r requirements.txt"

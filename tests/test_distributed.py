@@ -8,6 +8,7 @@ Launches: one 3-rank run of all value checks that ends with the faults
 (rank 1 dies, rank 2 hangs, rank 0 must see clear errors on the subgroups it
 shares with each), and (when nytorch.swarm exists) the sharded swarm runs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,18 +20,17 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
+import nytorch as nyto
+import nytorch.distributed as nd
 import pytest
 import torch
 from torch import nn
 
-import nytorch as nyto
-import nytorch.distributed as nd
-
 WORLD = 3
-LAUNCH_TIMEOUT_S = 60.0   # a launch that takes longer fails the test (processes killed)
-PG_TIMEOUT_S = 10.0       # the process groups' timeout: no collective waits longer
+LAUNCH_TIMEOUT_S = 60.0  # a launch that takes longer fails the test (processes killed)
+PG_TIMEOUT_S = 10.0  # the process groups' timeout: no collective waits longer
 
 
 # --------------------------------------------------------------------------
@@ -84,21 +84,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, scenario: str, out_dir: str, pg_timeout: float,
-           args: tuple, via_env: bool) -> None:
+def _entry(
+    rank: int, world: int, port: int, scenario: str, out_dir: str, pg_timeout: float, args: tuple, via_env: bool
+) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
     torch.set_num_threads(1)
     t0 = time.monotonic()
     try:
         import torch.distributed as dist
+
         if via_env:  # what torchrun sets: nd.init() reads it
-            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            os.environ.update(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
             assert nd.init(timeout=pg_timeout) == (rank, world)
             assert dist.get_backend() == "gloo"
         else:
-            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                    world_size=world, timeout=datetime.timedelta(seconds=pg_timeout))
+            dist.init_process_group(
+                "gloo",
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=rank,
+                world_size=world,
+                timeout=datetime.timedelta(seconds=pg_timeout),
+            )
         result = globals()[scenario](rank, world, out_dir, *args)
     except BaseException as e:  # noqa: BLE001  (reported to the test)
         result = {"error": type(e).__name__, "message": str(e), "trace": traceback.format_exc()}
@@ -108,8 +120,15 @@ def _entry(rank: int, world: int, port: int, scenario: str, out_dir: str, pg_tim
     os._exit(0)  # no atexit teardown of a possibly broken group
 
 
-def launch(scenario: str, world: int = WORLD, pg_timeout: float = 20.0, wait_for: Optional[List[int]] = None,
-           out_dir: Optional[str] = None, args: tuple = (), via_env: bool = False) -> List[Optional[Dict[str, Any]]]:
+def launch(
+    scenario: str,
+    world: int = WORLD,
+    pg_timeout: float = 20.0,
+    wait_for: Optional[List[int]] = None,
+    out_dir: Optional[str] = None,
+    args: tuple = (),
+    via_env: bool = False,
+) -> List[Optional[Dict[str, Any]]]:
     """Run ``scenario(rank, world, out_dir, *args)`` in ``world`` spawned
     ranks; wait (bounded) for the ranks in ``wait_for`` (default all), kill
     the rest; return each rank's result dict (None: no result). ``via_env``:
@@ -134,13 +153,14 @@ def _launch_once(scenario, world, pg_timeout, wait_for, out_dir, args, via_env):
         if os.path.exists(path):
             os.remove(path)
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, scenario, out_dir, pg_timeout, args, via_env),
-                         daemon=True)
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_entry, args=(r, world, port, scenario, out_dir, pg_timeout, args, via_env), daemon=True)
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    for r in (range(world) if wait_for is None else wait_for):
+    for r in range(world) if wait_for is None else wait_for:
         procs[r].join(max(0.0, deadline - time.monotonic()))
     hung = [r for r in (range(world) if wait_for is None else wait_for) if procs[r].is_alive()]
     for p in procs:
@@ -166,6 +186,7 @@ def ok(result: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # Scenario: all value checks in one 3-rank group
 
+
 def _errors_of(calls):
     """name -> (exception type, message) of each call, or None where it did not raise."""
     errors = {}
@@ -177,6 +198,7 @@ def _errors_of(calls):
             errors[name] = (type(e).__name__, str(e))
     return errors
 
+
 def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res: Dict[str, Any] = {}
     net = make_net(rank)
@@ -187,8 +209,9 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     ptrs = [p.data_ptr() for p in c.parameters()]
     out = nd.all_reduce_(c)
     res["mean"] = params(c)
-    res["mean_same_object"] = out is c and [id(p) for p in c.parameters()] == w_ids \
-        and [p.data_ptr() for p in c.parameters()] == ptrs
+    res["mean_same_object"] = (
+        out is c and [id(p) for p in c.parameters()] == w_ids and [p.data_ptr() for p in c.parameters()] == ptrs
+    )
     res["mean_buffers"] = {k: v.clone() for k, v in c.named_buffers()}
 
     c = net.clone()
@@ -196,7 +219,7 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res["sum"] = params(c)
 
     c = net.clone()
-    nd.all_reduce_(c, weights=rank + 1.0)             # this rank's weight
+    nd.all_reduce_(c, weights=rank + 1.0)  # this rank's weight
     res["wmean_scalar"] = params(c)
     c = net.clone()
     nd.all_reduce_(c, weights=[1.0, 2.0, 3.0][:world])  # every rank's weight
@@ -206,7 +229,7 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res["wsum"] = params(c)
 
     c = net.clone()
-    nd.all_reduce_(c, bucket_bytes=16)                # many small buckets
+    nd.all_reduce_(c, bucket_bytes=16)  # many small buckets
     res["mean_bucketed"] = params(c)
 
     c = net.clone()
@@ -242,19 +265,21 @@ def _values(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     # bad input: every rank raises before sending anything; nothing changes
     c = net.clone()
     before = params(c)
-    errors = _errors_of({
-        "op": lambda: nd.all_reduce_(c, op="max"),
-        "weights_len": lambda: nd.all_reduce_(c, weights=[1.0] * (world + 1)),
-        "weights_neg": lambda: nd.all_reduce_(c, weights=-1.0),
-        "weights_nan": lambda: nd.all_reduce_(c, weights=[float("nan")] * world),
-        "weights_zero": lambda: nd.all_reduce_(c, weights=[0.0] * world),
-        "weights_type": lambda: nd.all_reduce_(c, weights="x"),
-        "bucket": lambda: nd.all_reduce_(c, bucket_bytes=0),
-        "src": lambda: nd.broadcast_(c, src=world),
-        "src_type": lambda: nd.broadcast_(c, src=1.0),
-        "not_particle": lambda: nd.all_reduce_(nn.Linear(2, 2)),
-        "int_mean": lambda: nd.all_reduce_(IntNet()),
-    })
+    errors = _errors_of(
+        {
+            "op": lambda: nd.all_reduce_(c, op="max"),
+            "weights_len": lambda: nd.all_reduce_(c, weights=[1.0] * (world + 1)),
+            "weights_neg": lambda: nd.all_reduce_(c, weights=-1.0),
+            "weights_nan": lambda: nd.all_reduce_(c, weights=[float("nan")] * world),
+            "weights_zero": lambda: nd.all_reduce_(c, weights=[0.0] * world),
+            "weights_type": lambda: nd.all_reduce_(c, weights="x"),
+            "bucket": lambda: nd.all_reduce_(c, bucket_bytes=0),
+            "src": lambda: nd.broadcast_(c, src=world),
+            "src_type": lambda: nd.broadcast_(c, src=1.0),
+            "not_particle": lambda: nd.all_reduce_(nn.Linear(2, 2)),
+            "int_mean": lambda: nd.all_reduce_(IntNet()),
+        }
+    )
     res["errors"] = errors
     res["errors_unchanged"] = all(torch.equal(before[k], v) for k, v in params(c).items())
 
@@ -284,16 +309,17 @@ def _faults(rank: int, world: int, out_dir: str, net: Net, res: Dict[str, Any]) 
     """Rank 1 dies, rank 2 hangs; rank 0 sees a clear error on the group it
     shares with each (its values are saved first)."""
     import torch.distributed as dist
+
     g01, g02 = dist.new_group([0, 1]), dist.new_group([0, 2])
     if rank in (0, 1):
-        nd.all_reduce_(net.clone(), group=g01)    # works while rank 1 lives
+        nd.all_reduce_(net.clone(), group=g01)  # works while rank 1 lives
     if rank in (0, 2):
         nd.all_reduce_(net.clone(), group=g02)
     if rank > 0:
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
         if rank == 1:
-            os._exit(3)   # dies without a word
-        time.sleep(60)    # rank 2: alive but never joins again (the test kills it)
+            os._exit(3)  # dies without a word
+        time.sleep(60)  # rank 2: alive but never joins again (the test kills it)
     for key, group, timeout in (("killed", g01, None), ("hung", g02, 1.5)):
         t0 = time.monotonic()
         try:
@@ -415,8 +441,13 @@ def test_species_mismatch_detected_on_every_rank(values, nets):
 def test_no_process_group_error():
     net = make_net(0)
     before = params(net)
-    for call in (lambda: nd.all_reduce_(net), lambda: nd.broadcast_(net, src=0),
-                 lambda: nd.all_gather(net), lambda: nd.check_species(net), lambda: nd.barrier()):
+    for call in (
+        lambda: nd.all_reduce_(net),
+        lambda: nd.broadcast_(net, src=0),
+        lambda: nd.all_gather(net),
+        lambda: nd.check_species(net),
+        lambda: nd.barrier(),
+    ):
         with pytest.raises(RuntimeError, match="no process group is initialised"):
             call()
     assert_params(params(net), before, exact=True)
@@ -441,8 +472,8 @@ def test_hung_rank_times_out(values):
 
 # --------------------------------------------------------------------------
 # Swarms: collectives on swarms, sharded PSO / ES vs one process, checkpoints
-N_SWARM = 7          # uneven shards on 2 ranks: rows [0, 3) and [3, 7)
-POP = 10             # ES population (5 antithetic pairs)
+N_SWARM = 7  # uneven shards on 2 ranks: rows [0, 3) and [3, 7)
+POP = 10  # ES population (5 antithetic pairs)
 STEPS = 6
 
 
@@ -454,8 +485,9 @@ def fitness(swarm) -> torch.Tensor:
 def pso_reference(steps: int, backend: str = "auto"):
     """The single-process run that the 2-rank run must reproduce."""
     from nytorch.algorithms import PSO
+
     net = make_net(0)
-    swarm = nyto.Swarm(net, N_SWARM, init="randn")   # the global RNG after make_net's seed
+    swarm = nyto.Swarm(net, N_SWARM, init="randn")  # the global RNG after make_net's seed
     pso = PSO(swarm, seed=5, velocity_scale=0.1, vmax=0.3, backend=backend)
     for _ in range(steps):
         pso.tell(fitness(pso.ask()))
@@ -464,6 +496,7 @@ def pso_reference(steps: int, backend: str = "auto"):
 
 def es_reference(steps: int):
     from nytorch.algorithms import ES
+
     es = ES(make_net(0), POP, sigma=0.1, lr=0.05, seed=7)
     for _ in range(steps):
         es.tell(fitness(es.ask()))
@@ -472,6 +505,7 @@ def es_reference(steps: int):
 
 def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     import torch.distributed as dist
+
     res: Dict[str, Any] = {}
 
     # collectives on plain swarms (rank-dependent values)
@@ -493,10 +527,14 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     for step in range(STEPS):
         if step == STEPS - 1:  # this rank's state before the last step (a plain torch reference of it)
             res["pso_ops_before"] = {
-                "x": [f.clone() for f in sw.local.flats], "v": [v.clone() for v in pso.velocity],
-                "p": [p.clone() for p in pso.pbest], "pf": pso.pbest_fitness.clone(),
-                "g": [g.clone() for g in pso.gbest], "gf": pso.gbest_fitness.clone(),
-                "generator": pso.generator.get_state()}
+                "x": [f.clone() for f in sw.local.flats],
+                "v": [v.clone() for v in pso.velocity],
+                "p": [p.clone() for p in pso.pbest],
+                "pf": pso.pbest_fitness.clone(),
+                "g": [g.clone() for g in pso.gbest],
+                "gf": pso.gbest_fitness.clone(),
+                "generator": pso.generator.get_state(),
+            }
         pso.tell(fitness(pso.ask()))
     res["pso_ops_after"] = {"v": [v.clone() for v in pso.velocity], "p": [p.clone() for p in pso.pbest]}
     res["pso_ops_flats"] = [f.clone() for f in sw.gather().flats]
@@ -562,13 +600,15 @@ def _sharded(rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     res["swarm_ckpt"] = all(torch.equal(a, b) for a, b in zip(sw3.local.flats, sw.local.flats))
 
     # bad input: the same error on every rank, nothing sent
-    errors = _errors_of({
-        "ring": lambda: nd.ShardedPSO(sw, topology="ring"),
-        "rng": lambda: nd.ShardedPSO(sw, rng="numpy"),
-        "small_swarm": lambda: nd.ShardedSwarm(make_net(0), 1),
-        "small_pop": lambda: nd.ShardedES(make_net(0), 1),
-        "tell_len": lambda: nd.ShardedPSO(sw, seed=1).tell(torch.zeros(N_SWARM)),
-    })
+    errors = _errors_of(
+        {
+            "ring": lambda: nd.ShardedPSO(sw, topology="ring"),
+            "rng": lambda: nd.ShardedPSO(sw, rng="numpy"),
+            "small_swarm": lambda: nd.ShardedSwarm(make_net(0), 1),
+            "small_pop": lambda: nd.ShardedES(make_net(0), 1),
+            "tell_len": lambda: nd.ShardedPSO(sw, seed=1).tell(torch.zeros(N_SWARM)),
+        }
+    )
     res["sharded_errors"] = errors
 
     res["examples"] = _run_examples()
@@ -586,6 +626,7 @@ def _run_examples() -> Dict[str, Any]:
     sys.path.insert(0, os.path.abspath(EXAMPLES))
     import fedavg_digits
     import pso_distributed
+
     out: Dict[str, Any] = {}
     out["fedavg"] = fedavg_digits.main(["--quick", "--rounds", "2"])
     try:
@@ -625,7 +666,7 @@ def test_sharded_pso_step_matches_plain_torch(sharded):
     clamped, x += v. r1, r2: torch's uniform_ stream of the recorded
     generator over the full tensors, per dtype group r1 then r2."""
     before = [r["pso_ops_before"] for r in sharded]
-    w, c1, c2, vmax = 0.7298, 1.49618, 1.49618, 0.3   # PSO's defaults, the run's vmax
+    w, c1, c2, vmax = 0.7298, 1.49618, 1.49618, 0.3  # PSO's defaults, the run's vmax
     groups = range(len(before[0]["x"]))
     x = [torch.cat([b["x"][g] for b in before]) for g in groups]
     v = [torch.cat([b["v"][g] for b in before]) for g in groups]
@@ -647,8 +688,10 @@ def test_sharded_pso_step_matches_plain_torch(sharded):
     for g in groups:
         r1[g].uniform_(generator=gen)
         r2[g].uniform_(generator=gen)
-    v = [(w * vg + c1 * a * (pg - xg) + c2 * b * (gg - xg)).clamp(-vmax, vmax)
-         for vg, xg, pg, gg, a, b in zip(v, x, p, gbest, r1, r2)]
+    v = [
+        (w * vg + c1 * a * (pg - xg) + c2 * b * (gg - xg)).clamp(-vmax, vmax)
+        for vg, xg, pg, gg, a, b in zip(v, x, p, gbest, r1, r2)
+    ]
     x = [xg + vg for xg, vg in zip(x, v)]
     for res in sharded:
         lo, hi = res["rows"]
@@ -672,7 +715,7 @@ def test_sharded_pso_equals_one_process_bitwise(sharded):
         want_hist = [(r["best"], r["mean"], r["diversity"]) for r in ref.history.records]
         assert [h[:2] for h in res["pso_history"]] == [h[:2] for h in want_hist]  # bitwise
         for (_, _, d), (_, _, dw) in zip(res["pso_history"], want_hist):
-            assert d == pytest.approx(dw, rel=1e-5)   # diversity sums run in another order
+            assert d == pytest.approx(dw, rel=1e-5)  # diversity sums run in another order
         assert_params(res["pso_mean"], {k: v.detach() for k, v in ref.swarm.mean().named_parameters()})
 
 
@@ -721,5 +764,5 @@ def test_sharded_es_equals_one_process(sharded):
 def test_examples_quick(sharded):
     for res in sharded:
         ex = res["examples"]
-        assert ex["fedavg"] > 0.5          # 2 rounds of FedAvg on digits
-        assert isinstance(ex["pso"], float), ex["pso"]   # --check passed: same as one process
+        assert ex["fedavg"] > 0.5  # 2 rounds of FedAvg on digits
+        assert isinstance(ex["pso"], float), ex["pso"]  # --check passed: same as one process

@@ -1,14 +1,14 @@
 """The ``>>>`` examples of docs/quickstart.md and of the docstrings run and
 print what they say."""
+
 import doctest
 from pathlib import Path
-
-import pytest
-import torch
 
 import nytorch
 import nytorch.ops
 import nytorch.particle
+import pytest
+import torch
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "docs" / "quickstart.md"
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

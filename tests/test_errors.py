@@ -9,18 +9,18 @@ operand unchanged.
 - the public entry points (Swarm, fuse, algorithms, load_state_dict) check
   their arguments.
 """
+
 from __future__ import annotations
 
 import operator
 import re
 
 import numpy as np
+import nytorch as nyto
 import pytest
 import torch
-from torch import nn
-
-import nytorch as nyto
 from nytorch.algorithms import EMA, ES, PSO, History, greedy_soup, uniform_soup, weighted_soup
+from torch import nn
 
 
 class Net(nyto.NytoModule):
@@ -57,8 +57,7 @@ def assert_unchanged(m, snap):
 
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
-IOPS = {"+": operator.iadd, "-": operator.isub, "*": operator.imul, "/": operator.itruediv,
-        "**": operator.ipow}
+IOPS = {"+": operator.iadd, "-": operator.isub, "*": operator.imul, "/": operator.itruediv, "**": operator.ipow}
 KINDS = ("op", "rop", "iop")
 
 
@@ -83,7 +82,7 @@ def _outcome(f):
 # --------------------------------------------------------------------------
 
 DTYPES = [torch.int64, torch.int32, torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64]
-BIG = [2**64, 2**70, 2**1100, -2**63 - 1, -2**70]
+BIG = [2**64, 2**70, 2**1100, -(2**63) - 1, -(2**70)]
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
@@ -123,22 +122,45 @@ def test_issue_examples_overflow():
     with pytest.raises(OverflowError, match="int too big to convert"):
         f + 2**70
     with pytest.raises(OverflowError, match="can't convert negative int to unsigned"):
-        f + (-2**70)
+        f + (-(2**70))
 
 
 # Numbers whose rules nytorch follows exactly (0-dim tensors of the default
 # dtypes act like the Python number; numpy bools parse as floats, as in torch).
-NUMBERS = [3, -2, 0, 2.5, -0.5, float("inf"), True, False, 2**62, 2**63, 2**64 - 1, -2**63,
-           torch.tensor(2), torch.tensor(2.5), torch.tensor(True), torch.tensor(2.5, requires_grad=True),
-           np.float64(2.5), np.float32(0.5), np.int64(3), np.int32(-2), np.True_]
+NUMBERS = [
+    3,
+    -2,
+    0,
+    2.5,
+    -0.5,
+    float("inf"),
+    True,
+    False,
+    2**62,
+    2**63,
+    2**64 - 1,
+    -(2**63),
+    torch.tensor(2),
+    torch.tensor(2.5),
+    torch.tensor(True),
+    torch.tensor(2.5, requires_grad=True),
+    np.float64(2.5),
+    np.float32(0.5),
+    np.int64(3),
+    np.int32(-2),
+    np.True_,
+]
 
 
 def _same_outcome(want, got, ctx):
     if isinstance(want, Exception):
         assert isinstance(got, Exception), (ctx, want, got)
         # torch raises NotImplementedError for "pow" on bool, a RuntimeError subclass
-        assert isinstance(got, type(want)) or (type(want) is NotImplementedError and isinstance(got, RuntimeError)), \
-            (ctx, want, got)
+        assert isinstance(got, type(want)) or (type(want) is NotImplementedError and isinstance(got, RuntimeError)), (
+            ctx,
+            want,
+            got,
+        )
         return
     assert not isinstance(got, Exception), (ctx, want, got)
     assert got.dtype == want.dtype, (ctx, want.dtype, got.dtype)
@@ -202,7 +224,7 @@ def test_half_pow_exponent_overflow_like_torch(dt):
     snap = snapshot(net)
     want = _outcome(lambda: base(dt) ** 1e39)
     assert isinstance(want, RuntimeError)
-    for f in (lambda: net ** 1e39, lambda: net.pow_(1e39), lambda: operator.ipow(net, 1e39)):
+    for f in (lambda: net**1e39, lambda: net.pow_(1e39), lambda: operator.ipow(net, 1e39)):
         with pytest.raises(RuntimeError, match=re.escape(str(want))):
             f()
     assert_unchanged(net, snap)
@@ -211,6 +233,7 @@ def test_half_pow_exponent_overflow_like_torch(dt):
 # --------------------------------------------------------------------------
 # 5. numbers without a value, complex numbers
 # --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("s", [torch.tensor(1.0, device="meta"), torch.tensor(1, device="meta")], ids=["f", "i"])
 @pytest.mark.parametrize("kind", KINDS)
@@ -227,8 +250,11 @@ def test_meta_tensor_number_is_a_type_error(s, kind):
     assert_unchanged(sw, ssnap)
 
 
-@pytest.mark.parametrize("s", [1j, torch.tensor(1j), np.complex64(1j), "x", [1.0], torch.ones(2), None],
-                         ids=["complex", "complex-tensor", "np-complex", "str", "list", "tensor", "None"])
+@pytest.mark.parametrize(
+    "s",
+    [1j, torch.tensor(1j), np.complex64(1j), "x", [1.0], torch.ones(2), None],
+    ids=["complex", "complex-tensor", "np-complex", "str", "list", "tensor", "None"],
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_non_real_number_is_a_type_error(s, kind):
     net = Net()
@@ -293,6 +319,7 @@ def test_operator_with_unrelated_reflected_operand_still_works():
 
         def __rmul__(self, other):
             return "reflected"
+
     net = Net()
     assert net + Other() == "reflected"
     assert net * Other() == "reflected"
@@ -310,6 +337,7 @@ def test_swarm_named_methods_raise_type_error(name, msg):
 # --------------------------------------------------------------------------
 # 3. fuse
 # --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("out", [3, "ab", None.__class__, 2.5])
 def test_fuse_out_must_be_particles(out):
@@ -334,6 +362,7 @@ def test_fuse_out_wrong_count_names_out():
 # 4. Swarm: empty or wrongly shaped fitness
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["argmin", "argmax", "best"])
 @pytest.mark.parametrize("fitness", [torch.tensor([]), []], ids=["tensor", "list"])
 def test_empty_swarm_has_no_best(method, fitness):
@@ -343,11 +372,20 @@ def test_empty_swarm_has_no_best(method, fitness):
 
 
 @pytest.mark.parametrize("method", ["argmin", "argmax", "best"])
-@pytest.mark.parametrize("fitness,err", [
-    (torch.zeros(3), ValueError), (torch.zeros(4, 1), ValueError), (torch.tensor(1.0), ValueError),
-    ("abcd", TypeError), (torch.zeros(4, dtype=torch.complex64), TypeError),
-    (torch.zeros(4, dtype=torch.bool), TypeError), (None, TypeError), (torch.tensor([]), ValueError)],
-    ids=["short", "2d", "0d", "str", "complex", "bool", "None", "empty"])
+@pytest.mark.parametrize(
+    "fitness,err",
+    [
+        (torch.zeros(3), ValueError),
+        (torch.zeros(4, 1), ValueError),
+        (torch.tensor(1.0), ValueError),
+        ("abcd", TypeError),
+        (torch.zeros(4, dtype=torch.complex64), TypeError),
+        (torch.zeros(4, dtype=torch.bool), TypeError),
+        (None, TypeError),
+        (torch.tensor([]), ValueError),
+    ],
+    ids=["short", "2d", "0d", "str", "complex", "bool", "None", "empty"],
+)
 def test_swarm_fitness_checked(method, fitness, err):
     sw = nyto.Swarm(Net(), 4)
     with pytest.raises(err, match="fitness"):
@@ -357,6 +395,7 @@ def test_swarm_fitness_checked(method, fitness, err):
 # --------------------------------------------------------------------------
 # 6. load_state_dict: missing and unexpected keys
 # --------------------------------------------------------------------------
+
 
 def _optimizers():
     net = Net()
@@ -398,6 +437,7 @@ def test_load_state_dict_needs_a_mapping(name, obj):
 # --------------------------------------------------------------------------
 # 7. public entry points: wrong argument types and values
 # --------------------------------------------------------------------------
+
 
 def _net():
     return Net()
@@ -486,13 +526,15 @@ def test_bad_arguments_leave_operands_unchanged():
     assert pso.steps_done == 0
 
 
-@pytest.mark.parametrize("number", [np.True_, np.float32(2.5), np.int64(3), np.float64(-1.5)],
-                         ids=lambda x: type(x).__name__)
+@pytest.mark.parametrize(
+    "number", [np.True_, np.float32(2.5), np.int64(3), np.float64(-1.5)], ids=lambda x: type(x).__name__
+)
 def test_numpy_scalars_on_the_left_use_the_reflected_operators(number):
     class Lin(nyto.NytoModule):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.arange(3.0))
+
     net = Lin()
     for op in (operator.add, operator.sub, operator.mul, operator.truediv):
         r = op(number, net)
@@ -502,14 +544,14 @@ def test_numpy_scalars_on_the_left_use_the_reflected_operators(number):
 
 @pytest.mark.parametrize("pdtype", [torch.int64, torch.int32, torch.bool, torch.float16, torch.float32])
 @pytest.mark.parametrize("tdtype", [torch.float64, torch.bfloat16, torch.float16, torch.int8, torch.int64])
-@pytest.mark.parametrize("op", [operator.add, operator.sub, operator.mul, operator.truediv],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("op", [operator.add, operator.sub, operator.mul, operator.truediv], ids=lambda f: f.__name__)
 def test_zero_dim_tensor_numbers_promote_like_torch(pdtype, tdtype, op):
     class One(nyto.NytoModule):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.tensor([1, 2, 3]).to(pdtype), requires_grad=False)
             self.s = torch.nn.Parameter(torch.tensor(4).to(pdtype), requires_grad=False)  # 0-dim
+
     net = One()
     t = torch.tensor(2).to(tdtype)
     for left, right, ref in ((net, t, lambda p: op(p, t)), (t, net, lambda p: op(t, p))):

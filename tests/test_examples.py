@@ -2,6 +2,7 @@
 accuracy and write their plot (they need scikit-learn, which ships the digits
 data, and matplotlib for the plots: both in requirements.txt, so a missing
 one fails here instead of skipping)."""
+
 import os
 import re
 import subprocess
@@ -20,8 +21,14 @@ EXAMPLES = ["pso_digits.py", "es_digits.py", "soup_digits.py"]
 def test_example_quick_mode(name, tmp_path):
     plot = tmp_path / "plot.png"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--quick", "--threads", "1", "--plot", str(plot)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), "--quick", "--threads", "1", "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     accs = [float(a) for a in re.findall(r"test accuracy (\d+\.\d)%", r.stdout)]
     assert accs, r.stdout

@@ -1,5 +1,6 @@
 """``nytorch.flat_storage`` / ``nytorch.structure_signature``: the public way
 to a particle's flat buffers (docs/api.md)."""
+
 import doctest
 
 import nytorch as nyto
@@ -76,7 +77,8 @@ def test_docstring_examples():
             super().__init__()
             self.lin = torch.nn.Linear(3, 2)
 
-    result = doctest.testmod(nytorch.storage, extraglobs={"Net": DocNet},
-                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(
+        nytorch.storage, extraglobs={"Net": DocNet}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
     assert result.attempted > 0
     assert result.failed == 0

@@ -1,16 +1,16 @@
 """nytorch.fuse: every op fused vs unfused particle arithmetic (or torch per
 parameter), multi-output, in place and aliasing, retrace rules, in-kernel
 random numbers, errors, the torch.ops op (opcheck) and the flat-buffer entry."""
+
 import math
 import os
 import subprocess
 import sys
 import tempfile
 
+import nytorch as nyto
 import pytest
 import torch
-
-import nytorch as nyto
 from nytorch import fuse as F
 
 HAS_CUDA = torch.cuda.is_available() and nyto._C.has_cuda()
@@ -121,9 +121,9 @@ PARTICLE_OPS = {
     "div_pn": (lambda x, y, s: x / s, lambda x, y, s: x / s, "exact", False),
     "rdiv": (lambda x, y, s: s / x, lambda x, y, s: full(s, x) / x, "exact", False),
     # general exponents: SLEEF, like torch's vectorized pow but not its scalar tail loop (docs: a few ulps)
-    "pow_pp": (lambda x, y, s: x ** y, lambda x, y, s: x ** y, "ulp", True),
-    "pow_pn": (lambda x, y, s: x ** s, lambda x, y, s: x ** s, "ulp", True),
-    "rpow": (lambda x, y, s: s ** x, lambda x, y, s: full(s, x) ** x, "ulp", False),
+    "pow_pp": (lambda x, y, s: x**y, lambda x, y, s: x**y, "ulp", True),
+    "pow_pn": (lambda x, y, s: x**s, lambda x, y, s: x**s, "ulp", True),
+    "rpow": (lambda x, y, s: s**x, lambda x, y, s: full(s, x) ** x, "ulp", False),
     "neg": (lambda x, y, s: -x, lambda x, y, s: -x, "exact", False),
     "pos": (lambda x, y, s: +x, lambda x, y, s: +x, "exact", False),
     "named_methods": (lambda x, y, s: x.sub(y), lambda x, y, s: x - y, "exact", False),
@@ -160,13 +160,16 @@ TORCH_OPS = {
     "where": (lambda x, y, s: nyto.where(x > 0, x, y), lambda x, y, s: torch.where(x > 0, x, y), "exact", False),
     "where_number": (lambda x, y, s: nyto.where(x > y, s, y), lambda x, y, s: torch.where(x > y, s, y), "exact", False),
     # a particle as the condition: `a` where cond != 0 (NaN included)
-    "where_particle_cond": (lambda x, y, s: nyto.where(x, y, s), lambda x, y, s: torch.where(x != 0, y, s),
-                            "exact", False),
+    "where_particle_cond": (
+        lambda x, y, s: nyto.where(x, y, s),
+        lambda x, y, s: torch.where(x != 0, y, s),
+        "exact",
+        False,
+    ),
     "lerp_small": (lambda x, y, s: nyto.lerp(x, y, 0.3), lambda x, y, s: torch.lerp(x, y, 0.3), "ulp", False),
     "lerp_large": (lambda x, y, s: x.lerp(y, s), lambda x, y, s: torch.lerp(x, y, s), "ulp", False),
     "lerp_particle_weight": (lambda x, y, s: nyto.lerp(x, y, y), lambda x, y, s: torch.lerp(x, y, y), "ulp", False),
-    "fma": (lambda x, y, s: nyto.fma(x, y, s),
-            lambda x, y, s: (x.double() * y.double() + s).to(x.dtype), "fma", False),
+    "fma": (lambda x, y, s: nyto.fma(x, y, s), lambda x, y, s: (x.double() * y.double() + s).to(x.dtype), "fma", False),
     # SLEEF's hypot in the vector body, like torch's vectorized kernel
     "hypot_pp": (lambda x, y, s: nyto.hypot(x, y), lambda x, y, s: torch.hypot(x, y), "ulp", False),
     "hypot_pn": (lambda x, y, s: x.hypot(s), lambda x, y, s: torch.hypot(x, full(s, x)), "ulp", False),
@@ -176,9 +179,33 @@ TORCH_OPS = {
 
 # ops whose inputs get ties (x == y, x == S, x == 0) and NaNs: comparisons,
 # where, min/max/clamp, sign, abs (NaN semantics as torch's, docs/fuse.md)
-TIES_AND_NANS = {"gt", "gt_n", "ge", "ge_n", "lt", "lt_n", "le", "le_n", "eq", "eq_n", "ne", "ne_n", "where",
-                 "where_number", "where_particle_cond", "minimum_pp", "maximum_pp", "minimum_pn", "maximum_pn",
-                 "clamp", "clamp_min", "clamp_max", "sign", "abs", "nyto_abs"}
+TIES_AND_NANS = {
+    "gt",
+    "gt_n",
+    "ge",
+    "ge_n",
+    "lt",
+    "lt_n",
+    "le",
+    "le_n",
+    "eq",
+    "eq_n",
+    "ne",
+    "ne_n",
+    "where",
+    "where_number",
+    "where_particle_cond",
+    "minimum_pp",
+    "maximum_pp",
+    "minimum_pn",
+    "maximum_pn",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "sign",
+    "abs",
+    "nyto_abs",
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -206,10 +233,10 @@ def test_op_fused_vs_unfused(op, dtype, device):
 @pytest.mark.parametrize("exponent", [2, 3, 0.5, -1, -0.5, -2, 2.7, 0])
 def test_pow_special_exponents_match_torch(exponent):
     (x,) = particles(1, positive=True)
-    got = nyto.fuse(lambda x, e: x ** e)(x, exponent)
+    got = nyto.fuse(lambda x, e: x**e)(x, exponent)
     special = exponent in (2, 3, 0.5, -1, -0.5, -2, 0)  # bitwise (docs/fuse.md); others within a few ulps
     # ** 0.5 is a correctly rounded sqrt (torch's CPU sqrt is sometimes 1 ulp off on short tensors)
-    ref = (lambda t: t.double().sqrt().float()) if exponent == 0.5 else (lambda t: t ** exponent)
+    ref = (lambda t: t.double().sqrt().float()) if exponent == 0.5 else (lambda t: t**exponent)
     close(got, per_param(ref, x), torch.float32, "exact" if special else "ulp")
 
 
@@ -264,8 +291,7 @@ def test_linear_combinations_bitwise(expr, dtype, device):
     got = nyto.fuse(fn)(a, b, c, 0.3, -1.7)
     multi = isinstance(got, tuple)
     # torch, op by op, on every parameter
-    want = per_param_outputs(lambda a, b, c: fn(a, b, c, 0.3, -1.7) if multi else (fn(a, b, c, 0.3, -1.7),),
-                             a, b, c)
+    want = per_param_outputs(lambda a, b, c: fn(a, b, c, 0.3, -1.7) if multi else (fn(a, b, c, 0.3, -1.7),), a, b, c)
     assert len(want) == (len(got) if multi else 1)
     for g, w in zip(got if multi else (got,), want, strict=True):
         close(g, w, dtype)
@@ -458,15 +484,18 @@ def test_cuda_uniforms_equal_cpu():
 
 # ---------------------------------------------------------------------------
 # Errors
-@pytest.mark.parametrize("fn, name", [
-    (lambda x, y: x @ y, "matmul"),
-    (lambda x, y: x // y, "floordiv"),
-    (lambda x, y: torch.sin(x), "torch.sin"),
-    (lambda x, y: x.tanh(), "tanh"),
-    (lambda x, y: x if x > 0 else y, "truth value"),
-    (lambda x, y: x + torch.ones(3), "Tensor"),
-    (lambda x, y: nyto.rand_like(1.0), "rand_like"),
-])
+@pytest.mark.parametrize(
+    "fn, name",
+    [
+        (lambda x, y: x @ y, "matmul"),
+        (lambda x, y: x // y, "floordiv"),
+        (lambda x, y: torch.sin(x), "torch.sin"),
+        (lambda x, y: x.tanh(), "tanh"),
+        (lambda x, y: x if x > 0 else y, "truth value"),
+        (lambda x, y: x + torch.ones(3), "Tensor"),
+        (lambda x, y: nyto.rand_like(1.0), "rand_like"),
+    ],
+)
 def test_unsupported_op_raises_at_trace_naming_it(fn, name):
     x, y = particles(2)
     bx, by = params(x), params(y)
@@ -602,55 +631,68 @@ def test_eager_functions_on_particles_and_numbers():
 
 def test_scalar_subexpressions_computed_once_in_double():
     (x,) = particles(1)
-    step = nyto.fuse(lambda x, w: (1 - w) * x + w ** 2 * x + nyto.sqrt(w) + (w > 0.5))
+    step = nyto.fuse(lambda x, w: (1 - w) * x + w**2 * x + nyto.sqrt(w) + (w > 0.5))
     w = 0.3
-    close(step(x, w), per_param(lambda t: (1 - w) * t + w ** 2 * t + math.sqrt(w) + 0.0, x), torch.float32)
+    close(step(x, w), per_param(lambda t: (1 - w) * t + w**2 * t + math.sqrt(w) + 0.0, x), torch.float32)
 
 
 @pytest.mark.parametrize("name", ["nytorch._fuse.api", "nytorch._fuse.trace", "nytorch._fuse.program"])
 def test_docstring_examples(name):
     import doctest
+
     result = doctest.testmod(sys.modules[name], optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 
 # uniform draws compared bit for bit between the builds: offsets on and off
 # the 4-element Philox counters, sizes with ragged tails, scaled draws, doubles
-PORTABLE_DRAWS = [("rand", "float32", 5000, 5), ("rand", "float32", 5000, 0), ("rand", "float32", 4099, 8),
-                  ("rands", "float32", 3001, 0), ("rands", "float32", 2077, 3), ("rand", "float64", 3001, 0),
-                  ("rands", "float64", 1500, 1)]
+PORTABLE_DRAWS = [
+    ("rand", "float32", 5000, 5),
+    ("rand", "float32", 5000, 0),
+    ("rand", "float32", 4099, 8),
+    ("rands", "float32", 3001, 0),
+    ("rands", "float32", 2077, 3),
+    ("rand", "float64", 3001, 0),
+    ("rands", "float64", 1500, 1),
+]
 
 
 def test_portable_cpu_build_agrees():
     # the DEFAULT build (scalar Philox, std:: math) against this one (AVX2 here)
-    code = ("import torch, nytorch as nyto, sys\n"
-            "assert nyto._C.cpu_isa() == 'DEFAULT'\n"
-            "p = nyto.fuse.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + "
-            "nyto.randn_like(x), 'ppn')\n"
-            "g = torch.Generator().manual_seed(0); x = torch.randn(5000, generator=g); y = torch.randn(5000, generator=g)\n"
-            "print(repr(nyto.fuse.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()))\n"
-            "progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
-            "         'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
-            f"draws = {PORTABLE_DRAWS!r}\n"
-            "outs = [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == 'rands' "
-            "else [], seed=3, offset=o)[0][0] for k, dt, n, o in draws]\n"
-            "torch.save(outs, sys.argv[1])\n")
+    code = (
+        "import torch, nytorch as nyto, sys\n"
+        "assert nyto._C.cpu_isa() == 'DEFAULT'\n"
+        "p = nyto.fuse.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + "
+        "nyto.randn_like(x), 'ppn')\n"
+        "g = torch.Generator().manual_seed(0); x = torch.randn(5000, generator=g); y = torch.randn(5000, generator=g)\n"
+        "print(repr(nyto.fuse.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()))\n"
+        "progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
+        "         'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
+        f"draws = {PORTABLE_DRAWS!r}\n"
+        "outs = [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == 'rands' "
+        "else [], seed=3, offset=o)[0][0] for k, dt, n, o in draws]\n"
+        "torch.save(outs, sys.argv[1])\n"
+    )
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "u.pt")
-        out = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code, path], env=env, capture_output=True, text=True, check=True
+        ).stdout
         portable = torch.load(path)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(5000, generator=g), torch.randn(5000, generator=g)
     p = F.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + nyto.randn_like(x), "ppn")
     mine = F.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()
     assert abs(float(out) - mine) < 1e-3
-    progs = {"rand": F.program(lambda x: nyto.rand_like(x), "p"),
-             "rands": F.program(lambda x, c: c * nyto.rand_like(x), "pn")}
+    progs = {
+        "rand": F.program(lambda x: nyto.rand_like(x), "p"),
+        "rands": F.program(lambda x, c: c * nyto.rand_like(x), "pn"),
+    }
     for (k, dt, n, o), theirs in zip(PORTABLE_DRAWS, portable):
-        ours = F.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == "rands" else [],
-                          seed=3, offset=o)[0][0]
+        ours = F.run_flat(
+            progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == "rands" else [], seed=3, offset=o
+        )[0][0]
         assert torch.equal(ours, theirs), (k, dt, n, o)  # same Philox bits, same scaling
         assert 0 <= ours.min() and ours.max() < (1.7 if k == "rands" else 1.0)
 
@@ -664,8 +706,8 @@ def test_big_call_streams_outputs():
     soup = F.program(lambda a, b, c: 0.5 * a + 0.25 * b + 0.125 * c, "ppp")
     two = F.program(lambda a, b, c: (a * b + c, a - c), "ppp")
     for lo in (0, 1):  # 1: outputs 4 bytes past 32-byte alignment
-        ins = [[t[lo:lo + n]] for t in (a, b, c)]
-        o1, o2 = torch.full((n + 1,), 7.0)[lo:lo + n], torch.full((n + 1,), 7.0)[lo:lo + n]
+        ins = [[t[lo : lo + n]] for t in (a, b, c)]
+        o1, o2 = torch.full((n + 1,), 7.0)[lo : lo + n], torch.full((n + 1,), 7.0)[lo : lo + n]
         F.run_flat(soup, ins, out=[[o1]])
         torch.testing.assert_close(o1, 0.5 * ins[0][0] + 0.25 * ins[1][0] + 0.125 * ins[2][0], rtol=0, atol=1e-6)
         F.run_flat(two, ins, out=[[o1], [o2]])
@@ -684,6 +726,7 @@ def pso_step(x, v, p, g, w, c1, c2):
 
 def test_in_place_calls_take_the_c_path_and_decline_the_rest():
     from nytorch import _C
+
     x, v, p, g = particles(4)
     step = nyto.fuse(pso_step)
     step(x, v, p, g, 0.7, 1.5, 1.5, out=(x, v))  # traced by the Python front end
@@ -692,12 +735,12 @@ def test_in_place_calls_take_the_c_path_and_decline_the_rest():
     assert _C.fuse_call(step.programs, (x, v, p, g, 0.7, 1.5, 1.5), out_list) is out_list
     other = Net(37)  # another species
     declined = [
-        ((x, v, p, g, 0.7, 1.5, 1.5), None),            # out-of-place: Python builds the results
-        ((x, v, p, g, 0.7, 1.5), (x, v)),               # an argument pattern not traced
-        ((x, v, p, other, 0.7, 1.5, 1.5), (x, v)),      # mixed species: Python raises
-        ((x, v, p, g, True, 1.5, 1.5), (x, v)),         # a bool number
-        ((x, v, p, g, 0.7, 1.5, 1.5), (x,)),            # wrong number of outputs: Python raises
-        ((x, v, p, g, 0.7, 1.5, 1.5), (x, "v")),        # not a particle
+        ((x, v, p, g, 0.7, 1.5, 1.5), None),  # out-of-place: Python builds the results
+        ((x, v, p, g, 0.7, 1.5), (x, v)),  # an argument pattern not traced
+        ((x, v, p, other, 0.7, 1.5, 1.5), (x, v)),  # mixed species: Python raises
+        ((x, v, p, g, True, 1.5, 1.5), (x, v)),  # a bool number
+        ((x, v, p, g, 0.7, 1.5, 1.5), (x,)),  # wrong number of outputs: Python raises
+        ((x, v, p, g, 0.7, 1.5, 1.5), (x, "v")),  # not a particle
     ]
     for args, out in declined:
         assert _C.fuse_call(step.programs, args, out) is None
@@ -723,8 +766,9 @@ def test_c_path_matches_python_path(kind, monkeypatch):
     def run(c_path):
         calls = []
         real = FUSE_MOD._C.fuse_call
-        monkeypatch.setattr(FUSE_MOD, "_fuse_call",
-                            (lambda *a: calls.append(real(*a)) or calls[-1]) if c_path else (lambda *a: None))
+        monkeypatch.setattr(
+            FUSE_MOD, "_fuse_call", (lambda *a: calls.append(real(*a)) or calls[-1]) if c_path else (lambda *a: None)
+        )
         ps = particles(6, seed=3)
         step = nyto.fuse(fn)
         warm = [q.clone() for q in ps]  # same species: traces the program

@@ -37,19 +37,19 @@ objects). Rules checked:
   a particle but still held elsewhere, e.g. by a ``detach()`` twin, must not
   be written by ops on that particle).
 """
+
 from __future__ import annotations
 
 import operator
 import os
 
+import nytorch as nyto
 import pytest
-
 import torch
-from hypothesis import event, given, note, strategies as st  # hypothesis: requirements.txt
+from hypothesis import event, given, note  # hypothesis: requirements.txt
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize as P
-
-import nytorch as nyto
 
 LONG = os.environ.get("NYTO_FUZZ", "").lower() == "long"
 MAX_STEPS = 40 if LONG else 20
@@ -122,13 +122,16 @@ leaf_specs = st.one_of(
 tree_specs = st.recursive(
     leaf_specs,
     lambda ch: st.tuples(st.sampled_from(["seq", "mlist", "mdict", "nyto"]), st.lists(ch, min_size=1, max_size=3)),
-    max_leaves=5)
-model_specs = st.fixed_dictionaries({
-    "children": st.lists(tree_specs, min_size=1, max_size=3),
-    "params": st.lists(param_kinds, max_size=2),
-    "ties": st.lists(st.tuples(st.integers(0, 63), st.integers(0, 63)), max_size=2),
-    "seed": st.integers(0, 2**16),
-})
+    max_leaves=5,
+)
+model_specs = st.fixed_dictionaries(
+    {
+        "children": st.lists(tree_specs, min_size=1, max_size=3),
+        "params": st.lists(param_kinds, max_size=2),
+        "ties": st.lists(st.tuples(st.integers(0, 63), st.integers(0, 63)), max_size=2),
+        "seed": st.integers(0, 2**16),
+    }
+)
 
 
 def build_module(spec, g: torch.Generator) -> nn.Module:
@@ -201,6 +204,7 @@ def build_root(spec) -> Root:
 # ----------------------------------------------------------------------------
 class Cell:
     """The expected value of one Parameter object."""
+
     __slots__ = ("value", "rg", "obj", "tol")
 
     def __init__(self, value: torch.Tensor, rg: bool, obj=None, tol: bool = False) -> None:
@@ -209,11 +213,16 @@ class Cell:
 
 def structure(m: nn.Module):
     """Module tree signature: per module its class and dict keys (None-ness too)."""
-    return [(qn, type(mod).__name__,
-             tuple((k, v is None) for k, v in mod._parameters.items()),
-             tuple((k, v is None) for k, v in mod._buffers.items()),
-             tuple((k, v is None) for k, v in mod._modules.items()))
-            for qn, mod in m.named_modules(remove_duplicate=False)]
+    return [
+        (
+            qn,
+            type(mod).__name__,
+            tuple((k, v is None) for k, v in mod._parameters.items()),
+            tuple((k, v is None) for k, v in mod._buffers.items()),
+            tuple((k, v is None) for k, v in mod._modules.items()),
+        )
+        for qn, mod in m.named_modules(remove_duplicate=False)
+    ]
 
 
 class PRef:
@@ -223,11 +232,11 @@ class PRef:
         self.label = label
         self.module = module
         self.species = species
-        self.names = names          # full parameter names, in order
-        self.cells = cells          # name -> Cell (tied names share one)
-        self.buffers = buffers      # [(name, expected value)]
+        self.names = names  # full parameter names, in order
+        self.cells = cells  # name -> Cell (tied names share one)
+        self.buffers = buffers  # [(name, expected value)]
         self.struct = struct
-        self.bound = bound          # the module's Parameter objects are known (checked once)
+        self.bound = bound  # the module's Parameter objects are known (checked once)
 
     def unique(self):
         """(name, cell) per unique parameter, in order (named_parameters())."""
@@ -282,7 +291,6 @@ def values_equal(actual: torch.Tensor, expected: torch.Tensor, tol: bool) -> boo
     return torch.equal(actual, expected)
 
 
-
 def torch_number_op(fn, t: torch.Tensor, s, reflected: bool = False):
     """torch's ``fn(t, s)`` (``fn(s, t)`` reflected) for a number ``s``: 0-dim
     tensors promote like torch's (int64 parameter + float64 0-dim tensor is
@@ -298,14 +306,18 @@ def number_outcomes(fn, t: torch.Tensor, s, reflected: bool = False):
     computes, ``int ** -1`` raises; ``bool ** tensor(True)`` raises, ``bool **
     True`` computes), and nytorch may take either route."""
     outs = []
-    for v in ([s, s.item()] if isinstance(s, torch.Tensor) else [s]):
+    for v in [s, s.item()] if isinstance(s, torch.Tensor) else [s]:
         try:
             outs.append(torch_number_op(fn, t.clone() if fn in IOPS.values() else t, v, reflected))
         except RuntimeError as e:
             outs.append(e)
-    if len(outs) == 2 and (isinstance(outs[0], Exception) and isinstance(outs[1], Exception) or
-                           isinstance(outs[0], torch.Tensor) and isinstance(outs[1], torch.Tensor)
-                           and values_equal(outs[0], outs[1], False)):
+    if len(outs) == 2 and (
+        isinstance(outs[0], Exception)
+        and isinstance(outs[1], Exception)
+        or isinstance(outs[0], torch.Tensor)
+        and isinstance(outs[1], torch.Tensor)
+        and values_equal(outs[0], outs[1], False)
+    ):
         outs = outs[:1]
     return outs
 
@@ -318,7 +330,7 @@ class Fuzz:
     """Runs one step list against nytorch and the shadow."""
 
     def __init__(self, spec) -> None:
-        self.objs = {}      # id(Parameter) -> (Parameter, Cell): every object seen
+        self.objs = {}  # id(Parameter) -> (Parameter, Cell): every object seen
         self.pool = []
         self.swarms = []
         self.counter = 0
@@ -327,8 +339,10 @@ class Fuzz:
         self.pool.append(self.adopt(root, self.new_species()))
         twin = build_root(spec)  # same structure, another species
         self.pool.append(self.adopt(twin, self.new_species()))
-        note(f"model: {sum(1 for _ in root.named_parameters(remove_duplicate=False))} parameter names: "
-             f"{[(n, tuple(p.shape), str(p.dtype)[6:]) for n, p in root.named_parameters(remove_duplicate=False)]}")
+        note(
+            f"model: {sum(1 for _ in root.named_parameters(remove_duplicate=False))} parameter names: "
+            f"{[(n, tuple(p.shape), str(p.dtype)[6:]) for n, p in root.named_parameters(remove_duplicate=False)]}"
+        )
         note("p0 = Root(...); p1 = Root(...)  (same spec, another species)")
 
     # -- bookkeeping ------------------------------------------------------
@@ -357,8 +371,7 @@ class Fuzz:
             names.append(n)
             cells[n] = cell
         buffers = [(n, b.detach().clone()) for n, b in module.named_buffers(remove_duplicate=False)]
-        return PRef(label or f"p{len(self.pool)}", module, species, names, cells, buffers,
-                    structure(module), True)
+        return PRef(label or f"p{len(self.pool)}", module, species, names, cells, buffers, structure(module), True)
 
     def add(self, ref: PRef, slot: int) -> None:
         if len(self.pool) < MAX_POOL:
@@ -380,8 +393,16 @@ class Fuzz:
                 fresh[id(c)] = Cell(v, c.rg, None, False)
             cells[n] = fresh[id(c)]
         buffers = [(n, v.clone()) for n, v in src.buffers]
-        return PRef(self.label(), module, src.species if species is None else species,
-                    list(src.names), cells, buffers, src.struct, False)
+        return PRef(
+            self.label(),
+            module,
+            src.species if species is None else species,
+            list(src.names),
+            cells,
+            buffers,
+            src.struct,
+            False,
+        )
 
     # -- checks -------------------------------------------------------------
     def check(self, ref: PRef, what: str) -> None:
@@ -395,22 +416,29 @@ class Fuzz:
             if cell.obj is None:
                 known = self.objs.get(id(p))
                 assert known is None or known[1] is cell, (
-                    f"{what}: {ref.label}.{n} is a Parameter object that belongs elsewhere")
+                    f"{what}: {ref.label}.{n} is a Parameter object that belongs elsewhere"
+                )
                 cell.obj = p
                 self.objs[id(p)] = (p, cell)
             else:
                 assert p is cell.obj, f"{what}: {ref.label}.{n} is not the same Parameter object as before"
             assert p.requires_grad == cell.rg, f"{what}: {ref.label}.{n}.requires_grad is {p.requires_grad}"
             assert values_equal(p.detach(), cell.value, cell.tol), (
-                f"{what}: {ref.label}.{n} = {describe(p)}, expected {describe(cell.value)}")
+                f"{what}: {ref.label}.{n} = {describe(p)}, expected {describe(cell.value)}"
+            )
             if cell.tol:  # within tolerance: continue from nytorch's value
                 cell.value, cell.tol = p.detach().clone(), False
         bufs = list(m.named_buffers(remove_duplicate=False))
         assert [n for n, _ in bufs] == [n for n, _ in ref.buffers], (
-            f"{what}: {ref.label} has buffers {[n for n, _ in bufs]}, expected {[n for n, _ in ref.buffers]}")
+            f"{what}: {ref.label} has buffers {[n for n, _ in bufs]}, expected {[n for n, _ in ref.buffers]}"
+        )
         for (n, b), (_, e) in zip(bufs, ref.buffers):
-            assert values_equal(b.detach(), e, False), f"{what}: buffer {ref.label}.{n} = {describe(b)}, expected {describe(e)}"
-        assert structure(m) == ref.struct, f"{what}: {ref.label}'s module structure changed:\n{structure(m)}\nexpected\n{ref.struct}"
+            assert values_equal(b.detach(), e, False), (
+                f"{what}: buffer {ref.label}.{n} = {describe(b)}, expected {describe(e)}"
+            )
+        assert structure(m) == ref.struct, (
+            f"{what}: {ref.label}'s module structure changed:\n{structure(m)}\nexpected\n{ref.struct}"
+        )
         ref.bound = True
 
     def check_swarm(self, sw, what: str) -> None:
@@ -423,15 +451,18 @@ class Fuzz:
             for n, p in named:
                 tol = sw["tol"]
                 assert values_equal(p.detach(), exp[n], tol), (
-                    f"{what}: {sw['label']}[{i}].{n} = {describe(p)}, expected {describe(exp[n])}")
+                    f"{what}: {sw['label']}[{i}].{n} = {describe(p)}, expected {describe(exp[n])}"
+                )
                 if tol:
                     exp[n] = p.detach().clone()
             bufs, ebufs = list(v.named_buffers(remove_duplicate=False)), sw["bufs"][i]
             assert [n for n, _ in bufs] == [n for n, _ in ebufs], (
-                f"{what}: {sw['label']}[{i}] has buffers {[n for n, _ in bufs]}, expected {[n for n, _ in ebufs]}")
+                f"{what}: {sw['label']}[{i}] has buffers {[n for n, _ in bufs]}, expected {[n for n, _ in ebufs]}"
+            )
             for (n, b), (_, e) in zip(bufs, ebufs):
                 assert values_equal(b.detach(), e, False), (
-                    f"{what}: buffer {sw['label']}[{i}].{n} = {describe(b)}, expected {describe(e)}")
+                    f"{what}: buffer {sw['label']}[{i}].{n} = {describe(b)}, expected {describe(e)}"
+                )
         sw["tol"] = False
 
     def check_all(self, what: str) -> None:
@@ -448,7 +479,8 @@ class Fuzz:
         if names:
             msg = str(info.value)
             assert any(n in msg or n.rsplit(".", 1)[-1] in msg for n in names), (
-                f"{what}: the error does not name a parameter of {sorted(names)}: {msg}")
+                f"{what}: the error does not name a parameter of {sorted(names)}: {msg}"
+            )
         for ref in operands:
             if isinstance(ref, dict):
                 self.check_swarm(ref, what + " (after the error)")
@@ -524,7 +556,8 @@ class Fuzz:
         for n, v in outcomes.items():
             assert n in actual, f"{text}: the result lacks {n}"
             assert any(isinstance(o, torch.Tensor) and values_equal(actual[n], o, inexact) for o in v), (
-                f"{text}: {n} = {describe(actual[n])}, expected one of {[describe(o) if isinstance(o, torch.Tensor) else repr(o) for o in v]}")
+                f"{text}: {n} = {describe(actual[n])}, expected one of {[describe(o) if isinstance(o, torch.Tensor) else repr(o) for o in v]}"
+            )
         values = {n: t.clone() for n, t in actual.items()}
         if inplace:
             for n, c in a.unique():
@@ -568,8 +601,7 @@ class Fuzz:
                     expected[n] = OPS[op](c.value, bvals[n])
             except RuntimeError as e:
                 err = f"torch raises for {n}: {e}"
-        self._finish(text, a, b, run, expected, err, inplace, op in INEXACT, check, slot,
-                     bad if how == "order" else ())
+        self._finish(text, a, b, run, expected, err, inplace, op in INEXACT, check, slot, bad if how == "order" else ())
 
     def _finish(self, text, a, b, run, expected, err, inplace, inexact, check, slot, order=()):
         operands = [a] if b is None or b is a else [a, b]
@@ -577,15 +609,18 @@ class Fuzz:
             note(text + f"   ({err})")
             return self.expect_error(run, text, operands)
         note(text)
-        versions = {id(c.obj): c.obj._version for _, c in a.unique() if c.obj is not None} \
-            if inplace and a.bound else {}
+        versions = (
+            {id(c.obj): c.obj._version for _, c in a.unique() if c.obj is not None} if inplace and a.bound else {}
+        )
         try:
             out = run()
         except nyto.StructureError as e:
             if not order:
                 raise
             msg = str(e)
-            assert any(n in msg for n in order), f"{text}: the error does not name a parameter of {sorted(order)}: {msg}"
+            assert any(n in msg for n in order), (
+                f"{text}: the error does not name a parameter of {sorted(order)}: {msg}"
+            )
             for o in operands:
                 self.check(o, text + " (after the error)")
             return
@@ -632,12 +667,14 @@ class Fuzz:
             for (n, p), (_, q) in zip(out.named_parameters(), again.named_parameters()):
                 assert torch.equal(p, q), f"{text}: not reproducible for {n}"
             values = dict(out.named_parameters())  # random: checked for shape/dtype, then adopted
-            ref = self.result_ref(a, out, {n: values[n].detach().clone() if n in values
-                                            else torch.empty(0) for n, _ in a.unique()})
+            ref = self.result_ref(
+                a, out, {n: values[n].detach().clone() if n in values else torch.empty(0) for n, _ in a.unique()}
+            )
             for n, c in ref.unique():
                 assert n in values, f"{text}: result lacks {n}"
                 assert values[n].shape == a.cells[n].value.shape and values[n].dtype == a.cells[n].value.dtype, (
-                    f"{text}: {n} is {describe(values[n])}, expected like {describe(a.cells[n].value)}")
+                    f"{text}: {n} is {describe(values[n])}, expected like {describe(a.cells[n].value)}"
+                )
                 assert bool(torch.isfinite(values[n]).all()), f"{text}: {n} not finite"
             self.check(ref, text)
             self.add(ref, slot)
@@ -679,9 +716,12 @@ class Fuzz:
         bad = set().union(*(names for how, names in hows if how == "bad"))
         if len({x.species for x in operands}) > 1:
             note(text)  # other errors may apply too (structure, layouts, dtypes): any may come first
-            other = bad or any(how == "order" for how, _ in hows) or \
-                any(not c.value.is_floating_point() for x in operands for _, c in x.unique()) or \
-                any(x.sig() != a.sig() for x in operands if x.species == a.species)
+            other = (
+                bad
+                or any(how == "order" for how, _ in hows)
+                or any(not c.value.is_floating_point() for x in operands for _, c in x.unique())
+                or any(x.sig() != a.sig() for x in operands if x.species == a.species)
+            )
             return self.expect_error(run, text, operands, Exception if other else nyto.SpeciesError)
         order = set().union(*(names for how, names in hows if how == "order"))
         nonfloat = [n for n, c in a.unique() if not c.value.is_floating_point()]
@@ -689,9 +729,16 @@ class Fuzz:
         if bad:
             note(text + f"   (structures differ: {sorted(bad)})")
             # with other problems too (layouts, dtypes: a RuntimeError), any may be reported first
-            kind = nyto.StructureError if not (nonfloat or any(
-                {n: d for n, _, d in x.sig()}.get(n) not in (None, d) for x in operands for n, _, d in a.sig())) \
+            kind = (
+                nyto.StructureError
+                if not (
+                    nonfloat
+                    or any(
+                        {n: d for n, _, d in x.sig()}.get(n) not in (None, d) for x in operands for n, _, d in a.sig()
+                    )
+                )
                 else Exception
+            )
             return self.expect_error(run, text, operands, kind, bad if kind is nyto.StructureError else ())
         if order or nonfloat or dtypes:  # fuse meets flats element for element (docs/fuse.md)
             note(text + f"   (order {sorted(order)}, non-floating {nonfloat}, dtypes differ: {dtypes})")
@@ -722,9 +769,16 @@ class Fuzz:
             return self.expect_error(lambda: nyto.Swarm(a.module, n), text, [a], ValueError)
         sw_mod = nyto.Swarm(a.module, n)
         label = f"s{self.label('s')[1:]}"
-        sw = {"label": label, "swarm": sw_mod, "n": n, "species": a.species, "tol": False,
-              "rows": [{m: c.value.clone() for m, c in a.unique()} for _ in range(n)], "sig": a.sig(),
-              "bufs": [[(m, v.clone()) for m, v in a.buffers] for _ in range(n)]}
+        sw = {
+            "label": label,
+            "swarm": sw_mod,
+            "n": n,
+            "species": a.species,
+            "tol": False,
+            "rows": [{m: c.value.clone() for m, c in a.unique()} for _ in range(n)],
+            "sig": a.sig(),
+            "bufs": [[(m, v.clone()) for m, v in a.buffers] for _ in range(n)],
+        }
         note(f"  -> {label}")
         if len(self.swarms) < MAX_SWARMS:
             self.swarms.append(sw)
@@ -771,8 +825,14 @@ class Fuzz:
             sw["rows"], sw["tol"] = rows, op in INEXACT or (op == "/" and mode == "rev")
             self.check_swarm(sw, text)
         else:
-            new = dict(sw, label=f"s{self.label('s')[1:]}", swarm=out, rows=rows, bufs=[list(b) for b in sw["bufs"]],
-                       tol=op in INEXACT or (op == "/" and mode == "rev"))
+            new = dict(
+                sw,
+                label=f"s{self.label('s')[1:]}",
+                swarm=out,
+                rows=rows,
+                bufs=[list(b) for b in sw["bufs"]],
+                tol=op in INEXACT or (op == "/" and mode == "rev"),
+            )
             note(f"  -> {new['label']}")
             self.check_swarm(new, text)
             self.check_swarm(sw, text + " (operand)")
@@ -791,6 +851,7 @@ class Fuzz:
 
         def run():
             sw["swarm"][r] = b.module
+
         if b.species != sw["species"]:
             note(text)
             return self.expect_error(run, text, [sw, b], nyto.SpeciesError)
@@ -801,15 +862,30 @@ class Fuzz:
         mine = [(n, v.shape, v.dtype) for n, v in sw["bufs"][r]]
         theirs = [(n, v.shape, v.dtype) for n, v in b.buffers]
         same_buffers = mine == theirs
-        note(text + (f"   (same parameters in another order: {sorted(bad)}: by name, or StructureError)"
-                     if how == "order" else "")
-             + ("" if same_buffers else f"   (buffers differ: {[n for n, *_ in mine]} and {[n for n, *_ in theirs]}:"
-                                        " an error before anything is written, or by name)"))
+        note(
+            text
+            + (
+                f"   (same parameters in another order: {sorted(bad)}: by name, or StructureError)"
+                if how == "order"
+                else ""
+            )
+            + (
+                ""
+                if same_buffers
+                else f"   (buffers differ: {[n for n, *_ in mine]} and {[n for n, *_ in theirs]}:"
+                " an error before anything is written, or by name)"
+            )
+        )
         try:
             run()
         except Exception as e:
-            if how != "order" and same_buffers or how == "order" and not isinstance(e, nyto.StructureError) \
-                    and same_buffers:
+            if (
+                how != "order"
+                and same_buffers
+                or how == "order"
+                and not isinstance(e, nyto.StructureError)
+                and same_buffers
+            ):
                 raise
             self.check_swarm(sw, text + " (after the error)")
             self.check(b, text + " (after the error)")
@@ -817,8 +893,9 @@ class Fuzz:
         # values by name, cast to the row's dtype (copy_ semantics); buffers too
         sw["rows"][r] = {n: b.cells[n].value.to(v.dtype) for n, v in sw["rows"][r].items()}
         src = {n: v for n, v in b.buffers}
-        sw["bufs"][r] = [(n, src[n].to(v.dtype) if n in src and src[n].shape == v.shape else v)
-                         for n, v in sw["bufs"][r]]
+        sw["bufs"][r] = [
+            (n, src[n].to(v.dtype) if n in src and src[n].shape == v.shape else v) for n, v in sw["bufs"][r]
+        ]
         self.check_swarm(sw, text)
         self.check(b, text + " (source)")
 
@@ -833,6 +910,7 @@ class Fuzz:
 
         def run():
             IOPS[op](v, s)
+
         new, err = {}, None
         for n, t in sw["rows"][r].items():
             outs = number_outcomes(IOPS[op], t, num)
@@ -860,8 +938,13 @@ class Fuzz:
         mods = mutable_modules(m)
         params = [(qn, mod, n) for qn, mod in mods for n, p in mod._parameters.items() if p is not None]
         buffers = [(qn, mod, n) for qn, mod in mods for n, b in mod._buffers.items() if b is not None]
-        children = [(qn, mod, n) for qn, mod in mods if not isinstance(mod, P.ParametrizationList)
-                    for n in mod._modules if n != "parametrizations"]
+        children = [
+            (qn, mod, n)
+            for qn, mod in mods
+            if not isinstance(mod, P.ParametrizationList)
+            for n in mod._modules
+            if n != "parametrizations"
+        ]
         self.counter += 1
         fresh = f"x{self.counter}"
 
@@ -873,9 +956,14 @@ class Fuzz:
                 return
             qn, mod, n = params[k % len(params)]
             old = mod._parameters[n]
-            same = lambda: nn.Parameter(torch.randn(old.shape, generator=g).to(old.dtype)  # noqa: E731
-                                        if old.is_floating_point() else old.detach().clone().flip(0)
-                                        if old.dim() else old.detach().clone(), requires_grad=old.requires_grad)
+            same = lambda: nn.Parameter(
+                torch.randn(old.shape, generator=g).to(old.dtype)  # noqa: E731
+                if old.is_floating_point()
+                else old.detach().clone().flip(0)
+                if old.dim()
+                else old.detach().clone(),
+                requires_grad=old.requires_grad,
+            )
             what = kind[6:]
             if what == "del":
                 note(f"del {at(qn, n)}")
@@ -975,8 +1063,11 @@ class Fuzz:
             self.check(b, f"before loading {b}'s state_dict")
             mine = m.state_dict(keep_vars=True)
             theirs = b.module.state_dict()
-            keys = [key for key in mine if key in theirs and theirs[key].shape == mine[key].shape
-                    and theirs[key].dtype == mine[key].dtype]
+            keys = [
+                key
+                for key in mine
+                if key in theirs and theirs[key].shape == mine[key].shape and theirs[key].dtype == mine[key].dtype
+            ]
             drop = {key for t, key in enumerate(keys) if (seed >> (t % 16)) & 1}
             sd = {key: theirs[key] for key in keys if key not in drop}
             note(f"{a}.load_state_dict({b}.state_dict() restricted to {sorted(sd)}, strict=False)")
@@ -984,8 +1075,10 @@ class Fuzz:
             for key, t in mine.items():
                 if key in sd:
                     expected[id(t)] = (t, sd[key].clone())
-            if any(isinstance(x, nn.modules.batchnorm._BatchNorm) and "num_batches_tracked" not in x._buffers
-                   for x in m.modules()):
+            if any(
+                isinstance(x, nn.modules.batchnorm._BatchNorm) and "num_batches_tracked" not in x._buffers
+                for x in m.modules()
+            ):
                 # torch's own BatchNorm can't load then (AttributeError), nytorch or not
                 note("  (skipped: a BatchNorm without num_batches_tracked can't load a state_dict)")
                 return
@@ -1014,8 +1107,15 @@ class Fuzz:
         else:
             raise AssertionError(kind)
         # other parameters keep their objects and values
-        if kind not in ("parametrize", "unparametrize", "load_sd", "param_data_same", "param_data_other",
-                        "to_double", "to_float"):
+        if kind not in (
+            "parametrize",
+            "unparametrize",
+            "load_sd",
+            "param_data_same",
+            "param_data_other",
+            "to_double",
+            "to_float",
+        ):
             for n, p in m.named_parameters(remove_duplicate=False):
                 known = self.objs.get(id(p))
                 if known is not None:
@@ -1039,25 +1139,71 @@ numbers = st.one_of(
     st.integers(-3, 3),
     st.sampled_from([0.5, -1.5, 2.0, 0.0, -0.0, 1e-3, 3.25]),
     st.booleans(),
-    st.builds(lambda v, dt: torch.tensor(v).to(dt), st.sampled_from([2, -1, 0.5, 0]),
-              st.sampled_from([torch.float32, torch.float64, torch.int64, torch.int8, torch.bool])),
+    st.builds(
+        lambda v, dt: torch.tensor(v).to(dt),
+        st.sampled_from([2, -1, 0.5, 0]),
+        st.sampled_from([torch.float32, torch.float64, torch.int64, torch.int8, torch.bool]),
+    ),
 )
-MUTATIONS = ["param_del", "param_none", "param_rereg_same", "param_rereg_other", "param_new", "param_pop",
-             "param_dict_same", "param_dict_other", "param_dict_new", "param_data_same", "param_data_other",
-             "param_rg_toggle", "to_double", "to_float",
-             "buf_del", "buf_none", "buf_new", "buf_pop", "buf_dict_set",
-             "mod_del", "mod_none", "mod_replace", "mod_pop", "mod_dict_set", "mod_dict_none",
-             "load_sd", "parametrize", "unparametrize"]
-mutations = st.tuples(st.just("mut"), idx, st.sampled_from(MUTATIONS + ["parametrize", "unparametrize"]),
-                      st.integers(0, 63), param_kinds, st.integers(0, 2**16))
+MUTATIONS = [
+    "param_del",
+    "param_none",
+    "param_rereg_same",
+    "param_rereg_other",
+    "param_new",
+    "param_pop",
+    "param_dict_same",
+    "param_dict_other",
+    "param_dict_new",
+    "param_data_same",
+    "param_data_other",
+    "param_rg_toggle",
+    "to_double",
+    "to_float",
+    "buf_del",
+    "buf_none",
+    "buf_new",
+    "buf_pop",
+    "buf_dict_set",
+    "mod_del",
+    "mod_none",
+    "mod_replace",
+    "mod_pop",
+    "mod_dict_set",
+    "mod_dict_none",
+    "load_sd",
+    "parametrize",
+    "unparametrize",
+]
+mutations = st.tuples(
+    st.just("mut"),
+    idx,
+    st.sampled_from(MUTATIONS + ["parametrize", "unparametrize"]),
+    st.integers(0, 63),
+    param_kinds,
+    st.integers(0, 2**16),
+)
 particle_ops = st.tuples(st.just("pp"), idx, idx, ops, st.sampled_from(["out", "in", "m_rev"]), st.booleans(), idx)
 STEPS = {
-    "num": st.tuples(st.just("num"), idx, ops, st.sampled_from(["out", "rev", "in", "m_out", "m_rev", "m_in"]),
-                     numbers, st.booleans(), idx),
+    "num": st.tuples(
+        st.just("num"),
+        idx,
+        ops,
+        st.sampled_from(["out", "rev", "in", "m_out", "m_rev", "m_in"]),
+        numbers,
+        st.booleans(),
+        idx,
+    ),
     "pp": particle_ops,
     "mut": mutations,
-    "unary": st.tuples(st.just("unary"), idx, st.sampled_from(["neg", "pos", "clone", "detach", "randn"]),
-                       st.integers(0, 9), st.booleans(), idx),
+    "unary": st.tuples(
+        st.just("unary"),
+        idx,
+        st.sampled_from(["neg", "pos", "clone", "detach", "randn"]),
+        st.integers(0, 9),
+        st.booleans(),
+        idx,
+    ),
     "fuse": st.tuples(st.just("fuse"), idx, idx, idx, st.booleans(), st.booleans(), idx),
     "swarm": st.tuples(st.just("swarm"), idx, st.integers(1, 3), idx),
     "swarm_num": st.tuples(st.just("swarm_num"), idx, ops, st.sampled_from(["out", "rev", "in"]), numbers, idx),
@@ -1065,8 +1211,17 @@ STEPS = {
     "swarm_view": st.tuples(st.just("swarm_view"), idx, idx, ops, numbers),
 }
 # structural mutations and ops between particles weigh more
-WEIGHTS = {"num": 3, "pp": 4, "mut": 5, "unary": 2, "fuse": 2, "swarm": 1, "swarm_num": 1, "swarm_set": 1,
-           "swarm_view": 1}
+WEIGHTS = {
+    "num": 3,
+    "pp": 4,
+    "mut": 5,
+    "unary": 2,
+    "fuse": 2,
+    "swarm": 1,
+    "swarm_num": 1,
+    "swarm_set": 1,
+    "swarm_view": 1,
+}
 steps = st.sampled_from([k for k, w in WEIGHTS.items() for _ in range(w)]).flatmap(STEPS.__getitem__)
 
 

@@ -18,6 +18,7 @@ The graph must be acyclic: no strongly connected component of more than one
 module and no module importing itself, except the circles listed in
 ``ALLOWED`` (each with the reason it is still there).
 """
+
 from __future__ import annotations
 
 import ast
@@ -73,7 +74,7 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
     package = module if is_package else module.rpartition(".")[0]
     parts = package.split(".")
     if level > 1:
-        parts = parts[:len(parts) - (level - 1)]
+        parts = parts[: len(parts) - (level - 1)]
     base = ".".join(parts)
     return f"{base}.{name}" if name else base
 
@@ -105,8 +106,13 @@ def imports_of(module: str, path: Path, known: Set[str]) -> Set[str]:
                 add(sub if sub in known else base)
         elif isinstance(node, ast.Call):
             f = node.func
-            if (isinstance(f, ast.Attribute) and f.attr == "import_module" and node.args
-                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            if (
+                isinstance(f, ast.Attribute)
+                and f.attr == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 add(node.args[0].value)
     return out
 
@@ -194,18 +200,26 @@ def test_resolving_imports(tmp_path):
     (pkg / "sub" / "inner.py").write_text(
         "import importlib\n"
         "def f():\n    from .. import sub, _C\n    from ..sub import inner\n"
-        "    importlib.import_module('nytorch.other')\n")
-    (pkg / "other.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                  "    from nytorch.sub.inner import f\n")
+        "    importlib.import_module('nytorch.other')\n"
+    )
+    (pkg / "other.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nytorch.sub.inner import f\n"
+    )
     mods = source_modules(pkg)
     known = set(mods) | {"nytorch._C"}
     assert imports_of("nytorch.sub.inner", mods["nytorch.sub.inner"], known) == {
-        "nytorch.sub", "nytorch._C", "nytorch.sub.inner", "nytorch.other"}
+        "nytorch.sub",
+        "nytorch._C",
+        "nytorch.sub.inner",
+        "nytorch.other",
+    }
     got = {m: imports_of(m, p, known) & set(mods) for m, p in mods.items()}
-    assert got == {"nytorch": {"nytorch.sub"},
-                   "nytorch.sub": {"nytorch.sub.inner"},
-                   "nytorch.sub.inner": {"nytorch.sub", "nytorch.sub.inner", "nytorch.other"},
-                   "nytorch.other": {"nytorch.sub.inner"}}
+    assert got == {
+        "nytorch": {"nytorch.sub"},
+        "nytorch.sub": {"nytorch.sub.inner"},
+        "nytorch.sub.inner": {"nytorch.sub", "nytorch.sub.inner", "nytorch.other"},
+        "nytorch.other": {"nytorch.sub.inner"},
+    }
     assert circles(got) == [["nytorch.other", "nytorch.sub", "nytorch.sub.inner"]]
 
 
@@ -223,8 +237,9 @@ def test_allowed_circles_still_exist():
 
 def _left_out_by_import_nytorch() -> List[str]:
     code = "import sys, nytorch; print('\\n'.join(m for m in sys.modules if m.startswith('nytorch')))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                text=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    )
     return sorted(m for m in source_modules() if m not in loaded and m != "nytorch.__main__")
 
 
@@ -232,8 +247,7 @@ def _left_out_by_import_nytorch() -> List[str]:
 def test_every_module_imports_first(module):
     # a fresh interpreter whose first import is this module (after the root package,
     # which Python always runs first), then its package's public names
-    package = module.rpartition(".")[0] if not (SRC / module.split(".", 1)[1].replace(".", "/")).is_dir() \
-        else module
+    package = module.rpartition(".")[0] if not (SRC / module.split(".", 1)[1].replace(".", "/")).is_dir() else module
     code = f"import {module}, {package}; [getattr({package}, n) for n in getattr({package}, '__all__', [])]"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -4,25 +4,25 @@ Every way of looking at a lazy result must see the same Parameters, values
 and flags as an eagerly built one, and the laziness must never leak: no
 None values, no lost writes, no reference cycles.
 """
+
 import copy
 import gc
 import io
 import pickle
 import weakref
 
+import nytorch as nyto
 import pytest
 import torch
-from torch import nn
-
-import nytorch as nyto
 from nytorch._lazy import LazyParams, ParamDict
+from torch import nn
 
 
 class Net(nyto.NytoModule):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(3, 2)
-        self.head = nn.Linear(2, 1, bias=False)   # a None-valued key: bias
+        self.head = nn.Linear(2, 1, bias=False)  # a None-valued key: bias
         self.scale = nn.Parameter(torch.tensor(2.0))
         self.register_buffer("count", torch.tensor(0))
 
@@ -63,10 +63,28 @@ def test_result_starts_lazy_and_becomes_plain_once_looked_at():
     assert_values(r, expected(a, b))
 
 
-@pytest.mark.parametrize("look", [
-    "named_parameters", "parameters", "state_dict", "items", "values", "dict", "iter", "get",
-    "repr", "eq", "copy", "functional_call", "forward", "deepcopy", "pickle", "torch_save", "to",
-])
+@pytest.mark.parametrize(
+    "look",
+    [
+        "named_parameters",
+        "parameters",
+        "state_dict",
+        "items",
+        "values",
+        "dict",
+        "iter",
+        "get",
+        "repr",
+        "eq",
+        "copy",
+        "functional_call",
+        "forward",
+        "deepcopy",
+        "pickle",
+        "torch_save",
+        "to",
+    ],
+)
 def test_every_look_sees_the_made_parameters(look):
     a, b, r = lazy_result()
     want = expected(a, b)
@@ -139,7 +157,7 @@ def test_requires_grad_follows_the_left_operand_through_lazy_chains():
     a, b, _ = lazy_result()
     a.fc.bias.requires_grad_(False)
     a + b  # a's State is unchanged: flags are read per op
-    r = ((a + b) * 2 + 1) - b   # three lazy results in a row
+    r = ((a + b) * 2 + 1) - b  # three lazy results in a row
     flags = {k: p.requires_grad for k, p in r.named_parameters()}
     assert flags == {k: p.requires_grad for k, p in a.named_parameters()}
     assert flags["fc.bias"] is False and flags["fc.weight"] is True
@@ -178,7 +196,7 @@ def test_in_place_ops_on_a_lazy_result_then_optimizer():
 
 def test_autograd_sees_in_place_ops_on_made_parameters():
     a, b, r = lazy_result()
-    y = (r.scale ** 2).sum()  # pow saves scale for backward
+    y = (r.scale**2).sum()  # pow saves scale for backward
     v0 = r.scale._version
     r += 1  # one kernel on the flat: every parameter's version moves
     assert r.scale._version > v0
@@ -201,8 +219,12 @@ def test_dead_lazy_results_are_freed_without_the_collector():
     gc.disable()
     try:
         r = a + b
-        refs = [weakref.ref(r), weakref.ref(r.fc), weakref.ref(r.fc.__dict__["_parameters"]),
-                weakref.ref(r.__dict__["_nyto_state"])]
+        refs = [
+            weakref.ref(r),
+            weakref.ref(r.fc),
+            weakref.ref(r.fc.__dict__["_parameters"]),
+            weakref.ref(r.__dict__["_nyto_state"]),
+        ]
         del r
         assert all(ref() is None for ref in refs)
         r = a + b

@@ -4,16 +4,16 @@ Fast route (contiguous float tensors, fused kernel), slow route (anything
 else, per-tensor ATen), random fills, opcheck, torch.compile, bad input and
 the CPU instruction-set choice.
 """
+
 import itertools
 import os
 import re
 import subprocess
 import sys
 
+import nytorch
 import pytest
 import torch
-
-import nytorch
 from nytorch import ops
 from nytorch.ops import ELEMENTWISE_OPS, RANDOM_OPS
 
@@ -60,21 +60,47 @@ assert set(REF) == set(ELEMENTWISE_OPS)
 
 # Float scalars per op, plus extra cases (lerp's two branches, pow's special exponents).
 SCALARS = {
-    "add_scalar": (0.3,), "sub_scalar": (1.7,), "mul_scalar": (-1.3,), "div_scalar": (0.7,),
-    "pow_scalar": (2.0,), "rsub_scalar": (2.5,), "rdiv_scalar": (2.5,), "rpow_scalar": (1.5,),
-    "axpby": (1.5, -0.7), "lerp": (0.3,), "addcmul": (0.5,), "pso_velocity": (0.7, 1.5, 1.3),
-    "fill": (1.25,), "hypot_scalar": (2.3,),
+    "add_scalar": (0.3,),
+    "sub_scalar": (1.7,),
+    "mul_scalar": (-1.3,),
+    "div_scalar": (0.7,),
+    "pow_scalar": (2.0,),
+    "rsub_scalar": (2.5,),
+    "rdiv_scalar": (2.5,),
+    "rpow_scalar": (1.5,),
+    "axpby": (1.5, -0.7),
+    "lerp": (0.3,),
+    "addcmul": (0.5,),
+    "pso_velocity": (0.7, 1.5, 1.3),
+    "fill": (1.25,),
+    "hypot_scalar": (2.3,),
 }
 INT_SCALARS = {
-    "add_scalar": (3,), "sub_scalar": (2,), "mul_scalar": (-3,), "div_scalar": (2,),
-    "pow_scalar": (2,), "rsub_scalar": (5,), "rdiv_scalar": (6,), "rpow_scalar": (2,),
-    "axpby": (2, -3), "lerp": (1,), "addcmul": (2,), "pso_velocity": (2, 3, -1), "fill": (7,),
+    "add_scalar": (3,),
+    "sub_scalar": (2,),
+    "mul_scalar": (-3,),
+    "div_scalar": (2,),
+    "pow_scalar": (2,),
+    "rsub_scalar": (5,),
+    "rdiv_scalar": (6,),
+    "rpow_scalar": (2,),
+    "axpby": (2, -3),
+    "lerp": (1,),
+    "addcmul": (2,),
+    "pso_velocity": (2, 3, -1),
+    "fill": (7,),
     "hypot_scalar": (3,),
 }
 CASES = [(op, SCALARS.get(op, ())) for op in ELEMENTWISE_OPS] + [
-    ("lerp", (0.7,)), ("lerp", (-0.2,)),
-    ("pow_scalar", (0.5,)), ("pow_scalar", (-1.0,)), ("pow_scalar", (1.7,)), ("pow_scalar", (3,)),
-    ("hypot_scalar", (-0.0,)), ("hypot_scalar", (float("inf"),)), ("hypot_scalar", (1e30,)),
+    ("lerp", (0.7,)),
+    ("lerp", (-0.2,)),
+    ("pow_scalar", (0.5,)),
+    ("pow_scalar", (-1.0,)),
+    ("pow_scalar", (1.7,)),
+    ("pow_scalar", (3,)),
+    ("hypot_scalar", (-0.0,)),
+    ("hypot_scalar", (float("inf"),)),
+    ("hypot_scalar", (1e30,)),
 ]
 CASE_IDS = [f"{op}{s if op in ('lerp', 'pow_scalar', 'hypot_scalar') else ''}" for op, s in CASES]
 
@@ -83,8 +109,24 @@ CASE_IDS = [f"{op}{s if op in ('lerp', 'pow_scalar', 'hypot_scalar') else ''}" f
 # tail), x ** 0.5 (torch's AVX2 float sqrt is within 1 ulp, the kernel's is
 # correctly rounded) and addcmul (torch's AVX2 build lets the compiler contract
 # the scalar tail of its kernel, x + v*y*z, into an FMA: 1 ulp apart there).
-EXACT = {"neg", "copy", "fill", "add", "sub", "mul", "div", "add_scalar", "sub_scalar",
-         "mul_scalar", "div_scalar", "rsub_scalar", "rdiv_scalar", "axpby", "pso_velocity", "lerp"}
+EXACT = {
+    "neg",
+    "copy",
+    "fill",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "add_scalar",
+    "sub_scalar",
+    "mul_scalar",
+    "div_scalar",
+    "rsub_scalar",
+    "rdiv_scalar",
+    "axpby",
+    "pso_velocity",
+    "lerp",
+}
 POSITIVE_BASE = {"pow", "pow_scalar", "rpow_scalar"}
 
 
@@ -197,8 +239,9 @@ def make_lists(op, inplace, shapes, dtypes, device, layout="contig", kind="float
 # ---------------------------------------------------------------------------
 # Fast and slow route against the reference, every op x dtype x layout x set.
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout,tset", [(lay, ts) for lay in LAYOUTS for ts in SETS
-                                         if (lay, ts) != ("noncontig", "large")])  # per-tensor ATen: size is moot
+@pytest.mark.parametrize(
+    "layout,tset", [(lay, ts) for lay in LAYOUTS for ts in SETS if (lay, ts) != ("noncontig", "large")]
+)  # per-tensor ATen: size is moot
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("op,scalars", CASES, ids=CASE_IDS)
@@ -326,9 +369,15 @@ def test_mixed_dtypes(op, inplace):
 # Random fills.
 def _rand_lists():
     base = torch.empty(300, 400)
-    return [torch.empty(100_000), torch.empty(100_000, dtype=torch.float64),
-            torch.empty(250, 400, dtype=torch.bfloat16), torch.empty(100_000),
-            torch.empty(7, dtype=torch.float64), torch.empty(0), base.t()]  # last: non-contiguous
+    return [
+        torch.empty(100_000),
+        torch.empty(100_000, dtype=torch.float64),
+        torch.empty(250, 400, dtype=torch.bfloat16),
+        torch.empty(100_000),
+        torch.empty(7, dtype=torch.float64),
+        torch.empty(0),
+        base.t(),
+    ]  # last: non-contiguous
 
 
 def _draw(name, inplace, xs, a, b, **kw):
@@ -339,8 +388,9 @@ def _draw(name, inplace, xs, a, b, **kw):
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
-@pytest.mark.parametrize("name,a,b", [("normal", 0.0, 1.0), ("normal", 2.0, 3.0),
-                                      ("uniform", 0.0, 1.0), ("uniform", -2.0, 5.0)])
+@pytest.mark.parametrize(
+    "name,a,b", [("normal", 0.0, 1.0), ("normal", 2.0, 3.0), ("uniform", 0.0, 1.0), ("uniform", -2.0, 5.0)]
+)
 def test_random_distribution(name, a, b, inplace):
     xs = _rand_lists()
     versions = [t._version for t in xs]
@@ -361,7 +411,7 @@ def test_random_distribution(name, a, b, inplace):
             assert f.min().item() >= a
             assert f.max().item() < b if t.dtype != torch.bfloat16 else f.max().item() <= b
             assert abs(f.mean().item() - (a + b) / 2) < 0.01 * (b - a)
-            assert abs(f.std().item() - (b - a) / 12 ** 0.5) < 0.01 * (b - a)
+            assert abs(f.std().item() - (b - a) / 12**0.5) < 0.01 * (b - a)
     # Tensors of one (device, dtype) group get different samples.
     assert not torch.equal(out[0], out[3])
 
@@ -408,8 +458,7 @@ def test_random_bad_input():
 # ---------------------------------------------------------------------------
 # opcheck: schema, autograd registration, fake kernels, AOT dispatch.
 def _opcheck_args(op, inplace):
-    lists, _ = make_lists(op, inplace, [(3,), (2, 4)], [[torch.float32] * 2] * n_lists(op, inplace),
-                          "cpu", seed=2)
+    lists, _ = make_lists(op, inplace, [(3,), (2, 4)], [[torch.float32] * 2] * n_lists(op, inplace), "cpu", seed=2)
     return (*lists, *SCALARS.get(op, ()))
 
 
@@ -426,8 +475,11 @@ def test_opcheck_random(name, inplace):
     handle = getattr(torch.ops.nytorch, name + ("_" if inplace else "")).default
     # test_aot_dispatch_dynamic compares the values of two runs, which a
     # random op can't match; the schema/registration/fake checks still apply.
-    torch.library.opcheck(handle, ([torch.empty(3), torch.empty(2, 4)], 0.5, 2.0),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(
+        handle,
+        ([torch.empty(3), torch.empty(2, 4)], 0.5, 2.0),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
     # ...and with a non-contiguous input the fake kernel's strides still match.
     torch.library.opcheck(handle, ([torch.empty(4, 3).t()],), test_utils=("test_faketensor",))
 
@@ -437,8 +489,7 @@ def test_opcheck_noncontiguous_and_int(op):
     """The fake kernels describe the slow route's results too (dtype, strides)."""
     handle = getattr(torch.ops.nytorch, op).default
     nl = n_lists(op, False)
-    lists, _ = make_lists(op, False, [(3, 4), (5,)], [[torch.float32] * 2] * nl, "cpu",
-                          layout="noncontig", seed=3)
+    lists, _ = make_lists(op, False, [(3, 4), (5,)], [[torch.float32] * 2] * nl, "cpu", layout="noncontig", seed=3)
     torch.library.opcheck(handle, (*lists, *SCALARS.get(op, ())), test_utils=("test_faketensor",))
     lists, _ = make_lists(op, False, [(3, 4), (5,)], [[torch.int64] * 2] * nl, "cpu", kind="int")
     torch.library.opcheck(handle, (*lists, *SCALARS.get(op, ())), test_utils=("test_faketensor",))
@@ -451,8 +502,7 @@ def test_compile_chain_matches_eager():
         ops.addcmul_(b, ys, zs, 0.25)
         return ops.add(b, xs)
 
-    lists, _ = make_lists("addcmul", False, [(3, 5), (17,), (2, 3, 4)], [[torch.float32] * 3] * 3,
-                          "cpu", seed=4)
+    lists, _ = make_lists("addcmul", False, [(3, 5), (17,), (2, 3, 4)], [[torch.float32] * 3] * 3, "cpu", seed=4)
     eager = chain(*lists)
     torch._dynamo.reset()
     compiled = torch.compile(chain, fullgraph=True)(*lists)
@@ -468,8 +518,7 @@ FORM_IDS = [op + ("_" if ip else "") for op, ip in INPLACE_FORMS]
 
 
 def _good(op, inplace, n=3, dtype=torch.float32):
-    lists, _ = make_lists(op, inplace, [(3, 4), (5,), (2, 3)][:n], [[dtype] * n] * n_lists(op, inplace),
-                          "cpu", seed=5)
+    lists, _ = make_lists(op, inplace, [(3, 4), (5,), (2, 3)][:n], [[dtype] * n] * n_lists(op, inplace), "cpu", seed=5)
     return lists
 
 
@@ -529,8 +578,7 @@ def test_complex_scalar(op, inplace):
     scalars = list(SCALARS[op])
     scalars[-1] = 1 + 2j
     before = snapshot(lists)
-    with pytest.raises(RuntimeError,
-                       match=_name(op, inplace) + f"scalar argument {len(scalars) - 1} is complex"):
+    with pytest.raises(RuntimeError, match=_name(op, inplace) + f"scalar argument {len(scalars) - 1} is complex"):
         call(op, inplace, lists, scalars)
     assert_unchanged(lists, before)
 
@@ -542,8 +590,12 @@ def _overlapping():
     yield "add", [[torch.ones(4), base[1:5]], [torch.ones(4), base[0:4]]], (), "partial overlap at index 1"
     yield "neg", [[torch.ones(3), torch.tensor([True, False])]], (), "index 1"
     yield "sub", [[torch.arange(3), torch.arange(2)], [torch.arange(3), torch.tensor([True, False])]], (), "index 1"
-    yield "pow", [[torch.ones(2), torch.tensor([True, False])], [torch.ones(2), torch.tensor([True, True])]], (), \
-        "index 1"
+    yield (
+        "pow",
+        [[torch.ones(2), torch.tensor([True, False])], [torch.ones(2), torch.tensor([True, True])]],
+        (),
+        "index 1",
+    )
 
 
 @pytest.mark.parametrize("case", range(5))
@@ -599,8 +651,18 @@ inputs = torch.load(sys.argv[1])
 out = {k: getattr(ops, k.split(':')[0])(*v) for k, v in inputs.items()}
 torch.save((nytorch._C.cpu_isa(), out), sys.argv[2])
 """
-ISA_OPS = {"add": (), "div": (), "mul_scalar": (-1.3,), "rdiv_scalar": (2.5,), "pow_scalar": (1.7,),
-           "pow": (), "axpby": (1.5, -0.7), "lerp": (0.3,), "addcmul": (0.5,), "pso_velocity": (0.7, 1.5, 1.3)}
+ISA_OPS = {
+    "add": (),
+    "div": (),
+    "mul_scalar": (-1.3,),
+    "rdiv_scalar": (2.5,),
+    "pow_scalar": (1.7,),
+    "pow": (),
+    "axpby": (1.5, -0.7),
+    "lerp": (0.3,),
+    "addcmul": (0.5,),
+    "pso_velocity": (0.7, 1.5, 1.3),
+}
 
 
 def test_cpu_isa_default_matches(tmp_path):
@@ -611,8 +673,12 @@ def test_cpu_isa_default_matches(tmp_path):
         inputs[f"{op}:{dtype}"] = (*lists, *ISA_OPS[op])
     torch.save(inputs, tmp_path / "in.pt")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                   env=env, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", _ISA_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+        env=env,
+        check=True,
+        timeout=120,
+    )
     isa, theirs = torch.load(tmp_path / "out.pt")
     assert isa == "DEFAULT"
     assert nytorch._C.cpu_isa() in ("AVX2", "DEFAULT")

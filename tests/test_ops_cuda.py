@@ -2,19 +2,26 @@
 
 Skipped without a GPU or when nytorch was built without its CUDA kernels.
 """
+
 import pytest
 import torch
-
 from nytorch import ops
 from nytorch._build_info import WITH_CUDA
 
 pytestmark = pytest.mark.skipif(
-    not (torch.cuda.is_available() and WITH_CUDA),
-    reason="needs a CUDA device and nytorch built with NYTO_CUDA")
+    not (torch.cuda.is_available() and WITH_CUDA), reason="needs a CUDA device and nytorch built with NYTO_CUDA"
+)
 
 DEVICE = "cuda"
-SCALARS = {"pow_scalar": (1.7,), "rpow_scalar": (1.3,), "axpby": (0.7, -1.2), "lerp": (0.3,),
-           "addcmul": (0.5,), "pso_velocity": (0.7, 1.5, 1.4), "fill": (2.5,)}
+SCALARS = {
+    "pow_scalar": (1.7,),
+    "rpow_scalar": (1.3,),
+    "axpby": (0.7, -1.2),
+    "lerp": (0.3,),
+    "addcmul": (0.5,),
+    "pso_velocity": (0.7, 1.5, 1.4),
+    "fill": (2.5,),
+}
 
 
 def reference(name, xs, s):
@@ -23,14 +30,16 @@ def reference(name, xs, s):
     if name in ("add", "sub", "mul", "div", "pow"):
         return getattr(torch, name)(x, xs[1])
     if name.endswith("_scalar"):
-        base = name[:-len("_scalar")]
+        base = name[: -len("_scalar")]
         if base.startswith("r"):
-            return {"rsub": lambda: s[0] - x, "rdiv": lambda: s[0] / x,
-                    "rpow": lambda: torch.pow(s[0], x)}[base]()
+            return {"rsub": lambda: s[0] - x, "rdiv": lambda: s[0] / x, "rpow": lambda: torch.pow(s[0], x)}[base]()
         return getattr(torch, base)(x, s[0])
     return {
-        "neg": lambda: -x, "copy": lambda: x.clone(), "fill": lambda: torch.full_like(x, s[0]),
-        "axpby": lambda: x * s[0] + xs[1] * s[1], "lerp": lambda: torch.lerp(x, xs[1], s[0]),
+        "neg": lambda: -x,
+        "copy": lambda: x.clone(),
+        "fill": lambda: torch.full_like(x, s[0]),
+        "axpby": lambda: x * s[0] + xs[1] * s[1],
+        "lerp": lambda: torch.lerp(x, xs[1], s[0]),
         "addcmul": lambda: torch.addcmul(x, xs[1], xs[2], value=s[0]),
         "pso_velocity": lambda: s[0] * x + s[1] * xs[4] * (xs[2] - xs[1]) + s[2] * xs[5] * (xs[3] - xs[1]),
     }[name]()
@@ -49,7 +58,7 @@ def make(sizes, dtype, misalign=False):
 
 def check(name, inplace, sizes, dtype, misalign=False):
     n_lists, _ = ops.ELEMENTWISE_OPS[name]
-    s = SCALARS.get(name, (2.5,))[:ops.ELEMENTWISE_OPS[name][1]]
+    s = SCALARS.get(name, (2.5,))[: ops.ELEMENTWISE_OPS[name][1]]
     lists = [make(sizes, dtype, misalign) for _ in range(n_lists + (name == "copy" and inplace))]
     # bfloat16/float16 are computed in float (opmath) and rounded once.
     ref_dt = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype

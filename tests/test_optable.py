@@ -14,9 +14,9 @@ import nytorch as nyto
 import pytest
 import torch
 from nytorch import _C, ops
+from nytorch import fuse as F
 from nytorch._fuse import program as _fuse_program
 from nytorch._fuse import trace as _fuse_trace
-from nytorch import fuse as F
 from nytorch._fuse.trace import apply
 
 OP_ROWS = list(ops.OP_TABLE)

@@ -6,6 +6,7 @@ Every value is compared with ``[p.detach() op q.detach() for ...]`` over
 nn.Conv2d / nn.BatchNorm2d / nn.Linear / nn.Sequential / nn.ModuleList
 children and a NytoModule sub-particle.
 """
+
 import copy
 import gc
 import io
@@ -16,12 +17,11 @@ import re
 import weakref
 from collections import OrderedDict
 
+import nytorch as nyto
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
-
-import nytorch as nyto
 
 # --------------------------------------------------------------------------
 # Module classes (module level, so pickle finds them)
@@ -208,10 +208,8 @@ def no_gc():
 # The shared reference helper
 # --------------------------------------------------------------------------
 
-OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-       "**": operator.pow}
-IOPS = {"+": operator.iadd, "-": operator.isub, "*": operator.imul, "/": operator.itruediv,
-        "**": operator.ipow}
+OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
+IOPS = {"+": operator.iadd, "-": operator.isub, "*": operator.imul, "/": operator.itruediv, "**": operator.ipow}
 UNARY = {"neg": operator.neg, "pos": operator.pos}
 SYMS = list(OPS)
 
@@ -261,8 +259,9 @@ def _close(got, want, exact=False):
             torch.testing.assert_close(torch.cat(gs), torch.cat(ws), equal_nan=True, **tol)
         except AssertionError:
             for name, g in got.items():
-                torch.testing.assert_close(g.detach(), want[name].detach(), equal_nan=True,
-                                           msg=lambda m, name=name: f"{name}: {m}", **tol)
+                torch.testing.assert_close(
+                    g.detach(), want[name].detach(), equal_nan=True, msg=lambda m, name=name: f"{name}: {m}", **tol
+                )
             raise
 
 
@@ -271,9 +270,11 @@ def assert_values(m, ref):
 
 
 def snapshot(m):
-    return (dict(m.named_parameters()),
-            {n: p.detach().clone() for n, p in m.named_parameters()},
-            {n: b.detach().clone() for n, b in m.named_buffers()})
+    return (
+        dict(m.named_parameters()),
+        {n: p.detach().clone() for n, p in m.named_parameters()},
+        {n: b.detach().clone() for n, b in m.named_buffers()},
+    )
 
 
 def assert_unchanged(m, snap):
@@ -294,8 +295,9 @@ def assert_same_structure(r, src, dtypes=None):
     b = [(n, p.shape, dtypes.get(n, p.dtype)) for n, p in src.named_parameters()]
     assert a == b
     assert [n for n, _ in r.named_modules()] == [n for n, _ in src.named_modules()]
-    assert [(n, t.shape, t.dtype) for n, t in r.named_buffers()] == \
-        [(n, t.shape, t.dtype) for n, t in src.named_buffers()]
+    assert [(n, t.shape, t.dtype) for n, t in r.named_buffers()] == [
+        (n, t.shape, t.dtype) for n, t in src.named_buffers()
+    ]
 
 
 def assert_buffers_copied(r, src):
@@ -313,8 +315,7 @@ def assert_new_particle(r, src, operands=(), dtypes=None):
     Parameter objects, requires_grad per parameter, buffers copied, same repr."""
     assert r is not src
     assert_same_structure(r, src, dtypes)
-    old = {id(p) for m in (src,) + tuple(x for x in operands if isinstance(x, nn.Module))
-           for p in m.parameters()}
+    old = {id(p) for m in (src,) + tuple(x for x in operands if isinstance(x, nn.Module)) for p in m.parameters()}
     srg = dict(src.named_parameters())
     for n, p in r.named_parameters():
         assert type(p) is nn.Parameter, n
@@ -355,10 +356,20 @@ def assert_flat_storage(m):
             assert p.data_ptr() == prev.data_ptr() + prev.numel() * prev.element_size(), key
 
 
-NUMBERS = [3, -2, 0, 2.5, -0.75, True, False, torch.tensor(1.5), torch.tensor(-2),
-           torch.tensor(True), torch.tensor(0.25, dtype=torch.float64)]
-NUMBER_IDS = ["int3", "int-2", "int0", "float2.5", "float-0.75", "True", "False", "t1.5",
-              "t-2", "tTrue", "t0.25f64"]
+NUMBERS = [
+    3,
+    -2,
+    0,
+    2.5,
+    -0.75,
+    True,
+    False,
+    torch.tensor(1.5),
+    torch.tensor(-2),
+    torch.tensor(True),
+    torch.tensor(0.25, dtype=torch.float64),
+]
+NUMBER_IDS = ["int3", "int-2", "int0", "float2.5", "float-0.75", "True", "False", "t1.5", "t-2", "tTrue", "t0.25f64"]
 
 
 # --------------------------------------------------------------------------
@@ -367,54 +378,64 @@ NUMBER_IDS = ["int3", "int-2", "int0", "float2.5", "float-0.75", "True", "False"
 
 
 def test_spec_number_op():
-    net = NytoLinear(torch.Tensor([2.]), torch.Tensor([1.]))
+    net = NytoLinear(torch.Tensor([2.0]), torch.Tensor([1.0]))
     new_net = net + 10
-    assert torch.equal(net.weight, torch.tensor([2.])) and torch.equal(net.bias, torch.tensor([1.]))
-    assert torch.equal(new_net.weight, torch.tensor([12.]))
-    assert torch.equal(new_net.bias, torch.tensor([11.]))
+    assert torch.equal(net.weight, torch.tensor([2.0])) and torch.equal(net.bias, torch.tensor([1.0]))
+    assert torch.equal(new_net.weight, torch.tensor([12.0]))
+    assert torch.equal(new_net.bias, torch.tensor([11.0]))
     assert repr(new_net.weight) == "Parameter containing:\ntensor([12.], requires_grad=True)"
 
 
 def test_spec_particle_op():
-    net = NytoLinear(torch.Tensor([2.]), torch.Tensor([1.]))
+    net = NytoLinear(torch.Tensor([2.0]), torch.Tensor([1.0]))
     new_net = net + net
-    assert torch.equal(net.weight, torch.tensor([2.])) and torch.equal(net.bias, torch.tensor([1.]))
-    assert torch.equal(new_net.weight, torch.tensor([4.]))
-    assert torch.equal(new_net.bias, torch.tensor([2.]))
+    assert torch.equal(net.weight, torch.tensor([2.0])) and torch.equal(net.bias, torch.tensor([1.0]))
+    assert torch.equal(new_net.weight, torch.tensor([4.0]))
+    assert torch.equal(new_net.bias, torch.tensor([2.0]))
 
 
 def test_spec_operator_list():
-    net = NytoLinear(torch.Tensor([2.]), torch.Tensor([1.]))
-    w, b = 2., 1.
-    for res, (ew, eb) in [(+net, (w, b)), (-net, (-w, -b)), (net ** 2, (w ** 2, b ** 2)),
-                          (net + 2, (w + 2, b + 2)), (net - 2, (w - 2, b - 2)),
-                          (net * 2, (w * 2, b * 2)), (net / 2, (w / 2, b / 2)),
-                          (2 ** net, (2 ** w, 2 ** b)), (2 + net, (2 + w, 2 + b)),
-                          (2 - net, (2 - w, 2 - b)), (2 * net, (2 * w, 2 * b)),
-                          (2 / net, (2 / w, 2 / b)), (net ** net, (w ** w, b ** b)),
-                          (net - net, (0., 0.)), (net * net, (w * w, b * b)),
-                          (net / net, (1., 1.))]:
+    net = NytoLinear(torch.Tensor([2.0]), torch.Tensor([1.0]))
+    w, b = 2.0, 1.0
+    for res, (ew, eb) in [
+        (+net, (w, b)),
+        (-net, (-w, -b)),
+        (net**2, (w**2, b**2)),
+        (net + 2, (w + 2, b + 2)),
+        (net - 2, (w - 2, b - 2)),
+        (net * 2, (w * 2, b * 2)),
+        (net / 2, (w / 2, b / 2)),
+        (2**net, (2**w, 2**b)),
+        (2 + net, (2 + w, 2 + b)),
+        (2 - net, (2 - w, 2 - b)),
+        (2 * net, (2 * w, 2 * b)),
+        (2 / net, (2 / w, 2 / b)),
+        (net**net, (w**w, b**b)),
+        (net - net, (0.0, 0.0)),
+        (net * net, (w * w, b * b)),
+        (net / net, (1.0, 1.0)),
+    ]:
         assert type(res) is NytoLinear
         assert torch.equal(res.weight, torch.tensor([ew])) and torch.equal(res.bias, torch.tensor([eb]))
-    n = NytoLinear(torch.Tensor([2.]), torch.Tensor([1.]))
+    n = NytoLinear(torch.Tensor([2.0]), torch.Tensor([1.0]))
     n **= 2
     n += 2
     n -= 2
     n *= 2
     n /= 2
-    assert torch.equal(n.weight, torch.tensor([4.])) and torch.equal(n.bias, torch.tensor([1.]))
+    assert torch.equal(n.weight, torch.tensor([4.0])) and torch.equal(n.bias, torch.tensor([1.0]))
     other = n.clone()
     n **= other
     n += other
     n -= other
     n *= other
     n /= other
-    assert torch.equal(n.weight, torch.tensor([256.])) and torch.equal(n.bias, torch.tensor([1.]))
+    assert torch.equal(n.weight, torch.tensor([256.0])) and torch.equal(n.bias, torch.tensor([1.0]))
 
 
 def test_spec_species():
-    net1 = NytoLinear(torch.Tensor([1.]), torch.Tensor([2.]))
-    net2 = NytoLinear(torch.Tensor([3.]), torch.Tensor([4.]))
+    net1 = NytoLinear(torch.Tensor([1.0]), torch.Tensor([2.0]))
+    net2 = NytoLinear(torch.Tensor([3.0]), torch.Tensor([4.0]))
     net3 = net1 + 10
     with pytest.raises(AssertionError):
         net1 + net2
@@ -422,11 +443,11 @@ def test_spec_species():
     net3.load_state_dict(net2.state_dict())
     res = net1 + net3
     assert repr(res) == "NytoLinear()"
-    assert torch.equal(res.weight, torch.tensor([4.])) and torch.equal(res.bias, torch.tensor([6.]))
+    assert torch.equal(res.weight, torch.tensor([4.0])) and torch.equal(res.bias, torch.tensor([6.0]))
 
 
 def test_spec_clone_detach():
-    net = NytoLinear(torch.Tensor([1.]), torch.Tensor([2.]))
+    net = NytoLinear(torch.Tensor([1.0]), torch.Tensor([2.0]))
     net_clone = net.clone()
     assert net.weight is not net_clone.weight and net.bias is not net_clone.bias
     assert torch.equal(net.weight, net_clone.weight) and torch.equal(net.bias, net_clone.bias)
@@ -438,22 +459,22 @@ def test_spec_clone_detach():
 
 
 def test_spec_clone_from():
-    net1 = NytoLinear(torch.Tensor([1.]), torch.Tensor([2.]))
-    net2 = NytoLinear(torch.Tensor([3.]), torch.Tensor([4.]))
+    net1 = NytoLinear(torch.Tensor([1.0]), torch.Tensor([2.0]))
+    net2 = NytoLinear(torch.Tensor([3.0]), torch.Tensor([4.0]))
     a = net1.clone()
     a.load_state_dict(net2.state_dict())
     b = net1.clone_from(net2)
     for net3 in (a, b):
-        assert torch.equal(net3.weight, torch.tensor([3.])) and torch.equal(net3.bias, torch.tensor([4.]))
+        assert torch.equal(net3.weight, torch.tensor([3.0])) and torch.equal(net3.bias, torch.tensor([4.0]))
         assert net3.weight is not net2.weight
-        assert torch.equal((net1 + net3).weight, torch.tensor([4.]))
+        assert torch.equal((net1 + net3).weight, torch.tensor([4.0]))
         with pytest.raises(AssertionError):
             net3 + net2
-    assert torch.equal(net1.weight, torch.tensor([1.]))
+    assert torch.equal(net1.weight, torch.tensor([1.0]))
 
 
 def test_spec_randn():
-    net = NytoLinear(torch.Tensor([1.]), torch.Tensor([2.]))
+    net = NytoLinear(torch.Tensor([1.0]), torch.Tensor([2.0]))
     net_randn = net.randn()
     assert net_randn.weight.shape == (1,) and net_randn.bias.shape == (1,)
     assert net_randn.weight.requires_grad
@@ -466,8 +487,8 @@ def test_spec_submodule():
     new_root_module = root_module + 10
     new_sub_moudle = sub_moudle + 10
     assert repr(new_root_module) == (
-        "ResLayer(\n  (sub_moudle): Layer(\n"
-        "    (lin): Linear(in_features=12, out_features=2, bias=True)\n  )\n)")
+        "ResLayer(\n  (sub_moudle): Layer(\n    (lin): Linear(in_features=12, out_features=2, bias=True)\n  )\n)"
+    )
     assert repr(new_sub_moudle) == "Layer(\n  (lin): Linear(in_features=12, out_features=2, bias=True)\n)"
     assert new_root_module.sub_moudle is not new_sub_moudle
     assert new_sub_moudle is not sub_moudle
@@ -477,8 +498,9 @@ def test_spec_submodule():
     # (the spec's ResLayer(12, 2) cannot run forward: the residual needs in == out)
     square = ResLayer(4, 4)
     x = torch.randn(5, 4)
-    torch.testing.assert_close((square + 10)(x), functional_call(
-        square, {n: p + 10 for n, p in square.named_parameters()}, (x,)))
+    torch.testing.assert_close(
+        (square + 10)(x), functional_call(square, {n: p + 10 for n, p in square.named_parameters()}, (x,))
+    )
 
 
 # --------------------------------------------------------------------------
@@ -552,8 +574,7 @@ def test_number_op_inplace(dtype, k, sym):
     for n, b in net.named_buffers():
         assert torch.equal(b, bufs[n]), n
     # the optimizer built before the op steps the module's own parameters
-    assert [id(p) for p in opt.param_groups[0]["params"]] == \
-        [id(p) for p in net.parameters() if p.requires_grad]
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in net.parameters() if p.requires_grad]
     for p in net.parameters():
         if p.requires_grad:
             p.grad = torch.ones_like(p)
@@ -629,6 +650,7 @@ def test_particle_op_inplace(dtype, pair, sym):
 
 def _forms(sym):
     """(label, fn(a, b)) for every way two particles meet under `sym`."""
+
     def inplace_ab(a, b):
         x = a
         x = IOPS[sym](x, b)
@@ -636,8 +658,13 @@ def _forms(sym):
     def inplace_ba(a, b):
         x = b
         x = IOPS[sym](x, a)
-    return [("a_op_b", lambda a, b: OPS[sym](a, b)), ("b_op_a", lambda a, b: OPS[sym](b, a)),
-            ("a_iop_b", inplace_ab), ("b_iop_a", inplace_ba)]
+
+    return [
+        ("a_op_b", lambda a, b: OPS[sym](a, b)),
+        ("b_op_a", lambda a, b: OPS[sym](b, a)),
+        ("a_iop_b", inplace_ab),
+        ("b_iop_a", inplace_ba),
+    ]
 
 
 FORMS = ["a_op_b", "b_op_a", "a_iop_b", "b_iop_a"]
@@ -667,8 +694,19 @@ def test_species_mismatch(other, sym, form):
 def test_species_is_kept_by_ops_and_copies():
     net = make("mixed")
     other = make("mixed")
-    members = [net, net + 1, 2 * net, -net, +net, net ** net, net.clone(), net.randn(), net.rand(),
-               net.clone_from(other), (net + 1).clone().randn()]
+    members = [
+        net,
+        net + 1,
+        2 * net,
+        -net,
+        +net,
+        net**net,
+        net.clone(),
+        net.randn(),
+        net.rand(),
+        net.clone_from(other),
+        (net + 1).clone().randn(),
+    ]
     for x in members:
         assert x._nyto_species is net._nyto_species
         assert x.inner._nyto_species is net.inner._nyto_species
@@ -792,8 +830,7 @@ def test_submodule_inplace_changes_only_submodule(dtype, first):
     net *= 2
     assert_values(net, {n: v * 2 for n, v in after.items()})
     net.inner -= net.inner.clone()
-    assert_values(net, {n: (torch.zeros_like(v) if n.startswith("inner.") else v * 2)
-                        for n, v in after.items()})
+    assert_values(net, {n: (torch.zeros_like(v) if n.startswith("inner.") else v * 2) for n, v in after.items()})
     net.eval()
     assert torch.isfinite(net(image())).all()
 
@@ -886,8 +923,11 @@ REPOINTS = {
     "new_storage": lambda net: torch.randn_like(net.weight),
     "clone": lambda net: net.weight.data.clone() + 1,
     # same storage (the flat), same shape, another offset: over the bias and beyond
-    "other_offset": lambda net: net.weight.data.view(-1)[0:1].new_empty(0).set_(
-        net.weight.untyped_storage(), net.weight.storage_offset() + 1, net.weight.shape),
+    "other_offset": lambda net: (
+        net.weight.data.view(-1)[0:1]
+        .new_empty(0)
+        .set_(net.weight.untyped_storage(), net.weight.storage_offset() + 1, net.weight.shape)
+    ),
 }
 
 
@@ -1036,11 +1076,11 @@ def test_inplace_ops_leave_buffers_alone():
 def test_buffer_replaced_later_is_copied():
     net = make("mixed")
     net + 1
-    net.bn.running_mean = torch.full((3,), 7.)
-    net.bn.running_var.fill_(3.)
+    net.bn.running_mean = torch.full((3,), 7.0)
+    net.bn.running_var.fill_(3.0)
     r = net + 1
-    assert torch.equal(r.bn.running_mean, torch.full((3,), 7.))
-    assert torch.equal(r.bn.running_var, torch.full((3,), 3.))
+    assert torch.equal(r.bn.running_mean, torch.full((3,), 7.0))
+    assert torch.equal(r.bn.running_var, torch.full((3,), 3.0))
     assert_buffers_copied(r, net)
 
 
@@ -1055,10 +1095,11 @@ def test_flat_storage(dtype):
     r = net + 1
     assert_flat_storage(net)
     assert_flat_storage(r)
-    for x in (r * net, net.clone(), net.randn(), -r, 2 ** net, net.inner + 1):
+    for x in (r * net, net.clone(), net.randn(), -r, 2**net, net.inner + 1):
         assert_flat_storage(x)
         assert {p.untyped_storage().data_ptr() for p in x.parameters()}.isdisjoint(
-            {p.untyped_storage().data_ptr() for p in net.parameters()})
+            {p.untyped_storage().data_ptr() for p in net.parameters()}
+        )
     net += 1
     assert_flat_storage(net)
     n_groups = len({p.dtype for p in net.parameters()})
@@ -1180,8 +1221,7 @@ def test_pickle_size_and_memory():
     data = pickle.dumps(net)
     assert len(data) < 1.5 * nbytes
     loaded = pickle.loads(data)
-    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
-                for p in loaded.parameters()}
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in loaded.parameters()}
     assert sum(storages.values()) < 1.5 * nbytes
 
 
@@ -1319,6 +1359,7 @@ def test_random_fill_honours_seed(fill):
     def draw(seed):
         torch.manual_seed(seed)
         return getattr(net, fill)()
+
     a, b, c = draw(1), draw(1), draw(2)
     for x in (a, b, c):
         assert_new_particle(x, net)
@@ -1355,8 +1396,7 @@ def test_random_c_route_taken_on_a_valid_state(dist):
 def test_randn_statistics():
     net = Wide()
     r = net.randn()
-    assert [(n, p.dtype) for n, p in r.named_parameters()] == \
-        [(n, p.dtype) for n, p in net.named_parameters()]
+    assert [(n, p.dtype) for n, p in r.named_parameters()] == [(n, p.dtype) for n, p in net.named_parameters()]
     big = [p for p in r.parameters() if p.numel() >= 250_000]
     assert len(big) == 2
     for p in big:
@@ -1384,7 +1424,7 @@ def test_rand_range():
 
 def test_particle_without_parameters_arithmetic():
     e = Empty()
-    for r in (e + 1, e * e, -e, e.clone(), 2 ** e):
+    for r in (e + 1, e * e, -e, e.clone(), 2**e):
         assert type(r) is Empty and r is not e
         assert torch.equal(r.count, e.count) and r.count is not e.count
     e += 1
@@ -1439,6 +1479,7 @@ def test_cached_storage_survives_unrelated_module_changes():
     """Registrations elsewhere (other modules being built) keep a particle's
     cached storage; a registration inside the particle re-captures it."""
     from nytorch import _storage
+
     net = make("float32")
     net + 1
     st = _storage.state_of(net)

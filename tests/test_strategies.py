@@ -2,6 +2,7 @@
 PGPE, SNES, CEM, SepCMAES, DE): convergence on sphere and Rastrigin within a
 bounded number of steps, stored vs regenerated noise (bitwise the same
 trajectory), bitwise resume, population statistics, bad input."""
+
 import doctest
 import importlib
 import io
@@ -9,14 +10,13 @@ import math
 import re
 from pathlib import Path
 
+import nytorch as nyto
 import pytest
 import torch
-from torch import nn
-
-import nytorch as nyto
 from nytorch import Swarm
 from nytorch.algorithms import CEM, CMAES, DE, ES, PGPE, SNES, SepCMAES, nes_utilities
 from nytorch.algorithms._sampling import CPU_ROWS, FusedSampler
+from torch import nn
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA"))]
@@ -87,8 +87,13 @@ def test_converges_on_sphere(name):
 
 # (steps, how the result is judged, threshold)
 # (Rastrigin's local minima sit at integer points, 1 per coordinate off 0)
-RASTRIGIN = {"es": (200, "box", 0.6), "pgpe": (300, "box", 0.8), "snes": (200, "f", 3.0),
-             "cem": (150, "f", 8.0), "sepcma": (100, "f", 5.0)}
+RASTRIGIN = {
+    "es": (200, "box", 0.6),
+    "pgpe": (300, "box", 0.8),
+    "snes": (200, "f", 3.0),
+    "cem": (150, "f", 8.0),
+    "sepcma": (100, "f", 5.0),
+}
 
 
 @pytest.mark.parametrize("name", sorted(RASTRIGIN))
@@ -129,6 +134,7 @@ def test_cmaes_converges_and_learns_a_rotated_covariance():
     def ellipsoid(s):
         x = torch.cat([f.double() for f in s.flats], 1) @ rot.t()
         return (x * x * scale).sum(1)
+
     full, sep = CMAES(start(), 10, sigma_init=1.0, seed=1), SepCMAES(start(), 10, sigma_init=1.0, seed=1)
     for o in (full, sep):
         o.run(ellipsoid, 500, progress_bar=False)
@@ -140,6 +146,7 @@ def test_cmaes_converges_and_learns_a_rotated_covariance():
 
 def test_progress_bar_callback_and_log():
     from nytorch.algorithms import LogCallback
+
     seen = []
     o = CEM(start(), 10, seed=0, track_diversity=True)
     hist = o.run(sphere, 4, progress_bar=True, callback=seen.append)
@@ -169,6 +176,7 @@ def state_tensors(o):
         elif isinstance(v, (list, tuple)):
             for x in v:
                 walk(x)
+
     walk({k: v for k, v in o.state_dict().items() if k not in ("rng", "seed_rng")})
     return out
 
@@ -212,7 +220,7 @@ def test_checkpoint_resumes_bitwise(name):
     fresh.run(rastrigin, 3, progress_bar=False)
     got = state_tensors(fresh)
     assert len(got) == len(expect) and all(torch.equal(x, y) for x, y in zip(got, expect))
-    pop = (lambda z: z.swarm if name == "de" else z.population)
+    pop = lambda z: z.swarm if name == "de" else z.population
     assert all(torch.equal(x, y) for x, y in zip(pop(fresh).flats, pop(o).flats))
     assert fresh.history.best == o.history.best
 
@@ -224,8 +232,19 @@ def test_algorithm_template():
     common keys."""
     from nytorch.algorithms import PSO, SwarmOptimizer
     from nytorch.algorithms.sharded import ShardedES, ShardedPSO
-    owned = ("step", "run", "best_fitness", "state_dict", "load_state_dict", "_record", "_fitness", "_observe",
-             "_end_step", "_setup")
+
+    owned = (
+        "step",
+        "run",
+        "best_fitness",
+        "state_dict",
+        "load_state_dict",
+        "_record",
+        "_fitness",
+        "_observe",
+        "_end_step",
+        "_setup",
+    )
     for cls in (ES, PGPE, SNES, CEM, SepCMAES, CMAES, DE, PSO, ShardedES):
         assert issubclass(cls, SwarmOptimizer)
         for name in owned:
@@ -233,10 +252,17 @@ def test_algorithm_template():
         assert "ask" in vars(cls) or cls in (PGPE, SNES, CEM, SepCMAES)  # the Gaussian strategies share theirs
     assert ShardedPSO.state_dict is not SwarmOptimizer.state_dict  # adds its global keys on top
     torch.manual_seed(0)
-    algos = [ES(Point(), 4, seed=1), ES(Point(), 4, seed=1, backend="fuse"), PGPE(Point(), 4, seed=1),
-             SNES(Point(), 4, seed=1), CEM(Point(), 4, seed=1), SepCMAES(Point(), 4, seed=1),
-             CMAES(Point(), 4, seed=1), DE(Swarm(Point(), 5, init="randn"), seed=1),
-             PSO(Swarm(Point(), 5, init="randn"), seed=1)]
+    algos = [
+        ES(Point(), 4, seed=1),
+        ES(Point(), 4, seed=1, backend="fuse"),
+        PGPE(Point(), 4, seed=1),
+        SNES(Point(), 4, seed=1),
+        CEM(Point(), 4, seed=1),
+        SepCMAES(Point(), 4, seed=1),
+        CMAES(Point(), 4, seed=1),
+        DE(Swarm(Point(), 5, init="randn"), seed=1),
+        PSO(Swarm(Point(), 5, init="randn"), seed=1),
+    ]
     for o in algos:
         for maximize in (False, True):
             o.maximize = maximize
@@ -264,7 +290,7 @@ def normal_checks(e: torch.Tensor) -> None:
     assert abs(p1 - 0.682689) < 4 * math.sqrt(0.6827 * 0.3173 / n)
     p2 = float((e.abs() > 2).double().mean())  # tails: 0.0455
     assert abs(p2 - 0.0455) < 4 * math.sqrt(0.0455 * 0.9545 / n)
-    k = float((e ** 4).mean())  # kurtosis 3
+    k = float((e**4).mean())  # kurtosis 3
     assert abs(k - 3) < 4 * math.sqrt(96 / n)
 
 
@@ -291,13 +317,13 @@ def test_es_population_statistics():
 def test_per_element_scale_statistics():
     d = 40000
     o = PGPE(Point(d), 16, stdev_init=1.0, seed=2, store_noise=False)
-    o.stdev[0][: d // 4] = 0.5   # parameter a: halves with stdev 0.5 and 1.0; b: 2.0
-    o.stdev[0][d // 2:] = 2.0
+    o.stdev[0][: d // 4] = 0.5  # parameter a: halves with stdev 0.5 and 1.0; b: 2.0
+    o.stdev[0][d // 2 :] = 2.0
     x = o.ask().flats[0].double()
     h = 8
     normal_checks(x[:h, : d // 4] / 0.5)
-    normal_checks(x[:h, d // 4: d // 2])
-    normal_checks(x[:h, d // 2:] / 2.0)
+    normal_checks(x[:h, d // 4 : d // 2])
+    normal_checks(x[:h, d // 2 :] / 2.0)
     assert torch.allclose(x[:h], -x[h:], atol=0)
 
 
@@ -332,6 +358,7 @@ def test_sampler_plan_follows_its_tensors():
 def test_cuda_chunking_on_the_cpu(monkeypatch):
     """CUDA's 4 rows per program (CPU_ROWS patched): sums, stored vs regenerated."""
     import nytorch.algorithms._sampling as sampling
+
     monkeypatch.setattr(sampling, "CPU_ROWS", sampling.ROWS)
     like = [torch.randn(301), torch.randn(7, dtype=torch.float64)]
     s = FusedSampler(like, 11, antithetic=False, store_noise=False)
@@ -364,13 +391,13 @@ def _box_muller_reference(n, dtype, seed, offset):
     prog = _F.program(lambda x: nyto.rand_like(x), "p")
     m = (offset + n + 1) // 2 * 2
     u = _F.run_flat(prog, [[torch.zeros(m, dtype=dtype)]], seed=seed)[0][0].double()
-    u1 = u[0::2] + (2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53)
+    u1 = u[0::2] + (2.0**-24 if dtype == torch.float32 else 2.0**-53)
     u2 = u[1::2]
     ref = torch.empty(m, dtype=torch.float64)
     r = torch.sqrt(-2 * torch.log(u1))
     ref[0::2] = r * torch.cos(2 * math.pi * u2)
     ref[1::2] = r * torch.sin(2 * math.pi * u2)
-    return ref[offset:offset + n]
+    return ref[offset : offset + n]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -392,11 +419,15 @@ def test_normals_quality(dtype):
     z = _F.run_flat(_randn_prog(), [[torch.zeros(n, dtype=dtype)]], seed=123)[0][0].double()
     se = 1 / math.sqrt(n)
     assert abs(float(z.mean())) < 5 * se
-    assert abs(float((z ** 2).mean()) - 1) < 5 * math.sqrt(2) * se
-    assert abs(float((z ** 3).mean())) < 5 * math.sqrt(15) * se
-    assert abs(float((z ** 4).mean()) - 3) < 5 * math.sqrt(96) * se
-    for k, p in ((1, 0.31731050786291415), (2, 0.04550026389635842), (3, 0.0026997960632601866),
-                 (4, 6.334248366623996e-05)):
+    assert abs(float((z**2).mean()) - 1) < 5 * math.sqrt(2) * se
+    assert abs(float((z**3).mean())) < 5 * math.sqrt(15) * se
+    assert abs(float((z**4).mean()) - 3) < 5 * math.sqrt(96) * se
+    for k, p in (
+        (1, 0.31731050786291415),
+        (2, 0.04550026389635842),
+        (3, 0.0026997960632601866),
+        (4, 6.334248366623996e-05),
+    ):
         q = float((z.abs() > k).double().mean())
         assert abs(q - p) < 5 * math.sqrt(p * (1 - p) / n) + 1 / n, (k, q, p)
     assert float(z.abs().max()) > 4.5  # the tails are reached (u1 down to 2^-24: |z| up to 5.77)
@@ -407,7 +438,7 @@ def test_normals_quality(dtype):
     assert abs(float((ev * od).mean())) < 5 * math.sqrt(2) * se
     assert abs(float((ev[1:] * ev[:-1]).mean())) < 5 * math.sqrt(2) * se
     # radius^2 of a pair is exponential(1/2): P(r^2 > 4) = e^-2
-    r2 = ev ** 2 + od ** 2
+    r2 = ev**2 + od**2
     assert abs(float((r2 > 4).double().mean()) - math.exp(-2)) < 5 * math.sqrt(0.12 / (n / 2))
 
 
@@ -437,11 +468,13 @@ def test_normals_independent_of_threads_chunks_and_vector_steps(dtype):
     per = 4 if dtype == torch.float32 else 2
     base = ((1 << 32) - 5) * per + 1
     whole = _F.run_flat(prog, [[torch.zeros(200, dtype=dtype)]], seed=9, offset=base)[0][0]
-    pieces = torch.cat([_F.run_flat(prog, [[torch.zeros(1, dtype=dtype)]], seed=9, offset=base + i)[0][0]
-                        for i in range(0, 200, 7)])
+    pieces = torch.cat(
+        [_F.run_flat(prog, [[torch.zeros(1, dtype=dtype)]], seed=9, offset=base + i)[0][0] for i in range(0, 200, 7)]
+    )
     assert torch.equal(whole[0::7], pieces)
-    assert torch.allclose(whole.double(), _box_muller_tail(dtype, 9, base, 200), rtol=0,
-                          atol=8 * torch.finfo(dtype).eps * 4)
+    assert torch.allclose(
+        whole.double(), _box_muller_tail(dtype, 9, base, 200), rtol=0, atol=8 * torch.finfo(dtype).eps * 4
+    )
 
 
 def _box_muller_tail(dtype, seed, offset, n):
@@ -450,13 +483,13 @@ def _box_muller_tail(dtype, seed, offset, n):
     start = offset - offset % 2
     m = (offset - start + n + 1) // 2 * 2
     u = _F.run_flat(prog, [[torch.zeros(m, dtype=dtype)]], seed=seed, offset=start)[0][0].double()
-    u1 = u[0::2] + (2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53)
+    u1 = u[0::2] + (2.0**-24 if dtype == torch.float32 else 2.0**-53)
     u2 = u[1::2]
     ref = torch.empty(m, dtype=torch.float64)
     r = torch.sqrt(-2 * torch.log(u1))
     ref[0::2] = r * torch.cos(2 * math.pi * u2)
     ref[1::2] = r * torch.sin(2 * math.pi * u2)
-    return ref[offset - start:offset - start + n]
+    return ref[offset - start : offset - start + n]
 
 
 def test_nes_utilities():
@@ -485,7 +518,7 @@ def test_snes_and_cem_steps_match_reference(antithetic):
             mu = 1.0 + 0.3 * (u @ eps)
             sd = 0.3 * torch.exp(o.stdev_lr / 2 * (u @ (eps * eps) - u.sum()))
         else:
-            elite = x[torch.argsort(f.double(), stable=True)[:o.elites]]
+            elite = x[torch.argsort(f.double(), stable=True)[: o.elites]]
             mu = elite.mean(0)
             sd = (elite.var(0, unbiased=False).sqrt() / 0.3).clamp(0.9, 1.1) * 0.3
         assert torch.allclose(center(o).float(), mu, atol=1e-5)
@@ -494,6 +527,7 @@ def test_snes_and_cem_steps_match_reference(antithetic):
 
 def test_pgpe_step_matches_reference():
     from nytorch.algorithms import centered_ranks
+
     o = PGPE(Point(8) + 1.0, 10, stdev_init=0.3, center_lr=0.1, stdev_lr=0.5, seed=5, store_noise=True)
     x = o.ask().flats[0].clone()
     eps = o.sampler.noise[0].clone()
@@ -542,6 +576,7 @@ def test_bad_input():
     class OwnTell(ES):  # like nytorch.distributed.ShardedES: its tell reads es.noise
         def tell(self, fitness):
             super().tell(fitness)
+
     with pytest.raises(ValueError, match="store_noise=True"):
         OwnTell(Point(), 4, backend="fuse", store_noise=False)
     OwnTell(Point(), 4, backend="fuse", store_noise=True).step(sphere)
@@ -572,6 +607,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_example_quick_mode(name, tmp_path, capsys, monkeypatch):
     import matplotlib  # noqa: F401  (requirements.txt: a missing one fails, as in test_examples.py)
     import sklearn  # noqa: F401
+
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     threads = torch.get_num_threads()
     try:

@@ -2,14 +2,14 @@
 seen (issue 15): each op then either works exactly as the per-parameter torch
 reference does on the particle as it is now, or raises nytorch.StructureError
 naming the parameter, before anything is written."""
+
 import copy
 
+import nytorch as nyto
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-
-import nytorch as nyto
 
 
 class Net(nyto.NytoModule):
@@ -22,8 +22,10 @@ class Net(nyto.NytoModule):
 
 def snapshot(m):
     """Names, identities and values of everything a particle holds."""
-    return ([(k, id(p), p.detach().clone()) for k, p in m.named_parameters()],
-            [(k, b.detach().clone()) for k, b in m.named_buffers()])
+    return (
+        [(k, id(p), p.detach().clone()) for k, p in m.named_parameters()],
+        [(k, b.detach().clone()) for k, b in m.named_buffers()],
+    )
 
 
 def assert_unchanged(m, snap):
@@ -36,35 +38,116 @@ def assert_unchanged(m, snap):
         assert torch.equal(v, w)
 
 
-def _del_param(n): del n.fc.bias
-def _none_param(n): n.fc.bias = None
-def _pop_param(n): n.fc._parameters.pop("bias")
-def _clear_params(n): n.head[1]._parameters.clear()
-def _popitem_param(n): n.fc._parameters.popitem()
-def _del_item_param(n): del n.fc._parameters["bias"]
-def _del_buffer(n): del n.bn.running_mean
-def _none_buffer(n): n.bn.running_var = None
-def _pop_buffer(n): n.bn._buffers.pop("running_mean")
-def _del_sub(n): del n.head
-def _none_sub(n): n.head = None
-def _pop_sub(n): n.head._modules.pop("1")
-def _del_seq_item(n): del n.head[1]
-def _set_item_sub(n): n._modules["head"] = nn.Sequential(nn.Linear(3, 5))
-def _replace_sub(n): n.head = nn.Linear(3, 2)
-def _replace_shape(n): n.fc.bias = nn.Parameter(torch.zeros(5))
-def _set_item_shape(n): n.fc._parameters["bias"] = nn.Parameter(torch.zeros(7))
-def _update_shape(n): n.fc._parameters.update(bias=nn.Parameter(torch.zeros(2)))
-def _add_param(n): n.extra = nn.Parameter(torch.ones(2))
-def _setdefault_param(n): n.fc._parameters.setdefault("extra", nn.Parameter(torch.ones(2)))
-def _ior_param(n): n.fc._parameters |= {"extra": nn.Parameter(torch.ones(2))}
-def _set_item_buffer(n): n.bn._buffers["extra"] = torch.ones(3)
+def _del_param(n):
+    del n.fc.bias
+
+
+def _none_param(n):
+    n.fc.bias = None
+
+
+def _pop_param(n):
+    n.fc._parameters.pop("bias")
+
+
+def _clear_params(n):
+    n.head[1]._parameters.clear()
+
+
+def _popitem_param(n):
+    n.fc._parameters.popitem()
+
+
+def _del_item_param(n):
+    del n.fc._parameters["bias"]
+
+
+def _del_buffer(n):
+    del n.bn.running_mean
+
+
+def _none_buffer(n):
+    n.bn.running_var = None
+
+
+def _pop_buffer(n):
+    n.bn._buffers.pop("running_mean")
+
+
+def _del_sub(n):
+    del n.head
+
+
+def _none_sub(n):
+    n.head = None
+
+
+def _pop_sub(n):
+    n.head._modules.pop("1")
+
+
+def _del_seq_item(n):
+    del n.head[1]
+
+
+def _set_item_sub(n):
+    n._modules["head"] = nn.Sequential(nn.Linear(3, 5))
+
+
+def _replace_sub(n):
+    n.head = nn.Linear(3, 2)
+
+
+def _replace_shape(n):
+    n.fc.bias = nn.Parameter(torch.zeros(5))
+
+
+def _set_item_shape(n):
+    n.fc._parameters["bias"] = nn.Parameter(torch.zeros(7))
+
+
+def _update_shape(n):
+    n.fc._parameters.update(bias=nn.Parameter(torch.zeros(2)))
+
+
+def _add_param(n):
+    n.extra = nn.Parameter(torch.ones(2))
+
+
+def _setdefault_param(n):
+    n.fc._parameters.setdefault("extra", nn.Parameter(torch.ones(2)))
+
+
+def _ior_param(n):
+    n.fc._parameters |= {"extra": nn.Parameter(torch.ones(2))}
+
+
+def _set_item_buffer(n):
+    n.bn._buffers["extra"] = torch.ones(3)
 
 
 # Each mutation leaves the particle with another set of parameters (or buffers):
 # a lone op follows it, an op with an unchanged particle of its species raises.
-MUTATIONS = [_del_param, _none_param, _pop_param, _clear_params, _popitem_param, _del_item_param,
-             _del_sub, _none_sub, _pop_sub, _del_seq_item, _set_item_sub, _replace_sub, _replace_shape,
-             _set_item_shape, _update_shape, _add_param, _setdefault_param, _ior_param]
+MUTATIONS = [
+    _del_param,
+    _none_param,
+    _pop_param,
+    _clear_params,
+    _popitem_param,
+    _del_item_param,
+    _del_sub,
+    _none_sub,
+    _pop_sub,
+    _del_seq_item,
+    _set_item_sub,
+    _replace_sub,
+    _replace_shape,
+    _set_item_shape,
+    _update_shape,
+    _add_param,
+    _setdefault_param,
+    _ior_param,
+]
 BUFFER_MUTATIONS = [_del_buffer, _none_buffer, _pop_buffer, _set_item_buffer]
 
 
@@ -144,6 +227,7 @@ def test_the_issue_case():
         def __init__(s):
             super().__init__()
             s.fc = nn.Linear(4, 3)
+
     n = Small()
     old = n.clone()
     b0 = old.fc.bias.detach().clone()
@@ -188,10 +272,11 @@ def test_same_shapes_under_other_names_do_not_meet():
             super().__init__()
             s.a = nn.Parameter(torch.zeros(3))
             s.b = nn.Parameter(torch.ones(3))
+
     x = Two()
     y = x.clone()
-    del x.a      # x: b
-    del y.b      # y: a  (same groups and shapes, other names)
+    del x.a  # x: b
+    del y.b  # y: a  (same groups and shapes, other names)
     with pytest.raises(nyto.StructureError, match="'b' exists only on the left"):
         x + y
 
@@ -246,8 +331,7 @@ def test_functional_call_swaps_do_not_lose_the_state():
     st = n.__dict__["_nyto_state"]
     params = {k: p.detach() + 1 for k, p in n.named_parameters()}
     n.eval()
-    torch.func.functional_call(n.fc, {"weight": params["fc.weight"], "bias": params["fc.bias"]},
-                               (torch.randn(2, 4),))
+    torch.func.functional_call(n.fc, {"weight": params["fc.weight"], "bias": params["fc.bias"]}, (torch.randn(2, 4),))
     w = n.fc.weight
     n += 1
     assert n.__dict__["_nyto_state"] is st
@@ -257,7 +341,7 @@ def test_functional_call_swaps_do_not_lose_the_state():
 def test_untracked_container_replacement_is_recaptured():
     n = Net()
     settle(n)
-    n.fc._parameters = dict(n.fc._parameters)   # a plain dict put in wholesale
+    n.fc._parameters = dict(n.fc._parameters)  # a plain dict put in wholesale
     del n.fc._parameters["bias"]
     check_result(n * 2, n, lambda p: p * 2)
 
@@ -267,6 +351,7 @@ def test_copies_and_pickles_keep_plain_dicts():
     settle(n)
     assert type(copy.deepcopy(n).fc._parameters) is dict
     import pickle
+
     m = pickle.loads(pickle.dumps(n))
     assert type(m.fc._parameters) is dict
     check_result(m * 2, m, lambda p: p * 2)
@@ -317,6 +402,7 @@ CHANGES = {  # each changing dict method, called so that it changes the dict
 @pytest.mark.parametrize("result", [False, True], ids=["made", "result"])
 def test_every_changing_method_of_every_container_moves_the_version(method, container, result):
     from nytorch._containers import CHANGING
+
     assert set(CHANGES) == set(CHANGING)
     n = Net()
     if result:
@@ -337,6 +423,7 @@ def test_every_changing_method_of_every_container_moves_the_version(method, cont
 
 def test_tracked_containers_pickle_and_copy_as_plain_dicts():
     import pickle
+
     n = Net()
     settle(n)
     for d in (n.fc._parameters, n.bn._buffers, n.head._modules):
@@ -364,20 +451,24 @@ def test_many_results_reuse_containers_safely():
         assert [k for k, _ in (r * 1).named_parameters() if k.startswith("head")] == ["head.0.weight", "head.0.bias"]
 
 
-@pytest.mark.parametrize("make", [lambda n: n + 0.5, lambda n: n / 2, lambda n: n / n, lambda n: 0.5 * n,
-                                  lambda n: n ** -0.5])
+@pytest.mark.parametrize(
+    "make", [lambda n: n + 0.5, lambda n: n / 2, lambda n: n / n, lambda n: 0.5 * n, lambda n: n**-0.5]
+)
 def test_a_promoted_result_gets_its_own_layout(make):
     """int particle + 0.5 is float32 (torch's rule): its storage layout must
     say so, for a swarm, a fused call or the next op built from it."""
+
     class Ints(nyto.NytoModule):
         def __init__(self):
             super().__init__()
             self.w = nn.Parameter(torch.tensor([4, -3, 1]), requires_grad=False)
             self.f = nn.Parameter(torch.tensor([1.5, 2.5]))
+
     n = Ints()
 
     def same(x, y):
         return x.dtype == y.dtype and torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+
     for _ in range(2):  # the second time through the C hot path
         r = make(n)
         ref = make(n.w.detach())
@@ -392,10 +483,12 @@ def test_freeing_nested_results_never_overfills_the_free_list():
     """A dying ContainerDict frees its entries (modules with their own
     ContainerDicts) before it takes a place on the free list: with the list
     nearly full, the nested frees used to take the last places first."""
+
     class Deep(nyto.NytoModule):
         def __init__(self):
             super().__init__()
             self.net = nn.Sequential(nn.Sequential(nn.Sequential(nn.Linear(1, 1))), nn.Linear(1, 1))
+
     n = Deep()
     for count in range(40, 200, 7):  # ends the free list at many fill levels
         results = [n + i for i in range(count)]
@@ -419,7 +512,7 @@ def test_capture_never_moves_a_version_back(tiled):
         with torch.no_grad():
             n.fc.weight.mul_(1.0)  # the parameter's version is now far ahead of a fresh counter
     before = {k: p._version for k, p in n.named_parameters()}
-    loss = (n.fc.weight ** 2).sum()  # saves fc.weight at its version
+    loss = (n.fc.weight**2).sum()  # saves fc.weight at its version
     n += 1
     for k, p in n.named_parameters():
         assert p._version > before[k], k
@@ -449,6 +542,7 @@ def test_in_place_swarm_op_refused_by_one_group_writes_no_group():
             super().__init__()
             self.f = nn.Parameter(torch.tensor([2.0, 4.0]))
             self.i = nn.Parameter(torch.tensor([1, 2]), requires_grad=False)
+
     s = nyto.Swarm(Mixed(), 2)
     before = [f.clone() for f in s.flats]
     for op in (lambda x: x.__ipow__(-1), lambda x: x.__isub__(True)):
@@ -474,6 +568,7 @@ def test_a_dtype_change_that_keeps_storage_is_seen(how):
             self.sub = nn.Module()
             self.sub.e = nn.Parameter(torch.zeros(0))
             self.sub.w = nn.Parameter(torch.tensor([1.5, 2.5]))
+
     n = E()
     settle(n)
     if how == "empty_double":
@@ -492,6 +587,7 @@ def test_fuse_of_a_particle_without_parameters():
         def __init__(self):
             super().__init__()
             self.lin = nn.Linear(1, 1, bias=False)
+
     p = Empty()
     settle(p)
     del p.lin.weight
@@ -506,9 +602,10 @@ def test_row_assignment_into_a_promoted_swarm():
         def __init__(self):
             super().__init__()
             self.w = nn.Parameter(torch.tensor([True, False]), requires_grad=False)
+
     n = B()
-    s = nyto.Swarm(n, 2) + 0         # bool + 0: an int64 swarm around the bool template
-    s[0] = n + 1                     # an int64 particle: [2, 1]
+    s = nyto.Swarm(n, 2) + 0  # bool + 0: an int64 swarm around the bool template
+    s[0] = n + 1  # an int64 particle: [2, 1]
     assert s.flats[0].dtype == torch.int64
     assert s[0].w.tolist() == [2, 1]
     s.scatter_([1], n + 2)
@@ -532,12 +629,13 @@ def test_a_detach_twin_still_moves_the_versions_after_a_recapture():
             super().__init__()
             self.a = nn.Parameter(torch.ones(2, 2, dtype=torch.float64))
             self.sub = nn.Linear(1, 1)
+
     p = R()
     settle(p)
-    twin = p.detach()       # the same Parameter objects, its own cached flats
-    del p.sub.weight        # p is captured again on its next op
+    twin = p.detach()  # the same Parameter objects, its own cached flats
+    del p.sub.weight  # p is captured again on its next op
     _ = p + p
     v = p.a._version
-    twin += 1               # writes p.a's values
+    twin += 1  # writes p.a's values
     assert p.a._version > v
     assert torch.equal(p.a.detach(), torch.full((2, 2), 2.0, dtype=torch.float64))

@@ -1,13 +1,10 @@
 """``nytorch.Swarm``: stacked storage, row views, every op against a
 per-particle reference, reductions, vectorized forward against the loop,
 checkpoints and bad input."""
+
 import doctest
 import importlib
 import operator
-
-import pytest
-import torch
-from torch import nn
 
 import nytorch as nyto
 import nytorch.swarm
@@ -15,13 +12,23 @@ import nytorch.swarm.arithmetic
 import nytorch.swarm.core
 import nytorch.swarm.forward
 import nytorch.swarm.fused
+import pytest
+import torch
 from nytorch import Swarm
+from torch import nn
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA"))]
 # nytorch.fuse always runs on the CPU; on CUDA where nytorch was built with its kernels
-FUSE_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not (HAS_CUDA and nyto._C.has_cuda()), reason="no CUDA, or nytorch built without CUDA"))]
+FUSE_DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not (HAS_CUDA and nyto._C.has_cuda()), reason="no CUDA, or nytorch built without CUDA"
+        ),
+    ),
+]
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -108,6 +115,7 @@ def assert_named(got, want, cmp=torch.equal):
 # storage and views
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_rows_are_views_of_the_stacked_buffer(device):
     net, s = make(device=device)
@@ -188,9 +196,13 @@ def test_indexing_and_assignment_match_plain_tensors():
     for i in range(5):
         assert_named(named(s[i]), plain[i])
         assert_named(named(s[i - 5]), plain[i])  # negative indices
-    for index, rows in ((slice(1, 5, 2), [1, 3]), (slice(-3, None), [2, 3, 4]),
-                        (torch.tensor([4, 0, 4]), [4, 0, 4]), ([2, 1], [2, 1]),
-                        (torch.tensor([True, False, True, False, False]), [0, 2])):
+    for index, rows in (
+        (slice(1, 5, 2), [1, 3]),
+        (slice(-3, None), [2, 3, 4]),
+        (torch.tensor([4, 0, 4]), [4, 0, 4]),
+        ([2, 1], [2, 1]),
+        (torch.tensor([True, False, True, False, False]), [0, 2]),
+    ):
         sub = s[index] if not isinstance(index, list) else s.gather(index)
         assert len(sub) == len(rows)
         for k, i in enumerate(rows):
@@ -245,9 +257,13 @@ def test_mixed_dtype_groups():
 # every op against a per-particle reference
 # ---------------------------------------------------------------------------
 
-OPS = [("add", operator.add, operator.iadd), ("sub", operator.sub, operator.isub),
-       ("mul", operator.mul, operator.imul), ("div", operator.truediv, operator.itruediv),
-       ("pow", operator.pow, operator.ipow)]
+OPS = [
+    ("add", operator.add, operator.iadd),
+    ("sub", operator.sub, operator.isub),
+    ("mul", operator.mul, operator.imul),
+    ("div", operator.truediv, operator.itruediv),
+    ("pow", operator.pow, operator.ipow),
+]
 KINDS = ["swarm", "particle", "number", "per-particle"]
 
 
@@ -314,6 +330,7 @@ def test_op_matches_per_particle_reference(name, op, iop, kind, dtype, device):
     # reflected: number/tensor/particle on the left
     if kind != "swarm":
         lhs = rhs
+
         # a number on the left as a tensor: torch's `number / t` is reciprocal(t) * number (two
         # roundings); swarms and particles divide, like `torch.full_like(t, number) / t`
         def left(i, n, t):
@@ -350,6 +367,7 @@ def test_ops_on_two_groups_and_unary(device):
 # ---------------------------------------------------------------------------
 # reductions and statistics
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -388,6 +406,7 @@ def test_norm_two_groups():
 # vectorized forward
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("chunk", [None, 2])
@@ -424,6 +443,7 @@ def test_forward_per_particle_inputs(device):
 # checkpoints
 # ---------------------------------------------------------------------------
 
+
 def test_state_dict_round_trip(tmp_path):
     _, s = make()
     path = tmp_path / "swarm.pt"
@@ -444,13 +464,21 @@ def test_state_dict_round_trip(tmp_path):
 # bad input: clear errors, operands unchanged
 # ---------------------------------------------------------------------------
 
+
 def test_mixing_species_raises_and_changes_nothing():
     _, s = make()
     _, other = make(seed=2)  # another constructor call: another species
     snap_s, snap_o = snapshot(s), snapshot(other)
-    for fn in (lambda: s + other, lambda: s.add_(other), lambda: s * other[0], lambda: s.__imul__(other[0]),
-               lambda: s.dot(other), lambda: s.scatter_([0], other[0]), lambda: s.__setitem__(1, other[1]),
-               lambda: Swarm.stack([s[0], other[0]])):
+    for fn in (
+        lambda: s + other,
+        lambda: s.add_(other),
+        lambda: s * other[0],
+        lambda: s.__imul__(other[0]),
+        lambda: s.dot(other),
+        lambda: s.scatter_([0], other[0]),
+        lambda: s.__setitem__(1, other[1]),
+        lambda: Swarm.stack([s[0], other[0]]),
+    ):
         with pytest.raises(AssertionError, match="different species"):
             fn()
     assert same(s, snap_s) and same(other, snap_o)
@@ -460,9 +488,15 @@ def test_wrong_lengths_raise_and_change_nothing():
     _, s = make(n=5)
     o = s.gather([0, 1, 2])
     snap = snapshot(s)
-    for fn in (lambda: s * torch.ones(4), lambda: s.mul_(torch.ones(6)), lambda: s + o, lambda: s.add_(o),
-               lambda: s.mean(weights=torch.ones(3)), lambda: s.argmin(torch.ones(2)),
-               lambda: s.scatter_([0, 1], o)):
+    for fn in (
+        lambda: s * torch.ones(4),
+        lambda: s.mul_(torch.ones(6)),
+        lambda: s + o,
+        lambda: s.add_(o),
+        lambda: s.mean(weights=torch.ones(3)),
+        lambda: s.argmin(torch.ones(2)),
+        lambda: s.scatter_([0, 1], o),
+    ):
         with pytest.raises(ValueError, match="N = 5|different lengths|3 rows|scatter_"):
             fn()
     assert same(s, snap)
@@ -502,6 +536,7 @@ def test_inplace_cast_error_changes_nothing():
 # nytorch.fuse functions on swarms
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", FUSE_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fused_function_on_swarms_matches_rows(dtype, device):
@@ -532,6 +567,7 @@ def test_fused_function_on_swarms_matches_rows(dtype, device):
 # docstring examples
 # ---------------------------------------------------------------------------
 
+
 class DocNet(nyto.NytoModule):
     def __init__(self):
         super().__init__()
@@ -541,11 +577,16 @@ class DocNet(nyto.NytoModule):
         return self.lin(x)
 
 
-@pytest.mark.parametrize("module", [nytorch.swarm, nytorch.swarm.core, nytorch.swarm.arithmetic,
-                                    nytorch.swarm.forward, nytorch.swarm.fused],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [nytorch.swarm, nytorch.swarm.core, nytorch.swarm.arithmetic, nytorch.swarm.forward, nytorch.swarm.fused],
+    ids=lambda m: m.__name__,
+)
 def test_docstring_examples(module):
-    result = doctest.testmod(module, extraglobs={"Net": DocNet, "nyto": nyto, "torch": torch},
-                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(
+        module,
+        extraglobs={"Net": DocNet, "nyto": nyto, "torch": torch},
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+    )
     assert result.attempted > 0
     assert result.failed == 0

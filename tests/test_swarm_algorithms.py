@@ -1,21 +1,21 @@
 """Swarm optimizers (``nytorch.algorithms``): update rules against a plain
 torch reference, convergence on sphere / Rastrigin, bitwise resume from a
 checkpoint, history / progress / callbacks, bad input."""
+
 import doctest
 import importlib
 import io
 import math
 import sys
 
-import pytest
-import torch
-from torch import nn
-
 import nytorch as nyto
 import nytorch.algorithms as algos
+import pytest
+import torch
 from nytorch import Swarm
 from nytorch.algorithms import EMA, ES, PSO, History, LogCallback, centered_ranks
 from nytorch.algorithms import pso as pso_module
+from torch import nn
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA"))]
@@ -61,6 +61,7 @@ def tensors(opt):
 # PSO
 # ---------------------------------------------------------------------------
 
+
 def random_pair(pso, x0):
     """The r1, r2 the optimizer's next update draws (same generator state)."""
     if pso.backend == "ops":
@@ -89,8 +90,18 @@ def test_pso_update_matches_reference(topology, backend, device):
     if backend == "fuse" and device == "cuda" and not nyto._C.has_cuda():
         pytest.skip("nytorch was built without CUDA: no fused kernels on cuda")
     s = point_swarm(n=7, device=device)
-    pso = PSO(s, inertia=0.6, cognitive=1.2, social=1.7, vmax=0.8, topology=topology, neighbors=1,
-              velocity_scale=0.3, seed=3, backend=backend)
+    pso = PSO(
+        s,
+        inertia=0.6,
+        cognitive=1.2,
+        social=1.7,
+        vmax=0.8,
+        topology=topology,
+        neighbors=1,
+        velocity_scale=0.3,
+        seed=3,
+        backend=backend,
+    )
     assert pso.backend == backend
     pso.step(sphere)  # now pbest / gbest are set, velocities nonzero
     x0, v0, p0 = s.flats[0].clone(), pso.velocity[0].clone(), pso.pbest[0].clone()
@@ -145,8 +156,10 @@ def test_pso_converges_on_sphere(topology, backend):
     pso.run(sphere, 250, progress_bar=False)
     assert pso.best_fitness < 1e-4
     b = pso.best
-    assert isinstance(b, Point) and abs(float(sum((q.detach() ** 2).sum() for q in b.parameters()))
-                                         - pso.best_fitness) < 1e-6
+    assert (
+        isinstance(b, Point)
+        and abs(float(sum((q.detach() ** 2).sum() for q in b.parameters())) - pso.best_fitness) < 1e-6
+    )
 
 
 def test_pso_improves_rastrigin():
@@ -175,8 +188,14 @@ def test_pso_checkpoint_resumes_bitwise(topology, backend):
     pso.run(rastrigin, 3, progress_bar=False)
     expect = [t.clone() for t in tensors(pso)]
     # a fresh optimizer on a fresh swarm of the species, other seed: the checkpoint decides
-    fresh = PSO(Swarm.from_flats(pso.swarm.template, [torch.zeros_like(pso.swarm.flats[0])]), topology=topology,
-                vmax=1.0, velocity_scale=0.1, seed=99, backend=backend)
+    fresh = PSO(
+        Swarm.from_flats(pso.swarm.template, [torch.zeros_like(pso.swarm.flats[0])]),
+        topology=topology,
+        vmax=1.0,
+        velocity_scale=0.1,
+        seed=99,
+        backend=backend,
+    )
     buf.seek(0)
     fresh.load_state_dict(torch.load(buf))
     fresh.run(rastrigin, 3, progress_bar=False)
@@ -203,9 +222,9 @@ def test_pso_bad_fitness_changes_nothing():
 # ES
 # ---------------------------------------------------------------------------
 
+
 def test_centered_ranks():
-    assert centered_ranks(torch.tensor([5.0, -1.0, 2.0, 0.0])).tolist() == pytest.approx(
-        [-0.5, 0.5, -1 / 6, 1 / 6])
+    assert centered_ranks(torch.tensor([5.0, -1.0, 2.0, 0.0])).tolist() == pytest.approx([-0.5, 0.5, -1 / 6, 1 / 6])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -269,6 +288,7 @@ def test_es_bad_input():
 # averaging
 # ---------------------------------------------------------------------------
 
+
 def test_soups_and_ema_match_reference():
     s = point_swarm(n=4)
     X = s.flats[0]
@@ -296,6 +316,7 @@ def test_soups_and_ema_match_reference():
 # ---------------------------------------------------------------------------
 # history, progress, callbacks
 # ---------------------------------------------------------------------------
+
 
 def test_run_calls_back_and_history_plots(tmp_path, capsys):
     seen = []

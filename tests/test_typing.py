@@ -1,5 +1,6 @@
 """The typed boundary: ``nytorch/_C.pyi`` declares exactly what the compiled
 module defines, and the package ships ``py.typed``."""
+
 import ast
 import pathlib
 

@@ -8,6 +8,7 @@ and prints one line per entry: machine code (ELF, sm_XY, with its number of kern
 ``--list-ptx``, for machines without cuobjdump (tools/build-wheel.sh uses it then).
 Exits 1 when there is no CUDA code.
 """
+
 import struct
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -20,12 +21,12 @@ def sections(data: bytes) -> Dict[bytes, bytes]:
     """The sections of a 64-bit little-endian ELF image, by name."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ValueError("not a 64-bit little-endian ELF file")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
 
     def header(i):  # name, offset, size
         h = shoff + i * shentsize
-        nm, = struct.unpack_from("<I", data, h)
+        (nm,) = struct.unpack_from("<I", data, h)
         off, size = struct.unpack_from("<QQ", data, h + 0x18)
         return nm, off, size
 
@@ -34,14 +35,14 @@ def sections(data: bytes) -> Dict[bytes, bytes]:
     for i in range(shnum):
         nm, off, size = header(i)
         end = data.index(b"\0", stroff + nm)
-        out[data[stroff + nm:end]] = data[off:off + size]
+        out[data[stroff + nm : end]] = data[off : off + size]
     return out
 
 
 def kernels(cubin: bytes) -> Optional[List[str]]:
     """The kernels (.text.<name> sections) of an uncompressed cubin, else None."""
     try:
-        return sorted(n[len(b".text."):].decode() for n in sections(cubin) if n.startswith(b".text."))
+        return sorted(n[len(b".text.") :].decode() for n in sections(cubin) if n.startswith(b".text."))
     except (ValueError, struct.error):
         return None
 
@@ -57,8 +58,8 @@ def entries(fatbin: bytes) -> List[Tuple[str, int, int, Optional[List[str]]]]:
         e, end = pos + hsize, pos + hsize + fsize
         while e + 64 <= end:
             kind, _, ehsize, size = struct.unpack_from("<HHIQ", fatbin, e)
-            arch, = struct.unpack_from("<I", fatbin, e + 28)
-            names = kernels(fatbin[e + ehsize:e + ehsize + size]) if kind == 2 else None
+            (arch,) = struct.unpack_from("<I", fatbin, e + 28)
+            names = kernels(fatbin[e + ehsize : e + ehsize + size]) if kind == 2 else None
             out.append((KINDS.get(kind, f"kind{kind}"), arch, size, names))
             if ehsize == 0:
                 break
@@ -78,8 +79,10 @@ def main(path: str, verbose: bool = False) -> int:
             print("".join(f"       {n}\n" for n in names), end="")
     sms = sorted({a for k, a, _, _ in found if k == "ELF"})
     ptx = sorted({a for k, a, _, _ in found if k == "PTX"})
-    print(f"{len(found)} entries: machine code for {', '.join(f'sm_{a}' for a in sms) or 'nothing'}; "
-          f"PTX for {', '.join(f'compute_{a}' for a in ptx) or 'nothing'}")
+    print(
+        f"{len(found)} entries: machine code for {', '.join(f'sm_{a}' for a in sms) or 'nothing'}; "
+        f"PTX for {', '.join(f'compute_{a}' for a in ptx) or 'nothing'}"
+    )
     return 0 if found else 1
 
 

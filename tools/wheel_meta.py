@@ -6,6 +6,7 @@ Writes OUTDIR/<name>-<version>+<local>-<tags>.whl: the .dist-info folder renamed
 METADATA's Version and its torch Requires-Dist replaced, RECORD rewritten with
 the new hashes. Prints the new wheel's path.
 """
+
 import argparse
 import base64
 import hashlib
@@ -31,7 +32,7 @@ def retag(src: str, outdir: str, local: str, torch_req: str) -> str:
     for info, data in files:
         path = info.filename
         if path.startswith(old_info + "/"):
-            path = new_info + path[len(old_info):]
+            path = new_info + path[len(old_info) :]
         if path == f"{new_info}/METADATA":
             text = data.decode()
             text = re.sub(r"^Version: .*$", f"Version: {new_version}", text, count=1, flags=re.M)

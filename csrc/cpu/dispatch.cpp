@@ -6,8 +6,12 @@
 #include "nyto.h"
 
 namespace nyto {
-namespace DEFAULT { void run_job(const Job& job); }
-namespace AVX2 { void run_job(const Job& job); }
+namespace DEFAULT {
+void run_job(const Job& job);
+}
+namespace AVX2 {
+void run_job(const Job& job);
+}
 
 namespace {
 bool want_avx2() {

@@ -20,8 +20,8 @@ namespace nyto {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kGrain = 1 << 15;   // elements per parallel task at least
-constexpr int64_t kStage = 1024;      // staging block for reduced precision
+constexpr int64_t kGrain = 1 << 15;  // elements per parallel task at least
+constexpr int64_t kStage = 1024;     // staging block for reduced precision
 
 template <class T, class F, size_t... I>
 inline void span_vec(const F& f, T* out, T* const* in, int64_t n, std::index_sequence<I...>) {
@@ -81,8 +81,10 @@ void drive(const Job& job, const F& f) {
     }
   };
   // One task: run it here (parallel_for's own check costs thread-local guards).
-  if (total <= kGrain) body(0, total);
-  else at::parallel_for(0, total, kGrain, body);
+  if (total <= kGrain)
+    body(0, total);
+  else
+    at::parallel_for(0, total, kGrain, body);
 }
 
 template <class T, class M>

@@ -27,11 +27,11 @@
 namespace nyto {
 namespace {
 
-constexpr int kBlock = 256;                // threads per block
-constexpr int64_t kChunk = 16384;          // elements per block
-constexpr int kILP = 4;                    // loads in flight per thread and operand
-constexpr int kParamBytes = 4096;          // the classic kernel-parameter limit
-constexpr int kFunctorBytes = 64;          // reserved for the functor argument
+constexpr int kBlock = 256;                             // threads per block
+constexpr int64_t kChunk = 16384;                       // elements per block
+constexpr int kILP = 4;                                 // loads in flight per thread and operand
+constexpr int kParamBytes = 4096;                       // the classic kernel-parameter limit
+constexpr int kFunctorBytes = 64;                       // reserved for the functor argument
 constexpr int64_t kMaxBlocks = (int64_t(1) << 31) - 1;  // gridDim.x limit
 
 // Tensors per launch for D operands (output + inputs): what fits in the
@@ -56,9 +56,7 @@ struct alignas(16) Vec16 {
   T v[N];
 };
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // out = f(in[0][j], ..., in[nin-1][j]) in op-math precision M.
 template <class M, class F, class Get, size_t... I>
@@ -80,7 +78,10 @@ __global__ void __launch_bounds__(kBlock) mta_kernel(const __grid_constant__ Pac
   int lo = 0, hi = pk.n;  // the tensor t with first[t] <= b < first[t+1]
   while (hi - lo > 1) {
     const int mid = (lo + hi) / 2;
-    if (pk.first[mid] <= b) lo = mid; else hi = mid;
+    if (pk.first[mid] <= b)
+      lo = mid;
+    else
+      hi = mid;
   }
   const int t = lo;
   const int64_t base = (b - pk.first[t]) * kChunk;
@@ -161,8 +162,8 @@ void drive(const Job& job, const F& f) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(job.device_index).stream();
   const size_t n = job.numels.size();
   for (size_t i = 0; i < n; ++i) {  // before any launch: nothing is written on failure
-    TORCH_CHECK((job.numels[i] + kChunk - 1) / kChunk <= kMaxBlocks, "nytorch: a tensor of ",
-                job.numels[i], " elements is too large for the CUDA kernel");
+    TORCH_CHECK((job.numels[i] + kChunk - 1) / kChunk <= kMaxBlocks, "nytorch: a tensor of ", job.numels[i],
+                " elements is too large for the CUDA kernel");
   }
   Pack<D> pk;
   pk.n = 0;

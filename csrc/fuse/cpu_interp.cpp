@@ -32,8 +32,8 @@ namespace nyto::fuse {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kBlockBytes = 4096;  // one register: 1024 floats or 512 doubles
-constexpr int64_t kGrain = 1 << 15;    // elements per parallel task at least
+constexpr int64_t kBlockBytes = 4096;       // one register: 1024 floats or 512 doubles
+constexpr int64_t kGrain = 1 << 15;         // elements per parallel task at least
 constexpr int64_t kStreamBytes = 64 << 20;  // calls touching more: non-temporal output stores
 
 }  // namespace
@@ -84,13 +84,20 @@ struct Interp {
   static void pow_scalar(M* d, const M* a, double e, int64_t n) {
     const Vec ev(static_cast<M>(e));
     switch (math::pow_kind(e)) {
-      case math::kPowSquare: return pow_loop<math::kPowSquare>(d, a, ev, n);
-      case math::kPowCube: return pow_loop<math::kPowCube>(d, a, ev, n);
-      case math::kPowSqrt: return pow_loop<math::kPowSqrt>(d, a, ev, n);
-      case math::kPowRecip: return pow_loop<math::kPowRecip>(d, a, ev, n);
-      case math::kPowRsqrt: return pow_loop<math::kPowRsqrt>(d, a, ev, n);
-      case math::kPowInvSquare: return pow_loop<math::kPowInvSquare>(d, a, ev, n);
-      default: return pow_loop<math::kPowGeneral>(d, a, ev, n);
+      case math::kPowSquare:
+        return pow_loop<math::kPowSquare>(d, a, ev, n);
+      case math::kPowCube:
+        return pow_loop<math::kPowCube>(d, a, ev, n);
+      case math::kPowSqrt:
+        return pow_loop<math::kPowSqrt>(d, a, ev, n);
+      case math::kPowRecip:
+        return pow_loop<math::kPowRecip>(d, a, ev, n);
+      case math::kPowRsqrt:
+        return pow_loop<math::kPowRsqrt>(d, a, ev, n);
+      case math::kPowInvSquare:
+        return pow_loop<math::kPowInvSquare>(d, a, ev, n);
+      default:
+        return pow_loop<math::kPowGeneral>(d, a, ev, n);
     }
   }
 
@@ -126,13 +133,12 @@ struct Interp {
   // value feeds one STORE writes the output directly (no copy) when no later
   // instruction reads that output's memory as an input. Returns, per
   // instruction, the output it writes directly or -1; skip: stores so covered.
-  static Small<int> plan_direct(const Program& p, const GroupJob& job, Small<char>& skip,
-                                Small<char>& alias_ok) {
+  static Small<int> plan_direct(const Program& p, const GroupJob& job, Small<char>& skip, Small<char>& alias_ok) {
     const int ni = static_cast<int>(p.vec.size());
     Small<int> direct(ni, -1);
     skip.assign(ni, 0);
-    Small<int> origin(p.n_vreg, -1);           // input whose memory a register holds
-    Small<std::array<int, 4>> reads(ni);       // inputs whose memory each instruction reads
+    Small<int> origin(p.n_vreg, -1);      // input whose memory a register holds
+    Small<std::array<int, 4>> reads(ni);  // inputs whose memory each instruction reads
     for (int i = 0; i < ni; ++i) {
       const Instr& in = p.vec[i];
       const FOp op = static_cast<FOp>(in.op);
@@ -215,7 +221,8 @@ struct Interp {
         const Instr& cur = p.vec[k];
         const Instr& nx = p.vec[k + 1];
         if (static_cast<FOp>(nx.op) != FOp::MulAdd || nx.c != cur.dst || nx.dst != cur.dst || nx.a == cur.dst ||
-            nx.b == cur.dst) break;
+            nx.b == cur.dst)
+          break;
         ++k;
       }
       chain[i] = k - i + 1;
@@ -279,11 +286,16 @@ struct Interp {
   template <bool HasC, bool AScalar>
   static void chain_k(int K, M* d, const M* const* pa, const M* const* pb, const M* c0, int64_t nw, bool nt) {
     switch (K) {
-      case 2: return chain_loop<2, HasC, AScalar>(d, pa, pb, c0, nw, nt);
-      case 3: return chain_loop<3, HasC, AScalar>(d, pa, pb, c0, nw, nt);
-      case 4: return chain_loop<4, HasC, AScalar>(d, pa, pb, c0, nw, nt);
-      case 5: return chain_loop<5, HasC, AScalar>(d, pa, pb, c0, nw, nt);
-      case 6: return chain_loop<6, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 2:
+        return chain_loop<2, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 3:
+        return chain_loop<3, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 4:
+        return chain_loop<4, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 5:
+        return chain_loop<5, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+      case 6:
+        return chain_loop<6, HasC, AScalar>(d, pa, pb, c0, nw, nt);
       default:
         for (int64_t i = 0; i < nw; i += W) {
           Vec acc = Vec::loadu(pa[0] + i) * Vec::loadu(pb[0] + i);
@@ -340,7 +352,8 @@ struct Interp {
     call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
     Small<char> out_nt(p.n_out, 0);
     for (int j = 0; j < p.n_out; ++j) {
-      out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
+      out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes &&
+                  reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
     }
     const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
@@ -381,101 +394,104 @@ struct Interp {
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (Bk + 8)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
       LinePrefetcher pf;
-     for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
-      const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
+      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
+        const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
 
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t g0 = blk * B;
-        const int64_t n = std::min(B, job.n - g0);
-        const int64_t nw = (n + W - 1) / W * W;
-        const bool full = native && n == B;
-        pf.n = pf.s = 0;
-        pf.off = 0;
-        if (n_rand > 0 && blk + 1 < b1) {  // the next block's inputs and outputs
-          const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
-          for (int k = 0; k < p.n_in; ++k) pf.add(static_cast<const char*>(job.in[k]) + at, false);
-          for (int j = 0; j < p.n_out; ++j) {
-            if (!job.out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
-          }
-          pf.bytes = B * static_cast<int64_t>(sizeof(T));
-          const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
-          pf.per_call = (pf.n * pf.bytes / 64 + calls - 1) / calls;
-        }
-        for (size_t ii = 0; ii < p.vec.size(); ++ii) {
-          const Instr& ins = p.vec[ii];
-          const FOp op = static_cast<FOp>(ins.op);
-          if (op == FOp::Store) {
-            if (full && skip_store[ii]) continue;  // written directly
-            T* out = static_cast<T*>(job.out[ins.dst]) + g0;
-            const M* s = src(ins.a);
-            if constexpr (std::is_same_v<T, M>) {
-              if (full && out_nt[ins.dst]) {
-                copy_nt(out, s, n);
-              } else {
-                std::memcpy(out, s, n * sizeof(T));
-              }
-            } else {
-              at::vec::convert(s, out, n);
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t g0 = blk * B;
+          const int64_t n = std::min(B, job.n - g0);
+          const int64_t nw = (n + W - 1) / W * W;
+          const bool full = native && n == B;
+          pf.n = pf.s = 0;
+          pf.off = 0;
+          if (n_rand > 0 && blk + 1 < b1) {  // the next block's inputs and outputs
+            const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
+            for (int k = 0; k < p.n_in; ++k) pf.add(static_cast<const char*>(job.in[k]) + at, false);
+            for (int j = 0; j < p.n_out; ++j) {
+              if (!job.out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
             }
-            continue;
+            pf.bytes = B * static_cast<int64_t>(sizeof(T));
+            const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
+            pf.per_call = (pf.n * pf.bytes / 64 + calls - 1) / calls;
           }
-          if (chain[ii] > 1) {
-            const int K = chain[ii];
-            const size_t last = ii + K - 1;
-            M* d = full && direct[last] >= 0 ? static_cast<M*>(job.out[direct[last]]) + g0 : vbuf[p.vec[last].dst];
-            const M* pa[kMaxChain];
-            const M* pb[kMaxChain];
-            for (int t = 0; t < K; ++t) {
-              const Instr& q = p.vec[ii + t];
-              const bool swap = chain_scalar[ii] && q.b < 0;  // the number first (a * b == b * a)
-              pa[t] = src(swap ? q.b : q.a);
-              pb[t] = src(swap ? q.a : q.b);
-            }
-            const bool nt = full && direct[last] >= 0 && out_nt[direct[last]];
-            chain_any(K, op == FOp::MulAdd, chain_scalar[ii], d, pa, pb, op == FOp::MulAdd ? src(ins.c) : nullptr, nw, nt);
-            vptr[p.vec[last].dst] = d;
-            ii = last;
-            continue;
-          }
-          M* d = full && direct[ii] >= 0 ? static_cast<M*>(job.out[direct[ii]]) + g0 : vbuf[ins.dst];
-          switch (op) {
-            case FOp::Load: {
-              const T* in = static_cast<const T*>(job.in[ins.a]) + g0;
+          for (size_t ii = 0; ii < p.vec.size(); ++ii) {
+            const Instr& ins = p.vec[ii];
+            const FOp op = static_cast<FOp>(ins.op);
+            if (op == FOp::Store) {
+              if (full && skip_store[ii]) continue;  // written directly
+              T* out = static_cast<T*>(job.out[ins.dst]) + g0;
+              const M* s = src(ins.a);
               if constexpr (std::is_same_v<T, M>) {
-                if (full && alias_ok[ins.a]) {
-                  vptr[ins.dst] = in;  // read in place (see plan_direct)
-                  continue;
+                if (full && out_nt[ins.dst]) {
+                  copy_nt(out, s, n);
+                } else {
+                  std::memcpy(out, s, n * sizeof(T));
                 }
-                std::memcpy(d, in, n * sizeof(T));
               } else {
-                at::vec::convert(in, d, n);
+                at::vec::convert(s, out, n);
               }
-              std::fill(d + n, d + nw, M(0));
-              break;
+              continue;
             }
-            case FOp::Rand:
-            case FOp::Randn:
-              Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, op == FOp::Randn,
-                     static_cast<uint32_t>(ins.a), job, words.get(), scratch, pf);
-              break;
-            case FOp::Rands:
-              Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
-                     words.get(), scratch, pf, static_cast<M>(p.sval[-1 - ins.b]));
-              break;
-            // Every math op: the expr column of fuse/fops.def (see math_op).
-#define NYTO_FOP(E, ...) \
-  case FOp::E:           \
-    math_op<FOp::E>(d, ins, p, src, nw); break;
+            if (chain[ii] > 1) {
+              const int K = chain[ii];
+              const size_t last = ii + K - 1;
+              M* d = full && direct[last] >= 0 ? static_cast<M*>(job.out[direct[last]]) + g0 : vbuf[p.vec[last].dst];
+              const M* pa[kMaxChain];
+              const M* pb[kMaxChain];
+              for (int t = 0; t < K; ++t) {
+                const Instr& q = p.vec[ii + t];
+                const bool swap = chain_scalar[ii] && q.b < 0;  // the number first (a * b == b * a)
+                pa[t] = src(swap ? q.b : q.a);
+                pb[t] = src(swap ? q.a : q.b);
+              }
+              const bool nt = full && direct[last] >= 0 && out_nt[direct[last]];
+              chain_any(K, op == FOp::MulAdd, chain_scalar[ii], d, pa, pb, op == FOp::MulAdd ? src(ins.c) : nullptr, nw,
+                        nt);
+              vptr[p.vec[last].dst] = d;
+              ii = last;
+              continue;
+            }
+            M* d = full && direct[ii] >= 0 ? static_cast<M*>(job.out[direct[ii]]) + g0 : vbuf[ins.dst];
+            switch (op) {
+              case FOp::Load: {
+                const T* in = static_cast<const T*>(job.in[ins.a]) + g0;
+                if constexpr (std::is_same_v<T, M>) {
+                  if (full && alias_ok[ins.a]) {
+                    vptr[ins.dst] = in;  // read in place (see plan_direct)
+                    continue;
+                  }
+                  std::memcpy(d, in, n * sizeof(T));
+                } else {
+                  at::vec::convert(in, d, n);
+                }
+                std::fill(d + n, d + nw, M(0));
+                break;
+              }
+              case FOp::Rand:
+              case FOp::Randn:
+                Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, op == FOp::Randn,
+                                static_cast<uint32_t>(ins.a), job, words.get(), scratch, pf);
+                break;
+              case FOp::Rands:
+                Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
+                                words.get(), scratch, pf, static_cast<M>(p.sval[-1 - ins.b]));
+                break;
+                // Every math op: the expr column of fuse/fops.def (see math_op).
+#define NYTO_FOP(E, ...)                 \
+  case FOp::E:                           \
+    math_op<FOp::E>(d, ins, p, src, nw); \
+    break;
 #define NYTO_FOP_IO(...)
 #include "fuse/fops.def"
 #undef NYTO_FOP
 #undef NYTO_FOP_IO
-            default: break;  // decode() admits no other op
+              default:
+                break;  // decode() admits no other op
+            }
+            vptr[ins.dst] = d;
           }
-          vptr[ins.dst] = d;
         }
       }
-     }
 #if defined(CPU_CAPABILITY_AVX2)
       _mm_sfence();  // order this worker's non-temporal stores before the join
 #endif
@@ -498,15 +514,16 @@ double scalar_math(FOp op, double a, double b, double c) {
   using Vec = at::vec::Vectorized<double>;
   alignas(64) double r[Vec::size()];
   switch (op) {
-#define NYTO_FOP(E, ...)                                    \
-  case FOp::E:                                              \
+#define NYTO_FOP(E, ...)                               \
+  case FOp::E:                                         \
     FMath<FOp::E>::f(Vec(a), Vec(b), Vec(c)).store(r); \
     return r[0];
 #define NYTO_FOP_IO(...)
 #include "fuse/fops.def"
 #undef NYTO_FOP
 #undef NYTO_FOP_IO
-    default: TORCH_CHECK(false, "nytorch.fuse: ", op_name(op), " has no scalar form");
+    default:
+      TORCH_CHECK(false, "nytorch.fuse: ", op_name(op), " has no scalar form");
   }
 }
 

@@ -117,8 +117,8 @@ struct Random {
 
   // Random values for elements [e0, e0 + n) of stream `stream` (e0 includes
   // the call's offset); words: scratch for the Philox outputs.
-  static void fill(M* d, uint64_t e0, int64_t n, bool normal, uint32_t stream, const GroupJob& job,
-                     uint32_t* words, M* scratch, LinePrefetcher& pf, M scale = M(1)) {
+  static void fill(M* d, uint64_t e0, int64_t n, bool normal, uint32_t stream, const GroupJob& job, uint32_t* words,
+                   M* scratch, LinePrefetcher& pf, M scale = M(1)) {
     constexpr int shift = RandShift<M>::value;
     const uint64_t c_first = e0 >> shift, c_last = (e0 + n - 1) >> shift;
     const int64_t nc = static_cast<int64_t>(c_last - c_first) + 1;
@@ -148,7 +148,8 @@ struct Random {
 #endif
     for (int64_t j = j0; j < nc; ++j) {
       const uint64_t c = c_first + j;
-      const Philox4 r = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), stream, job.group, k0, k1);
+      const Philox4 r =
+          philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), stream, job.group, k0, k1);
       words[4 * j] = r.w[0];
       words[4 * j + 1] = r.w[1];
       words[4 * j + 2] = r.w[2];
@@ -176,7 +177,7 @@ struct Random {
   // the step lies inside it (else through a small buffer: a ragged head or
   // tail). The value of an element depends only on its counter's words.
   static constexpr int64_t E = int64_t(1) << RandShift<M>::value;  // elements per counter
-  static constexpr int64_t kStep = 8 * E;                             // elements per 8 counters
+  static constexpr int64_t kStep = 8 * E;                          // elements per 8 counters
 
   // Scalar pair (the DEFAULT build; float: same polynomials as AVX2).
   static void pair_scalar(M u1, M u2, M* out) {
@@ -343,8 +344,8 @@ struct Random {
       normals_of_words(w, out);
 #else
       for (int i = 0; i < 8; ++i) {
-        const Philox4 r =
-            philox4x32_10(static_cast<uint32_t>(c + i), static_cast<uint32_t>((c + i) >> 32), stream, job.group, k0, k1);
+        const Philox4 r = philox4x32_10(static_cast<uint32_t>(c + i), static_cast<uint32_t>((c + i) >> 32), stream,
+                                        job.group, k0, k1);
         for (int k = 0; k < 4; ++k) wb[4 * i + k] = r.w[k];
       }
       normals_of_words_scalar(wb, out);

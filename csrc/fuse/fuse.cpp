@@ -48,7 +48,8 @@ int arity(FOp op) {
 #include "fuse/fops.def"
 #undef NYTO_FOP
 #undef NYTO_FOP_IO
-    default: return 0;
+    default:
+      return 0;
   }
 }
 
@@ -83,11 +84,11 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
   const int n_instr = w[5];
   TORCH_CHECK(p.n_in >= 1 && p.n_out >= 1 && p.n_vreg >= 0 && p.n_sreg >= 0 && n_instr >= 0 &&
                   n_words == static_cast<size_t>(kHeader) + static_cast<size_t>(n_instr) * kWords,
-              "nytorch.fuse: malformed program header (", p.n_in, " inputs, ", p.n_out, " outputs, ",
-              n_instr, " instructions in ", n_words, " words)");
+              "nytorch.fuse: malformed program header (", p.n_in, " inputs, ", p.n_out, " outputs, ", n_instr,
+              " instructions in ", n_words, " words)");
   const int n_consts = static_cast<int>(consts.size());
-  TORCH_CHECK(n_consts <= p.n_sreg, "nytorch.fuse: ", n_consts, " numbers given, the program has ",
-              p.n_sreg, " scalar slots");
+  TORCH_CHECK(n_consts <= p.n_sreg, "nytorch.fuse: ", n_consts, " numbers given, the program has ", p.n_sreg,
+              " scalar slots");
   p.sval.assign(p.n_sreg, 0.0);
   p.s_used.assign(p.n_sreg, 0);
   Small<char> s_def(p.n_sreg, 0), v_def(p.n_vreg, 0), stored(p.n_out, 0);
@@ -112,13 +113,13 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
                     ") reads undefined register ", o);
         all_scalar = false;
       } else {
-        TORCH_CHECK(-1 - o < p.n_sreg && s_def[-1 - o], "nytorch.fuse: instruction ", i, " (",
-                    kNames[ins.op], ") reads undefined scalar slot ", -1 - o);
+        TORCH_CHECK(-1 - o < p.n_sreg && s_def[-1 - o], "nytorch.fuse: instruction ", i, " (", kNames[ins.op],
+                    ") reads undefined scalar slot ", -1 - o);
       }
     }
     if (op == FOp::Store) {
-      TORCH_CHECK(ins.dst >= 0 && ins.dst < p.n_out && !stored[ins.dst], "nytorch.fuse: instruction ", i,
-                  ": output ", ins.dst, " out of range or stored twice");
+      TORCH_CHECK(ins.dst >= 0 && ins.dst < p.n_out && !stored[ins.dst], "nytorch.fuse: instruction ", i, ": output ",
+                  ins.dst, " out of range or stored twice");
       stored[ins.dst] = 1;
       storing = true;
       if (ins.a < 0) p.s_used[-1 - ins.a] = 1;
@@ -128,8 +129,8 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
     TORCH_CHECK(!storing, "nytorch.fuse: instruction ", i, " (", kNames[ins.op], ") follows a store");
     if (ins.dst < 0) {  // scalar instruction
       const int s = -1 - ins.dst;
-      TORCH_CHECK(na > 0 && all_scalar && s >= n_consts && s < p.n_sreg, "nytorch.fuse: instruction ", i,
-                  " (", kNames[ins.op], ") is not a valid scalar instruction");
+      TORCH_CHECK(na > 0 && all_scalar && s >= n_consts && s < p.n_sreg, "nytorch.fuse: instruction ", i, " (",
+                  kNames[ins.op], ") is not a valid scalar instruction");
       double v[3] = {0, 0, 0};
       for (int k = 0; k < na; ++k) v[k] = p.sval[-1 - opnd[k]];
       p.sval[s] = scalar_op(op, v[0], v[1], v[2]);
@@ -138,8 +139,7 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
     }
     TORCH_CHECK(ins.dst < p.n_vreg, "nytorch.fuse: instruction ", i, ": register ", ins.dst, " out of range");
     if (op == FOp::Load) {
-      TORCH_CHECK(ins.a >= 0 && ins.a < p.n_in, "nytorch.fuse: instruction ", i, ": input ", ins.a,
-                  " out of range");
+      TORCH_CHECK(ins.a >= 0 && ins.a < p.n_in, "nytorch.fuse: instruction ", i, ": input ", ins.a, " out of range");
     } else if (op == FOp::Rand || op == FOp::Randn || op == FOp::Rands) {
       TORCH_CHECK(ins.a >= 0, "nytorch.fuse: instruction ", i, ": bad random stream ", ins.a);
       TORCH_CHECK(op != FOp::Rands || (ins.b < 0 && -1 - ins.b < p.n_sreg && s_def[-1 - ins.b]),
@@ -162,13 +162,12 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
   return p;
 }
 
-std::vector<std::vector<at::Tensor>> run(
-    const int32_t* words, size_t n_words, const std::vector<double>& consts,
-    const std::vector<std::vector<at::Tensor>>& ins, std::vector<std::vector<at::Tensor>> outs,
-    int64_t seed, int64_t offset) {
+std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, const std::vector<double>& consts,
+                                         const std::vector<std::vector<at::Tensor>>& ins,
+                                         std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset) {
   const Program p = decode(words, n_words, consts);
-  TORCH_CHECK(static_cast<int>(ins.size()) == p.n_in, "nytorch.fuse: the program takes ", p.n_in,
-              " inputs, got ", ins.size());
+  TORCH_CHECK(static_cast<int>(ins.size()) == p.n_in, "nytorch.fuse: the program takes ", p.n_in, " inputs, got ",
+              ins.size());
   const size_t ng = ins[0].size();
   TORCH_CHECK(ng >= 1, "nytorch.fuse: inputs have no buffers");
   for (size_t k = 0; k < ins.size(); ++k) {
@@ -177,8 +176,8 @@ std::vector<std::vector<at::Tensor>> run(
   }
   const bool alloc = outs.empty();
   if (!alloc) {
-    TORCH_CHECK(static_cast<int>(outs.size()) == p.n_out, "nytorch.fuse: the program has ", p.n_out,
-                " outputs, got ", outs.size(), " output lists");
+    TORCH_CHECK(static_cast<int>(outs.size()) == p.n_out, "nytorch.fuse: the program has ", p.n_out, " outputs, got ",
+                outs.size(), " output lists");
     for (size_t j = 0; j < outs.size(); ++j) {
       TORCH_CHECK(outs[j].size() == ng, "nytorch.fuse: output ", j, " has ", outs[j].size(),
                   " buffers (groups), the inputs have ", ng);
@@ -192,14 +191,14 @@ std::vector<std::vector<at::Tensor>> run(
       TORCH_CHECK(t.defined(), "nytorch.fuse: ", what, " ", k, " of group ", g, " is undefined");
       TORCH_CHECK(is_fast_dtype(t.scalar_type()), "nytorch.fuse: ", what, " ", k, " of group ", g, " has dtype ",
                   t.scalar_type(), "; fuse supports float32, float64, bfloat16 and float16");
-      TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "nytorch.fuse: dtype mismatch in group ", g, ": ",
-                  what, " ", k, " is ", t.scalar_type(), ", input 0 is ", ref.scalar_type());
-      TORCH_CHECK(t.device() == ref.device(), "nytorch.fuse: device mismatch in group ", g, ": ", what, " ",
-                  k, " is on ", t.device(), ", input 0 is on ", ref.device());
-      TORCH_CHECK(t.numel() == ref.numel(), "nytorch.fuse: size mismatch in group ", g, ": ", what, " ", k,
-                  " has ", t.numel(), " elements, input 0 has ", ref.numel());
-      TORCH_CHECK(t.is_contiguous() && !t.is_neg() && !t.is_conj(), "nytorch.fuse: ", what, " ", k,
-                  " of group ", g, " is not contiguous");
+      TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "nytorch.fuse: dtype mismatch in group ", g, ": ", what, " ", k,
+                  " is ", t.scalar_type(), ", input 0 is ", ref.scalar_type());
+      TORCH_CHECK(t.device() == ref.device(), "nytorch.fuse: device mismatch in group ", g, ": ", what, " ", k,
+                  " is on ", t.device(), ", input 0 is on ", ref.device());
+      TORCH_CHECK(t.numel() == ref.numel(), "nytorch.fuse: size mismatch in group ", g, ": ", what, " ", k, " has ",
+                  t.numel(), " elements, input 0 has ", ref.numel());
+      TORCH_CHECK(t.is_contiguous() && !t.is_neg() && !t.is_conj(), "nytorch.fuse: ", what, " ", k, " of group ", g,
+                  " is not contiguous");
     };
     for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], "input", k);
     const auto dev = ref.device().type();
@@ -208,25 +207,24 @@ std::vector<std::vector<at::Tensor>> run(
     if (dev == at::kCUDA) {
       TORCH_CHECK(p.vec.size() <= static_cast<size_t>(kCudaMaxInstr) && p.n_vreg <= kCudaMaxVreg &&
                       p.n_sreg <= kCudaMaxSreg && p.n_in <= kCudaMaxIn && p.n_out <= kCudaMaxOut,
-                  "nytorch.fuse: expression too large for the CUDA kernel (", p.vec.size(), " instructions, ",
-                  p.n_vreg, " registers, ", p.n_sreg, " numbers, ", p.n_in, " inputs, ", p.n_out,
-                  " outputs; at most ", kCudaMaxInstr, ", ", kCudaMaxVreg, ", ", kCudaMaxSreg, ", ", kCudaMaxIn,
-                  ", ", kCudaMaxOut, ")");
+                  "nytorch.fuse: expression too large for the CUDA kernel (", p.vec.size(), " instructions, ", p.n_vreg,
+                  " registers, ", p.n_sreg, " numbers, ", p.n_in, " inputs, ", p.n_out, " outputs; at most ",
+                  kCudaMaxInstr, ", ", kCudaMaxVreg, ", ", kCudaMaxSreg, ", ", kCudaMaxIn, ", ", kCudaMaxOut, ")");
     }
     if (alloc) continue;
     for (size_t j = 0; j < outs.size(); ++j) {
       const at::Tensor& o = outs[j][g];
       check(o, "output", j);
-      TORCH_CHECK(at::has_internal_overlap(o) != at::MemOverlap::Yes, "nytorch.fuse: output ", j,
-                  " of group ", g, " has internal overlap");
+      TORCH_CHECK(at::has_internal_overlap(o) != at::MemOverlap::Yes, "nytorch.fuse: output ", j, " of group ", g,
+                  " has internal overlap");
       for (size_t k = 0; k < ins.size(); ++k) {
         const auto st = at::get_overlap_status(o, ins[k][g]);
-        TORCH_CHECK(st != at::MemOverlapStatus::Partial, "nytorch.fuse: output ", j, " and input ", k,
-                    " of group ", g, " partially overlap (an output may only be an input itself)");
+        TORCH_CHECK(st != at::MemOverlapStatus::Partial, "nytorch.fuse: output ", j, " and input ", k, " of group ", g,
+                    " partially overlap (an output may only be an input itself)");
       }
       for (size_t j2 = 0; j2 < j; ++j2) {
-        TORCH_CHECK(at::get_overlap_status(o, outs[j2][g]) == at::MemOverlapStatus::No, "nytorch.fuse: outputs ",
-                    j2, " and ", j, " of group ", g, " overlap");
+        TORCH_CHECK(at::get_overlap_status(o, outs[j2][g]) == at::MemOverlapStatus::No, "nytorch.fuse: outputs ", j2,
+                    " and ", j, " of group ", g, " overlap");
       }
     }
   }
@@ -264,8 +262,10 @@ std::vector<std::vector<at::Tensor>> run(
         job.out_is_in[j] |= same;
       }
     }
-    if (ins[0][g].device().is_cpu()) cpu_runner()(p, job);
-    else cuda_runners().fuse(p, job);
+    if (ins[0][g].device().is_cpu())
+      cpu_runner()(p, job);
+    else
+      cuda_runners().fuse(p, job);
   }
   if (!alloc) {
     for (const auto& l : outs) {
@@ -317,8 +317,8 @@ std::vector<at::Tensor> fused(c10::IntArrayRef program, c10::ArrayRef<double> co
 void fused_(c10::IntArrayRef program, c10::ArrayRef<double> consts, at::TensorList inputs, at::TensorList out,
             int64_t seed, int64_t offset) {
   const auto w = words_of(program);
-  run(w.data(), w.size(), std::vector<double>(consts.begin(), consts.end()),
-      split(inputs, header(w, 1), "input"), split(out, header(w, 2), "output"), seed, offset);
+  run(w.data(), w.size(), std::vector<double>(consts.begin(), consts.end()), split(inputs, header(w, 1), "input"),
+      split(out, header(w, 2), "output"), seed, offset);
 }
 }  // namespace
 

@@ -159,16 +159,17 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(const __grid_constant__ 
           for (int l = 0; l < 4; ++l) r[d][l] = v[l];
           break;
         }
-          // Every math op: the expr column of fuse/fops.def (see math_instr).
+        // Every math op: the expr column of fuse/fops.def (see math_instr).
 #define NYTO_FOP_IO(...)
-#define NYTO_FOP(E, ...)                                      \
-  case FOp::E:                                                \
+#define NYTO_FOP(E, ...)                            \
+  case FOp::E:                                      \
     math_instr<FOp::E>(r, d, x, y, z, get, a.sval); \
     break;
 #include "fuse/fops.def"
 #undef NYTO_FOP
 #undef NYTO_FOP_IO
-        default: break;
+        default:
+          break;
       }
     }
   }

@@ -12,8 +12,8 @@ struct Philox4 {
   uint32_t w[4];
 };
 
-C10_HOST_DEVICE C10_ALWAYS_INLINE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                                         uint32_t k0, uint32_t k1) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                                        uint32_t k1) {
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
 #pragma unroll
   for (int r = 0; r < 10; ++r) {
@@ -39,7 +39,9 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE double u53(uint32_t hi, uint32_t lo) {
   return static_cast<double>(((static_cast<uint64_t>(hi) << 32) | lo) >> 11) * 1.1102230246251565e-16;
 }
 // Uniform in (0, 1]: the radius argument of Box-Muller (log never sees 0).
-C10_HOST_DEVICE C10_ALWAYS_INLINE float u24_open0(uint32_t w) { return static_cast<float>((w >> 8) + 1) * 5.9604644775390625e-08f; }
+C10_HOST_DEVICE C10_ALWAYS_INLINE float u24_open0(uint32_t w) {
+  return static_cast<float>((w >> 8) + 1) * 5.9604644775390625e-08f;
+}
 C10_HOST_DEVICE C10_ALWAYS_INLINE double u53_open0(uint32_t hi, uint32_t lo) {
   return static_cast<double>((((static_cast<uint64_t>(hi) << 32) | lo) >> 11) + 1) * 1.1102230246251565e-16;
 }
@@ -47,6 +49,9 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE double u53_open0(uint32_t hi, uint32_t lo) {
 // Which Philox counter feeds element e (index + offset): float streams take 4
 // elements per counter, double streams 2. The counter is (e >> shift) in words
 // 0-1, the stream id in word 2 and the group index in word 3; the key is the seed.
-template <class M> struct RandShift { static constexpr int value = sizeof(M) == 8 ? 1 : 2; };
+template <class M>
+struct RandShift {
+  static constexpr int value = sizeof(M) == 8 ? 1 : 2;
+};
 
 }  // namespace nyto::fuse

@@ -41,7 +41,7 @@ struct Instr {
   int32_t op, dst, a, b, c;
 };
 
-int arity(FOp op);           // operands read (Load/Rand: 0 registers)
+int arity(FOp op);            // operands read (Load/Rand: 0 registers)
 const char* op_name(FOp op);  // its name in fops.def ("?" for a bad code)
 // The value of a math op on numbers, in double (scalar instructions, and
 // nytorch._C.fuse_scalar for Python's number-only calls).
@@ -50,9 +50,9 @@ double scalar_op(FOp op, double a, double b, double c);
 // A checked program with its scalar slots evaluated for one call.
 struct Program {
   int n_in = 0, n_out = 0, n_vreg = 0, n_sreg = 0;
-  Small<Instr> vec;       // vector instructions (loads, math, rand, stores)
-  Small<double> sval;     // every scalar slot's value
-  Small<char> s_used;     // scalar slots vector instructions read as a broadcast block
+  Small<Instr> vec;    // vector instructions (loads, math, rand, stores)
+  Small<double> sval;  // every scalar slot's value
+  Small<char> s_used;  // scalar slots vector instructions read as a broadcast block
   bool has_rand = false;
 };
 
@@ -67,9 +67,9 @@ struct GroupJob {
   Small<void*> out;
   Small<char> in_is_out;  // input k is also an output: never read it in place
   Small<char> out_is_in;  // output j is also an input (else: written only, may bypass the caches)
-  uint64_t seed = 0;            // Philox key
-  uint64_t offset = 0;          // added to the element index (random counters)
-  uint32_t group = 0;           // group index (random counters)
+  uint64_t seed = 0;      // Philox key
+  uint64_t offset = 0;    // added to the element index (random counters)
+  uint32_t group = 0;     // group index (random counters)
   c10::DeviceIndex device_index = -1;
 };
 
@@ -82,9 +82,8 @@ using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runne
 // allocates missing outputs, draws the seed (seed < 0: from torch's default
 // CPU generator), runs each group. ins[k][g]: input k of group g;
 // outs[j][g]: output j of group g (empty: allocated like ins[0][g]).
-std::vector<std::vector<at::Tensor>> run(
-    const int32_t* words, size_t n_words, const std::vector<double>& consts,
-    const std::vector<std::vector<at::Tensor>>& ins, std::vector<std::vector<at::Tensor>> outs,
-    int64_t seed, int64_t offset);
+std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, const std::vector<double>& consts,
+                                         const std::vector<std::vector<at::Tensor>>& ins,
+                                         std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset);
 
 }  // namespace nyto::fuse

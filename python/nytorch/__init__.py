@@ -1,4 +1,5 @@
 """nytorch: a whole ``torch.nn.Module`` behaves like one number."""
+
 import torch as _torch
 
 # The import guard, before the compiled module loads: this build's facts
@@ -7,19 +8,57 @@ from ._guard import check as _check_build
 
 _check_build()
 
-from . import _C  # noqa: E402  (registers the torch.ops.nytorch ops)
-from . import ops  # noqa: E402
+from . import (
+    _C,  # noqa: E402  (registers the torch.ops.nytorch ops)
+    algorithms,  # noqa: E402
+    ops,  # noqa: E402
+)
+from ._fuse.api import (  # noqa: E402,A004
+    FuseError,
+    abs,
+    clamp,
+    exp,
+    fma,
+    fuse,
+    hypot,
+    lerp,
+    log,
+    maximum,
+    minimum,
+    rand_like,
+    randn_like,
+    run_flat,
+    sign,
+    sqrt,
+    where,
+)
+from ._version import __version__  # noqa: E402
 from .errors import CollectiveError, NytoError, SpeciesError, StateDictError, StructureError  # noqa: E402
 from .particle import NytoModule, Species  # noqa: E402
 from .storage import FlatStorage, flat_storage, structure_signature  # noqa: E402
-from ._fuse.api import (FuseError, abs, clamp, exp, fma, fuse, hypot, lerp, log, maximum,  # noqa: E402,A004
-                   minimum, rand_like, randn_like, run_flat, sign, sqrt, where)
 from .swarm import Swarm  # noqa: E402
-from . import algorithms  # noqa: E402
 
-from ._version import __version__  # noqa: E402
-__all__ = ["NytoModule", "Species", "ops", "fuse", "FuseError", "run_flat", "rand_like", "randn_like",
-           "where", "clamp", "minimum", "maximum", "lerp", "fma", "hypot", "sqrt", "exp", "log", "sign", "abs"]
-__all__ += ["Swarm", "algorithms", "NytoError", "SpeciesError", "StructureError", "CollectiveError",
-            "StateDictError"]
+__all__ = [
+    "NytoModule",
+    "Species",
+    "ops",
+    "fuse",
+    "FuseError",
+    "run_flat",
+    "rand_like",
+    "randn_like",
+    "where",
+    "clamp",
+    "minimum",
+    "maximum",
+    "lerp",
+    "fma",
+    "hypot",
+    "sqrt",
+    "exp",
+    "log",
+    "sign",
+    "abs",
+]
+__all__ += ["Swarm", "algorithms", "NytoError", "SpeciesError", "StructureError", "CollectiveError", "StateDictError"]
 __all__ += ["flat_storage", "FlatStorage", "structure_signature"]

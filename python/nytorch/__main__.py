@@ -1,4 +1,5 @@
 """``python -m nytorch``: particle operations in a few seconds, timed against ``torch._foreach_*``."""
+
 import os
 import statistics
 import time
@@ -46,8 +47,7 @@ def median_us(fn, budget_s: float = 0.03, max_reps: int = 300) -> float:
     sync()
     times: list = []
     stop = time.perf_counter() + budget_s
-    while len(times) < max_reps and (
-            time.perf_counter() < stop or (len(times) < 3 and sum(times) < 10 * budget_s)):
+    while len(times) < max_reps and (time.perf_counter() < stop or (len(times) < 3 and sum(times) < 10 * budget_s)):
         t0 = time.perf_counter()
         fn()
         sync()
@@ -60,8 +60,7 @@ def show_ops() -> None:
     net = Particle(mlp()).to(DEVICE)
     first = lambda m: [round(v, 3) for v in m.body[0].weight[0, :3].tolist()]  # noqa: E731
     n = sum(p.numel() for p in net.parameters())
-    print(f"A small MLP: {n:,} parameters in {len(list(net.parameters()))} tensors. "
-          "First weight row, first 3 values:")
+    print(f"A small MLP: {n:,} parameters in {len(list(net.parameters()))} tensors. First weight row, first 3 values:")
     print(f"  {'net':32} {first(net)}")
     print(f"  {'net + 10':32} {first(net + 10)}")
     print(f"  {'2 * net':32} {first(2 * net)}")
@@ -69,8 +68,7 @@ def show_ops() -> None:
     print(f"  {'other = net + net.randn()':32} {first(other)}")
     w0 = net.body[0].weight
     net += 0.5 * (other - net)
-    print(f"  {'net += 0.5 * (other - net)':32} {first(net)}"
-          f"  (same Parameter objects: {net.body[0].weight is w0})")
+    print(f"  {'net += 0.5 * (other - net)':32} {first(net)}  (same Parameter objects: {net.body[0].weight is w0})")
     print("The same on the op library (nytorch.ops, lists of tensors):")
     ps = list(Particle(mlp()).to(DEVICE).parameters())
     head = lambda xs: [round(v, 3) for v in xs[0][0, :3].tolist()]  # noqa: E731
@@ -102,19 +100,25 @@ def time_model(name: str, make) -> None:
         ("a + b", lambda: torch._foreach_add(A, B), lambda: ops.add(A, B), lambda: a + b),
         ("a += b", lambda: torch._foreach_add_(A, B), lambda: ops.add_(A, B), lambda: a.__iadd__(b)),
         ("a * 2", lambda: torch._foreach_mul(A, 2.0), lambda: ops.mul_scalar(A, 2.0), lambda: a * 2),
-        ("a += 0.5 * (b - a)", lambda: torch._foreach_lerp_(A, B, 0.5), lambda: ops.lerp_(A, B, 0.5),
-         lambda: a.__iadd__(0.5 * (b - a))),
-        ("PSO velocity (in place)", lambda: pso_foreach(V, A, B, G, R1, R2, 0.7, 1.5, 1.5),
-         lambda: ops.pso_velocity_(V, A, B, G, R1, R2, 0.7, 1.5, 1.5),
-         lambda: 0.7 * v + 1.5 * r1 * (b - a) + 1.5 * r2 * (g - a)),
+        (
+            "a += 0.5 * (b - a)",
+            lambda: torch._foreach_lerp_(A, B, 0.5),
+            lambda: ops.lerp_(A, B, 0.5),
+            lambda: a.__iadd__(0.5 * (b - a)),
+        ),
+        (
+            "PSO velocity (in place)",
+            lambda: pso_foreach(V, A, B, G, R1, R2, 0.7, 1.5, 1.5),
+            lambda: ops.pso_velocity_(V, A, B, G, R1, R2, 0.7, 1.5, 1.5),
+            lambda: 0.7 * v + 1.5 * r1 * (b - a) + 1.5 * r2 * (g - a),
+        ),
     ]
     print(f"\n{name}: {n:,} parameters in {len(A)} tensors ({DEVICE}), median us per call")
     print(f"  {'op':25} {'_foreach':>10} {'nytorch.ops':>12} {'speedup':>8} {'particle':>10}")
     with torch.no_grad():
         for label, ref, ours, particle in rows:
             t_ref, t_ours = median_us(ref), median_us(ours)
-            print(f"  {label:25} {t_ref:10.1f} {t_ours:12.1f} {t_ref / t_ours:7.2f}x"
-                  f" {median_us(particle):10.1f}")
+            print(f"  {label:25} {t_ref:10.1f} {t_ours:12.1f} {t_ref / t_ours:7.2f}x {median_us(particle):10.1f}")
 
 
 class DigitsMLP(nytorch.NytoModule):
@@ -136,6 +140,7 @@ def pso_digits(n: int = 32, steps: int = 150) -> None:
         print("\nPSO on digits: skipped (scikit-learn is not installed: pip install -r requirements.txt)")
         return
     from nytorch.algorithms import PSO
+
     d = load_digits()
     x = torch.tensor(d.data, dtype=torch.float32, device=DEVICE) / 16
     y = torch.tensor(d.target, device=DEVICE)
@@ -148,21 +153,27 @@ def pso_digits(n: int = 32, steps: int = 150) -> None:
         logp = s(x[tr]).log_softmax(-1)
         return -logp.gather(-1, y[tr].expand(len(s), -1).unsqueeze(-1)).mean((1, 2))
 
-    print(f"\nPSO on scikit-learn's digits: {n} particles x {swarm.numel:,} parameters, {steps} steps "
-          f"(a nytorch.Swarm; update fused with nytorch.fuse)")
+    print(
+        f"\nPSO on scikit-learn's digits: {n} particles x {swarm.numel:,} parameters, {steps} steps "
+        f"(a nytorch.Swarm; update fused with nytorch.fuse)"
+    )
     pso = PSO(swarm, inertia=lambda t: 0.9 - 0.5 * t / steps, vmax=0.5, seed=0)
     t0 = time.perf_counter()
     pso.run(loss, steps, desc="PSO")
     secs = time.perf_counter() - t0
     with torch.no_grad():
         acc = (pso.best(x[te]).argmax(-1) == y[te]).float().mean().item()
-    print(f"  best train loss {pso.best_fitness:.3f}, test accuracy {acc:.1%} "
-          f"({secs:.1f} s, {secs / steps * 1e3:.1f} ms/step, {pso.backend} update)")
+    print(
+        f"  best train loss {pso.best_fitness:.3f}, test accuracy {acc:.1%} "
+        f"({secs:.1f} s, {secs / steps * 1e3:.1f} ms/step, {pso.backend} update)"
+    )
 
 
 def main() -> None:
-    print(f"nytorch {nytorch.__version__}, torch {torch.__version__}, CPU kernels {_C.cpu_isa()}, "
-          f"{torch.get_num_threads()} threads, device {DEVICE}")
+    print(
+        f"nytorch {nytorch.__version__}, torch {torch.__version__}, CPU kernels {_C.cpu_isa()}, "
+        f"{torch.get_num_threads()} threads, device {DEVICE}"
+    )
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores:
         print(f"(load average {load:.1f} on {cores} cores: the timings below are noisy)")
@@ -170,8 +181,10 @@ def main() -> None:
     show_ops()
     time_model("Small MLP", mlp)
     time_model("ResNet-18-sized", resnetish)
-    print("\n('particle' is the operator on NytoModules, e.g. `a + b`, including module overhead;"
-          " its PSO row is out of place.)")
+    print(
+        "\n('particle' is the operator on NytoModules, e.g. `a + b`, including module overhead;"
+        " its PSO row is out of place.)"
+    )
     pso_digits()
 
 

@@ -1,6 +1,7 @@
 """Argument checks of the public entry points: each raises TypeError (wrong
 type) or ValueError (wrong value) with a message naming the argument and what
 was expected, before anything is changed."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from .errors import StateDictError
 def real(x: Any, where: str, name: str) -> float:
     """``x`` as a float: a real number (int, float, numpy scalar, real 0-dim tensor; not bool)."""
     from .particle import _number
+
     n = None if isinstance(x, (bool, str)) else _number(x)
     if n is None or isinstance(n, bool):
         raise TypeError(f"{where}: {name} must be a real number, got {type(x).__name__}")
@@ -46,8 +48,9 @@ def schedule(x: Any, where: str, name: str) -> None:
         real(x, where, f"{name} (a number or a function of the step)")
 
 
-def state_keys(state: Any, where: str, required: Iterable[str], optional: Iterable[str] = (),
-               strict: bool = True) -> None:
+def state_keys(
+    state: Any, where: str, required: Iterable[str], optional: Iterable[str] = (), strict: bool = True
+) -> None:
     """``state`` must be a mapping with the ``required`` keys (and, when
     ``strict``, no keys beyond ``required`` and ``optional``)."""
     if not isinstance(state, Mapping):
@@ -62,5 +65,7 @@ def state_keys(state: Any, where: str, required: Iterable[str], optional: Iterab
             parts.append("missing key(s) " + ", ".join(map(repr, missing)))
         if unexpected:
             parts.append("unexpected key(s) " + ", ".join(map(repr, unexpected)))
-        raise StateDictError(f"{where}: the state has {' and '.join(parts)}; expected the keys of "
-                             f"state_dict(): {', '.join(map(repr, required))}. Nothing was loaded.")
+        raise StateDictError(
+            f"{where}: the state has {' and '.join(parts)}; expected the keys of "
+            f"state_dict(): {', '.join(map(repr, required))}. Nothing was loaded."
+        )

@@ -27,6 +27,7 @@ module, as before. Reads are plain dict reads; only writes pay (~0.3 us).
 >>> [k for k, _ in (n * 2).named_parameters()]
 ['fc.weight']
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -12,6 +12,7 @@ version (CPU vs CUDA builds included) and the C++ ABI.
 know the ABI still matches); a missing compiled module is always an error.
 Nothing here imports ``nytorch._C``.
 """
+
 import importlib.util
 import os
 import sys
@@ -19,8 +20,17 @@ import warnings
 from typing import Any, Dict, List, Mapping, NoReturn, Optional
 
 SKIP_ENV = "NYTO_SKIP_TORCH_CHECK"
-FACTS = ("LOCAL_VERSION", "TORCH_VERSION", "TORCH_CUDA", "CXX11_ABI", "WITH_CUDA", "CUDA_ARCHS",
-         "NVCC_VERSION", "CPU_ISAS", "COMPILER")
+FACTS = (
+    "LOCAL_VERSION",
+    "TORCH_VERSION",
+    "TORCH_CUDA",
+    "CXX11_ABI",
+    "WITH_CUDA",
+    "CUDA_ARCHS",
+    "NVCC_VERSION",
+    "CPU_ISAS",
+    "COMPILER",
+)
 from ._version import __version__ as BASE_VERSION  # the one version string (nytorch/_version.py)
 
 
@@ -38,8 +48,12 @@ def built_facts() -> Optional[Dict[str, Any]]:
 def running_facts() -> Dict[str, Any]:
     """The same facts for the torch imported now."""
     import torch
-    return {"TORCH_VERSION": torch.__version__, "TORCH_CUDA": torch.version.cuda,
-            "CXX11_ABI": bool(torch._C._GLIBCXX_USE_CXX11_ABI)}
+
+    return {
+        "TORCH_VERSION": torch.__version__,
+        "TORCH_CUDA": torch.version.cuda,
+        "CXX11_ABI": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+    }
 
 
 def extension_path() -> Optional[str]:
@@ -93,14 +107,16 @@ def fix_commands(built: Mapping[str, Any], have: Mapping[str, Any]) -> str:
         f"    pip install 'torch=={want}.*' --index-url https://download.pytorch.org/whl/{index}\n"
         f"or build nytorch for your PyTorch {have['TORCH_VERSION']}, from a nytorch source checkout:\n"
         f"    pip install --no-build-isolation --no-deps --force-reinstall .\n"
-        f"(or a wheel: tools/build-wheel.sh --python \"$(command -v python)\" {kind}; see README.md).\n"
+        f'(or a wheel: tools/build-wheel.sh --python "$(command -v python)" {kind}; see README.md).\n'
         f"{SKIP_ENV}=1 turns this error into a warning, for experts who know the ABI still matches "
         f"(a mismatched extension can crash the interpreter)."
     )
 
 
 def mismatch_message(built: Mapping[str, Any], have: Mapping[str, Any], problems: List[str]) -> str:
-    cuda_kernels = "" if not built.get("WITH_CUDA") else f", CUDA kernels for {', '.join(built.get('CUDA_ARCHS') or [])}"
+    cuda_kernels = (
+        "" if not built.get("WITH_CUDA") else f", CUDA kernels for {', '.join(built.get('CUDA_ARCHS') or [])}"
+    )
     return (
         f"nytorch {version(built)} was built for "
         f"{describe_torch(built['TORCH_VERSION'], built.get('TORCH_CUDA'))}{cuda_kernels} "
@@ -121,8 +137,12 @@ def missing_message(what: str, where: str) -> str:
 _FIND: Any = object()  # "look up the real facts"
 
 
-def check(built: Optional[Mapping[str, Any]] = _FIND, have: Optional[Mapping[str, Any]] = None,
-          extension: Optional[str] = _FIND, environ: Mapping[str, str] = os.environ) -> None:
+def check(
+    built: Optional[Mapping[str, Any]] = _FIND,
+    have: Optional[Mapping[str, Any]] = None,
+    extension: Optional[str] = _FIND,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
     """Raise ImportError unless this build of nytorch fits the running torch.
 
     The arguments default to the real facts (tests pass fake ones): ``built``
@@ -158,6 +178,7 @@ def _invoked_as_info() -> bool:
 def _fail(msg: str) -> NoReturn:
     if _invoked_as_info():
         from .info import report
+
         print(report(guard_error=msg))
         raise SystemExit(1)
     raise ImportError(msg)

@@ -21,6 +21,7 @@ True
 >>> type(b.fc._parameters).__name__
 'ParamDict'
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,11 +66,30 @@ def _reduce_ex(self, protocol: int) -> Any:
 
 
 # Everything that reads or writes values (keys are there from the start).
-for _name in ("__getitem__", "get", "items", "values", "__iter__", "__reversed__", "copy", "pop",
-              "popitem", "setdefault", "update", "clear", "__setitem__", "__delitem__", "__eq__",
-              "__ne__", "__repr__", "__or__", "__ror__", "__ior__"):
+for _name in (
+    "__getitem__",
+    "get",
+    "items",
+    "values",
+    "__iter__",
+    "__reversed__",
+    "copy",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+    "clear",
+    "__setitem__",
+    "__delitem__",
+    "__eq__",
+    "__ne__",
+    "__repr__",
+    "__or__",
+    "__ror__",
+    "__ior__",
+):
     setattr(LazyParams, _name, _made_first(_name))
 del _name
-setattr(LazyParams, "__reduce_ex__", _reduce_ex)
+LazyParams.__reduce_ex__ = _reduce_ex  # type: ignore[method-assign,assignment]
 
 _C.register_lazy_types(LazyParams, ParamDict)

@@ -15,6 +15,7 @@ as they are (no copy), others are copied into a new flat buffer and re-pointed
 at it with ``p.data = view``, which keeps every Parameter object (optimizers
 stay valid).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -31,10 +32,26 @@ from .ops import OP_CODE
 _C.set_parameter_class(nn.Parameter)
 
 # Op codes of nytorch._C.apply (csrc/nyto.h enum Op).
-(NEG, COPY, ADD, SUB, MUL, DIV, POW, ADD_S, SUB_S, MUL_S, DIV_S, POW_S, RSUB_S, RDIV_S,
- RPOW_S) = (OP_CODE[name] for name in (
-    "neg", "copy", "add", "sub", "mul", "div", "pow", "add_scalar", "sub_scalar", "mul_scalar",
-    "div_scalar", "pow_scalar", "rsub_scalar", "rdiv_scalar", "rpow_scalar"))
+(NEG, COPY, ADD, SUB, MUL, DIV, POW, ADD_S, SUB_S, MUL_S, DIV_S, POW_S, RSUB_S, RDIV_S, RPOW_S) = (
+    OP_CODE[name]
+    for name in (
+        "neg",
+        "copy",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "pow",
+        "add_scalar",
+        "sub_scalar",
+        "mul_scalar",
+        "div_scalar",
+        "pow_scalar",
+        "rsub_scalar",
+        "rdiv_scalar",
+        "rpow_scalar",
+    )
+)
 
 # A registration of a module, parameter or buffer anywhere moves that module's
 # structure version (its tracked dicts' own writes do too: this also covers
@@ -46,10 +63,20 @@ _module.register_module_module_registration_hook(touch)
 # nn.Module attributes holding per-module containers: a result module gets its
 # own copy of each (hooks registered on a result never reach its source).
 _CONTAINER_ATTRS = (
-    "_parameters", "_buffers", "_non_persistent_buffers_set", "_backward_pre_hooks",
-    "_backward_hooks", "_is_full_backward_hook", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
-    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+    "_parameters",
+    "_buffers",
+    "_non_persistent_buffers_set",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_is_full_backward_hook",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
     "_load_state_dict_post_hooks",
 )
 
@@ -68,8 +95,18 @@ class Layout:
     qualified parameter names (:meth:`param_names`).
     """
 
-    __slots__ = ("children", "param_slots", "buffer_slots", "view_spec", "groups", "param_sig",
-                 "pool", "key_templates", "names", "__weakref__")
+    __slots__ = (
+        "children",
+        "param_slots",
+        "buffer_slots",
+        "view_spec",
+        "groups",
+        "param_sig",
+        "pool",
+        "key_templates",
+        "names",
+        "__weakref__",
+    )
 
     def __init__(self, children, param_slots, buffer_slots, view_spec, groups) -> None:
         self.children = children
@@ -109,8 +146,9 @@ def compatible(a: State, b: State) -> bool:
     """Whether two states' flats meet element for element: the same layout,
     or equal groups, shapes and parameter names (else they meet parameter by
     parameter, after :func:`check_structure`)."""
-    return a.layout is b.layout or (a.layout.param_sig == b.layout.param_sig
-                                    and a.layout.param_names() == b.layout.param_names())
+    return a.layout is b.layout or (
+        a.layout.param_sig == b.layout.param_sig and a.layout.param_names() == b.layout.param_names()
+    )
 
 
 def check_structure(a: State, b: State, what: str = "particle operation") -> None:
@@ -120,7 +158,8 @@ def check_structure(a: State, b: State, what: str = "particle operation") -> Non
     if why is not None:
         raise StructureError(
             f"{what} between particles of different structure: {why} (a parameter was deleted, "
-            "set to None, added or replaced since they were made)")
+            "set to None, added or replaced since they were made)"
+        )
 
 
 def structure_mismatch(a: State, b: State) -> Optional[str]:
@@ -130,8 +169,9 @@ def structure_mismatch(a: State, b: State) -> Optional[str]:
     na, nb = a.layout.param_names(), b.layout.param_names()
     if na != nb:
         sa, sb = set(na), set(nb)
-        only = [f"{n!r} exists only on the left" for n in na if n not in sb][:1] + \
-               [f"{n!r} exists only on the right" for n in nb if n not in sa][:1]
+        only = [f"{n!r} exists only on the left" for n in na if n not in sb][:1] + [
+            f"{n!r} exists only on the right" for n in nb if n not in sa
+        ][:1]
         if not only:
             k = next(k for k, (x, y) in enumerate(zip(na, nb)) if x != y)
             only = [f"parameter {k} is {na[k]!r} on the left and {nb[k]!r} on the right"]
@@ -152,18 +192,17 @@ class State:
     for the flats to be valid.
     """
 
-    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "versions", "record",
-                 "__weakref__")
+    __slots__ = ("layout", "modules", "params", "buffers", "flats", "keys", "versions", "record", "__weakref__")
 
     def __init__(self, layout, modules, params, buffers, flats, keys, versions, record=None) -> None:
         self.layout = layout
         self.modules = modules
-        self.params = params    # None until a lazy result's Parameters are made
+        self.params = params  # None until a lazy result's Parameters are made
         self.buffers = buffers
         self.flats = flats
         self.keys = keys
         self.versions = versions
-        self.record = record    # a lazy result's record (nytorch._lazy), else None
+        self.record = record  # a lazy result's record (nytorch._lazy), else None
 
 
 def state_of(root: nn.Module) -> State:
@@ -188,10 +227,15 @@ def revalidate(root: nn.Module, st: State) -> bool:
         return False  # a lazy result whose containers were written: capture
     tree = _walk(root)
     layout = st.layout
-    return (tree.children == layout.children and tree.param_slots == layout.param_slots
-            and tree.buffer_slots == layout.buffer_slots and _same_objects(tree.modules[1:], st.modules)
-            and _same_objects(tree.params, st.params) and _same_objects(tree.buffers, st.buffers)
-            and _refresh_versions(root, st))
+    return (
+        tree.children == layout.children
+        and tree.param_slots == layout.param_slots
+        and tree.buffer_slots == layout.buffer_slots
+        and _same_objects(tree.modules[1:], st.modules)
+        and _same_objects(tree.params, st.params)
+        and _same_objects(tree.buffers, st.buffers)
+        and _refresh_versions(root, st)
+    )
 
 
 def _same_objects(a: Sequence, b: Sequence) -> bool:
@@ -223,22 +267,35 @@ def capture(root: nn.Module) -> State:
     flats = [_adopt(params, spec, g, grp) for g, grp in enumerate(groups)]
     old = root.__dict__.get("_nyto_state")
     layout = None
-    if old is not None and old.layout.param_sig == (groups, spec) and old.layout.children == children \
-            and old.layout.param_slots == param_slots and old.layout.buffer_slots == buffer_slots:
+    if (
+        old is not None
+        and old.layout.param_sig == (groups, spec)
+        and old.layout.children == children
+        and old.layout.param_slots == param_slots
+        and old.layout.buffer_slots == buffer_slots
+    ):
         layout = old.layout  # same structure: keep the shared layout (and its pool)
     if layout is None:
         layout = Layout(children, param_slots, buffer_slots, spec, groups)
-    return State(layout, tuple(modules[1:]), tuple(params), tuple(buffers), flats,
-                 _C.view_keys(params), _C.module_versions(root, tuple(modules[1:])))
+    return State(
+        layout,
+        tuple(modules[1:]),
+        tuple(params),
+        tuple(buffers),
+        flats,
+        _C.view_keys(params),
+        _C.module_versions(root, tuple(modules[1:])),
+    )
 
 
 class Tree(NamedTuple):
     """A particle's module tree as a Layout records it (see :func:`_walk`)."""
-    modules: List[nn.Module]           # root first, in root.modules() order
+
+    modules: List[nn.Module]  # root first, in root.modules() order
     children: Tuple[Tuple[int, str, int], ...]
     param_slots: Tuple[Tuple[int, str, int], ...]
     buffer_slots: Tuple[Tuple[int, str, int], ...]
-    params: List[torch.Tensor]         # unique, in slot order
+    params: List[torch.Tensor]  # unique, in slot order
     buffers: List[torch.Tensor]
 
 
@@ -286,7 +343,7 @@ def _adopt(params: Sequence[torch.Tensor], view_spec, g: int, group) -> torch.Te
         flat = torch.empty(numel, dtype=dtype, device=device)
         with torch.no_grad():
             for p, (_, off, shape) in members:
-                view = flat[off:off + p.numel()].view(shape)
+                view = flat[off : off + p.numel()].view(shape)
                 view.copy_(p)
                 p.data = view
     # In-place ops write the flat: let autograd see them on every parameter.
@@ -307,8 +364,7 @@ def _tiled(members, device, dtype, numel) -> Optional[torch.Tensor]:
             base = p.storage_offset() - off
             if base < 0:
                 return None
-        elif p.untyped_storage().data_ptr() != storage.data_ptr() or \
-                p.storage_offset() != base + off:
+        elif p.untyped_storage().data_ptr() != storage.data_ptr() or p.storage_offset() != base + off:
             return None
     if storage is None:  # only empty parameters
         return None
@@ -318,9 +374,14 @@ def _tiled(members, device, dtype, numel) -> Optional[torch.Tensor]:
     return torch.empty(0, dtype=dtype, device=device).set_(storage, base, (numel,), (1,))
 
 
-def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
-          flats: Optional[List[torch.Tensor]] = None, keys=None,
-          species=None) -> nn.Module:
+def build(
+    root: nn.Module,
+    st: State,
+    params: Sequence[torch.Tensor],
+    flats: Optional[List[torch.Tensor]] = None,
+    keys=None,
+    species=None,
+) -> nn.Module:
     """A new particle shaped like ``root`` holding ``params``.
 
     Every module is a new instance of its class whose attributes are a
@@ -331,8 +392,15 @@ def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
     """
     layout = st.layout
     buffers = _C.apply(COPY, False, (st.buffers,), ()) if st.buffers else ()
-    new = _C.build_modules((root,) + st.modules, _CONTAINER_ATTRS, layout.children,
-                           layout.param_slots, params, layout.buffer_slots, buffers)
+    new = _C.build_modules(
+        (root,) + st.modules,
+        _CONTAINER_ATTRS,
+        layout.children,
+        layout.param_slots,
+        params,
+        layout.buffer_slots,
+        buffers,
+    )
     if species is not None:
         for m in new:
             if "_nyto_species" in m.__dict__:
@@ -340,6 +408,7 @@ def build(root: nn.Module, st: State, params: Sequence[torch.Tensor],
     out = new[0]
     if flats is not None:
         modules = tuple(new[1:])
-        out.__dict__["_nyto_state"] = State(layout, modules, tuple(params), tuple(buffers),
-                                            flats, keys, _C.module_versions(out, modules))
+        out.__dict__["_nyto_state"] = State(
+            layout, modules, tuple(params), tuple(buffers), flats, keys, _C.module_versions(out, modules)
+        )
     return out

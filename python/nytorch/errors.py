@@ -5,6 +5,7 @@
 >>> issubclass(nyto.SpeciesError, AssertionError), issubclass(nyto.StructureError, ValueError)
 (True, True)
 """
+
 from __future__ import annotations
 
 __all__ = ["NytoError", "SpeciesError", "StructureError", "FuseError", "CollectiveError", "StateDictError"]

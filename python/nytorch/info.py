@@ -6,6 +6,7 @@ kernels for it), whether NVRTC is found, and whether the build fits the running
 torch. It runs even when the import guard refuses the build: it then prints the
 report with the guard's message and exits 1.
 """
+
 import ctypes
 import glob
 import os
@@ -55,32 +56,54 @@ def _nvrtc(cuda: Optional[str]) -> str:
 def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
     rows: List[Tuple[str, Any]] = []
     built = _guard.built_facts()
-    rows.append(("nytorch", f"{_guard.version(built) if built else _guard.BASE_VERSION} "
-                            f"({os.path.dirname(os.path.abspath(__file__))})"))
+    rows.append(
+        (
+            "nytorch",
+            f"{_guard.version(built) if built else _guard.BASE_VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
+        )
+    )
     if built is None:
         rows.append(("build", "no build record (nytorch/_build_info.py): not built"))
     else:
         cuda = built.get("TORCH_CUDA")
         rows.append(("built for", _guard.describe_torch(built["TORCH_VERSION"], cuda)))
-        rows.append(("build", f"{'wheel +' + built['LOCAL_VERSION'] if built.get('LOCAL_VERSION') else 'source build'}, "
-                              f"CUDA kernels {'for ' + ', '.join(built.get('CUDA_ARCHS') or []) if built.get('WITH_CUDA') else 'none'}"
-                              f"{', nvcc ' + built['NVCC_VERSION'] if built.get('NVCC_VERSION') else ''}"))
+        rows.append(
+            (
+                "build",
+                f"{'wheel +' + built['LOCAL_VERSION'] if built.get('LOCAL_VERSION') else 'source build'}, "
+                "CUDA kernels "
+                f"{'for ' + ', '.join(built.get('CUDA_ARCHS') or []) if built.get('WITH_CUDA') else 'none'}"
+                f"{', nvcc ' + built['NVCC_VERSION'] if built.get('NVCC_VERSION') else ''}",
+            )
+        )
         rows.append(("build CPU ISAs", ", ".join(built.get("CPU_ISAS") or [])))
-        rows.append(("build C++", f"{built.get('COMPILER')}, _GLIBCXX_USE_CXX11_ABI={int(bool(built.get('CXX11_ABI')))}"))
+        rows.append(
+            ("build C++", f"{built.get('COMPILER')}, _GLIBCXX_USE_CXX11_ABI={int(bool(built.get('CXX11_ABI')))}")
+        )
     rows.append(("compiled module", _guard.extension_path() or "MISSING"))
     rows.append(("python", f"{platform.python_version()} ({sys.executable}), {platform.platform()}"))
 
     import torch
-    rows.append(("torch", f"{torch.__version__} ({os.path.dirname(torch.__file__)}), "
-                          f"_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"))
+
+    rows.append(
+        (
+            "torch",
+            f"{torch.__version__} ({os.path.dirname(torch.__file__)}), "
+            f"_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        )
+    )
     rows.append(("torch CUDA", torch.version.cuda or "none (CPU build)"))
     if guard_error is None and built is not None:
         problems = _guard.mismatches(built, _guard.running_facts())
         if problems:
             skipped = os.environ.get(_guard.SKIP_ENV, "") not in ("", "0")
             guard_error = ("; ".join(problems)) + (f" ({_guard.SKIP_ENV} set: loaded anyway)" if skipped else "")
-    rows.append(("build check", "OK: the build fits this torch" if guard_error is None
-                 else "FAILED: " + guard_error.split("\n")[0]))
+    rows.append(
+        (
+            "build check",
+            "OK: the build fits this torch" if guard_error is None else "FAILED: " + guard_error.split("\n")[0],
+        )
+    )
 
     c: Any = None
     if guard_error is None:
@@ -88,11 +111,22 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
             from . import _C as c
         except Exception as e:  # noqa: BLE001  (a report shows what failed)
             rows.append(("compiled module", f"failed to load: {type(e).__name__}: {e}"))
-    rows.append(("CPU kernels", f"{c.cpu_isa()} (ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
-                                f"torch's CPU capability {torch.backends.cpu.get_cpu_capability()})"
-                 if c is not None else "unknown (compiled module not loaded)"))
-    rows.append(("threads", f"torch {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-                            f"{os.cpu_count()} CPUs, OpenMP {'yes' if torch.backends.openmp.is_available() else 'no'}"))
+    rows.append(
+        (
+            "CPU kernels",
+            f"{c.cpu_isa()} (ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
+            f"torch's CPU capability {torch.backends.cpu.get_cpu_capability()})"
+            if c is not None
+            else "unknown (compiled module not loaded)",
+        )
+    )
+    rows.append(
+        (
+            "threads",
+            f"torch {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+            f"{os.cpu_count()} CPUs, OpenMP {'yes' if torch.backends.openmp.is_available() else 'no'}",
+        )
+    )
     if c is not None:
         rows.append(("CUDA kernels", "compiled in" if c.has_cuda() else "not compiled in"))
     if torch.version.cuda is None:
@@ -103,7 +137,9 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
         archs = (built or {}).get("CUDA_ARCHS") or []
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)
-            cover = _gpu_covered(archs, major, minor) if (built or {}).get("WITH_CUDA") else "no CUDA kernels in this build"
+            cover = (
+                _gpu_covered(archs, major, minor) if (built or {}).get("WITH_CUDA") else "no CUDA kernels in this build"
+            )
             rows.append((f"GPU {i}", f"{torch.cuda.get_device_name(i)}, sm_{major}{minor}; nytorch kernels: {cover}"))
     rows.append(("NVRTC", _nvrtc(torch.version.cuda)))
     return rows

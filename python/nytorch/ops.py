@@ -13,6 +13,7 @@ in-place ops (trailing ``_``) write their first list and return ``None``.
 >>> nytorch.ops.axpby_(xs, xs, 2.0, -1.0); xs[0]
 tensor([1., 1.])
 """
+
 from __future__ import annotations
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -27,17 +28,16 @@ Number = Union[int, float, bool]
 _ns = torch.ops.nytorch
 
 
-
 class OpRow(NamedTuple):
     """One row of the op table (csrc/ops.def, read through ``_C.op_table()``)."""
 
-    name: str             # registered name; the in-place twin is name + "_"
-    code: int             # the op code of _C.apply (the row's position)
-    n_lists: int          # tensor lists of the out-of-place form, self included
+    name: str  # registered name; the in-place twin is name + "_"
+    code: int  # the op code of _C.apply (the row's position)
+    n_lists: int  # tensor lists of the out-of-place form, self included
     n_lists_inplace: int  # ... of the in-place form (copy_ takes its source)
-    n_scalars: int        # scalar operands
-    args: str             # the out-of-place schema's arguments
-    fuse: str             # the same value as a nytorch.fuse expression ("" if none)
+    n_scalars: int  # scalar operands
+    args: str  # the out-of-place schema's arguments
+    fuse: str  # the same value as a nytorch.fuse expression ("" if none)
 
 
 OP_TABLE: Tuple[OpRow, ...] = tuple(OpRow(*row) for row in _C.op_table())
@@ -76,36 +76,44 @@ def _check_operands(name: str, inplace: bool, lists, scalars) -> None:
     n = len(lists[0])
     for k, lst in enumerate(lists[1:], 1):
         if len(lst) != n:
-            raise RuntimeError(f"{op}: tensor list arguments must have the same length, but argument 0 "
-                               f"has {n} tensors and argument {k} has {len(lst)}")
+            raise RuntimeError(
+                f"{op}: tensor list arguments must have the same length, but argument 0 "
+                f"has {n} tensors and argument {k} has {len(lst)}"
+            )
     for k, s in enumerate(scalars):
         if isinstance(s, complex):
             raise RuntimeError(f"{op}: scalar argument {k} is complex ({s}); only real numbers are supported")
     for i, xs in enumerate(zip(*lists)):
         for k, t in enumerate(xs[1:], 1):
             if t.shape != xs[0].shape:
-                raise RuntimeError(f"{op}: shape mismatch at index {i}: argument 0 has shape "
-                                   f"{list(xs[0].shape)} but argument {k} has shape {list(t.shape)}")
+                raise RuntimeError(
+                    f"{op}: shape mismatch at index {i}: argument 0 has shape "
+                    f"{list(xs[0].shape)} but argument {k} has shape {list(t.shape)}"
+                )
             if t.device != xs[0].device:
-                raise RuntimeError(f"{op}: device mismatch at index {i}: argument 0 is on {xs[0].device} "
-                                   f"but argument {k} is on {t.device}")
+                raise RuntimeError(
+                    f"{op}: device mismatch at index {i}: argument 0 is on {xs[0].device} "
+                    f"but argument {k} is on {t.device}"
+                )
         if inplace and name not in ("copy", "fill"):
             rt = _promoted(name, xs, scalars)
             if not torch.can_cast(rt, xs[0].dtype):
-                raise RuntimeError(f"{op}: dtype mismatch at index {i}: the result type {rt} can't be cast "
-                                   f"to the in-place output's dtype {xs[0].dtype}")
+                raise RuntimeError(
+                    f"{op}: dtype mismatch at index {i}: the result type {rt} can't be cast "
+                    f"to the in-place output's dtype {xs[0].dtype}"
+                )
 
 
 def _register_fakes() -> None:
     for name, (n_lists, _) in ELEMENTWISE_OPS.items():
+
         def fake_out(*args, _name=name, _n=n_lists):
             lists, scalars = args[:_n], args[_n:]
             _check_operands(_name, False, lists, scalars)
             if _name in ("copy", "fill"):
                 return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in lists[0]]
             return [
-                torch.empty_like(xs[0], dtype=_promoted(_name, xs, scalars),
-                                 memory_format=torch.contiguous_format)
+                torch.empty_like(xs[0], dtype=_promoted(_name, xs, scalars), memory_format=torch.contiguous_format)
                 for xs in zip(*lists)
             ]
 
@@ -116,10 +124,11 @@ def _register_fakes() -> None:
         torch.library.register_fake(f"nytorch::{name}_")(fake_in)
     for name in RANDOM_OPS:
         torch.library.register_fake(f"nytorch::{name}")(
-            lambda xs, a=0.0, b=1.0, *, generator=None:
-            [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs])
-        torch.library.register_fake(f"nytorch::{name}_")(
-            lambda xs, a=0.0, b=1.0, *, generator=None: None)
+            lambda xs, a=0.0, b=1.0, *, generator=None: [
+                torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs
+            ]
+        )
+        torch.library.register_fake(f"nytorch::{name}_")(lambda xs, a=0.0, b=1.0, *, generator=None: None)
 
 
 _register_fakes()
@@ -168,6 +177,7 @@ def copy_(xs: Tensors, src: Tensors) -> None:
 
 def _list_op(name: str, sym: str, expr: str = ""):
     """The wrapper pair of a two-list op: ``x sym y``, or ``expr`` (over x, y) for a function."""
+
     def out_of_place(xs: Tensors, ys: Tensors) -> List[torch.Tensor]:
         return _run(name, False, (xs, ys))
 
@@ -177,8 +187,11 @@ def _list_op(name: str, sym: str, expr: str = ""):
     out_of_place.__name__, in_place.__name__ = name, name + "_"
     expr = expr or f"x {sym} y"
     out_of_place.__doc__ = f"``[{expr} for x, y in zip(xs, ys)]`` in one call."
-    in_place.__doc__ = (f"``x {sym}= y`` for every pair, in one call." if sym else
-                        f"``x = {expr}`` in place for every pair, in one call.")
+    in_place.__doc__ = (
+        f"``x {sym}= y`` for every pair, in one call."
+        if sym
+        else f"``x = {expr}`` in place for every pair, in one call."
+    )
     return out_of_place, in_place
 
 
@@ -241,47 +254,47 @@ def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, value: Number = 1) -> None:
     _run("addcmul", True, (xs, ys, zs), (value,))
 
 
-def pso_velocity(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
-                 r2: Tensors, w: Number, c1: Number, c2: Number) -> List[torch.Tensor]:
+def pso_velocity(
+    v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors, r2: Tensors, w: Number, c1: Number, c2: Number
+) -> List[torch.Tensor]:
     """PSO velocity ``w*v + c1*r1*(pbest - x) + c2*r2*(gbest - x)`` in one pass."""
     return _run("pso_velocity", False, (v, x, pbest, gbest, r1, r2), (w, c1, c2))
 
 
-def pso_velocity_(v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors,
-                  r2: Tensors, w: Number, c1: Number, c2: Number) -> None:
+def pso_velocity_(
+    v: Tensors, x: Tensors, pbest: Tensors, gbest: Tensors, r1: Tensors, r2: Tensors, w: Number, c1: Number, c2: Number
+) -> None:
     """The PSO velocity update written into ``v``, one pass over memory."""
     _run("pso_velocity", True, (v, x, pbest, gbest, r1, r2), (w, c1, c2))
 
 
-def normal(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
-           generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+def normal(
+    xs: Tensors, mean: float = 0.0, std: float = 1.0, *, generator: Optional[torch.Generator] = None
+) -> List[torch.Tensor]:
     """New tensors like ``xs`` with N(mean, std^2) samples (honours ``torch.manual_seed``)."""
     return _normal(xs, mean, std, generator=generator) if len(xs) else []
 
 
-def normal_(xs: Tensors, mean: float = 0.0, std: float = 1.0, *,
-            generator: Optional[torch.Generator] = None) -> None:
+def normal_(xs: Tensors, mean: float = 0.0, std: float = 1.0, *, generator: Optional[torch.Generator] = None) -> None:
     """Fill every tensor with N(mean, std^2) samples, one generator draw per dtype group."""
     if len(xs):
         _normal_(xs, mean, std, generator=generator)
 
 
-def uniform(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
-            generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+def uniform(
+    xs: Tensors, low: float = 0.0, high: float = 1.0, *, generator: Optional[torch.Generator] = None
+) -> List[torch.Tensor]:
     """New tensors like ``xs`` with U(low, high) samples."""
     return _uniform(xs, low, high, generator=generator) if len(xs) else []
 
 
-def uniform_(xs: Tensors, low: float = 0.0, high: float = 1.0, *,
-             generator: Optional[torch.Generator] = None) -> None:
+def uniform_(xs: Tensors, low: float = 0.0, high: float = 1.0, *, generator: Optional[torch.Generator] = None) -> None:
     """Fill every tensor with U(low, high) samples."""
     if len(xs):
         _uniform_(xs, low, high, generator=generator)
 
 
-_normal, _normal_, _uniform, _uniform_ = (
-    _handle(n) for n in ("normal", "normal_", "uniform", "uniform_"))
-
+_normal, _normal_, _uniform, _uniform_ = (_handle(n) for n in ("normal", "normal_", "uniform", "uniform_"))
 
 
 def _install_table_wrappers() -> None:
@@ -297,11 +310,12 @@ def _install_table_wrappers() -> None:
         elif (row.n_lists, row.n_scalars) == (1, 1):
             pair = _scalar_op(row.name, expr)
         else:
+
             def out_of_place(*args, _row=row):
-                return _run(_row.name, False, args[:_row.n_lists], args[_row.n_lists:])
+                return _run(_row.name, False, args[: _row.n_lists], args[_row.n_lists :])
 
             def in_place(*args, _row=row):
-                _run(_row.name, True, args[:_row.n_lists_inplace], args[_row.n_lists_inplace:])
+                _run(_row.name, True, args[: _row.n_lists_inplace], args[_row.n_lists_inplace :])
 
             out_of_place.__name__, in_place.__name__ = row.name, row.name + "_"
             out_of_place.__doc__ = f"``{row.name}({row.args})`` in one call."

@@ -14,6 +14,7 @@
 >>> net += 0.5 * (net.clone() - net); net.weight.data
 tensor([2.])
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,10 +47,10 @@ class Species:
     def __repr__(self) -> str:
         return f"<nytorch.Species at {id(self):#x}>"
 
-    def __deepcopy__(self, memo) -> "Species":  # a deep copy stays in the species
+    def __deepcopy__(self, memo) -> Species:  # a deep copy stays in the species
         return self
 
-    def __copy__(self) -> "Species":
+    def __copy__(self) -> Species:
         return self
 
 
@@ -70,7 +71,8 @@ def _number(x: Any) -> Optional[Number]:
             except RuntimeError as e:
                 raise TypeError(
                     "expected a number (int, float, bool, a real 0-dim tensor with a value, or a numpy "
-                    f"scalar), got a 0-dim tensor on {x.device} whose value can't be read: {e}") from None
+                    f"scalar), got a 0-dim tensor on {x.device} whose value can't be read: {e}"
+                ) from None
         return None
     if isinstance(x, numbers.Integral):
         return int(x)
@@ -88,15 +90,23 @@ def _tensor_promotes(st: S.State, t: torch.Tensor, s: Number) -> bool:
     groups = st.layout.groups
     kinds = {(groups[g][1], len(shape) == 0) for g, _, shape in st.layout.view_spec}
     # a 0-dim parameter meets the 0-dim tensor as an equal (plain promotion)
-    return any(torch.result_type(probe, t) != torch.result_type(probe, s)
-               for probe in (torch.empty(() if zero_dim else 0, dtype=dt) for dt, zero_dim in kinds))
+    return any(
+        torch.result_type(probe, t) != torch.result_type(probe, s)
+        for probe in (torch.empty(() if zero_dim else 0, dtype=dt) for dt, zero_dim in kinds)
+    )
 
 
 # Particle-with-number ops as torch functions of (parameter, 0-dim tensor).
 _TENSOR_NUMBER_OPS: Dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    S.ADD_S: torch.add, S.SUB_S: torch.sub, S.MUL_S: torch.mul, S.DIV_S: torch.div, S.POW_S: torch.pow,
-    S.RSUB_S: lambda p, t: torch.sub(t, p), S.RDIV_S: lambda p, t: torch.div(t, p),
-    S.RPOW_S: lambda p, t: torch.pow(t, p), ops.OP_CODE["hypot_scalar"]: torch.hypot,
+    S.ADD_S: torch.add,
+    S.SUB_S: torch.sub,
+    S.MUL_S: torch.mul,
+    S.DIV_S: torch.div,
+    S.POW_S: torch.pow,
+    S.RSUB_S: lambda p, t: torch.sub(t, p),
+    S.RDIV_S: lambda p, t: torch.div(t, p),
+    S.RPOW_S: lambda p, t: torch.pow(t, p),
+    ops.OP_CODE["hypot_scalar"]: torch.hypot,
 }
 
 
@@ -104,12 +114,13 @@ def _views_larger_storage(p: torch.Tensor) -> bool:
     return p.untyped_storage().nbytes() > p.numel() * p.element_size()
 
 
-def _same_species(a: "NytoModule", b: "NytoModule") -> None:
+def _same_species(a: NytoModule, b: NytoModule) -> None:
     if a._nyto_species is not b._nyto_species:
         raise SpeciesError(
             f"particle operation between different species: {type(a).__name__} "
             f"({a._nyto_species!r}) and {type(b).__name__} ({b._nyto_species!r}); "
-            "copy values across species with load_state_dict() or clone_from()")
+            "copy values across species with load_state_dict() or clone_from()"
+        )
 
 
 class NytoModule(nn.Module):
@@ -132,6 +143,7 @@ class NytoModule(nn.Module):
         self.__dict__["_nyto_state"] = None
 
     if TYPE_CHECKING:  # what the loop at the end of this file installs, for type checkers
+
         def __add__(self, other: Operand) -> Self: ...
         def __radd__(self, other: Number) -> Self: ...
         def __iadd__(self, other: Operand) -> Self: ...
@@ -171,28 +183,28 @@ class NytoModule(nn.Module):
         def pos(self) -> Self: ...
 
     # -- results ---------------------------------------------------------
-    def _from_flats(self, st: S.State, flats) -> "NytoModule":
+    def _from_flats(self, st: S.State, flats) -> NytoModule:
         flats = list(flats)
         groups = st.layout.groups
         if any(f.dtype != g[1] for f, g in zip(flats, groups)):
             # promoted (an int particle / 2, + 0.5): the layout's dtypes no longer
             # hold, so the result gets Parameters now and its own layout later
-            tensors = [flats[g][off:off + math.prod(shape)].view(shape) for g, off, shape in st.layout.view_spec]
+            tensors = [flats[g][off : off + math.prod(shape)].view(shape) for g, off, shape in st.layout.view_spec]
             return self._from_tensors(st, tensors)
         return _C.lazy_result(self, st, flats)
 
-    def _from_tensors(self, st: S.State, tensors) -> "NytoModule":
+    def _from_tensors(self, st: S.State, tensors) -> NytoModule:
         params = [nn.Parameter(t, requires_grad=p.requires_grad) for t, p in zip(tensors, st.params)]
         return cast("NytoModule", build(self, st, params))
 
-    def _unary(self, op: int) -> "NytoModule":
+    def _unary(self, op: int) -> NytoModule:
         out = _C.fast_unary(self, op)
         if out is not None:
             return out
         st = state_of(self)
         return self._from_flats(st, _C.apply(op, False, (st.flats,), (), st.layout.pool))
 
-    def _binary(self, other: Any, list_op: int, scalar_op: int) -> "NytoModule":
+    def _binary(self, other: Any, list_op: int, scalar_op: int) -> NytoModule:
         if isinstance(other, NytoModule):
             _same_species(self, other)
             a, b = state_of(self), state_of(other)
@@ -202,12 +214,12 @@ class NytoModule(nn.Module):
             return self._from_tensors(a, _C.apply(list_op, False, (a.params, b.params), ()))
         return self._with_number(other, scalar_op)
 
-    def _reflected(self, other: Any, scalar_op: int, list_name: str) -> "NytoModule":
+    def _reflected(self, other: Any, scalar_op: int, list_name: str) -> NytoModule:
         if isinstance(other, NytoModule):
             return getattr(other, list_name)(self)
         return self._with_number(other, scalar_op)
 
-    def _with_number(self, other: Any, scalar_op: int) -> "NytoModule":
+    def _with_number(self, other: Any, scalar_op: int) -> NytoModule:
         s = _number(other)
         if s is None:
             return NotImplemented
@@ -220,7 +232,7 @@ class NytoModule(nn.Module):
                 return self._from_tensors(st, [fn(p.detach(), other.detach()) for p in st.params])
         return self._from_flats(st, _C.apply(scalar_op, False, (st.flats,), (s,), st.layout.pool))
 
-    def _inplace(self, other: Any, list_op: int, scalar_op: int) -> "NytoModule":
+    def _inplace(self, other: Any, list_op: int, scalar_op: int) -> NytoModule:
         a = state_of(self)
         if isinstance(other, NytoModule):
             _same_species(self, other)
@@ -238,7 +250,7 @@ class NytoModule(nn.Module):
         return self  # the flats share their version counter with the parameters
 
     # -- copies and random particles --------------------------------------
-    def clone(self) -> "NytoModule":
+    def clone(self) -> NytoModule:
         """A new particle of this species with new Parameters holding equal values.
 
         >>> c = net.clone(); c.weight is net.weight, torch.equal(c.weight, net.weight)
@@ -246,7 +258,7 @@ class NytoModule(nn.Module):
         """
         return self._unary(S.COPY)
 
-    def detach(self) -> "NytoModule":
+    def detach(self) -> NytoModule:
         """A new particle of a NEW species whose Parameters are this particle's
         own objects (buffers are copied).
 
@@ -256,18 +268,20 @@ class NytoModule(nn.Module):
         st = state_of(self)
         return cast("NytoModule", build(self, st, st.params, st.flats, st.keys, species=Species))
 
-    def clone_from(self, other: nn.Module) -> "NytoModule":
+    def clone_from(self, other: nn.Module) -> NytoModule:
         """A new particle of this species holding ``other``'s values (any species
         with the same state_dict keys and shapes): ``clone()`` + ``load_state_dict``.
         """
         if not isinstance(other, nn.Module):
-            raise TypeError(f"clone_from(other): other must be an nn.Module (any species, same state_dict "
-                            f"keys and shapes), got {type(other).__name__}")
+            raise TypeError(
+                f"clone_from(other): other must be an nn.Module (any species, same state_dict "
+                f"keys and shapes), got {type(other).__name__}"
+            )
         out = self.clone()
         out.load_state_dict(other.state_dict())
         return out
 
-    def randn(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
+    def randn(self, *, generator: Optional[torch.Generator] = None) -> NytoModule:
         """A particle of this species with standard normal parameters (honours
         ``torch.manual_seed``).
 
@@ -276,19 +290,21 @@ class NytoModule(nn.Module):
         """
         return self._random(0, generator)
 
-    def rand(self, *, generator: Optional[torch.Generator] = None) -> "NytoModule":
+    def rand(self, *, generator: Optional[torch.Generator] = None) -> NytoModule:
         """A particle of this species with parameters uniform in [0, 1)."""
         return self._random(1, generator)
 
-    def _random(self, dist: int, generator: Optional[torch.Generator]) -> "NytoModule":
+    def _random(self, dist: int, generator: Optional[torch.Generator]) -> NytoModule:
         """dist 0: standard normal, 1: uniform in [0, 1)."""
         if generator is None:
             out = _C.fast_random(self, dist, 0.0, 1.0)  # C hot path (valid cached state)
             if out is not None:
                 return out
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{'rand' if dist else 'randn'}(generator=...): generator must be a torch.Generator "
-                            f"or None, got {type(generator).__name__}")
+            raise TypeError(
+                f"{'rand' if dist else 'randn'}(generator=...): generator must be a torch.Generator "
+                f"or None, got {type(generator).__name__}"
+            )
         st = state_of(self)
         flats = _C.pooled_like(st.flats, st.layout.pool)
         (ops.uniform_ if dist else ops.normal_)(flats, generator=generator)
@@ -299,8 +315,9 @@ class NytoModule(nn.Module):
         _register_shadowing(self, "_parameters", name, super().register_parameter, param)
 
     def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
-        _register_shadowing(self, "_buffers", name,
-                            lambda n, t: super(NytoModule, self).register_buffer(n, t, persistent), tensor)
+        _register_shadowing(
+            self, "_buffers", name, lambda n, t: super(NytoModule, self).register_buffer(n, t, persistent), tensor
+        )
 
     def add_module(self, name: str, module: Optional[nn.Module]) -> None:
         _register_shadowing(self, "_modules", name, super().add_module, module)
@@ -398,11 +415,13 @@ def _unsupported(sym: str, left: Any, right: Any) -> TypeError:
 
 def _strict(general, sym: str, reflected: bool):
     """``general``, raising the operator's TypeError instead of returning NotImplemented."""
+
     def strict(self, other):
         out = general(self, other)
         if out is NotImplemented:
             raise _unsupported(sym, other, self) if reflected else _unsupported(sym, self, other)
         return out
+
     return strict
 
 
@@ -415,19 +434,46 @@ def _arith_methods(name: str, list_op: int, scalar_op: int, rname: str, rscalar_
         expr, rexpr, iexpr = f"self {sym} other", f"other {sym} self", f"self {sym}= other"
         ex, rex, iex = f"(net {sym} 2)", f"(2 {sym} net)", f"net {sym}= 1"
     rows = (
-        (name, list_op, scalar_op, False, lambda self, other: self._binary(other, list_op, scalar_op),
-         f"``{expr}`` for every parameter: other is a particle of this "
-         f"species or a number.\n\n>>> {ex}.bias.shape == net.bias.shape\nTrue\n", sym, False),
-        (rname, None, rscalar_op, False, lambda self, other: self._reflected(other, rscalar_op, name),
-         f"``{rexpr}`` for every parameter (other: a number).\n\n"
-         f">>> {rex}.bias.shape == net.bias.shape\nTrue\n", sym, True),
-        (name + "_", list_op, scalar_op, True, lambda self, other: self._inplace(other, list_op, scalar_op),
-         f"``{iexpr}`` in place: same object, same Parameter objects.\n\n"
-         f">>> w = net.weight; {iex}; net.weight is w\nTrue\n", sym if sym.isidentifier() else sym + "=", False),
+        (
+            name,
+            list_op,
+            scalar_op,
+            False,
+            lambda self, other: self._binary(other, list_op, scalar_op),
+            f"``{expr}`` for every parameter: other is a particle of this "
+            f"species or a number.\n\n>>> {ex}.bias.shape == net.bias.shape\nTrue\n",
+            sym,
+            False,
+        ),
+        (
+            rname,
+            None,
+            rscalar_op,
+            False,
+            lambda self, other: self._reflected(other, rscalar_op, name),
+            f"``{rexpr}`` for every parameter (other: a number).\n\n>>> {rex}.bias.shape == net.bias.shape\nTrue\n",
+            sym,
+            True,
+        ),
+        (
+            name + "_",
+            list_op,
+            scalar_op,
+            True,
+            lambda self, other: self._inplace(other, list_op, scalar_op),
+            f"``{iexpr}`` in place: same object, same Parameter objects.\n\n"
+            f">>> w = net.weight; {iex}; net.weight is w\nTrue\n",
+            sym if sym.isidentifier() else sym + "=",
+            False,
+        ),
     )
-    return tuple((_arith_method(n, lo, so, inp, general, doc),
-                  _arith_method(n, lo, so, inp, _strict(general, op_sym, reflected), doc))
-                 for n, lo, so, inp, general, doc, op_sym, reflected in rows)
+    return tuple(
+        (
+            _arith_method(n, lo, so, inp, general, doc),
+            _arith_method(n, lo, so, inp, _strict(general, op_sym, reflected), doc),
+        )
+        for n, lo, so, inp, general, doc, op_sym, reflected in rows
+    )
 
 
 def _neg(self) -> NytoModule:
@@ -463,6 +509,7 @@ for _method, _dunder in ((_neg, "__neg__"), (_pos, "__pos__")):
     setattr(NytoModule, _method.__name__, _ParticleMethod(_method))
     setattr(NytoModule, _dunder, _method)
 _PARTICLE_METHOD_NAMES = frozenset(
-    name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod))
+    name for name, value in vars(NytoModule).items() if isinstance(value, _ParticleMethod)
+)
 _C.register_particle_types(NytoModule, S.State, S._CONTAINER_ATTRS)
 del _row, _d, _method, _named, _dunder

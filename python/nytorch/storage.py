@@ -22,6 +22,7 @@ tensor op per group:
 This module is the supported way in; ``nytorch._storage`` (which it reads)
 is the implementation and may change.
 """
+
 from __future__ import annotations
 
 from typing import Any, List, NamedTuple, Tuple

@@ -70,6 +70,7 @@ while tracing, naming it; mismatched species raise nytorch.SpeciesError, an Asse
 particle arithmetic); bad buffers raise RuntimeError before anything is
 written (operands unchanged).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -77,16 +78,36 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _C
-from . import codegen as _codegen
 from .. import _storage as S
 from .._storage import state_of
 from ..particle import NytoModule, _number, _same_species
+from . import codegen as _codegen
 from .program import Program, compile_nodes
 from .trace import FuseError, Node, apply, lift, random_node, scalar_eval, start_trace
 from .trace import clamp as _clamp
 
-__all__ = ["fuse", "Fused", "FuseError", "Program", "program", "run_flat", "rand_like", "randn_like",
-           "where", "clamp", "minimum", "maximum", "lerp", "fma", "hypot", "sqrt", "exp", "log", "sign", "abs"]
+__all__ = [
+    "fuse",
+    "Fused",
+    "FuseError",
+    "Program",
+    "program",
+    "run_flat",
+    "rand_like",
+    "randn_like",
+    "where",
+    "clamp",
+    "minimum",
+    "maximum",
+    "lerp",
+    "fma",
+    "hypot",
+    "sqrt",
+    "exp",
+    "log",
+    "sign",
+    "abs",
+]
 
 _fuse_run = _C.fuse_run
 _fuse_call = _C.fuse_call
@@ -118,8 +139,10 @@ def _trace(fn: Callable, kinds: str) -> Program:
         try:
             nodes.append(lift(o))
         except FuseError:
-            raise FuseError(f"nytorch.fuse: output {j} of the function is a {type(o).__name__}; a fused "
-                            "function returns traced values (or a tuple of them)") from None
+            raise FuseError(
+                f"nytorch.fuse: output {j} of the function is a {type(o).__name__}; a fused "
+                "function returns traced values (or a tuple of them)"
+            ) from None
     return compile_nodes(nodes, n_in, n_num, single)
 
 
@@ -130,8 +153,10 @@ def program(fn: Callable, kinds: str) -> Program:
     (2, 1, 1)
     """
     if not isinstance(kinds, str):
-        raise TypeError(f"nytorch.fuse.program: kinds must be a str of 'p' (buffer) and 'n' (number), "
-                        f"one per argument, got {type(kinds).__name__}")
+        raise TypeError(
+            f"nytorch.fuse.program: kinds must be a str of 'p' (buffer) and 'n' (number), "
+            f"one per argument, got {type(kinds).__name__}"
+        )
     if not callable(fn):
         raise TypeError(f"nytorch.fuse.program: fn must be a function, got {type(fn).__name__}")
     return _trace(fn, kinds)
@@ -139,13 +164,20 @@ def program(fn: Callable, kinds: str) -> Program:
 
 def _check_lists(x: Any, name: str, what: str) -> None:
     if not isinstance(x, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in x):
-        raise TypeError(f"nytorch.fuse.run_flat: {name} must be a list with one list of tensors per {what} "
-                        f"({name}[k][g]: group g), got {type(x).__name__}")
+        raise TypeError(
+            f"nytorch.fuse.run_flat: {name} must be a list with one list of tensors per {what} "
+            f"({name}[k][g]: group g), got {type(x).__name__}"
+        )
 
 
-def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[float] = (),
-             out: Optional[Sequence[Sequence[torch.Tensor]]] = None, seed: Optional[int] = None,
-             offset: int = 0) -> Optional[List[List[torch.Tensor]]]:
+def run_flat(
+    prog: Program,
+    inputs: Sequence[Sequence[torch.Tensor]],
+    numbers: Sequence[float] = (),
+    out: Optional[Sequence[Sequence[torch.Tensor]]] = None,
+    seed: Optional[int] = None,
+    offset: int = 0,
+) -> Optional[List[List[torch.Tensor]]]:
     """Run ``prog`` on flat buffers: see the module docstring for the contract.
 
     >>> prog = program(lambda x, y, a: a * x + y, "ppn")
@@ -158,8 +190,10 @@ def run_flat(prog: Program, inputs: Sequence[Sequence[torch.Tensor]], numbers: S
     if out is not None:
         _check_lists(out, "out", "output")
     if not hasattr(numbers, "__len__"):
-        raise TypeError(f"nytorch.fuse.run_flat: numbers must be a sequence of {prog.n_num} real numbers, "
-                        f"got {type(numbers).__name__}")
+        raise TypeError(
+            f"nytorch.fuse.run_flat: numbers must be a sequence of {prog.n_num} real numbers, "
+            f"got {type(numbers).__name__}"
+        )
     for name, v in (("seed", seed), ("offset", offset)):
         if v is not None and (isinstance(v, bool) or not hasattr(type(v), "__index__")):
             raise TypeError(f"nytorch.fuse.run_flat: {name} must be an int, got {type(v).__name__}")
@@ -188,13 +222,15 @@ def _run(prog, consts, inputs, out, seed, offset):
         except _codegen.Fallback as e:
             _codegen._warn_once(str(e))
     return _fuse_run(prog.words, consts, inputs, out, seed, offset)
+
+
 # --- end generated CUDA kernels
 
 
 def _run_op(prog, inputs, consts, out, seed, offset):
     """The torch.ops route (torch.compile): explicit seed, group-major lists."""
     if seed < 0:
-        seed = int(torch.randint(0, 2 ** 62, ()).item()) if prog.has_rand else 0
+        seed = int(torch.randint(0, 2**62, ()).item()) if prog.has_rand else 0
     ng = len(inputs[0])
     flat_in = [inputs[k][g] for g in range(ng) for k in range(len(inputs))]
     if out is None:
@@ -284,8 +320,10 @@ class Fused:
         elif isinstance(out, (tuple, list)):
             targets = tuple(out)
         else:
-            raise FuseError(f"nytorch.fuse: out= takes a particle or a tuple of particles (one per output of "
-                            f"{self.__name__}), got {type(out).__name__}")
+            raise FuseError(
+                f"nytorch.fuse: out= takes a particle or a tuple of particles (one per output of "
+                f"{self.__name__}), got {type(out).__name__}"
+            )
         if len(targets) != prog.n_out:
             raise TypeError(f"nytorch.fuse: {self.__name__} has {prog.n_out} outputs, out= gives {len(targets)}")
         flats = []
@@ -324,7 +362,8 @@ def _as_number(a: Any) -> float:
 def _layout_error(a: NytoModule, b: NytoModule) -> None:
     raise RuntimeError(
         f"nytorch.fuse: particles of one species with different layouts (dtypes/devices/shapes): "
-        f"{type(a).__name__} and {type(b).__name__}; convert them alike (e.g. .to(dtype)) first")
+        f"{type(a).__name__} and {type(b).__name__}; convert them alike (e.g. .to(dtype)) first"
+    )
 
 
 def fuse(fn: Callable) -> Fused:
@@ -365,8 +404,7 @@ def _dispatch(op: str, *args: Any):
     for a in args:
         n = _number(a)
         if n is None:
-            raise TypeError(f"nytorch.{op}: arguments are particles, numbers or traced values, "
-                            f"got {type(a).__name__}")
+            raise TypeError(f"nytorch.{op}: arguments are particles, numbers or traced values, got {type(a).__name__}")
         nums.append(float(n))
     return scalar_eval(op, *nums)
 
@@ -481,8 +519,11 @@ def _fake_fused(program, numbers, inputs, seed, offset=0):
     if n_in < 1 or len(inputs) % n_in:
         raise RuntimeError("nytorch.fused: inputs are not a whole number of groups")
     ng = len(inputs) // n_in
-    return [torch.empty_like(inputs[g * n_in], memory_format=torch.contiguous_format)
-            for g in range(ng) for _ in range(n_out)]
+    return [
+        torch.empty_like(inputs[g * n_in], memory_format=torch.contiguous_format)
+        for g in range(ng)
+        for _ in range(n_out)
+    ]
 
 
 def _fake_fused_(program, numbers, inputs, out, seed, offset=0):
@@ -494,6 +535,11 @@ torch.library.register_fake("nytorch::fused_")(_fake_fused_)
 
 # `nytorch.fuse` is this function (the package exports it); its helpers hang
 # on it, so `nytorch.fuse.run_flat`, `nytorch.fuse.program` work as documented.
-for _name, _value in (("Fused", Fused), ("FuseError", FuseError), ("Program", Program), ("program", program),
-                      ("run_flat", run_flat)):
+for _name, _value in (
+    ("Fused", Fused),
+    ("FuseError", FuseError),
+    ("Program", Program),
+    ("program", program),
+    ("run_flat", run_flat),
+):
     setattr(fuse, _name, _value)

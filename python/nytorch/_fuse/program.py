@@ -6,6 +6,7 @@
 >>> prog.n_in, prog.n_out, prog.lits, prog.n_vreg
 (1, 1, (1.0,), 1)
 """
+
 from __future__ import annotations
 
 import struct
@@ -30,8 +31,18 @@ class Program:
 
     __slots__ = ("words", "n_in", "n_num", "lits", "n_out", "n_vreg", "has_rand", "single", "instr")
 
-    def __init__(self, words: bytes, n_in: int, n_num: int, lits: Tuple[float, ...], n_out: int,
-                 n_vreg: int, has_rand: bool, single: bool, instr: List[Tuple[int, ...]]) -> None:
+    def __init__(
+        self,
+        words: bytes,
+        n_in: int,
+        n_num: int,
+        lits: Tuple[float, ...],
+        n_out: int,
+        n_vreg: int,
+        has_rand: bool,
+        single: bool,
+        instr: List[Tuple[int, ...]],
+    ) -> None:
         self.words = words
         self.n_in = n_in
         self.n_num = n_num
@@ -48,8 +59,10 @@ class Program:
         return list(struct.unpack(f"{len(self.words) // 4}i", self.words))
 
     def __repr__(self) -> str:
-        lines = [f"<nytorch.fuse.Program: {self.n_in} inputs, {self.n_num} numbers, {self.n_out} outputs, "
-                 f"{self.n_vreg} registers>"]
+        lines = [
+            f"<nytorch.fuse.Program: {self.n_in} inputs, {self.n_num} numbers, {self.n_out} outputs, "
+            f"{self.n_vreg} registers>"
+        ]
         for op, dst, a, b, c in self.instr:
             lines.append(f"  {OPS[op]:6s} {dst:4d} {a:4d} {b:4d} {c:4d}")
         return "\n".join(lines)
@@ -93,8 +106,13 @@ def _peephole(outputs: Sequence[Node]) -> List[Node]:
         args = tuple(new[id(a)] for a in n.args)
         if n.op == "mul" and not n.scalar:
             x, y = n.args
-            r, k = (y, args[0]) if (y.op == "rand" and x.scalar and uses.get(id(y), 0) == 1) else \
-                (x, args[1]) if (x.op == "rand" and y.scalar and uses.get(id(x), 0) == 1) else (None, None)
+            r, k = (
+                (y, args[0])
+                if (y.op == "rand" and x.scalar and uses.get(id(y), 0) == 1)
+                else (x, args[1])
+                if (x.op == "rand" and y.scalar and uses.get(id(x), 0) == 1)
+                else (None, None)
+            )
             if r is not None and k is not None:  # s * rand_like(x): the scale folds into the conversion, same value
                 new[id(n)] = Node("rands", (k,), r.value, False)
                 continue
@@ -173,7 +191,7 @@ def compile_nodes(outputs: Sequence[Node], n_in: int, n_num: int, single: bool =
         else:
             if op not in ARITY:
                 raise FuseError(f"nytorch.fuse: unsupported operation {op!r}")
-            args[:len(node.args)] = [operand(a) for a in node.args]
+            args[: len(node.args)] = [operand(a) for a in node.args]
             code = CODE[op]
         # operands whose last use is this instruction free their registers first
         for a in node.args:

@@ -9,18 +9,36 @@
 - model averaging: :func:`uniform_soup`, :func:`weighted_soup`, :func:`greedy_soup`, :class:`EMA`;
 - :class:`History` (plots to a PNG), :class:`LogCallback`.
 """
+
 from ._base import History, LogCallback, SwarmOptimizer
 from ._gaussian import GaussianStrategy, nes_utilities
 from .averaging import EMA, greedy_soup, uniform_soup, weighted_soup
-from .es import ES, centered_ranks
 from .cem import CEM
 from .cma import CMAES
 from .de import DE
+from .es import ES, centered_ranks
 from .pgpe import PGPE
 from .pso import PSO
 from .sep_cma import SepCMAES
 from .snes import SNES
 
-__all__ = ["PSO", "ES", "PGPE", "SNES", "CEM", "SepCMAES", "CMAES", "DE", "EMA", "uniform_soup", "weighted_soup",
-           "greedy_soup", "centered_ranks", "nes_utilities", "History", "LogCallback", "SwarmOptimizer",
-           "GaussianStrategy"]
+__all__ = [
+    "PSO",
+    "ES",
+    "PGPE",
+    "SNES",
+    "CEM",
+    "SepCMAES",
+    "CMAES",
+    "DE",
+    "EMA",
+    "uniform_soup",
+    "weighted_soup",
+    "greedy_soup",
+    "centered_ranks",
+    "nes_utilities",
+    "History",
+    "LogCallback",
+    "SwarmOptimizer",
+    "GaussianStrategy",
+]

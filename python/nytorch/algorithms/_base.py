@@ -5,6 +5,7 @@ and the logging callback.
 >>> h = History(); _ = h.append(step=1, best=2.0, mean=3.0, diversity=0.5); h.best
 [2.0]
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,11 +63,13 @@ class History:
         written to the PNG file ``path``. Needs matplotlib."""
         try:
             import matplotlib
+
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError as e:
-            raise ImportError("History.plot needs matplotlib: pip install matplotlib "
-                              "(it is an optional dependency of nytorch)") from e
+            raise ImportError(
+                "History.plot needs matplotlib: pip install matplotlib (it is an optional dependency of nytorch)"
+            ) from e
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(self.step, self.best, label="best fitness")
         ax.plot(self.step, self.mean, label="mean fitness", alpha=0.7)
@@ -104,8 +107,10 @@ class LogCallback:
     def __call__(self, record: Dict[str, float]) -> None:
         if int(record["step"]) % self.every:
             return
-        msg = (f"step {int(record['step'])}: best {record['best']:.6g} mean {record['mean']:.6g} "
-               f"diversity {record.get('diversity', math.nan):.6g}")
+        msg = (
+            f"step {int(record['step'])}: best {record['best']:.6g} mean {record['mean']:.6g} "
+            f"diversity {record.get('diversity', math.nan):.6g}"
+        )
         if self.use_print:
             print(msg)
         else:
@@ -130,8 +135,9 @@ def as_fitness(fitness: Any, n: int, device: torch.device, name: str) -> torch.T
     except (TypeError, ValueError, RuntimeError):
         f = None
     if f is None:
-        raise TypeError(f"{name}: fitness must be a [N] tensor or list of real numbers with N = {n}, "
-                        f"got {type(fitness).__name__}")
+        raise TypeError(
+            f"{name}: fitness must be a [N] tensor or list of real numbers with N = {n}, got {type(fitness).__name__}"
+        )
     if f.dim() != 1 or f.shape[0] != n:
         raise ValueError(f"{name}: fitness must be a [N] tensor with N = {n}, got shape {list(f.shape)}")
     if f.is_complex():
@@ -164,15 +170,21 @@ class SwarmOptimizer:
     best_fitness_: float = math.inf
     history: History
     device: torch.device = torch.device("cpu")
-    generator: Optional[torch.Generator] = None       # checkpointed as "rng"
+    generator: Optional[torch.Generator] = None  # checkpointed as "rng"
     seed_generator: Optional[torch.Generator] = None  # the kernels' Philox seeds: "seed_rng"
-    sample_seed: Optional[int] = None                 # this step's Philox seed (when the algorithm keeps one)
-    _state_keys: Tuple[str, ...] = ()                 # the algorithm's own state_dict keys
-    _saves_best_fitness = True                        # False where _best_value reads the algorithm's state
+    sample_seed: Optional[int] = None  # this step's Philox seed (when the algorithm keeps one)
+    _state_keys: Tuple[str, ...] = ()  # the algorithm's own state_dict keys
+    _saves_best_fitness = True  # False where _best_value reads the algorithm's state
 
     # -- setup --------------------------------------------------------------------
-    def _setup(self, *, maximize: bool, track_diversity: bool, seed: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> None:
+    def _setup(
+        self,
+        *,
+        maximize: bool,
+        track_diversity: bool,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
         """Checks ``seed`` / ``generator``; starts the counters and the history."""
         name = type(self).__name__
         if seed is not None:
@@ -242,8 +254,12 @@ class SwarmOptimizer:
 
     def _record(self, fitness: torch.Tensor, best: float, diversity: Optional[float]) -> None:
         sign = -1.0 if self.maximize else 1.0
-        self.history.append(step=self.steps_done, best=sign * best, mean=sign * float(fitness.mean()),
-                            diversity=math.nan if diversity is None else diversity)
+        self.history.append(
+            step=self.steps_done,
+            best=sign * best,
+            mean=sign * float(fitness.mean()),
+            diversity=math.nan if diversity is None else diversity,
+        )
 
     # -- the loop -------------------------------------------------------------------
     def step(self, fitness_fn: Callable[[Any], Any]) -> torch.Tensor:
@@ -260,8 +276,15 @@ class SwarmOptimizer:
         self.tell(fitness)
         return fitness
 
-    def run(self, fitness_fn: Callable[[Any], Any], steps: int, *, progress_bar: bool = True,
-            callback: Optional[Callback] = None, desc: Optional[str] = None) -> History:
+    def run(
+        self,
+        fitness_fn: Callable[[Any], Any],
+        steps: int,
+        *,
+        progress_bar: bool = True,
+        callback: Optional[Callback] = None,
+        desc: Optional[str] = None,
+    ) -> History:
         """``steps`` calls of ``step(fitness_fn)``; shows a tqdm bar with the best
         fitness and calls ``callback(record)`` after each step."""
         where = f"{type(self).__name__}.run"
@@ -290,8 +313,11 @@ class SwarmOptimizer:
         keys = ["steps_done"]
         if self._saves_best_fitness:
             keys.append("best_fitness")
-        for key, have in (("rng", self.generator is not None), ("seed_rng", self.seed_generator is not None),
-                          ("sample_seed", self.sample_seed is not None)):
+        for key, have in (
+            ("rng", self.generator is not None),
+            ("seed_rng", self.seed_generator is not None),
+            ("sample_seed", self.sample_seed is not None),
+        ):
             if have:
                 keys.append(key)
         return tuple(keys) + ("history",)
@@ -299,18 +325,26 @@ class SwarmOptimizer:
     def state_dict(self) -> Dict[str, Any]:
         """The algorithm's state (see its ``_own_state``), step, best, RNG states, history."""
         state = self._own_state()
-        common = {"steps_done": self.steps_done, "best_fitness": self.best_fitness_,
-                  "rng": self.generator.get_state() if self.generator is not None else None,
-                  "seed_rng": self.seed_generator.get_state() if self.seed_generator is not None else None,
-                  "sample_seed": self.sample_seed, "history": self.history.state_dict()}
+        common = {
+            "steps_done": self.steps_done,
+            "best_fitness": self.best_fitness_,
+            "rng": self.generator.get_state() if self.generator is not None else None,
+            "seed_rng": self.seed_generator.get_state() if self.seed_generator is not None else None,
+            "sample_seed": self.sample_seed,
+            "history": self.history.state_dict(),
+        }
         state.update((k, common[k]) for k in self._common_keys())
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore ``state_dict()`` output in place."""
         where = f"{type(self).__name__}.load_state_dict"
-        _checks.state_keys(state, where, tuple(self._state_keys) + self._common_keys(),
-                           strict=type(self).state_dict is SwarmOptimizer.state_dict)  # a subclass may add keys
+        _checks.state_keys(
+            state,
+            where,
+            tuple(self._state_keys) + self._common_keys(),
+            strict=type(self).state_dict is SwarmOptimizer.state_dict,
+        )  # a subclass may add keys
         self._load_own_state(state, where)
         self.steps_done = int(state["steps_done"])
         if self._saves_best_fitness:

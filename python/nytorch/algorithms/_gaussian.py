@@ -3,6 +3,7 @@ CEM, sep-CMA-ES): a center particle, a per-element scale, a population Swarm
 sampled in one fused pass (:class:`FusedSampler`), best tracking, history and
 bitwise-resumable checkpoints. A subclass sets the scale and implements
 ``_update(f)`` with ``self._sums(w, v)``."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import _checks
-from ..storage import flat_storage
 from ..particle import NytoModule
+from ..storage import flat_storage
 from ..swarm import Swarm
 from ._base import SwarmOptimizer
 from ._sampling import FusedSampler
@@ -52,8 +53,17 @@ class GaussianStrategy(SwarmOptimizer):
     _tensor_state: Tuple[str, ...] = ()
     _scalar_state: Tuple[str, ...] = ()
 
-    def __init__(self, center: NytoModule, popsize: int, *, antithetic: bool, store_noise: Optional[bool],
-                 maximize: bool, seed: Optional[int], track_diversity: bool) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: int,
+        *,
+        antithetic: bool,
+        store_noise: Optional[bool],
+        maximize: bool,
+        seed: Optional[int],
+        track_diversity: bool,
+    ) -> None:
         name = type(self).__name__
         if not isinstance(center, NytoModule):
             raise TypeError(f"{name}: center must be a particle (NytoModule), got {type(center).__name__}")
@@ -134,10 +144,13 @@ class GaussianStrategy(SwarmOptimizer):
     def _own_state(self) -> Dict[str, Any]:
         """Center, the distribution's state, best."""
         st = flat_storage(self.center)
-        return {"center": [t.clone() for t in st.flats], "center_buffers": [b.clone() for b in st.buffers],
-                "tensors": {k: [t.clone() for t in getattr(self, k)] for k in self._tensor_state},
-                "scalars": {k: getattr(self, k) for k in self._scalar_state},
-                "best": [t.clone() for t in self._best]}
+        return {
+            "center": [t.clone() for t in st.flats],
+            "center_buffers": [b.clone() for b in st.buffers],
+            "tensors": {k: [t.clone() for t in getattr(self, k)] for k in self._tensor_state},
+            "scalars": {k: getattr(self, k) for k in self._scalar_state},
+            "best": [t.clone() for t in self._best],
+        }
 
     def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
         st = flat_storage(self.center)

@@ -19,6 +19,7 @@ interpreter's block of 16 draws and up to 48 outputs thrashed L1: ``ask``
 10-20% slower at P=256 x D=100k and P=1024 x D=5k). A call that only needs chunk
 ``c`` passes empty tensors for the groups before it (fuse skips them).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -36,6 +37,7 @@ def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
     key = ("ask", k, antithetic, vector, store)
     prog = _PROGRAMS.get(key)
     if prog is None:
+
         def fn(c, s):
             plus, minus, noise = [], [], []
             for _ in range(k):
@@ -46,6 +48,7 @@ def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
                 if store:
                     noise.append(e)
             return tuple(plus + minus + noise)
+
         prog = _PROGRAMS[key] = _fuse.program(fn, "pp" if vector else "pn")
     return prog
 
@@ -67,6 +70,7 @@ def _sum_program(k: int, squares: bool, stored: bool):
                 if squares:
                     accs[1] = accs[1] + w[k + r] * (e * e)
             return tuple(accs) if squares else accs[0]
+
         kinds = "p" * n_acc + ("p" * k if stored else "") + "n" * (k * n_acc)
         prog = _PROGRAMS[key] = _fuse.program(fn, kinds)
     return prog
@@ -84,15 +88,14 @@ class FusedSampler:
     ``store_noise``: keep the noise in ``self.noise`` (``[rows, numel]`` per
     group) instead of regenerating it."""
 
-    def __init__(self, centers: Sequence[torch.Tensor], rows: int, *, antithetic: bool,
-                 store_noise: bool) -> None:
+    def __init__(self, centers: Sequence[torch.Tensor], rows: int, *, antithetic: bool, store_noise: bool) -> None:
         self.rows, self.antithetic, self.store_noise = rows, antithetic, store_noise
         self.groups = len(centers)
         on_cpu = not centers or centers[0].device.type == "cpu"
         self.k = CPU_ROWS if on_cpu else ROWS
         self.noise: Optional[List[torch.Tensor]] = (
-            [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers]
-            if store_noise else None)
+            [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers] if store_noise else None
+        )
         self._empties = [torch.empty(0) for _ in range(3 * self.k)]  # distinct: outputs may not overlap
         # row views, built once: indexing a tensor row by row costs about a microsecond a row, which on
         # small rows (P=1024 x D=5k) was a tenth of the step
@@ -108,8 +111,13 @@ class FusedSampler:
         """(first row, rows) of each chunk: full chunks of K rows, then the rest."""
         return [(a, min(self.k, self.rows - a)) for a in range(0, self.rows, self.k)]
 
-    def sample(self, seed: int, centers: Sequence[torch.Tensor], scale: Union[float, Sequence[torch.Tensor]],
-               population: Sequence[torch.Tensor]) -> None:
+    def sample(
+        self,
+        seed: int,
+        centers: Sequence[torch.Tensor],
+        scale: Union[float, Sequence[torch.Tensor]],
+        population: Sequence[torch.Tensor],
+    ) -> None:
         """Write ``population[j][i] = centers[j] + scale * eps_i`` (rows
         ``h + i``: ``- scale * eps_i`` when antithetic) for the step's ``seed``."""
         vector = not isinstance(scale, (int, float))
@@ -148,8 +156,9 @@ class FusedSampler:
             calls.append((_ask_program(k, self.antithetic, vector, self.store_noise), ins, outs))
         return calls
 
-    def sums(self, seed: int, w: torch.Tensor, v: Optional[torch.Tensor] = None,
-             like: Sequence[torch.Tensor] = ()) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+    def sums(
+        self, seed: int, w: torch.Tensor, v: Optional[torch.Tensor] = None, like: Sequence[torch.Tensor] = ()
+    ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
         """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` per group (the second None
         without ``v``) over the noise rows of the step drawn with ``seed``;
         ``like``: the center's flats (shapes, dtypes, devices)."""
@@ -163,8 +172,9 @@ class FusedSampler:
         if stored:
             if self._stored_rows is None:  # the chunks' noise rows, listed once
                 noise_rows = self._noise_rows if self._noise_rows is not None else []
-                self._stored_rows = [[[noise_rows[j][a + r] for j in range(G)] for r in range(k)]
-                                     for a, k in self._chunks()]
+                self._stored_rows = [
+                    [[noise_rows[j][a + r] for j in range(G)] for r in range(k)] for a, k in self._chunks()
+                ]
             stored_rows = self._stored_rows
         for c, (a, k) in enumerate(self._chunks()):
             # regenerated noise: chunk c is fuse groups c*G.. (empty groups before it); stored noise
@@ -176,10 +186,9 @@ class FusedSampler:
                 ins.append(pad + acc2)
             if stored:
                 ins += stored_rows[c]
-            nums = wl[a:a + k] + (vl[a:a + k] if vl is not None else [])
+            nums = wl[a : a + k] + (vl[a : a + k] if vl is not None else [])
             outs = [pad + acc1] + ([self._pad(n_pad, 1) + acc2] if acc2 is not None else [])
-            _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs,
-                           seed=seed)
+            _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs, seed=seed)
         return acc1, acc2
 
     def draw(self, seed: int, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -191,8 +200,10 @@ class FusedSampler:
         self._noise_rows = [list(n.unbind(0)) for n in self.noise]
         self._plan = self._stored_rows = None
         try:
-            pop = [torch.empty(((2 if self.antithetic else 1) * self.rows, t.numel()), dtype=t.dtype,
-                               device=t.device) for t in like]
+            pop = [
+                torch.empty(((2 if self.antithetic else 1) * self.rows, t.numel()), dtype=t.dtype, device=t.device)
+                for t in like
+            ]
             self.sample(seed, [t.reshape(-1) for t in like], 0.0, pop)
             return self.noise
         finally:

@@ -12,16 +12,17 @@
 >>> ema = EMA(s[0], decay=0.5); _ = ema.update(s[2]); ema.average.w.tolist()
 [1.0, 1.0]
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 
 from .. import _checks, ops
-from ..storage import flat_storage
 from ..errors import SpeciesError
 from ..particle import NytoModule
+from ..storage import flat_storage
 from ..swarm import Swarm
 
 
@@ -35,8 +36,9 @@ def weighted_soup(models: Union[Swarm, Sequence[NytoModule]], weights: Any) -> N
     return _as_swarm(models).mean(weights=weights)
 
 
-def greedy_soup(models: Union[Swarm, Sequence[NytoModule]], score: Callable[[NytoModule], float],
-                *, maximize: bool = True) -> Tuple[NytoModule, List[int]]:
+def greedy_soup(
+    models: Union[Swarm, Sequence[NytoModule]], score: Callable[[NytoModule], float], *, maximize: bool = True
+) -> Tuple[NytoModule, List[int]]:
     """Greedy soup (Wortsman et al. 2022): visit the particles from best to worst
     individual ``score`` and keep each one whose addition to the uniform soup
     does not make its score worse. Returns ``(soup, indices kept)``."""
@@ -72,7 +74,9 @@ class EMA:
 
     def __init__(self, model: Union[NytoModule, Swarm], decay: float = 0.999, *, buffers: bool = True) -> None:
         if not isinstance(model, (NytoModule, Swarm)):
-            raise TypeError(f"EMA: model must be a particle (NytoModule) or a nytorch.Swarm, got {type(model).__name__}")
+            raise TypeError(
+                f"EMA: model must be a particle (NytoModule) or a nytorch.Swarm, got {type(model).__name__}"
+            )
         decay = _checks.real(decay, "EMA", "decay")
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
@@ -90,6 +94,7 @@ class EMA:
     def update(self, model: Union[NytoModule, Swarm]) -> Union[NytoModule, Swarm]:
         """Move the average towards ``model`` (same species; for a swarm, same length)."""
         from ..swarm.core import check_species as _check_species
+
         if isinstance(self.average, Swarm):
             if not isinstance(model, Swarm):
                 raise TypeError("EMA.update: this EMA averages a swarm; pass a Swarm")
@@ -116,13 +121,21 @@ class EMA:
 
     def state_dict(self) -> Dict[str, Any]:
         f, b = self._tensors(self.average)
-        return {"flats": [t.clone() for t in f], "buffers": [t.clone() for t in b], "updates": self.updates,
-                "decay": self.decay}
+        return {
+            "flats": [t.clone() for t in f],
+            "buffers": [t.clone() for t in b],
+            "updates": self.updates,
+            "decay": self.decay,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore ``state_dict()`` output in place."""
-        _checks.state_keys(state, "EMA.load_state_dict", ("flats", "buffers", "updates", "decay"),
-                           strict=type(self).state_dict is EMA.state_dict)
+        _checks.state_keys(
+            state,
+            "EMA.load_state_dict",
+            ("flats", "buffers", "updates", "decay"),
+            strict=type(self).state_dict is EMA.state_dict,
+        )
         f, b = self._tensors(self.average)
         if len(f) != len(state["flats"]) or any(x.shape != y.shape for x, y in zip(f, state["flats"])):
             raise ValueError("EMA.load_state_dict: shapes differ")

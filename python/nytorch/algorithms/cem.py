@@ -11,6 +11,7 @@
 >>> float(cem.center.x.detach().abs().max()) < 1e-3
 True
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -38,18 +39,36 @@ class CEM(GaussianStrategy):
 
     _tensor_state = ("stdev",)
 
-    def __init__(self, center: NytoModule, popsize: int, *, stdev_init: float = 0.1, elite_ratio: float = 0.5,
-                 stdev_max_change: Optional[float] = 0.1, stdev_min: float = 0.0, antithetic: bool = False,
-                 maximize: bool = False, seed: Optional[int] = None, store_noise: Optional[bool] = None,
-                 track_diversity: bool = False) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: int,
+        *,
+        stdev_init: float = 0.1,
+        elite_ratio: float = 0.5,
+        stdev_max_change: Optional[float] = 0.1,
+        stdev_min: float = 0.0,
+        antithetic: bool = False,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        store_noise: Optional[bool] = None,
+        track_diversity: bool = False,
+    ) -> None:
         check_positive(stdev_init, "CEM", "stdev_init")
         ratio = check_positive(elite_ratio, "CEM", "elite_ratio")
         if ratio > 1:
             raise ValueError(f"CEM: elite_ratio must be in (0, 1], got {elite_ratio}")
         if stdev_max_change is not None:
             stdev_max_change = check_positive(stdev_max_change, "CEM", "stdev_max_change")
-        super().__init__(center, popsize, antithetic=antithetic, store_noise=store_noise, maximize=maximize,
-                         seed=seed, track_diversity=track_diversity)
+        super().__init__(
+            center,
+            popsize,
+            antithetic=antithetic,
+            store_noise=store_noise,
+            maximize=maximize,
+            seed=seed,
+            track_diversity=track_diversity,
+        )
         self.elites = max(2, int(round(ratio * popsize)))
         self.stdev_max_change, self.stdev_min = stdev_max_change, check_positive(stdev_min, "CEM", "stdev_min", False)
         self.stdev = [torch.full_like(f, float(stdev_init)) for f in self.flats]
@@ -59,7 +78,7 @@ class CEM(GaussianStrategy):
 
     def _update(self, f: torch.Tensor) -> None:
         w = torch.zeros_like(f)
-        w[torch.argsort(f, stable=True)[:self.elites]] = 1.0 / self.elites
+        w[torch.argsort(f, stable=True)[: self.elites]] = 1.0 / self.elites
         m1, m2 = self._pop_sums(w, w)
         for c, sd, a, b in zip(self.flats, self.stdev, m1, m2):
             c.addcmul_(sd, a)

@@ -16,6 +16,7 @@ for more, use :class:`SepCMAES` (diagonal, linear in n).
 >>> float(cma.center.x.detach().abs().max()) < 1e-4
 True
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,8 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _checks
-from ..storage import flat_storage
 from ..particle import NytoModule
+from ..storage import flat_storage
 from ..swarm import Swarm
 from ._base import SwarmOptimizer
 from ._gaussian import check_positive
@@ -42,14 +43,23 @@ class CMAES(SwarmOptimizer):
     At most ``MAX_N`` (10,000) parameters. Fitness is minimized unless
     ``maximize``; ``best`` / ``best_fitness``: the best sampled particle."""
 
-    def __init__(self, center: NytoModule, popsize: Optional[int] = None, *, sigma_init: float = 0.1,
-                 maximize: bool = False, seed: Optional[int] = None, track_diversity: bool = False) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: Optional[int] = None,
+        *,
+        sigma_init: float = 0.1,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        track_diversity: bool = False,
+    ) -> None:
         if not isinstance(center, NytoModule):
             raise TypeError(f"CMAES: center must be a particle (NytoModule), got {type(center).__name__}")
         n = sum(f.numel() for f in flat_storage(center).flats)
         if n > MAX_N:
-            raise ValueError(f"CMAES: {n:,} parameters; the dense covariance is meant for at most {MAX_N:,} "
-                             "(use SepCMAES)")
+            raise ValueError(
+                f"CMAES: {n:,} parameters; the dense covariance is meant for at most {MAX_N:,} (use SepCMAES)"
+            )
         popsize = default_popsize(n) if popsize is None else _checks.integer(popsize, "CMAES", "popsize")
         if popsize < 2:
             raise ValueError(f"CMAES: popsize must be >= 2, got {popsize}")
@@ -89,7 +99,7 @@ class CMAES(SwarmOptimizer):
         k = 0
         for f in dst:
             m = f.shape[-1]
-            f.copy_(vec[..., k:k + m])
+            f.copy_(vec[..., k : k + m])
             k += m
 
     @property
@@ -111,7 +121,7 @@ class CMAES(SwarmOptimizer):
         order = torch.argsort(f, stable=True)
         if self._observe(f) is not None:
             self._best = self._mean() + self.sigma * self._y[order[0]]
-        y = self._y[order[:self.mu]]
+        y = self._y[order[: self.mu]]
         yw = self.weights @ y
         cs, cc, c1, cmu = self.cs, self.cc, self.c1, self.cmu
         with torch.no_grad():
@@ -142,10 +152,18 @@ class CMAES(SwarmOptimizer):
 
     def _own_state(self) -> Dict[str, Any]:
         st = flat_storage(self.center)
-        return {"center": [t.clone() for t in st.flats], "center_buffers": [b.clone() for b in st.buffers],
-                "sigma": self.sigma, "C": self.C.clone(), "B": self.B.clone(), "D": self.D.clone(),
-                "p_sigma": self.p_sigma.clone(), "p_c": self.p_c.clone(), "eigen_step": self.eigen_step,
-                "best": self._best.clone()}
+        return {
+            "center": [t.clone() for t in st.flats],
+            "center_buffers": [b.clone() for b in st.buffers],
+            "sigma": self.sigma,
+            "C": self.C.clone(),
+            "B": self.B.clone(),
+            "D": self.D.clone(),
+            "p_sigma": self.p_sigma.clone(),
+            "p_c": self.p_c.clone(),
+            "eigen_step": self.eigen_step,
+            "best": self._best.clone(),
+        }
 
     def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
         st = flat_storage(self.center)

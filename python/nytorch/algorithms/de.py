@@ -12,6 +12,7 @@
 >>> de.best_fitness < 1e-6
 True
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, cast
@@ -31,8 +32,9 @@ _PROGRAM: List[Any] = []
 def _trial_program():
     """trial = mutant x_a + F (x_b - x_c) where a uniform draw < CR, else x."""
     if not _PROGRAM:
-        _PROGRAM.append(_fuse.program(
-            lambda x, a, b, c, f, cr: _fuse.where(_fuse.rand_like(x) < cr, a + f * (b - c), x), "ppppnn"))
+        _PROGRAM.append(
+            _fuse.program(lambda x, a, b, c, f, cr: _fuse.where(_fuse.rand_like(x) < cr, a + f * (b - c), x), "ppppnn")
+        )
     return _PROGRAM[0]
 
 
@@ -48,8 +50,16 @@ class DE(SwarmOptimizer):
     Fitness is minimized unless ``maximize``. Needs at least 4 rows.
     """
 
-    def __init__(self, swarm: Swarm, *, F: float = 0.8, CR: float = 0.9, maximize: bool = False,
-                 seed: Optional[int] = None, track_diversity: bool = True) -> None:
+    def __init__(
+        self,
+        swarm: Swarm,
+        *,
+        F: float = 0.8,
+        CR: float = 0.9,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        track_diversity: bool = True,
+    ) -> None:
         if not isinstance(swarm, Swarm):
             raise TypeError(f"DE: swarm must be a nytorch.Swarm, got {type(swarm).__name__}")
         if len(swarm) < 4:
@@ -96,8 +106,13 @@ class DE(SwarmOptimizer):
             for d, idx in zip(self._donors, abc):
                 for buf, x in zip(d, self.swarm.flats):
                     torch.index_select(x, 0, idx, out=buf)
-            _fuse.run_flat(_trial_program(), [self.swarm.flats, *self._donors], [self.F, self.CR],
-                           out=[self.trials.flats], seed=self.sample_seed)
+            _fuse.run_flat(
+                _trial_program(),
+                [self.swarm.flats, *self._donors],
+                [self.F, self.CR],
+                out=[self.trials.flats],
+                seed=self.sample_seed,
+            )
             for t, b in zip(self.trials.buffers, self.swarm.buffers):  # row i's buffers go with its trial
                 t.copy_(b)
             if self.swarm.flats:
@@ -126,9 +141,12 @@ class DE(SwarmOptimizer):
     _state_keys = ("swarm", "fitness")
 
     def _own_state(self) -> Dict[str, Any]:
-        return {"swarm": {k: [t.clone() for t in v] if isinstance(v, list) else v
-                          for k, v in self.swarm.state_dict().items()},
-                "fitness": self.fitness.clone()}
+        return {
+            "swarm": {
+                k: [t.clone() for t in v] if isinstance(v, list) else v for k, v in self.swarm.state_dict().items()
+            },
+            "fitness": self.fitness.clone(),
+        }
 
     def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
         self.swarm.load_state_dict(state["swarm"])

@@ -11,6 +11,7 @@
 >>> float(es.center.x.detach().abs().max()) < 0.1
 True
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -18,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import _checks, ops
-from ..storage import flat_storage
 from ..particle import NytoModule
+from ..storage import flat_storage
 from ..swarm import Swarm
 from ._base import SwarmOptimizer, as_fitness
 from ._sampling import FusedSampler
@@ -63,17 +64,37 @@ class ES(SwarmOptimizer):
     draw) and regeneration elsewhere.
     """
 
-    def __init__(self, center: NytoModule, popsize: int, *, sigma: float = 0.05, lr: float = 0.01,
-                 optimizer: str = "adam", betas: Tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
-                 eps: float = 1e-8, weight_decay: float = 0.0, antithetic: bool = True,
-                 rank_shaping: bool = True, maximize: bool = False, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, track_diversity: bool = False,
-                 backend: str = "ops", store_noise: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: int,
+        *,
+        sigma: float = 0.05,
+        lr: float = 0.01,
+        optimizer: str = "adam",
+        betas: Tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.9,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        antithetic: bool = True,
+        rank_shaping: bool = True,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        track_diversity: bool = False,
+        backend: str = "ops",
+        store_noise: Optional[bool] = None,
+    ) -> None:
         if not isinstance(center, NytoModule):
             raise TypeError(f"ES: center must be a particle (NytoModule), got {type(center).__name__}")
         popsize = _checks.integer(popsize, "ES", "popsize")
-        for name, x in (("sigma", sigma), ("lr", lr), ("momentum", momentum), ("eps", eps),
-                        ("weight_decay", weight_decay)):
+        for name, x in (
+            ("sigma", sigma),
+            ("lr", lr),
+            ("momentum", momentum),
+            ("eps", eps),
+            ("weight_decay", weight_decay),
+        ):
             _checks.real(x, "ES", name)
         if not lr >= 0:
             raise ValueError(f"ES: lr must be >= 0 (maximize=True flips the direction), got {lr}")
@@ -111,8 +132,10 @@ class ES(SwarmOptimizer):
                 store_noise = dev.type == "cpu"
             if not store_noise and type(self).tell is not ES.tell:
                 # a subclass with its own tell (nytorch.distributed.ShardedES) reads es.noise
-                raise ValueError(f"{type(self).__name__}: backend='fuse' with store_noise=False keeps no "
-                                 "es.noise for this class's tell; pass store_noise=True")
+                raise ValueError(
+                    f"{type(self).__name__}: backend='fuse' with store_noise=False keeps no "
+                    "es.noise for this class's tell; pass store_noise=True"
+                )
             self.sampler = FusedSampler(flats, half, antithetic=antithetic, store_noise=bool(store_noise))
             self.noise: List[torch.Tensor] = self.sampler.noise if self.sampler.noise is not None else []
             self.seed_generator = self._seed_generator_from(self.generator, dev)  # the kernel's Philox seeds
@@ -125,8 +148,12 @@ class ES(SwarmOptimizer):
     def ask(self) -> Swarm:
         """A new population around the center (the same Swarm object, refilled)."""
         if self.sampler is not None:
-            self.sampler.sample(self._next_sample_seed(), [f.reshape(-1) for f in flat_storage(self.center).flats],
-                                self.sigma, self.population.flats)
+            self.sampler.sample(
+                self._next_sample_seed(),
+                [f.reshape(-1) for f in flat_storage(self.center).flats],
+                self.sigma,
+                self.population.flats,
+            )
             return self.population
         ops.normal_(self.noise, generator=self.generator)
         c = flat_storage(self.center).flats
@@ -139,8 +166,7 @@ class ES(SwarmOptimizer):
         return self.population
 
     def tell(self, fitness: Any) -> None:
-        self._update(as_fitness(fitness, self.popsize, self.device, f"{type(self).__name__}.tell"),
-                     self._gradient_sums)
+        self._update(as_fitness(fitness, self.popsize, self.device, f"{type(self).__name__}.tell"), self._gradient_sums)
 
     def _gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
         """Per group: the utilities times the noise rows (the unscaled gradient)."""
@@ -171,8 +197,8 @@ class ES(SwarmOptimizer):
                     b1, b2 = self.betas
                     m.lerp_(g, 1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (v / (1 - b2 ** t)).sqrt_().add_(self.eps)
-                    cf.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
+                    denom = (v / (1 - b2**t)).sqrt_().add_(self.eps)
+                    cf.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))
                 else:
                     m.mul_(self.momentum).add_(g)
                     cf.add_(m, alpha=-self.lr)
@@ -184,9 +210,12 @@ class ES(SwarmOptimizer):
 
     def _own_state(self) -> Dict[str, Any]:
         """Center (and its buffers), optimizer moments."""
-        return {"center": [t.clone() for t in flat_storage(self.center).flats],
-                "center_buffers": [b.clone() for b in flat_storage(self.center).buffers],
-                "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v]}
+        return {
+            "center": [t.clone() for t in flat_storage(self.center).flats],
+            "center_buffers": [b.clone() for b in flat_storage(self.center).buffers],
+            "m": [t.clone() for t in self.m],
+            "v": [t.clone() for t in self.v],
+        }
 
     def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
         c = flat_storage(self.center)
@@ -194,6 +223,8 @@ class ES(SwarmOptimizer):
             if len(state[name]) != len(mine) or any(a.shape != b.shape for a, b in zip(mine, state[name])):
                 raise ValueError(f"{where}: {name} has other shapes than this optimizer's")
         with torch.no_grad():
-            for a, b in zip(list(c.flats) + self.m + self.v + list(c.buffers),
-                            state["center"] + state["m"] + state["v"] + state["center_buffers"]):
+            for a, b in zip(
+                list(c.flats) + self.m + self.v + list(c.buffers),
+                state["center"] + state["m"] + state["v"] + state["center_buffers"],
+            ):
                 a.copy_(b)

@@ -11,6 +11,7 @@
 >>> float(pgpe.center.x.detach().abs().max()) < 0.1
 True
 """
+
 from __future__ import annotations
 
 import math
@@ -43,19 +44,39 @@ class PGPE(GaussianStrategy):
 
     _tensor_state = ("stdev", "velocity", "m", "v")
 
-    def __init__(self, center: NytoModule, popsize: int, *, stdev_init: float = 0.1, center_lr: float = 0.1,
-                 stdev_lr: float = 0.1, optimizer: str = "clipup", momentum: float = 0.9,
-                 max_speed: Optional[float] = None, stdev_max_change: float = 0.2, rank_shaping: bool = True,
-                 maximize: bool = False, seed: Optional[int] = None, store_noise: Optional[bool] = None,
-                 track_diversity: bool = False) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: int,
+        *,
+        stdev_init: float = 0.1,
+        center_lr: float = 0.1,
+        stdev_lr: float = 0.1,
+        optimizer: str = "clipup",
+        momentum: float = 0.9,
+        max_speed: Optional[float] = None,
+        stdev_max_change: float = 0.2,
+        rank_shaping: bool = True,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        store_noise: Optional[bool] = None,
+        track_diversity: bool = False,
+    ) -> None:
         for name, x in (("stdev_init", stdev_init), ("center_lr", center_lr)):
             check_positive(x, "PGPE", name)
         for name, x in (("stdev_lr", stdev_lr), ("momentum", momentum), ("stdev_max_change", stdev_max_change)):
             check_positive(x, "PGPE", name, strict=False)
         if optimizer not in ("clipup", "adam"):
             raise ValueError(f"PGPE: optimizer must be 'clipup' or 'adam', got {optimizer!r}")
-        super().__init__(center, popsize, antithetic=True, store_noise=store_noise, maximize=maximize, seed=seed,
-                         track_diversity=track_diversity)
+        super().__init__(
+            center,
+            popsize,
+            antithetic=True,
+            store_noise=store_noise,
+            maximize=maximize,
+            seed=seed,
+            track_diversity=track_diversity,
+        )
         self.center_lr, self.stdev_lr, self.momentum = float(center_lr), float(stdev_lr), float(momentum)
         self.max_speed = 2 * self.center_lr if max_speed is None else check_positive(max_speed, "PGPE", "max_speed")
         self.stdev_max_change, self.optimizer, self.rank_shaping = float(stdev_max_change), optimizer, rank_shaping
@@ -91,7 +112,7 @@ class PGPE(GaussianStrategy):
             for c, g, m, v in zip(self.flats, grads, self.m, self.v):
                 m.lerp_(g, 0.1)
                 v.mul_(0.999).addcmul_(g, g, value=0.001)
-                c.addcdiv_(m, (v / (1 - 0.999 ** t)).sqrt_().add_(1e-8), value=self.center_lr / (1 - 0.9 ** t))
+                c.addcdiv_(m, (v / (1 - 0.999**t)).sqrt_().add_(1e-8), value=self.center_lr / (1 - 0.9**t))
         for sd, s in zip(self.stdev, s2):
             delta = sd * (s - sum_b) * (self.stdev_lr / h)
             bound = sd * self.stdev_max_change

@@ -13,6 +13,7 @@
 >>> pso.best_fitness < 1e-3
 True
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -53,8 +54,9 @@ def _program(clamped: bool):
     if prog is None:
         if _fuse is None:
             raise RuntimeError("PSO(backend='fuse') needs nytorch.fuse; use backend='ops'")
-        prog = _PROGRAMS[clamped] = (_fuse.program(_pso_step_clamped, "ppppnnnnn") if clamped
-                                     else _fuse.program(_pso_step, "ppppnnn"))
+        prog = _PROGRAMS[clamped] = (
+            _fuse.program(_pso_step_clamped, "ppppnnnnn") if clamped else _fuse.program(_pso_step, "ppppnnn")
+        )
     return prog
 
 
@@ -97,7 +99,6 @@ def run_flat(prog, inputs, numbers, *, out, seed):
     _fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)
 
 
-
 def _value(s: Schedule, step: int) -> float:
     return float(s(step)) if callable(s) else float(s)
 
@@ -132,11 +133,23 @@ class PSO(SwarmOptimizer):
     copies), then clamp and ``x += v``: four passes.
     """
 
-    def __init__(self, swarm: Swarm, *, inertia: Schedule = 0.7298, cognitive: Schedule = 1.49618,
-                 social: Schedule = 1.49618, vmax: Optional[float] = None, topology: str = "global",
-                 neighbors: int = 1, velocity_scale: float = 0.0, maximize: bool = False,
-                 seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 track_diversity: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        swarm: Swarm,
+        *,
+        inertia: Schedule = 0.7298,
+        cognitive: Schedule = 1.49618,
+        social: Schedule = 1.49618,
+        vmax: Optional[float] = None,
+        topology: str = "global",
+        neighbors: int = 1,
+        velocity_scale: float = 0.0,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        track_diversity: bool = True,
+        backend: str = "auto",
+    ) -> None:
         if not isinstance(swarm, Swarm):
             raise TypeError(f"PSO: swarm must be a nytorch.Swarm, got {type(swarm).__name__}")
         if topology not in ("global", "ring"):
@@ -197,6 +210,7 @@ class PSO(SwarmOptimizer):
         """A new particle holding the best position seen so far."""
         p = self.swarm.template.clone()
         from ..storage import flat_storage
+
         with torch.no_grad():
             for dst, src in zip(flat_storage(p).flats, self.gbest):
                 dst.copy_(src)
@@ -252,7 +266,8 @@ class PSO(SwarmOptimizer):
         if self._rows_cache is None:
             self._rows_cache = [
                 (list(x.unbind(0)), list(v.unbind(0)), list(p.unbind(0)), list(r1.unbind(0)), list(r2.unbind(0)))
-                for x, v, p, r1, r2 in zip(self.swarm.flats, self.velocity, self.pbest, *self._r)]
+                for x, v, p, r1, r2 in zip(self.swarm.flats, self.velocity, self.pbest, *self._r)
+            ]
         return self._rows_cache
 
     def neighborhood_best(self) -> torch.Tensor:
@@ -269,11 +284,21 @@ class PSO(SwarmOptimizer):
             seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
             flats = self.swarm.flats
             if self.vmax is None:
-                run_flat(_program(False), [flats, self.velocity, self.pbest, self._best_rows], [w, c1, c2],
-                         out=[flats, self.velocity], seed=seed)
+                run_flat(
+                    _program(False),
+                    [flats, self.velocity, self.pbest, self._best_rows],
+                    [w, c1, c2],
+                    out=[flats, self.velocity],
+                    seed=seed,
+                )
             else:
-                run_flat(_program(True), [flats, self.velocity, self.pbest, self._best_rows],
-                         [w, c1, c2, -self.vmax, self.vmax], out=[flats, self.velocity], seed=seed)
+                run_flat(
+                    _program(True),
+                    [flats, self.velocity, self.pbest, self._best_rows],
+                    [w, c1, c2, -self.vmax, self.vmax],
+                    out=[flats, self.velocity],
+                    seed=seed,
+                )
             return
         assert self._r is not None  # the ops backend's
         ops.uniform_(self._r[0] + self._r[1], generator=self.generator)
@@ -297,8 +322,9 @@ class PSO(SwarmOptimizer):
     def _own_state(self) -> Dict[str, Any]:
         """Positions, velocities, personal/global bests."""
         return {
-            "swarm": {k: [t.clone() for t in v] if isinstance(v, list) else v
-                      for k, v in self.swarm.state_dict().items()},
+            "swarm": {
+                k: [t.clone() for t in v] if isinstance(v, list) else v for k, v in self.swarm.state_dict().items()
+            },
             "velocity": [t.clone() for t in self.velocity],
             "pbest": [t.clone() for t in self.pbest],
             "pbest_fitness": self.pbest_fitness.clone(),

@@ -13,6 +13,7 @@ millions of them.
 >>> float(cma.center.x.detach().abs().max()) < 1e-3
 True
 """
+
 from __future__ import annotations
 
 import math
@@ -43,17 +44,33 @@ class SepCMAES(GaussianStrategy):
     _tensor_state = ("C", "p_sigma", "p_c")
     _scalar_state = ("sigma",)
 
-    def __init__(self, center: NytoModule, popsize: Optional[int] = None, *, sigma_init: float = 0.1,
-                 maximize: bool = False, seed: Optional[int] = None, store_noise: Optional[bool] = None,
-                 track_diversity: bool = False) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: Optional[int] = None,
+        *,
+        sigma_init: float = 0.1,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        store_noise: Optional[bool] = None,
+        track_diversity: bool = False,
+    ) -> None:
         n = sum(p.numel() for p in center.parameters()) if isinstance(center, NytoModule) else 1
         popsize = default_popsize(n) if popsize is None else popsize
         self.sigma = check_positive(sigma_init, "SepCMAES", "sigma_init")
-        super().__init__(center, popsize, antithetic=False, store_noise=store_noise, maximize=maximize,
-                         seed=seed, track_diversity=track_diversity)
+        super().__init__(
+            center,
+            popsize,
+            antithetic=False,
+            store_noise=store_noise,
+            maximize=maximize,
+            seed=seed,
+            track_diversity=track_diversity,
+        )
         mu = popsize // 2
         w = torch.log(torch.tensor(mu + 0.5, dtype=torch.float64)) - torch.log(
-            torch.arange(1, mu + 1, dtype=torch.float64))
+            torch.arange(1, mu + 1, dtype=torch.float64)
+        )
         self.weights = (w / w.sum()).to(self.device)
         self.mu, self.n = mu, n
         mueff = float(1 / self.weights.square().sum())
@@ -78,7 +95,7 @@ class SepCMAES(GaussianStrategy):
 
     def _update(self, f: torch.Tensor) -> None:
         w = torch.zeros_like(f)
-        w[torch.argsort(f, stable=True)[:self.mu]] = self.weights
+        w[torch.argsort(f, stable=True)[: self.mu]] = self.weights
         zw, zw2 = self._pop_sums(w, w)
         cs, cc, c1, cmu = self.cs, self.cc, self.c1, self.cmu
         yw = [c.sqrt() * z for c, z in zip(self.C, zw)]

@@ -29,6 +29,7 @@ ES's ``tell`` (the same update, with the reduce in the middle): a change to
 those in ``nytorch.algorithms`` must be mirrored here; tests/test_distributed.py
 compares both against the single-process runs and fails when they drift.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -72,8 +73,15 @@ def _global_rank(group: Optional[Any], rank: int) -> int:
     return dist.get_global_rank(group, rank) if group is not None else rank
 
 
-def draw_rows_(dist_name: str, full_shapes: List[Tuple[int, int]], locals_: List[torch.Tensor], lo: int,
-               generator: Optional[torch.Generator], a: float = 0.0, b: float = 1.0) -> None:
+def draw_rows_(
+    dist_name: str,
+    full_shapes: List[Tuple[int, int]],
+    locals_: List[torch.Tensor],
+    lo: int,
+    generator: Optional[torch.Generator],
+    a: float = 0.0,
+    b: float = 1.0,
+) -> None:
     """Fill ``locals_[k]`` (rows ``[lo, lo + len)`` of a ``[n, numel]`` tensor)
     with the numbers ``ops.uniform_/normal_`` would put there when filling
     the full tensors (one draw per (device, dtype) group, tensors in order).
@@ -82,8 +90,10 @@ def draw_rows_(dist_name: str, full_shapes: List[Tuple[int, int]], locals_: List
     so other rows are skipped by drawing them into a scratch buffer; elsewhere
     the full tensor is drawn and the rows copied.
     """
-    fill = {"uniform": lambda t: t.uniform_(a, b, generator=generator),
-            "normal": lambda t: t.normal_(a, b, generator=generator)}[dist_name]
+    fill = {
+        "uniform": lambda t: t.uniform_(a, b, generator=generator),
+        "normal": lambda t: t.normal_(a, b, generator=generator),
+    }[dist_name]
     order: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
     for k, t in enumerate(locals_):
         if full_shapes[k][0] * full_shapes[k][1]:
@@ -94,16 +104,18 @@ def draw_rows_(dist_name: str, full_shapes: List[Tuple[int, int]], locals_: List
             fulls = [torch.empty(full_shapes[k], dtype=dtype, device=device) for k in ks]
             (ops.normal_ if dist_name == "normal" else ops.uniform_)(fulls, a, b, generator=generator)
             for k, f in zip(ks, fulls):
-                locals_[k].copy_(f[lo:lo + locals_[k].shape[0]])
+                locals_[k].copy_(f[lo : lo + locals_[k].shape[0]])
             continue
-        scratch = torch.empty(min(SKIP_CHUNK, max(n * m for n, m in (full_shapes[k] for k in ks))),
-                              dtype=dtype, device=device)
+        scratch = torch.empty(
+            min(SKIP_CHUNK, max(n * m for n, m in (full_shapes[k] for k in ks))), dtype=dtype, device=device
+        )
 
         def skip(count: int, scratch: torch.Tensor = scratch) -> None:
             while count > 0:
                 step = min(count, scratch.numel())
                 fill(scratch[:step])
                 count -= step
+
         for k in ks:
             n, numel = full_shapes[k]
             rows = locals_[k].shape[0]
@@ -129,9 +141,18 @@ class ShardedPSO(PSO):
     Other keyword arguments are PSO's. ``rng``: see the module docs.
     """
 
-    def __init__(self, sharded: ShardedSwarm, *, rng: str = "replicated", topology: str = "global",
-                 velocity_scale: float = 0.0, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, track_diversity: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        sharded: ShardedSwarm,
+        *,
+        rng: str = "replicated",
+        topology: str = "global",
+        velocity_scale: float = 0.0,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        track_diversity: bool = True,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(sharded, ShardedSwarm):
             raise TypeError(f"ShardedPSO: expected a nytorch.distributed.ShardedSwarm, got {type(sharded).__name__}")
         if topology != "global":
@@ -148,14 +169,20 @@ class ShardedPSO(PSO):
             generator = torch.Generator(device=dev)
             generator.manual_seed(s if rng == "replicated" else hash((s, rank)) & (2**63 - 1))
         local_scale = velocity_scale if rng == "local" else 0.0
-        super().__init__(sharded.local, topology="global", velocity_scale=local_scale, generator=generator,
-                         track_diversity=False, **kwargs)
+        super().__init__(
+            sharded.local,
+            topology="global",
+            velocity_scale=local_scale,
+            generator=generator,
+            track_diversity=False,
+            **kwargs,
+        )
         if velocity_scale and rng == "replicated":
             draw_rows_("normal", self._full_shapes(), self.velocity, sharded.lo, generator, 0.0, float(velocity_scale))
         self.track_sharded_diversity = track_diversity
         self._pbest_all = torch.full((sharded.n,), float("inf"), dtype=torch.float64, device=self.device)
         self._f_all: Optional[torch.Tensor] = None
-        self._src = -1   # the personal best that _best_rows (fused backend) holds
+        self._src = -1  # the personal best that _best_rows (fused backend) holds
 
     def _full_shapes(self) -> List[Tuple[int, int]]:
         return [(self.sharded.n, f.shape[1]) for f in self.swarm.flats]
@@ -166,12 +193,12 @@ class ShardedPSO(PSO):
         f_all = gather_rows(f, sh.n, sh.group, "ShardedPSO.tell")
         self._f_all = f_all
         improved_all = f_all < self._pbest_all
-        idx = improved_all[sh.lo:sh.hi].nonzero().squeeze(1)
+        idx = improved_all[sh.lo : sh.hi].nonzero().squeeze(1)
         if idx.numel():
             for p, x in zip(self.pbest, self.swarm.flats):
                 p.index_copy_(0, idx, x.index_select(0, idx))
         self._pbest_all = torch.where(improved_all, f_all, self._pbest_all)
-        self.pbest_fitness = self._pbest_all[sh.lo:sh.hi].clone()
+        self.pbest_fitness = self._pbest_all[sh.lo : sh.hi].clone()
         i = int(torch.argmin(self._pbest_all))
         better = bool(self._pbest_all[i] < self.gbest_fitness)
         # the fused backend follows pbest[argmin] row by row (PSO._refresh_best_rows)
@@ -192,11 +219,11 @@ class ShardedPSO(PSO):
         """Personal best ``i`` on every rank: one broadcast per group from its owner."""
         sh = self.sharded
         owner = owner_of(i, sh.n, sh.world)
-        win = [p[i - sh.lo].clone() if owner == sh.rank else torch.empty_like(g)
-               for p, g in zip(self.pbest, self.gbest)]
+        win = [
+            p[i - sh.lo].clone() if owner == sh.rank else torch.empty_like(g) for p, g in zip(self.pbest, self.gbest)
+        ]
         src = _global_rank(sh.group, owner)
-        works = [launch("ShardedPSO.tell", partial(dist.broadcast, w, src, group=sh.group, async_op=True))
-                 for w in win]
+        works = [launch("ShardedPSO.tell", partial(dist.broadcast, w, src, group=sh.group, async_op=True)) for w in win]
         for w in works:
             wait_work("ShardedPSO.tell", w, None)
         return win
@@ -249,15 +276,21 @@ class ShardedPSO(PSO):
     def state_dict(self) -> Dict[str, Any]:
         """This rank's PSO state (its rows) plus the global personal-best fitness."""
         state = super().state_dict()
-        state.update(pbest_fitness_all=self._pbest_all.clone(), rows=(self.sharded.lo, self.sharded.hi),
-                     n=self.sharded.n, rng_mode=self.rng)
+        state.update(
+            pbest_fitness_all=self._pbest_all.clone(),
+            rows=(self.sharded.lo, self.sharded.hi),
+            n=self.sharded.n,
+            rng_mode=self.rng,
+        )
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         sh = self.sharded
         if tuple(state["rows"]) != (sh.lo, sh.hi) or state["n"] != sh.n:
-            raise ValueError(f"ShardedPSO.load_state_dict: the state holds rows {tuple(state['rows'])} of "
-                             f"{state['n']}, this rank holds [{sh.lo}, {sh.hi}) of {sh.n}")
+            raise ValueError(
+                f"ShardedPSO.load_state_dict: the state holds rows {tuple(state['rows'])} of "
+                f"{state['n']}, this rank holds [{sh.lo}, {sh.hi}) of {sh.n}"
+            )
         super().load_state_dict(state)
         self._pbest_all = state["pbest_fitness_all"].to(self.device).clone()
         self.rng = state["rng_mode"]
@@ -294,8 +327,15 @@ class ShardedES(ES):
     Other keyword arguments are ES's.
     """
 
-    def __init__(self, center: NytoModule, popsize: int, *, group: Optional[Any] = None,
-                 seed: Optional[int] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: int,
+        *,
+        group: Optional[Any] = None,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         rank, world = require_group("ShardedES", group)
         if not isinstance(popsize, int) or popsize < world:
             raise ValueError(f"ShardedES: popsize must be >= the world size ({world}), got {popsize!r}")
@@ -306,8 +346,13 @@ class ShardedES(ES):
         self.lo, self.hi = shard_rows(popsize, world, rank)
         half = self.noise[0].shape[0] if self.noise else popsize
         self.plo, self.phi = shard_rows(half, world, rank)
-        check_signature("ShardedES", self.center._nyto_species, ("es", popsize, particle_signature(self.center)),
-                        lambda: particle_lines(self.center), group)
+        check_signature(
+            "ShardedES",
+            self.center._nyto_species,
+            ("es", popsize, particle_signature(self.center)),
+            lambda: particle_lines(self.center),
+            group,
+        )
 
     @property
     def rows(self) -> range:
@@ -316,7 +361,7 @@ class ShardedES(ES):
     def ask(self) -> Any:
         """This rank's rows of the new population (a sub-swarm view)."""
         super().ask()
-        return self.population[self.lo:self.hi]
+        return self.population[self.lo : self.hi]
 
     def tell(self, fitness: Any) -> None:
         """ES.tell with the fitness of this rank's rows; the gradient terms are
@@ -326,9 +371,8 @@ class ShardedES(ES):
 
     def _reduced_gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
         """This rank's share of ES._gradient_sums, all-reduced over the group."""
-        part = [u[self.plo:self.phi].to(eps.dtype) @ eps[self.plo:self.phi] for eps in self.noise]
-        works = [launch("ShardedES.tell", partial(dist.all_reduce, p, group=self.group, async_op=True))
-                 for p in part]
+        part = [u[self.plo : self.phi].to(eps.dtype) @ eps[self.plo : self.phi] for eps in self.noise]
+        works = [launch("ShardedES.tell", partial(dist.all_reduce, p, group=self.group, async_op=True)) for p in part]
         for w in works:
             wait_work("ShardedES.tell", w, None)
         return part
@@ -336,8 +380,9 @@ class ShardedES(ES):
     def save(self, path: str) -> None:
         """Checkpoint directory ``path`` (every rank's state is the same; each
         writes its own file, rank 0 the manifest)."""
-        save_sharded(path, self.state_dict(), "ShardedES", self.center._nyto_species, self._sig(), self.popsize,
-                     self.group)
+        save_sharded(
+            path, self.state_dict(), "ShardedES", self.center._nyto_species, self._sig(), self.popsize, self.group
+        )
 
     def load(self, path: str) -> None:
         self.load_state_dict(load_sharded(path, "ShardedES", self._sig(), self.popsize, self.group))

@@ -11,6 +11,7 @@
 >>> float(snes.center.x.detach().abs().max()) < 1e-3
 True
 """
+
 from __future__ import annotations
 
 import math
@@ -43,19 +44,39 @@ class SNES(GaussianStrategy):
 
     _tensor_state = ("stdev",)
 
-    def __init__(self, center: NytoModule, popsize: Optional[int] = None, *, stdev_init: float = 0.1,
-                 center_lr: float = 1.0, stdev_lr: Optional[float] = None, antithetic: bool = False,
-                 maximize: bool = False, seed: Optional[int] = None, store_noise: Optional[bool] = None,
-                 track_diversity: bool = False) -> None:
+    def __init__(
+        self,
+        center: NytoModule,
+        popsize: Optional[int] = None,
+        *,
+        stdev_init: float = 0.1,
+        center_lr: float = 1.0,
+        stdev_lr: Optional[float] = None,
+        antithetic: bool = False,
+        maximize: bool = False,
+        seed: Optional[int] = None,
+        store_noise: Optional[bool] = None,
+        track_diversity: bool = False,
+    ) -> None:
         n = sum(p.numel() for p in center.parameters()) if isinstance(center, NytoModule) else 1
         if popsize is None:
             popsize = default_popsize(n) + (default_popsize(n) % 2 if antithetic else 0)
         check_positive(stdev_init, "SNES", "stdev_init")
         check_positive(center_lr, "SNES", "center_lr")
-        stdev_lr = (3 + math.log(max(n, 1))) / (5 * math.sqrt(max(n, 1))) if stdev_lr is None else \
-            check_positive(stdev_lr, "SNES", "stdev_lr", strict=False)
-        super().__init__(center, popsize, antithetic=antithetic, store_noise=store_noise, maximize=maximize,
-                         seed=seed, track_diversity=track_diversity)
+        stdev_lr = (
+            (3 + math.log(max(n, 1))) / (5 * math.sqrt(max(n, 1)))
+            if stdev_lr is None
+            else check_positive(stdev_lr, "SNES", "stdev_lr", strict=False)
+        )
+        super().__init__(
+            center,
+            popsize,
+            antithetic=antithetic,
+            store_noise=store_noise,
+            maximize=maximize,
+            seed=seed,
+            track_diversity=track_diversity,
+        )
         self.center_lr, self.stdev_lr = float(center_lr), float(stdev_lr)
         self.stdev = [torch.full_like(f, float(stdev_init)) for f in self.flats]
 

@@ -39,6 +39,7 @@ connection) raise :class:`CollectiveError`; the group is unusable afterwards.
 Every rank must issue the same collectives in the same order, as with
 ``torch.distributed`` itself.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,9 +48,25 @@ from .collectives import Weights, all_gather, all_reduce_, broadcast_, check_spe
 from .core import BUCKET_BYTES, DEFAULT_TIMEOUT_S, CollectiveError, Handle, SpeciesMismatchError, barrier, device, init  # noqa: F401  (the default timeout)
 from .sharded_swarm import ShardedSwarm, gather_rows, read_manifest, shard_rows
 
-__all__ = ["init", "device", "barrier", "all_reduce_", "broadcast_", "all_gather", "check_species",
-           "Handle", "CollectiveError", "SpeciesMismatchError", "BUCKET_BYTES",
-           "ShardedSwarm", "shard_rows", "gather_rows", "read_manifest", "ShardedPSO", "ShardedES"]
+__all__ = [
+    "init",
+    "device",
+    "barrier",
+    "all_reduce_",
+    "broadcast_",
+    "all_gather",
+    "check_species",
+    "Handle",
+    "CollectiveError",
+    "SpeciesMismatchError",
+    "BUCKET_BYTES",
+    "ShardedSwarm",
+    "shard_rows",
+    "gather_rows",
+    "read_manifest",
+    "ShardedPSO",
+    "ShardedES",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -58,6 +75,7 @@ def __getattr__(name: str) -> Any:
     # import may come first.
     if name in ("ShardedPSO", "ShardedES"):
         from ..algorithms.sharded import ShardedES, ShardedPSO
+
         globals().update(ShardedPSO=ShardedPSO, ShardedES=ShardedES)
         return globals()[name]
     raise AttributeError(f"module 'nytorch.distributed' has no attribute {name!r}")

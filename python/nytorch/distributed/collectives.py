@@ -1,6 +1,7 @@
 """The collectives of :mod:`nytorch.distributed` on a particle or a swarm:
 ``all_reduce_``, ``broadcast_``, ``all_gather`` and ``check_species``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,13 +46,13 @@ class _Target:
 
 def _target(what: str, x: Any) -> _Target:
     if isinstance(x, NytoModule):
-        return _Target(x, flat_storage(x).flats, x._nyto_species, particle_signature(x),
-                       lambda: particle_lines(x))
+        return _Target(x, flat_storage(x).flats, x._nyto_species, particle_signature(x), lambda: particle_lines(x))
     t = swarm_target(x)
     if t is not None:
         return _Target(*t)
-    raise TypeError(f"nytorch.distributed.{what}: expected a particle (nytorch.NytoModule) or a swarm, "
-                    f"got {type(x).__name__}")
+    raise TypeError(
+        f"nytorch.distributed.{what}: expected a particle (nytorch.NytoModule) or a swarm, got {type(x).__name__}"
+    )
 
 
 def _prepare(what: str, x: Any, group: Optional[Any], timeout: Optional[float]) -> Tuple[_Target, int, int]:
@@ -80,8 +81,9 @@ def check_species(particle_or_swarm: Any, group: Optional[Any] = None, timeout: 
 
 # ---------------------------------------------------------------------------
 # all_reduce_
-def _coefficients(what: str, weights: Weights, op: str, rank: int, world: int
-                  ) -> Tuple[Optional[float], Optional[float], bool]:
+def _coefficients(
+    what: str, weights: Weights, op: str, rank: int, world: int
+) -> Tuple[Optional[float], Optional[float], bool]:
     """(this rank's factor, the total weight if known locally, whether the
     total must be summed across ranks). Raises before anything is written."""
     if weights is None:
@@ -95,23 +97,29 @@ def _coefficients(what: str, weights: Weights, op: str, rank: int, world: int
     try:
         ws = [float(v) for v in weights]  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise TypeError(f"nytorch.distributed.{what}: weights must be a number (this rank's weight) or a "
-                        f"sequence of one number per rank, got {type(weights).__name__}") from None
+        raise TypeError(
+            f"nytorch.distributed.{what}: weights must be a number (this rank's weight) or a "
+            f"sequence of one number per rank, got {type(weights).__name__}"
+        ) from None
     if len(ws) != world:
-        raise ValueError(f"nytorch.distributed.{what}: weights has {len(ws)} entries but the group has "
-                         f"{world} ranks (give one weight per rank, or this rank's weight as a number)")
+        raise ValueError(
+            f"nytorch.distributed.{what}: weights has {len(ws)} entries but the group has "
+            f"{world} ranks (give one weight per rank, or this rank's weight as a number)"
+        )
     for i, v in enumerate(ws):
         _check_weight(what, v, f"weights[{i}]")
     total = math.fsum(ws)
     if op == "mean" and total <= 0:
-        raise ValueError(f"nytorch.distributed.{what}: the weights sum to {total}; a weighted mean needs a "
-                         "positive total")
+        raise ValueError(
+            f"nytorch.distributed.{what}: the weights sum to {total}; a weighted mean needs a positive total"
+        )
     return ws[rank], (total if op == "mean" else None), False
 
 
 def _check_bucket_bytes(what: str, bucket_bytes: Optional[int]) -> None:
-    if bucket_bytes is not None and (isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int)
-                                     or bucket_bytes <= 0):
+    if bucket_bytes is not None and (
+        isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes <= 0
+    ):
         raise ValueError(f"nytorch.distributed.{what}: bucket_bytes must be a positive int, got {bucket_bytes!r}")
 
 
@@ -120,9 +128,15 @@ def _check_weight(what: str, w: float, name: str) -> None:
         raise ValueError(f"nytorch.distributed.{what}: {name} must be finite and >= 0, got {w}")
 
 
-def all_reduce_(particle_or_swarm: Any, op: str = "mean", weights: Weights = None, group: Optional[Any] = None,
-                async_op: bool = False, timeout: Optional[float] = None,
-                bucket_bytes: Optional[int] = None) -> Any:
+def all_reduce_(
+    particle_or_swarm: Any,
+    op: str = "mean",
+    weights: Weights = None,
+    group: Optional[Any] = None,
+    async_op: bool = False,
+    timeout: Optional[float] = None,
+    bucket_bytes: Optional[int] = None,
+) -> Any:
     """Reduce a particle (or swarm) over the ranks of ``group``, in place.
 
     ``op="mean"``: every rank ends with the mean of all ranks' parameters;
@@ -152,8 +166,10 @@ def all_reduce_(particle_or_swarm: Any, op: str = "mean", weights: Weights = Non
     if op == "mean":
         for f in t.flats:
             if not (f.is_floating_point() or f.is_complex()):
-                raise TypeError(f"nytorch.distributed.{what}: op='mean' needs floating-point parameters, "
-                                f"but a parameter group is {f.dtype}; use op='sum'")
+                raise TypeError(
+                    f"nytorch.distributed.{what}: op='mean' needs floating-point parameters, "
+                    f"but a parameter group is {f.dtype}; use op='sum'"
+                )
     coef, total, sum_total = _coefficients(what, weights, op, rank, world)
     _check_bucket_bytes(what, bucket_bytes)
     check_devices(what, t.flats, group)
@@ -168,8 +184,11 @@ def all_reduce_(particle_or_swarm: Any, op: str = "mean", weights: Weights = Non
             total_w = wt.item()
             divisor[0] = total_w
             if not total_w > 0:
-                raise ValueError(f"nytorch.distributed.{what}: the weights of all ranks sum to {total_w}; "
-                                 "a weighted mean needs a positive total (the parameters now hold 0)")
+                raise ValueError(
+                    f"nytorch.distributed.{what}: the weights of all ranks sum to {total_w}; "
+                    "a weighted mean needs a positive total (the parameters now hold 0)"
+                )
+
         works.append((launch(what, lambda: dist.all_reduce(wt, group=group, async_op=True)), got_total))
     for f in t.flats:
         for b in buckets(f, bucket_bytes):
@@ -187,8 +206,14 @@ def _finish(handle: Handle, async_op: bool) -> Any:
 
 # ---------------------------------------------------------------------------
 # broadcast_
-def broadcast_(particle_or_swarm: Any, src: int, group: Optional[Any] = None, async_op: bool = False,
-               timeout: Optional[float] = None, bucket_bytes: Optional[int] = None) -> Any:
+def broadcast_(
+    particle_or_swarm: Any,
+    src: int,
+    group: Optional[Any] = None,
+    async_op: bool = False,
+    timeout: Optional[float] = None,
+    bucket_bytes: Optional[int] = None,
+) -> Any:
     """Copy rank ``src``'s parameters into the particle (or swarm) of every
     rank, in place (``src`` is a global rank, as in ``torch.distributed``).
     Returns the particle, or a :class:`Handle` when ``async_op``::
@@ -200,23 +225,26 @@ def broadcast_(particle_or_swarm: Any, src: int, group: Optional[Any] = None, as
     if isinstance(src, bool) or not isinstance(src, numbers.Integral):
         raise TypeError(f"nytorch.distributed.{what}: src must be a rank (int), got {type(src).__name__}")
     if not 0 <= int(src) < dist.get_world_size():
-        raise ValueError(f"nytorch.distributed.{what}: src={src} is not a rank (world size "
-                         f"{dist.get_world_size()})")
+        raise ValueError(f"nytorch.distributed.{what}: src={src} is not a rank (world size {dist.get_world_size()})")
     if group is not None and int(src) not in dist.get_process_group_ranks(group):
         raise ValueError(f"nytorch.distributed.{what}: src={src} is not a member of the group")
     _check_bucket_bytes(what, bucket_bytes)
     t = _target(what, particle_or_swarm)
     check_devices(what, t.flats, group)
     check_signature(what, t.species, t.sig, t.lines, group, timeout=timeout)
-    works = [(launch(what, lambda b=b: dist.broadcast(b, int(src), group=group, async_op=True)), None)
-             for f in t.flats for b in buckets(f, bucket_bytes)]
+    works = [
+        (launch(what, lambda b=b: dist.broadcast(b, int(src), group=group, async_op=True)), None)
+        for f in t.flats
+        for b in buckets(f, bucket_bytes)
+    ]
     return _finish(Handle(what, works, lambda: particle_or_swarm, timeout), async_op)
 
 
 # ---------------------------------------------------------------------------
 # all_gather
-def all_gather(particle_or_swarm: Any, group: Optional[Any] = None, async_op: bool = False,
-               timeout: Optional[float] = None) -> Any:
+def all_gather(
+    particle_or_swarm: Any, group: Optional[Any] = None, async_op: bool = False, timeout: Optional[float] = None
+) -> Any:
     """Every rank's particle, on every rank, in rank order: a
     :class:`nytorch.Swarm` of ``world`` particles of the local species (its
     buffers are copies of the local particle's); a swarm input gives the swarm
@@ -227,8 +255,9 @@ def all_gather(particle_or_swarm: Any, group: Optional[Any] = None, async_op: bo
     what = "all_gather"
     t, rank, world = _prepare(what, particle_or_swarm, group, timeout)
     outs = [torch.empty((world,) + tuple(f.shape), dtype=f.dtype, device=f.device) for f in t.flats]
-    works = [(launch(what, partial(all_gather_flat, o, f.contiguous(), group, True)), None)
-             for o, f in zip(outs, t.flats)]
+    works = [
+        (launch(what, partial(all_gather_flat, o, f.contiguous(), group, True)), None) for o, f in zip(outs, t.flats)
+    ]
     return _finish(Handle(what, works, lambda: _gathered(t, outs, world), timeout), async_op)
 
 
@@ -251,11 +280,12 @@ def swarm_target(x: Any) -> Optional[Tuple]:
         return None
     for g, f in enumerate(x.flats):
         if not f.is_contiguous():
-            raise ValueError(f"nytorch.distributed: swarm flats[{g}] is not contiguous (a strided sub-swarm); "
-                             "use swarm.clone() first")
+            raise ValueError(
+                f"nytorch.distributed: swarm flats[{g}] is not contiguous (a strided sub-swarm); "
+                "use swarm.clone() first"
+            )
     t = x.template
-    return (x, list(x.flats), x.species, swarm_signature(x),
-            lambda: [f"swarm of {len(x)}"] + particle_lines(t))
+    return (x, list(x.flats), x.species, swarm_signature(x), lambda: [f"swarm of {len(x)}"] + particle_lines(t))
 
 
 def swarm_from_rows(particle: NytoModule, rows: List[torch.Tensor]) -> Any:

@@ -3,6 +3,7 @@
 process-group checks, buckets, work handles with timeouts, species
 signatures. Nothing here talks to a process group at import time.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -48,11 +49,14 @@ def require_group(what: str, group: Optional[Any]) -> Tuple[int, int]:
         raise RuntimeError(
             f"nytorch.distributed.{what}: no process group is initialised; call "
             "nytorch.distributed.init() (or torch.distributed.init_process_group) first, e.g. in a "
-            "script launched with `torchrun --nproc-per-node=2 script.py`")
+            "script launched with `torchrun --nproc-per-node=2 script.py`"
+        )
     rank = dist.get_rank(group)
     if rank < 0:
-        raise ValueError(f"nytorch.distributed.{what}: this process (global rank {dist.get_rank()}) "
-                         "is not a member of the given group")
+        raise ValueError(
+            f"nytorch.distributed.{what}: this process (global rank {dist.get_rank()}) "
+            "is not a member of the given group"
+        )
     return rank, dist.get_world_size(group)
 
 
@@ -72,10 +76,10 @@ def check_devices(what: str, flats: Sequence[torch.Tensor], group: Optional[Any]
     if "nccl" in backend_of(group):
         for f in flats:
             if f.device.type != "cuda":
-                raise ValueError(f"nytorch.distributed.{what}: the NCCL backend needs CUDA tensors, but a "
-                                 f"parameter group is on {f.device}; move the particle with .cuda() first")
-
-
+                raise ValueError(
+                    f"nytorch.distributed.{what}: the NCCL backend needs CUDA tensors, but a "
+                    f"parameter group is on {f.device}; move the particle with .cuda() first"
+                )
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +154,7 @@ def buckets(flat: torch.Tensor, bucket_bytes: Optional[int] = None) -> List[torc
     step = max(1, bucket_bytes // max(1, flat.element_size()))
     if n <= step:
         return [flat]
-    return [flat[i:i + step] for i in range(0, n, step)]
+    return [flat[i : i + step] for i in range(0, n, step)]
 
 
 # ---------------------------------------------------------------------------
@@ -164,15 +168,18 @@ def wrap_error(what: str, err: BaseException, timeout: Optional[float] = None) -
     low = msg.lower()
     rank = dist.get_rank() if dist.is_initialized() else -1
     if "timed out" in low or "timeout" in low:
-        why = (f"timed out{'' if timeout is None else f' after {timeout:g} s'} waiting for a peer: "
-               "a rank is hung, dead or running different collectives")
+        why = (
+            f"timed out{'' if timeout is None else f' after {timeout:g} s'} waiting for a peer: "
+            "a rank is hung, dead or running different collectives"
+        )
     elif "connection" in low or "closed" in low or "reset" in low or "broken pipe" in low:
         why = "a peer closed the connection: a rank died or left"
     else:
         why = "the collective failed"
     return CollectiveError(
         f"nytorch.distributed.{what} on rank {rank}: {why}. The process group is unusable now; "
-        f"end the job. ({type(err).__name__}: {msg.splitlines()[0] if msg else ''})")
+        f"end the job. ({type(err).__name__}: {msg.splitlines()[0] if msg else ''})"
+    )
 
 
 def wait_work(what: str, work: Any, timeout: Optional[float]) -> None:
@@ -194,10 +201,15 @@ class Handle:
     gathered particles). Do not read or write the operands before ``wait()``.
     """
 
-    def __init__(self, what: str, works: Sequence[Tuple[Any, Optional[Callable[[], None]]]],
-                 result: Callable[[], Any], timeout: Optional[float]) -> None:
+    def __init__(
+        self,
+        what: str,
+        works: Sequence[Tuple[Any, Optional[Callable[[], None]]]],
+        result: Callable[[], Any],
+        timeout: Optional[float],
+    ) -> None:
         self._what = what
-        self._works = list(works)   # (work, after) per bucket; after runs once that bucket landed
+        self._works = list(works)  # (work, after) per bucket; after runs once that bucket landed
         self._result = result
         self._timeout = timeout
         self._done = False
@@ -248,8 +260,7 @@ def signature_hash(sig: Tuple) -> int:
 
 
 def first_difference(a: Sequence[str], b: Sequence[str]) -> str:
-    return next((f"{x} vs {y}" for x, y in zip(a, b) if x != y),
-                f"{len(a)} vs {len(b)} entries")
+    return next((f"{x} vs {y}" for x, y in zip(a, b) if x != y), f"{len(a)} vs {len(b)} entries")
 
 
 # species -> {(group key, signature hash)} already checked
@@ -260,8 +271,15 @@ def _group_key(group: Optional[Any]) -> int:
     return id(group if group is not None else dist.group.WORLD)
 
 
-def check_signature(what: str, species: Any, sig: Tuple, describe: Callable[[], List[str]],
-                    group: Optional[Any], force: bool = False, timeout: Optional[float] = None) -> None:
+def check_signature(
+    what: str,
+    species: Any,
+    sig: Tuple,
+    describe: Callable[[], List[str]],
+    group: Optional[Any],
+    force: bool = False,
+    timeout: Optional[float] = None,
+) -> None:
     """All-gather the 64-bit hash of ``sig``; raise SpeciesMismatchError on
     every rank when ranks differ. Runs once per (species, signature, group)
     unless ``force``."""
@@ -287,20 +305,21 @@ def check_signature(what: str, species: Any, sig: Tuple, describe: Callable[[], 
         odd = [r for r, x in enumerate(hashes) if x != hashes[0]]
         detail = ""
         if gathered[0] is not None and gathered[odd[0]] is not None:
-            detail = f"; first difference (rank 0 vs rank {odd[0]}): " \
-                     f"{first_difference(gathered[0], gathered[odd[0]])}"
+            detail = f"; first difference (rank 0 vs rank {odd[0]}): {first_difference(gathered[0], gathered[odd[0]])}"
         raise SpeciesMismatchError(
             f"nytorch.distributed.{what}: ranks hold particles of different structure "
             f"(rank {rank} of {world}); ranks {odd} differ from rank 0{detail}. Every rank must "
-            "build the same model class with the same shapes and dtypes")
+            "build the same model class with the same shapes and dtypes"
+        )
     if species is not None:
         _checked.setdefault(species, set()).add(key)
 
 
 def particle_lines(net: NytoModule) -> List[str]:
     lines = [f"class {type(net).__qualname__}"]
-    lines += [f"{n}: {list(p.shape)} {str(p.dtype).replace('torch.', '')} {p.device.type}"
-              for n, p in net.named_parameters()]
+    lines += [
+        f"{n}: {list(p.shape)} {str(p.dtype).replace('torch.', '')} {p.device.type}" for n, p in net.named_parameters()
+    ]
     return lines
 
 

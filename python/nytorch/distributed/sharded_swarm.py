@@ -6,6 +6,7 @@ Rows are split as evenly as possible: rank ``r`` of ``w`` holds rows
 ``manifest.json`` (world size, rows, species hash, what was saved) and one
 ``shard-RRRRR-of-WWWWW.pt`` per rank; it resumes on the same world size.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,12 +61,14 @@ class ShardedSwarm:
     swarm (``ShardedSwarm.from_local`` wraps rows built some other way).
     """
 
-    def __init__(self, net: NytoModule, n: int, init: Any = "clone", *, group: Optional[Any] = None,
-                 **swarm_kwargs: Any) -> None:
+    def __init__(
+        self, net: NytoModule, n: int, init: Any = "clone", *, group: Optional[Any] = None, **swarm_kwargs: Any
+    ) -> None:
         rank, world = require_group("ShardedSwarm", group)
         if not isinstance(n, int) or isinstance(n, bool) or n < world:
-            raise ValueError(f"nytorch.distributed.ShardedSwarm: n must be an int >= the world size "
-                             f"({world}), got {n!r}")
+            raise ValueError(
+                f"nytorch.distributed.ShardedSwarm: n must be an int >= the world size ({world}), got {n!r}"
+            )
         full = Swarm(net, n, init=init, **swarm_kwargs)
         lo, hi = shard_rows(n, world, rank)
         self._setup(full[lo:hi].clone(), n, group)
@@ -77,8 +80,10 @@ class ShardedSwarm:
         rank, world = require_group("ShardedSwarm.from_local", group)
         lo, hi = shard_rows(n, world, rank)
         if len(local) != hi - lo:
-            raise ValueError(f"nytorch.distributed.ShardedSwarm.from_local: rank {rank} of {world} holds rows "
-                             f"[{lo}, {hi}) of {n}, but the local swarm has {len(local)} rows")
+            raise ValueError(
+                f"nytorch.distributed.ShardedSwarm.from_local: rank {rank} of {world} holds rows "
+                f"[{lo}, {hi}) of {n}, but the local swarm has {len(local)} rows"
+            )
         self = cls.__new__(cls)
         self._setup(local, n, group)
         return self
@@ -89,8 +94,13 @@ class ShardedSwarm:
         self.n = n
         self.lo, self.hi = shard_rows(n, self.world, self.rank)
         self.local = local
-        check_signature("ShardedSwarm", local.species, ("sharded", n, particle_signature(local.template)),
-                        lambda: particle_lines(local.template), group)
+        check_signature(
+            "ShardedSwarm",
+            local.species,
+            ("sharded", n, particle_signature(local.template)),
+            lambda: particle_lines(local.template),
+            group,
+        )
 
     @property
     def rows(self) -> range:
@@ -104,8 +114,10 @@ class ShardedSwarm:
         return self.n
 
     def __repr__(self) -> str:
-        return (f"ShardedSwarm({type(self.template).__name__} x {self.n}, rank {self.rank} of {self.world} "
-                f"holds rows [{self.lo}, {self.hi}))")
+        return (
+            f"ShardedSwarm({type(self.template).__name__} x {self.n}, rank {self.rank} of {self.world} "
+            f"holds rows [{self.lo}, {self.hi}))"
+        )
 
     # -- collectives ---------------------------------------------------------
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
@@ -142,8 +154,9 @@ class ShardedSwarm:
             c = (total / self.n).to(f.dtype)
             d = (f - c).pow(2).sum(1).to(torch.float64)
             sq = d if sq is None else sq + d.to(sq.device)
-        s = torch.tensor([float(sq.sqrt().sum()) if sq is not None else 0.0], dtype=torch.float64,
-                         device=small_device(self.group))
+        s = torch.tensor(
+            [float(sq.sqrt().sum()) if sq is not None else 0.0], dtype=torch.float64, device=small_device(self.group)
+        )
         _all_reduce(s, self.group, "ShardedSwarm.diversity")
         return float(s) / self.n
 
@@ -153,14 +166,15 @@ class ShardedSwarm:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if tuple(state["rows"]) != (self.lo, self.hi) or state["n"] != self.n:
-            raise ValueError(f"ShardedSwarm.load_state_dict: the state holds rows {tuple(state['rows'])} of "
-                             f"{state['n']}, this rank holds [{self.lo}, {self.hi}) of {self.n}")
+            raise ValueError(
+                f"ShardedSwarm.load_state_dict: the state holds rows {tuple(state['rows'])} of "
+                f"{state['n']}, this rank holds [{self.lo}, {self.hi}) of {self.n}"
+            )
         self.local.load_state_dict(state["swarm"])
 
     def save(self, path: str) -> None:
         """Write this rank's shard and (rank 0) the manifest into directory ``path``."""
-        save_sharded(path, self.state_dict(), "ShardedSwarm", self.local.species, self._sig(), self.n,
-                     self.group)
+        save_sharded(path, self.state_dict(), "ShardedSwarm", self.local.species, self._sig(), self.n, self.group)
 
     def load(self, path: str) -> None:
         """Load this rank's shard of a checkpoint written by ``save`` with the same world size."""
@@ -186,10 +200,10 @@ def gather_rows(t: torch.Tensor, n: int, group: Optional[Any], what: str = "gath
     m = max(shard_rows(n, world, r)[1] - shard_rows(n, world, r)[0] for r in range(world))
     dev = t.device if "nccl" not in str(dist.get_backend(group)).lower() else small_device(group)
     pad = torch.zeros((m,) + tuple(t.shape[1:]), dtype=t.dtype, device=dev)
-    pad[:hi - lo].copy_(t)
+    pad[: hi - lo].copy_(t)
     out = torch.empty((world,) + tuple(pad.shape), dtype=t.dtype, device=dev)
     wait_work(what, launch(what, lambda: all_gather_flat(out, pad, group, True)), None)
-    parts = [out[r, :shard_rows(n, world, r)[1] - shard_rows(n, world, r)[0]] for r in range(world)]
+    parts = [out[r, : shard_rows(n, world, r)[1] - shard_rows(n, world, r)[0]] for r in range(world)]
     return torch.cat(parts).to(t.device)
 
 
@@ -208,16 +222,23 @@ def shard_file(rank: int, world: int) -> str:
     return f"shard-{rank:05d}-of-{world:05d}.pt"
 
 
-def save_sharded(path: str, state: Dict[str, Any], kind: str, species: Any, sig: Tuple, n: int,
-                 group: Optional[Any]) -> None:
+def save_sharded(
+    path: str, state: Dict[str, Any], kind: str, species: Any, sig: Tuple, n: int, group: Optional[Any]
+) -> None:
     """Each rank writes its shard, rank 0 the manifest; returns after all did."""
     rank, world = require_group(f"{kind}.save", group)
     os.makedirs(path, exist_ok=True)
     torch.save(state, os.path.join(path, shard_file(rank, world)))
     if rank == 0:
-        manifest = {"format": FORMAT, "kind": kind, "world_size": world, "n": n,
-                    "rows": [list(shard_rows(n, world, r)) for r in range(world)],
-                    "signature": signature_hash(sig), "files": [shard_file(r, world) for r in range(world)]}
+        manifest = {
+            "format": FORMAT,
+            "kind": kind,
+            "world_size": world,
+            "n": n,
+            "rows": [list(shard_rows(n, world, r)) for r in range(world)],
+            "signature": signature_hash(sig),
+            "files": [shard_file(r, world) for r in range(world)],
+        }
         tmp = os.path.join(path, MANIFEST + ".tmp")
         with open(tmp, "w") as f:
             json.dump(manifest, f, indent=1)
@@ -247,12 +268,14 @@ def load_sharded(path: str, kind: str, sig: Tuple, n: int, group: Optional[Any])
         raise ValueError(
             f"nytorch.distributed.{kind}.load: the checkpoint {path!r} was written by {m['world_size']} ranks "
             f"but this group has {world}; resharding is not implemented: resume with "
-            f"--nproc-per-node={m['world_size']} (same world size)")
+            f"--nproc-per-node={m['world_size']} (same world size)"
+        )
     if m["n"] != n or m["signature"] != signature_hash(sig):
-        raise ValueError(f"nytorch.distributed.{kind}.load: the checkpoint {path!r} holds another swarm "
-                         f"({m['n']} particles of another structure or size than this one's {n})")
+        raise ValueError(
+            f"nytorch.distributed.{kind}.load: the checkpoint {path!r} holds another swarm "
+            f"({m['n']} particles of another structure or size than this one's {n})"
+        )
     return torch.load(os.path.join(path, shard_file(rank, world)), weights_only=False)
 
 
-__all__ = ["ShardedSwarm", "shard_rows", "gather_rows", "owner_of", "save_sharded", "load_sharded",
-           "read_manifest"]
+__all__ = ["ShardedSwarm", "shard_rows", "gather_rows", "owner_of", "save_sharded", "load_sharded", "read_manifest"]

@@ -49,6 +49,7 @@ Layout of this package (dependencies point one way, towards ``core``):
 - :mod:`nytorch.swarm.fused`: ``SwarmFusing``, a mix-in for ``Swarm.fused(fn)``;
 - here: :class:`Swarm`, the class assembled from them (no module above imports it).
 """
+
 from __future__ import annotations
 
 from .arithmetic import SwarmArithmetic

@@ -13,6 +13,7 @@ Each op is one torch call per (device, dtype) group on the stacked buffers
 (species, length, castability of in-place results) runs before anything is
 written, so bad input leaves both operands unchanged.
 """
+
 from __future__ import annotations
 
 import operator
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 
 def _as_index(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
     if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(f"{name}: expected a [N] tensor with N = {n} (one value per particle), "
-                         f"got shape {list(t.shape)}")
+        raise ValueError(
+            f"{name}: expected a [N] tensor with N = {n} (one value per particle), got shape {list(t.shape)}"
+        )
     return t
 
 
@@ -42,8 +44,10 @@ def _real_vector(x: Any, name: str, n: int) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError):
         t = None
     if t is None or t.dtype == torch.bool or t.is_complex() or isinstance(x, str):
-        raise TypeError(f"{name}: expected a [N] tensor or list of real numbers with N = {n} (one value per "
-                        f"particle), got {type(x).__name__ if t is None or isinstance(x, str) else t.dtype}")
+        raise TypeError(
+            f"{name}: expected a [N] tensor or list of real numbers with N = {n} (one value per "
+            f"particle), got {type(x).__name__ if t is None or isinstance(x, str) else t.dtype}"
+        )
     return _as_index(t, name, n)
 
 
@@ -100,8 +104,10 @@ class SwarmArithmetic(SwarmCore):
             if what in ("/=",) and not (rt.is_floating_point or rt.is_complex):
                 rt = torch.get_default_dtype()
             if not torch.can_cast(rt, f.dtype):
-                raise RuntimeError(f"swarm {what}: the result type {rt} can't be cast to group {g}'s dtype "
-                                   f"{f.dtype}; nothing was changed")
+                raise RuntimeError(
+                    f"swarm {what}: the result type {rt} can't be cast to group {g}'s dtype "
+                    f"{f.dtype}; nothing was changed"
+                )
         with torch.no_grad():
             # torch's own refusals (int ** -1, a bool in a subtraction) on one
             # element of every group first: no group is written before one fails
@@ -151,7 +157,7 @@ class SwarmArithmetic(SwarmCore):
                 if w is None:
                     torch.mean(src, 0, out=dst) if src.dtype.is_floating_point else dst.copy_(src[0])
                 else:
-                    ww = (w.to(device=src.device, dtype=src.dtype) / total)
+                    ww = w.to(device=src.device, dtype=src.dtype) / total
                     dst.copy_(ww @ src)
             for src, dst in zip(self.buffers, st.buffers):
                 if not src.dtype.is_floating_point:
@@ -159,7 +165,7 @@ class SwarmArithmetic(SwarmCore):
                 elif w is None:
                     dst.copy_(src.mean(0))
                 else:
-                    ww = (w.to(device=src.device, dtype=src.dtype) / total)
+                    ww = w.to(device=src.device, dtype=src.dtype) / total
                     dst.copy_(torch.tensordot(ww, src, dims=1))
         return out
 
@@ -249,6 +255,7 @@ def _install() -> None:
         ("pow", "**", operator.pow, operator.ipow),
     )
     for name, sym, fwd, inp in table:
+
         def out_of_place(self, other, _fn=fwd, _sym=sym):
             return self._binary(other, _fn, _sym)
 
@@ -260,12 +267,16 @@ def _install() -> None:
 
         short = "div" if name == "truediv" else name
         for fn, dunder, method, op_sym, refl in (
-                (out_of_place, f"__{name}__", short, sym, False), (reflected, f"__r{name}__", "r" + short, sym, True),
-                (in_place, f"__i{name}__", short + "_", sym + "=", False)):
+            (out_of_place, f"__{name}__", short, sym, False),
+            (reflected, f"__r{name}__", "r" + short, sym, True),
+            (in_place, f"__i{name}__", short + "_", sym + "=", False),
+        ):
             fn.__name__ = method
-            fn.__doc__ = {short: f"``swarm {sym} other`` (a new swarm).",
-                          "r" + short: f"``other {sym} swarm`` (a new swarm).",
-                          short + "_": f"``swarm {sym}= other`` in place (returns the swarm)."}[method]
+            fn.__doc__ = {
+                short: f"``swarm {sym} other`` (a new swarm).",
+                "r" + short: f"``other {sym} swarm`` (a new swarm).",
+                short + "_": f"``swarm {sym}= other`` in place (returns the swarm).",
+            }[method]
             setattr(SwarmArithmetic, dunder, fn)
             # the named method raises the operator's TypeError where the dunder returns NotImplemented
             named = _strict(fn, op_sym, refl)

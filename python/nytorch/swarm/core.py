@@ -6,6 +6,7 @@ particles, indexing, copies and checkpoints (``SwarmCore``).
 :mod:`nytorch.swarm.fused`, assembled in ``nytorch/swarm/__init__.py``;
 nothing here imports them (a result of ``type(self)`` is a whole swarm).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, cast
@@ -32,7 +33,8 @@ def check_species(swarm: SwarmCore, other: Any) -> None:
     if species is not swarm.species:
         raise SpeciesError(
             f"swarm operation between different species: {swarm!r} and {type(other).__name__} "
-            f"({species!r}); copy values across species with load_state_dict()")
+            f"({species!r}); copy values across species with load_state_dict()"
+        )
 
 
 _INITS = ("clone", "randn", "rand", "perturb", "zeros", None)
@@ -41,15 +43,24 @@ _INITS = ("clone", "randn", "rand", "perturb", "zeros", None)
 class SwarmCore:
     """Stacked storage of N particles of one species (see :class:`nytorch.Swarm`)."""
 
-    def __init__(self, net: NytoModule, n: int, init: Init = "clone", *, scale: float = 1.0,
-                 generator: Optional[torch.Generator] = None) -> None:
+    def __init__(
+        self,
+        net: NytoModule,
+        n: int,
+        init: Init = "clone",
+        *,
+        scale: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
         if not isinstance(net, NytoModule):
             raise TypeError(f"Swarm(net, n): net must be a nytorch.NytoModule, got {type(net).__name__}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"Swarm(net, n): n must be a non-negative int, got {n!r}")
         if not (init is None or callable(init) or (isinstance(init, str) and init in _INITS)):
-            raise ValueError(f"Swarm: unknown init {init!r}; use 'clone', 'randn', 'rand', 'perturb', "
-                             "'zeros', None or a callable i -> module")
+            raise ValueError(
+                f"Swarm: unknown init {init!r}; use 'clone', 'randn', 'rand', 'perturb', "
+                "'zeros', None or a callable i -> module"
+            )
         scale = _checks.real(scale, "SwarmCore", "scale")
         _checks.generator(generator, "SwarmCore")
         template = net.clone()
@@ -63,8 +74,9 @@ class SwarmCore:
 
     # -- construction -----------------------------------------------------------
     @classmethod
-    def from_flats(cls, template: NytoModule, flats: Sequence[torch.Tensor],
-                   buffers: Optional[Sequence[torch.Tensor]] = None) -> Self:
+    def from_flats(
+        cls, template: NytoModule, flats: Sequence[torch.Tensor], buffers: Optional[Sequence[torch.Tensor]] = None
+    ) -> Self:
         """A swarm around the given stacked buffers (no copy).
 
         ``template``: a particle of the species. ``flats[g]``: ``[n, numel_g]``
@@ -79,8 +91,10 @@ class SwarmCore:
         if not isinstance(template, NytoModule):
             raise TypeError(f"Swarm.from_flats: template must be a nytorch.NytoModule, got {type(template).__name__}")
         if not isinstance(flats, (list, tuple)) or not all(isinstance(f, torch.Tensor) for f in flats):
-            raise TypeError("Swarm.from_flats: flats must be a list of [n, numel] tensors, one per (device, dtype) "
-                            f"group, got {type(flats).__name__}")
+            raise TypeError(
+                "Swarm.from_flats: flats must be a list of [n, numel] tensors, one per (device, dtype) "
+                f"group, got {type(flats).__name__}"
+            )
         self = cls.__new__(cls)
         template = template.clone()
         st = state_of(template)
@@ -91,8 +105,7 @@ class SwarmCore:
         n = flats[0].shape[0] if flats else 0
         for g, (f, (dev, dt, numel)) in enumerate(zip(flats, groups)):
             if f.dim() != 2 or f.shape[1] != numel or f.shape[0] != n:
-                raise ValueError(f"Swarm.from_flats: flats[{g}] must have shape [{n}, {numel}], "
-                                 f"got {list(f.shape)}")
+                raise ValueError(f"Swarm.from_flats: flats[{g}] must have shape [{n}, {numel}], got {list(f.shape)}")
             if f.dtype != dt or f.device != dev:
                 raise ValueError(f"Swarm.from_flats: flats[{g}] must be {dt} on {dev}, got {f.dtype} on {f.device}")
             if numel > 1 and f.stride(1) != 1:
@@ -101,9 +114,12 @@ class SwarmCore:
             buffers = [b.detach().unsqueeze(0).repeat((n,) + (1,) * b.dim()) for b in st.buffers]
         buffers = list(buffers)
         if len(buffers) != len(st.buffers) or any(
-                b.shape != (n,) + tuple(t.shape) or b.dtype != t.dtype for b, t in zip(buffers, st.buffers)):
-            raise ValueError("Swarm.from_flats: buffers must be one [n, *shape] tensor per template buffer, "
-                             f"shapes {[[n] + list(t.shape) for t in st.buffers]}")
+            b.shape != (n,) + tuple(t.shape) or b.dtype != t.dtype for b, t in zip(buffers, st.buffers)
+        ):
+            raise ValueError(
+                "Swarm.from_flats: buffers must be one [n, *shape] tensor per template buffer, "
+                f"shapes {[[n] + list(t.shape) for t in st.buffers]}"
+            )
         self._setup(template, flats, buffers)
         return self
 
@@ -166,8 +182,10 @@ class SwarmCore:
                 for f in self.flats:
                     f.zero_()
             else:
-                raise ValueError(f"Swarm: unknown init {init!r}; use 'clone', 'randn', 'rand', 'perturb', "
-                                 "'zeros', None or a callable i -> module")
+                raise ValueError(
+                    f"Swarm: unknown init {init!r}; use 'clone', 'randn', 'rand', 'perturb', "
+                    "'zeros', None or a callable i -> module"
+                )
 
     def _load_row(self, i: int, module: nn.Module) -> None:
         ps = dict(module.named_parameters())
@@ -177,7 +195,7 @@ class SwarmCore:
             p = ps.get(name)
             if p is None or tuple(p.shape) != shape:
                 raise ValueError(f"Swarm init: module {i} has no parameter {name!r} of shape {list(shape)}")
-            self.flats[g][i, off:off + like.numel()].copy_(p.detach().reshape(-1))
+            self.flats[g][i, off : off + like.numel()].copy_(p.detach().reshape(-1))
         for name, stack in zip(self.buffer_names, self.buffers):
             b = bs.get(name)
             if b is not None:
@@ -223,8 +241,10 @@ class SwarmCore:
         return self.train(False)
 
     def __repr__(self) -> str:
-        return (f"Swarm({type(self.template).__name__} x {len(self)}, {self.numel:,} parameters each, "
-                f"groups={[(str(d), str(t).replace('torch.', '')) for d, t, _ in self.groups]})")
+        return (
+            f"Swarm({type(self.template).__name__} x {len(self)}, {self.numel:,} parameters each, "
+            f"groups={[(str(d), str(t).replace('torch.', '')) for d, t, _ in self.groups]})"
+        )
 
     # -- particles and rows ---------------------------------------------------
     def particle(self, i: Union[int, torch.Tensor]) -> NytoModule:
@@ -242,12 +262,20 @@ class SwarmCore:
         rows = [f[i] for f in self.flats]
         params, keys = _C.make_params(rows, layout.view_spec, st.params)
         bufs = tuple(b[i] for b in self.buffers)
-        new = _C.build_modules((t,) + st.modules, S._CONTAINER_ATTRS, layout.children,
-                               layout.param_slots, params, layout.buffer_slots, bufs)
+        new = _C.build_modules(
+            (t,) + st.modules,
+            S._CONTAINER_ATTRS,
+            layout.children,
+            layout.param_slots,
+            params,
+            layout.buffer_slots,
+            bufs,
+        )
         out = new[0]
         modules = tuple(new[1:])
-        out.__dict__["_nyto_state"] = S.State(layout, modules, tuple(params), bufs, rows, keys,
-                                              _C.module_versions(out, modules))
+        out.__dict__["_nyto_state"] = S.State(
+            layout, modules, tuple(params), bufs, rows, keys, _C.module_versions(out, modules)
+        )
         return out
 
     def __iter__(self) -> Iterator[NytoModule]:
@@ -258,8 +286,9 @@ class SwarmCore:
         """``swarm[i]``: a particle viewing row i. ``swarm[a:b:c]``: a sub-swarm
         viewing those rows (no copy). ``swarm[index_tensor_or_list]``: a new swarm
         holding copies of those rows (like torch advanced indexing; see ``gather``)."""
-        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0
-                                      and not index.dtype.is_floating_point):
+        if isinstance(index, int) or (
+            isinstance(index, torch.Tensor) and index.dim() == 0 and not index.dtype.is_floating_point
+        ):
             return self.particle(index)
         if isinstance(index, slice):
             return self._new([f[index] for f in self.flats], [b[index] for b in self.buffers])
@@ -267,8 +296,11 @@ class SwarmCore:
 
     def __setitem__(self, index: Index, value: Union[NytoModule, SwarmCore]) -> None:
         """Copy a particle's values into rows (broadcast), or a swarm's rows into rows."""
-        if isinstance(index, (int, torch.Tensor)) and not isinstance(index, bool) and \
-                (not isinstance(index, torch.Tensor) or index.dim() == 0):
+        if (
+            isinstance(index, (int, torch.Tensor))
+            and not isinstance(index, bool)
+            and (not isinstance(index, torch.Tensor) or index.dim() == 0)
+        ):
             n = len(self)
             i = int(index)
             if not -n <= i < n:
@@ -298,8 +330,10 @@ class SwarmCore:
         try:
             t = torch.as_tensor(index)
         except (TypeError, ValueError, RuntimeError):
-            raise IndexError("row index must be an int, a slice, a 1-D integer tensor/list or a bool mask, "
-                             f"got {type(index).__name__}") from None
+            raise IndexError(
+                "row index must be an int, a slice, a 1-D integer tensor/list or a bool mask, "
+                f"got {type(index).__name__}"
+            ) from None
         if t.dtype == torch.bool:
             if t.shape != (n,):
                 raise IndexError(f"boolean row mask must have shape [{n}], got {list(t.shape)}")
@@ -320,11 +354,12 @@ class SwarmCore:
         True
         """
         idx = self._index(index)
-        return self._new([f.index_select(0, idx.to(f.device)) for f in self.flats],
-                         [b.index_select(0, idx.to(b.device)) for b in self.buffers])
+        return self._new(
+            [f.index_select(0, idx.to(f.device)) for f in self.flats],
+            [b.index_select(0, idx.to(b.device)) for b in self.buffers],
+        )
 
-    def scatter_(self, index: Union[torch.Tensor, Sequence[int], slice],
-                 src: Union[SwarmCore, NytoModule]) -> Self:
+    def scatter_(self, index: Union[torch.Tensor, Sequence[int], slice], src: Union[SwarmCore, NytoModule]) -> Self:
         """Copy ``src`` (a swarm with one row per index, or a particle for all of
         them) into rows ``index``, in place.
 
@@ -374,8 +409,10 @@ class SwarmCore:
             src = theirs.get(name)
             if src is None or src.shape != b.shape[1:]:
                 why = "is missing" if src is None else f"has shape {list(src.shape)}, not {list(b.shape[1:])}"
-                raise StructureError(f"{what}: its buffer {name!r} {why} (a buffer was deleted, "
-                                     "set to None or replaced since the swarm was made)")
+                raise StructureError(
+                    f"{what}: its buffer {name!r} {why} (a buffer was deleted, "
+                    "set to None or replaced since the swarm was made)"
+                )
             out.append(src)
         return out
 
@@ -390,16 +427,20 @@ class SwarmCore:
         out = []
         for g, (dev, _, _) in enumerate(layout.groups):
             dt = self.flats[g].dtype  # a promoted swarm (bool swarm + 1) keeps the template's layout, not its dtypes
-            parts = [q.detach().reshape(-1).to(device=dev, dtype=dt)
-                     for q, (gg, _, _) in zip(st.params, layout.view_spec) if gg == g]
+            parts = [
+                q.detach().reshape(-1).to(device=dev, dtype=dt)
+                for q, (gg, _, _) in zip(st.params, layout.view_spec)
+                if gg == g
+            ]
             out.append(torch.cat(parts) if parts else torch.empty(0, dtype=dt, device=dev))
         return out
 
     # -- copies ---------------------------------------------------------------
     def clone(self) -> Self:
         """A new swarm of this species with copies of the rows (contiguous)."""
-        return self._new([f.clone(memory_format=torch.contiguous_format) for f in self.flats],
-                         [b.clone() for b in self.buffers])
+        return self._new(
+            [f.clone(memory_format=torch.contiguous_format) for f in self.flats], [b.clone() for b in self.buffers]
+        )
 
     def particles(self) -> List[NytoModule]:
         """Every particle (views of the rows), as a list."""
@@ -411,15 +452,19 @@ class SwarmCore:
 
     def randn(self, *, generator: Optional[torch.Generator] = None) -> Self:
         """A swarm of this species with standard normal parameters (buffers copied)."""
-        out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
-                        [b.clone() for b in self.buffers])
+        out = self._new(
+            [torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
+            [b.clone() for b in self.buffers],
+        )
         ops.normal_(out.flats, generator=generator)
         return out
 
     def rand(self, *, generator: Optional[torch.Generator] = None) -> Self:
         """A swarm of this species with parameters uniform in [0, 1)."""
-        out = self._new([torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
-                        [b.clone() for b in self.buffers])
+        out = self._new(
+            [torch.empty_like(f, memory_format=torch.contiguous_format) for f in self.flats],
+            [b.clone() for b in self.buffers],
+        )
         ops.uniform_(out.flats, generator=generator)
         return out
 
@@ -428,8 +473,10 @@ class SwarmCore:
         """``{name: [N, *shape] view}`` of every (unique) parameter, zero-copy."""
         st = state_of(self.template)
         n = len(self)
-        return {name: self.flats[g][:, off:off + p.numel()].view((n,) + shape)
-                for name, (g, off, shape), p in zip(self.param_names, st.layout.view_spec, st.params)}
+        return {
+            name: self.flats[g][:, off : off + p.numel()].view((n,) + shape)
+            for name, (g, off, shape), p in zip(self.param_names, st.layout.view_spec, st.params)
+        }
 
     def stacked_buffers(self) -> Dict[str, torch.Tensor]:
         """``{name: [N, *shape]}`` of every buffer (the swarm's own tensors)."""
@@ -450,8 +497,10 @@ class SwarmCore:
         for what, mine, theirs in (("flats", self.flats, flats), ("buffers", self.buffers, bufs)):
             for k, (a, b) in enumerate(zip(mine, theirs)):
                 if a.shape != b.shape or a.dtype != b.dtype:
-                    raise ValueError(f"Swarm.load_state_dict: {what}[{k}] is {b.dtype}{list(b.shape)}, "
-                                     f"expected {a.dtype}{list(a.shape)}")
+                    raise ValueError(
+                        f"Swarm.load_state_dict: {what}[{k}] is {b.dtype}{list(b.shape)}, "
+                        f"expected {a.dtype}{list(a.shape)}"
+                    )
         with torch.no_grad():
             for a, b in zip(self.flats + self.buffers, flats + bufs):
                 a.copy_(b)

@@ -4,6 +4,7 @@ in one ``torch.func.vmap`` of ``torch.func.functional_call`` over the stacked
 parameter views (zero-copy) and buffer stacks. In train mode BatchNorm writes
 its running statistics into each particle's row of the buffer stacks.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -19,15 +20,20 @@ def _in_dims(args: Tuple[Any, ...], kwargs: Dict[str, Any], per_particle: bool, 
         if not isinstance(x, torch.Tensor) or not per_particle:
             return None
         if x.dim() == 0 or x.shape[0] != n:
-            raise ValueError(f"swarm forward with per_particle=True: {where} must have a leading dim of "
-                             f"size N = {n}, got shape {list(x.shape)}")
+            raise ValueError(
+                f"swarm forward with per_particle=True: {where} must have a leading dim of "
+                f"size N = {n}, got shape {list(x.shape)}"
+            )
         return 0
-    return tuple(dim(a, f"argument {k}") for k, a in enumerate(args)), \
-        {k: dim(v, f"keyword {k!r}") for k, v in kwargs.items()}
+
+    return tuple(dim(a, f"argument {k}") for k, a in enumerate(args)), {
+        k: dim(v, f"keyword {k!r}") for k, v in kwargs.items()
+    }
 
 
-def vmap_forward(swarm: SwarmCore, args: Tuple[Any, ...], kwargs: Dict[str, Any], per_particle: bool,
-                 chunk_size: Optional[int]) -> Any:
+def vmap_forward(
+    swarm: SwarmCore, args: Tuple[Any, ...], kwargs: Dict[str, Any], per_particle: bool, chunk_size: Optional[int]
+) -> Any:
     """``torch.stack([swarm[i](*args_i, **kwargs_i) for i in range(N)])``, vectorized."""
     n = len(swarm)
     if n == 0:
@@ -39,7 +45,7 @@ def vmap_forward(swarm: SwarmCore, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     keys = tuple(kwargs)
 
     def one(p, b, *a):
-        pos, kw = a[:len(args)], dict(zip(keys, a[len(args):]))
+        pos, kw = a[: len(args)], dict(zip(keys, a[len(args) :]))
         return functional_call(template, (p, b), pos, kw, tie_weights=True, strict=False)
 
     in_dims = (0, 0) + arg_dims + tuple(kw_dims[k] for k in keys)
@@ -50,8 +56,7 @@ def vmap_forward(swarm: SwarmCore, args: Tuple[Any, ...], kwargs: Dict[str, Any]
 class SwarmForward(SwarmCore):
     """Every particle's forward at once: ``swarm(x)``."""
 
-    def forward(self, *args: Any, per_particle: bool = False, chunk_size: Optional[int] = None,
-                **kwargs: Any) -> Any:
+    def forward(self, *args: Any, per_particle: bool = False, chunk_size: Optional[int] = None, **kwargs: Any) -> Any:
         """Every particle's forward at once (``torch.func.functional_call`` under
         ``torch.func.vmap``): results are stacked along a new leading dim of size N.
 
@@ -65,8 +70,7 @@ class SwarmForward(SwarmCore):
         >>> y = s(x, per_particle=True); torch.allclose(y[2], s[2](x[2]))
         True
         """
-        return vmap_forward(self, args, kwargs, per_particle,
-                            self.chunk_size if chunk_size is None else chunk_size)
+        return vmap_forward(self, args, kwargs, per_particle, self.chunk_size if chunk_size is None else chunk_size)
 
     __call__ = forward
 

@@ -18,6 +18,7 @@ argument is one input, numbers are passed at run time (no retrace).
 >>> _ = axpy(a, b, 0.5, out=a); a.flats[0][3].tolist()   # in place
 [0.5, 0.5, 0.5]
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,8 +44,7 @@ class SwarmFused:
             prog = self.programs[kinds] = program(self.fn, kinds)
         return prog
 
-    def __call__(self, *args: Any, out: Union[None, Any, Sequence[Any]] = None,
-                 seed: Optional[int] = None):
+    def __call__(self, *args: Any, out: Union[None, Any, Sequence[Any]] = None, seed: Optional[int] = None):
         kinds, nums, swarms = [], [], []
         for a in args:
             if isinstance(a, SwarmCore):
@@ -53,8 +53,10 @@ class SwarmFused:
                 continue
             n = _number(a)
             if n is None:
-                raise TypeError(f"Swarm.fused({self.__name__}): arguments are swarms of one species or "
-                                f"numbers, got {type(a).__name__} (expand a particle with Swarm(p, n))")
+                raise TypeError(
+                    f"Swarm.fused({self.__name__}): arguments are swarms of one species or "
+                    f"numbers, got {type(a).__name__} (expand a particle with Swarm(p, n))"
+                )
             kinds.append("n")
             nums.append(n)
         if not swarms:
@@ -63,8 +65,9 @@ class SwarmFused:
         for s in swarms[1:]:
             check_species(first, s)
             if len(s) != len(first):
-                raise ValueError(f"Swarm.fused({self.__name__}): swarms of different lengths "
-                                 f"({len(first)} and {len(s)})")
+                raise ValueError(
+                    f"Swarm.fused({self.__name__}): swarms of different lengths ({len(first)} and {len(s)})"
+                )
         for s in swarms:
             if not all(f.is_contiguous() for f in s.flats):
                 raise ValueError(f"Swarm.fused({self.__name__}): swarms must be contiguous (use .clone())")
