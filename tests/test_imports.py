@@ -37,11 +37,7 @@ SRC = Path(__file__).resolve().parents[1] / "python" / "nytorch"
 # Strongly connected components still tolerated, as frozensets of module
 # names; an entry needs a comment naming the issue that removes it, and
 # test_allowed_circles_still_exist fails once it is gone (the list only shrinks).
-ALLOWED: Set[frozenset] = {
-    # issue 12: the import guard (_guard.py) prints info.report() when
-    # `python -m nytorch.info` is refused, and info.py reads the guard's facts
-    frozenset({"nytorch._guard", "nytorch.info"}),
-}
+ALLOWED: Set[frozenset] = set()
 
 
 # Submodules that an attribute of their package hides (``from pkg import sub``

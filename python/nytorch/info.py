@@ -14,7 +14,7 @@ import platform
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _guard
+from . import _build_facts as build_facts
 
 
 def _gpu_covered(archs: List[str], major: int, minor: int) -> str:
@@ -55,18 +55,18 @@ def _nvrtc(cuda: Optional[str]) -> str:
 
 def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
     rows: List[Tuple[str, Any]] = []
-    built = _guard.built_facts()
+    built = build_facts.built_facts()
     rows.append(
         (
             "nytorch",
-            f"{_guard.version(built) if built else _guard.BASE_VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
+            f"{build_facts.version(built) if built else build_facts.BASE_VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
         )
     )
     if built is None:
         rows.append(("build", "no build record (nytorch/_build_info.py): not built"))
     else:
         cuda = built.get("TORCH_CUDA")
-        rows.append(("built for", _guard.describe_torch(built["TORCH_VERSION"], cuda)))
+        rows.append(("built for", build_facts.describe_torch(built["TORCH_VERSION"], cuda)))
         rows.append(
             (
                 "build",
@@ -80,7 +80,7 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
         rows.append(
             ("build C++", f"{built.get('COMPILER')}, _GLIBCXX_USE_CXX11_ABI={int(bool(built.get('CXX11_ABI')))}")
         )
-    rows.append(("compiled module", _guard.extension_path() or "MISSING"))
+    rows.append(("compiled module", build_facts.extension_path() or "MISSING"))
     rows.append(("python", f"{platform.python_version()} ({sys.executable}), {platform.platform()}"))
 
     import torch
@@ -94,10 +94,10 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
     )
     rows.append(("torch CUDA", torch.version.cuda or "none (CPU build)"))
     if guard_error is None and built is not None:
-        problems = _guard.mismatches(built, _guard.running_facts())
+        problems = build_facts.mismatches(built, build_facts.running_facts())
         if problems:
-            skipped = os.environ.get(_guard.SKIP_ENV, "") not in ("", "0")
-            guard_error = ("; ".join(problems)) + (f" ({_guard.SKIP_ENV} set: loaded anyway)" if skipped else "")
+            skipped = os.environ.get(build_facts.SKIP_ENV, "") not in ("", "0")
+            guard_error = ("; ".join(problems)) + (f" ({build_facts.SKIP_ENV} set: loaded anyway)" if skipped else "")
     rows.append(
         (
             "build check",
@@ -157,7 +157,7 @@ def report(guard_error: Optional[str] = None) -> str:
 
 def facts() -> Dict[str, Any]:
     """The build facts as a dict (None values where not recorded)."""
-    return dict(_guard.built_facts() or {})
+    return dict(build_facts.built_facts() or {})
 
 
 if __name__ == "__main__":
