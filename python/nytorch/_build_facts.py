@@ -4,7 +4,6 @@
 Nothing here imports ``nytorch._C`` or another nytorch module but ``_version``.
 """
 
-
 import importlib.util
 from typing import Any, Dict, List, Mapping, Optional
 

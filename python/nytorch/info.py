@@ -59,7 +59,8 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
     rows.append(
         (
             "nytorch",
-            f"{build_facts.version(built) if built else build_facts.BASE_VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
+            f"{build_facts.version(built) if built else build_facts.BASE_VERSION} "
+            f"({os.path.dirname(os.path.abspath(__file__))})",
         )
     )
     if built is None:
