@@ -530,7 +530,7 @@ PyObject* py_op_method(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // with every particle's cached state valid, in C: no Python frame between
 // the call and the kernel. Anything else (a new argument pattern or species,
 // out-of-place results, another layout, bad input) returns None and the
-// Python front end (python/nytorch/fuse.py, Fused.__call__) decides.
+// Python front end (python/nytorch/_fuse/api.py, Fused.__call__) decides.
 namespace nyto::py {
 // fuse_call(programs: dict, args: tuple, out) -> out, or None to fall back.
 PyObject* py_fuse_call(PyObject*, PyObject* const* a, Py_ssize_t nargs) {

@@ -1,6 +1,6 @@
 // nytorch.fuse: the expression program (bytecode) and the per-group job that
 // the CPU block interpreter (cpu_interp.cpp, per ISA) and the CUDA kernel
-// (fuse_cuda.cu) execute. python/nytorch/_fuse_program.py writes programs.
+// (fuse_cuda.cu) execute. python/nytorch/_fuse/program.py writes programs.
 //
 // Program layout (int32 words): a header {kMagic, n_in, n_out, n_vreg, n_sreg,
 // n_instr} and n_instr instructions of 5 words {op, dst, a, b, c}.
