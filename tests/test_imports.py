@@ -32,7 +32,8 @@ from typing import Dict, Iterable, List, Set
 import nytorch
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "python" / "nytorch"
+# the package as imported: the source tree (editable) or an installed wheel
+SRC = Path(nytorch.__file__).resolve().parent
 
 # Strongly connected components still tolerated, as frozensets of module
 # names; an entry needs a comment naming the issue that removes it, and
