@@ -13,6 +13,7 @@ from . import (
     algorithms,  # noqa: E402
     ops,  # noqa: E402
 )
+from ._fuse import api as _fuse_api  # noqa: E402
 from ._fuse.api import (  # noqa: E402,A004
     FuseError,
     abs,
@@ -42,23 +43,8 @@ __all__ = [
     "NytoModule",
     "Species",
     "ops",
-    "fuse",
-    "FuseError",
-    "run_flat",
-    "rand_like",
-    "randn_like",
-    "where",
-    "clamp",
-    "minimum",
-    "maximum",
-    "lerp",
-    "fma",
-    "hypot",
-    "sqrt",
-    "exp",
-    "log",
-    "sign",
-    "abs",
 ]
+# nytorch.fuse's public functions, as its module lists them (the classes stay there)
+__all__ += [n for n in _fuse_api.__all__ if n not in ("Fused", "Program", "program")]
 __all__ += ["Swarm", "algorithms", "NytoError", "SpeciesError", "StructureError", "CollectiveError", "StateDictError"]
 __all__ += ["flat_storage", "FlatStorage", "structure_signature"]
