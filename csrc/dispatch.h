@@ -56,6 +56,10 @@ decltype(auto) dispatch_fast(c10::ScalarType t, const char* what, F&& f) {
 // AVX2, see CMakeLists.txt); csrc/cpu/dispatch.cpp picks one at load time
 // (ATEN_CPU_CAPABILITY=default forces the portable build, as for torch).
 bool cpu_avx2();
+// Whether the AVX2 build may also run its AVX-512 Philox rounds (the CPU has
+// AVX-512 F/VL/DQ and ATEN_CPU_CAPABILITY does not cap it at avx2 or default).
+// Same bits either way: only the speed differs.
+bool cpu_avx512();
 const char* cpu_kernel_isa();  // "AVX2" or "DEFAULT"
 template <class F>
 F by_isa(F default_build, F avx2_build) {

@@ -697,6 +697,36 @@ def test_portable_cpu_build_agrees():
         assert 0 <= ours.min() and ours.max() < (1.7 if k == "rands" else 1.0)
 
 
+_DRAWS_CODE = (
+    "import torch, nytorch as nyto, sys\n"
+    "progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
+    "         'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
+    "outs = [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == 'rands' "
+    "else [], seed=3, offset=o)[0][0] for k, dt, n, o in eval(sys.argv[2])]\n"
+    "torch.save(outs, sys.argv[1])\n"
+)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the CPU has no AVX-512")
+def test_avx512_philox_agrees_with_avx2():
+    # this process runs the AVX2 build's AVX-512 Philox rounds; ATEN_CPU_CAPABILITY=avx2 keeps them off
+    draws = PORTABLE_DRAWS + [("rand", "float32", 100003, 0), ("rand", "float32", 70001, 2**32 - 40)]
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "u.pt")
+        subprocess.run([sys.executable, "-c", _DRAWS_CODE, path, repr(draws)], env=env, check=True)
+        avx2 = torch.load(path)
+    progs = {
+        "rand": F.program(lambda x: nyto.rand_like(x), "p"),
+        "rands": F.program(lambda x, c: c * nyto.rand_like(x), "pn"),
+    }
+    for (k, dt, n, o), theirs in zip(draws, avx2):
+        ours = F.run_flat(
+            progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == "rands" else [], seed=3, offset=o
+        )[0][0]
+        assert torch.equal(ours, theirs), (k, dt, n, o)
+
+
 def test_big_call_streams_outputs():
     # calls past the caches write outputs that share no input with
     # non-temporal stores (chains and plain stores), aligned or not

@@ -24,7 +24,22 @@ bool want_avx2() {
   return false;
 #endif
 }
+bool want_avx512() {
+  const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+  if (env && (std::strcmp(env, "avx2") == 0 || std::strcmp(env, "AVX2") == 0)) return false;
+#if defined(__x86_64__) || defined(__i386__)
+  return want_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
 }  // namespace
+
+bool cpu_avx512() {
+  static const bool avx512 = want_avx512();
+  return avx512;
+}
 
 bool cpu_avx2() {
   static const bool avx2 = want_avx2();  // on first use: static initialization order across files is unspecified
