@@ -9,6 +9,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <ATen/ops/empty.h>
 #include <algorithm>
+#include "dispatch.h"  // cpu_kernel_isa, cpu_avx512
 #include "nyto.h"
 
 #include "python_api.h"
@@ -707,6 +708,7 @@ PyObject* py_op_table(PyObject*, PyObject*) {
 
 PyObject* py_torch_version(PyObject*, PyObject*) { return PyUnicode_FromString(NYTO_TORCH_VERSION); }
 PyObject* py_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(nyto::cpu_kernel_isa()); }
+PyObject* py_cpu_avx512(PyObject*, PyObject*) { return PyBool_FromLong(nyto::cpu_avx512()); }
 PyObject* py_has_cuda(PyObject*, PyObject*) {
 #ifdef NYTO_WITH_CUDA
   Py_RETURN_TRUE;
@@ -770,6 +772,7 @@ PyMethodDef methods[] = {
      "fuse_scalar(code, *numbers): a fuse math op on numbers, in double (as in a fused program)."},
     {"torch_version", py_torch_version, METH_NOARGS, "The torch version this extension was built against."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel build chosen at load time (DEFAULT or AVX2)."},
+    {"cpu_avx512", py_cpu_avx512, METH_NOARGS, "Whether the AVX2 build runs its Philox rounds with AVX-512."},
     {"has_cuda", py_has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
     {nullptr, nullptr, 0, nullptr}};
 

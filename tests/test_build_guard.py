@@ -149,7 +149,8 @@ def test_info_names_the_build():
     assert ("wheel +" + built["LOCAL_VERSION"]) in out if built["LOCAL_VERSION"] else "source build" in out
     assert f"torch            {torch.__version__} (" in out
     assert "build check      OK: the build fits this torch" in out
-    assert f"CPU kernels      {nytorch._C.cpu_isa()} (" in out
+    philox = " + AVX-512 Philox" if nytorch._C.cpu_avx512() else ""
+    assert f"CPU kernels      {nytorch._C.cpu_isa()}{philox} (" in out
     for key in ("threads", "GPU", "NVRTC", "build CPU ISAs", "compiled module"):
         assert f"\n{key} " in out
 
