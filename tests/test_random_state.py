@@ -180,3 +180,20 @@ def test_cuda_graph_replay_reads_the_current_state(engine):
         assert st.tolist() == [21, 4 * span]
     finally:
         cg.set_engine(prev)
+
+
+@needs_cuda
+@pytest.mark.parametrize("engine", ["interp", "codegen"])
+def test_cuda_empty_groups_may_live_elsewhere(engine):
+    """Empty groups (the ES sampler's padding: CPU tensors) are skipped; their device does not matter."""
+    if engine == "codegen" and cg.available():
+        pytest.skip(cg.available())
+    prev = cg.set_engine(engine)
+    try:
+        prog = fz.program(lambda x: fz.rand_like(x), "p")
+        x = torch.zeros(9, device="cuda")
+        (got,) = fz.run_flat(prog, [[torch.empty(0), x]], [], seed=random_state(4, "cuda"))
+        (ref,) = fz.run_flat(prog, [[torch.empty(0), x]], [], seed=4)
+        assert torch.equal(got[1], ref[1])
+    finally:
+        cg.set_engine(prev)

@@ -209,8 +209,9 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                   " is not contiguous");
     };
     for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], "input", k);
-    TORCH_CHECK(!state.defined() || state.device() == ref.device(), "nytorch.fuse: the random state is on ",
-                state.device(), ", group ", g, " on ", ref.device(), " (it must be on the operands' device)");
+    TORCH_CHECK(!state.defined() || ref.numel() == 0 || state.device() == ref.device(),
+                "nytorch.fuse: the random state is on ", state.device(), ", group ", g, " on ", ref.device(),
+                " (it must be on the operands' device)");
     const auto dev = ref.device().type();
     TORCH_CHECK(dev == at::kCPU || (dev == at::kCUDA && cuda_runners().fuse), "nytorch.fuse: no kernel for device ",
                 ref.device(), dev == at::kCUDA ? " (nytorch was built without CUDA)" : "");

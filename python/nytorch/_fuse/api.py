@@ -235,14 +235,15 @@ def run_flat(
 
 
 def _check_state(state: torch.Tensor, inputs: Sequence[Sequence[torch.Tensor]]) -> None:
-    """A random state is a contiguous int64 [2] tensor on every group's device."""
+    """A random state is a contiguous int64 [2] tensor on the device of every
+    group with elements (empty groups are skipped, as the kernels skip them)."""
     if state.dtype != torch.int64 or state.shape != (2,) or not state.is_contiguous():
         raise TypeError(
             "nytorch.fuse.run_flat: a random state is a contiguous int64 tensor of shape [2] (seed, offset), "
             f"as nytorch.fuse.random_state makes; got {state.dtype} of shape {list(state.shape)}"
         )
     for g, t in enumerate(inputs[0] if inputs else ()):
-        if isinstance(t, torch.Tensor) and t.device != state.device:
+        if isinstance(t, torch.Tensor) and t.device != state.device and t.numel():
             raise RuntimeError(
                 f"nytorch.fuse.run_flat: the random state is on {state.device}, group {g} on {t.device} "
                 "(it must be on the operands' device)"
