@@ -10,6 +10,7 @@ import importlib
 import math
 
 import nytorch as nyto
+import nytorch.algorithms as algos
 import pytest
 import torch
 from nytorch import Swarm
@@ -155,6 +156,58 @@ def test_graph_mode_errors():
         EMA(c, 0.9, cuda_graph=True)
 
 
+class _FakeGraph:
+    """Stands in for a CUDA graph on the CPU: a replay runs the body again and
+    copies its results into the static outputs, as a real replay rewrites them."""
+
+    captures = 0
+
+    def __init__(self, fn, static):
+        self.fn, self.static = fn, static
+        _FakeGraph.captures += 1
+
+    def replay(self):
+        for s, r in zip(self.static, self.fn()):
+            s.copy_(r)
+
+
+def _fake_capture(fn, device, what, advice):
+    warm = fn()  # the warm-up: a real step
+    static = tuple(torch.empty_like(t) for t in warm)  # a capture runs nothing
+    if _fake_capture.fail:
+        raise graph.GraphCaptureError(f"{what}: pretended failure. {advice}")
+    return warm, _FakeGraph(fn, static), static
+
+
+def test_capture_and_replay_logic_with_a_fake_graph(monkeypatch):
+    """The replay machinery of GraphMode on the CPU (a fake graph): the first
+    step captures, later ones replay, a new function or a load captures
+    again, and the trajectory is the eager capturable step's."""
+    monkeypatch.setattr(graph, "capture", _fake_capture)
+    _fake_capture.fail = False
+    _FakeGraph.captures = 0
+    a = PSO(point_swarm(), seed=2, vmax=1.0, cuda_graph="eager")
+    a._graph.graph = True  # as cuda_graph=True, on the CPU
+    b = PSO(point_swarm(), seed=2, vmax=1.0, cuda_graph="eager")
+    fits = [a.step(sphere) for _ in range(5)]
+    assert _FakeGraph.captures == 1
+    for f in fits:
+        assert torch.equal(f, b.step(sphere))
+    assert torch.equal(a.swarm.flats[0], b.swarm.flats[0]) and a.history.best == b.history.best
+    other = lambda s: sphere(s)  # noqa: E731  another function object: captured again
+    assert torch.equal(a.step(other), b.step(other)) and _FakeGraph.captures == 2
+    a.load_state_dict(b.state_dict())
+    assert a._graph._cuda_graph is None
+    a.run(sphere, 3, progress_bar=False)
+    b.run(sphere, 3, progress_bar=False)
+    assert _FakeGraph.captures == 3 and torch.equal(a.swarm.flats[0], b.swarm.flats[0])
+    assert a.steps_done == b.steps_done == 9
+    _fake_capture.fail = True
+    with pytest.raises(algos.GraphCaptureError, match="pretended failure. .*cuda_graph=False"):
+        a.step(lambda s: sphere(s))
+    assert a.steps_done == 10 and a.history.records[-1]["step"] == 10  # the warm-up step counts
+
+
 # ---------------------------------------------------------------------------
 # ES, the capturable step run eagerly
 def test_graph_centered_ranks():
@@ -247,7 +300,7 @@ def test_cuda_fitness_that_syncs_names_the_cause():
         float(f.sum())  # a host sync: not capturable
         return f
 
-    with pytest.raises(graph.GraphCaptureError, match="cuda_graph=False"):
+    with pytest.raises(algos.GraphCaptureError, match="cuda_graph=False"):
         pso.step(syncing)
     assert pso.steps_done == 1  # the warm-up step was applied
     pso2 = PSO(point_swarm(device="cuda"), seed=0, cuda_graph=True)

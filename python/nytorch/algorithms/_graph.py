@@ -182,7 +182,11 @@ class GraphMode:
             assert self._static is not None
             fitness = self._static[0]
         else:
-            fitness = self._capture(fitness_fn)
+            try:
+                fitness = self._capture(fitness_fn)
+            except GraphCaptureError:
+                self._count()  # the warm-up step was applied
+                raise
         self._count()
         return fitness.clone()
 

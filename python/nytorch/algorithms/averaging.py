@@ -127,7 +127,13 @@ class EMA:
         af, ab = self._tensors(self.average)
         mf, mb = self._tensors(model)
         if self.cuda_graph:
-            self._replay(af + ab, mf + mb, len(af))
+            from ._graph import GraphCaptureError
+
+            try:
+                self._replay(af + ab, mf + mb, len(af))
+            except GraphCaptureError:
+                self.updates += 1  # the warm-up update was applied
+                raise
         else:
             self._lerp(af, ab, mf, mb)
         self.updates += 1
