@@ -177,7 +177,7 @@ class GraphMode:
         """One step: replayed from the graph (captured on first use)."""
         if not self.graph:
             fitness, _ = self._body(fitness_fn)
-        elif self._cuda_graph is not None and self._key is fitness_fn:
+        elif self._cuda_graph is not None and self._key == fitness_fn:  # == : a bound method is a new object per access
             self._cuda_graph.replay()
             assert self._static is not None
             fitness = self._static[0]
