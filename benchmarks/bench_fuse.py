@@ -202,11 +202,12 @@ def engine_candidates(fns, ours, engine):
 def engine_report(name, kind, n, m, bw_copy, results):
     if "ours gen" not in m:
         return
-    gbs = {k: T.ratio(BYTES[kind] * n, m[k]) / 1e9 for k in ("ours gen", "ours interp", "foreach")}
+    gbs = {k: T.ratio(BYTES[kind] * n, m[k]) / 1e9 for k in ("ours gen", "ours interp", "foreach", "compile")}
+    inductor = "n/a" if math.isnan(gbs["compile"]) else f"{gbs['compile']:.0f} GB/s"
     print(
         f"    engines {name}/{kind}: gen {gbs['ours gen']:.0f} GB/s ({gbs['ours gen'] * 1e9 / bw_copy:.0%} of copy), "
-        f"interp {gbs['ours interp']:.0f} GB/s, foreach {gbs['foreach']:.0f} GB/s, copy {bw_copy / 1e9:.0f} GB/s; "
-        f"gen/interp {T.fmt_ratio(T.ratio(m['ours interp'], m['ours gen']))}",
+        f"interp {gbs['ours interp']:.0f} GB/s, foreach {gbs['foreach']:.0f} GB/s, inductor (flat buffers) "
+        f"{inductor}, copy {bw_copy / 1e9:.0f} GB/s; gen/interp {T.fmt_ratio(T.ratio(m['ours interp'], m['ours gen']))}",
         flush=True,
     )
     results.append(dict(workload=name, update=kind, engines_GBps=gbs, copy_GBps=bw_copy / 1e9))

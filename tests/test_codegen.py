@@ -417,6 +417,32 @@ def test_host_launch_matches_interpreter(host_lib):
     assert not failures, "\n".join(failures[:30])
 
 
+def test_host_launch_reads_the_random_state(host_lib):
+    """With a random state (``launches(..., state=address)``), the kernel takes
+    the key from state[0] and adds state[1] to the offset, ignoring the int
+    seed: here in host memory, against the interpreter's int route."""
+    lib, cases = host_lib
+    done = 0
+    for i, (name, prog, nums, _, dtype) in enumerate(cases):
+        if name not in ("pso", "rands"):
+            continue
+        n = 4099
+        ins = [[t] for t in _inputs(prog.n_in, n, dtype, seed=3)]
+        ref = fuse.run_flat(prog, ins, nums, seed=99, offset=7 + 5)
+        outs = [[torch.empty(n, dtype=dtype)] for _ in range(prog.n_out)]
+        st = torch.tensor([99, 5], dtype=torch.int64)
+        sv = cg._scalar_slots(prog, [*nums, *prog.lits])
+        for args, blocks in cg.launches(prog, ins, outs, [0], dtype, sv, 12345, 7, state=st.data_ptr()):
+            buf = ctypes.create_string_buffer(args, len(args))
+            getattr(lib, f"nyto_host_launch_{i}")(buf, ctypes.c_int64(blocks))
+        for j in range(prog.n_out):
+            a, b = outs[j][0], ref[j][0]
+            assert bool(((_bits(a) == _bits(b)) | (a.isnan() & b.isnan())).all()), (name, dtype, j)
+        assert st.tolist() == [99, 5]  # the launch reads it; run() advances it
+        done += 1
+    assert done == 6
+
+
 # ---------------------------------------------------------------------------
 # The disk cache (NVRTC, no GPU)
 _CHILD = textwrap.dedent("""

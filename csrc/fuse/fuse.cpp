@@ -5,6 +5,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -164,7 +165,8 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
 
 std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, const std::vector<double>& consts,
                                          const std::vector<std::vector<at::Tensor>>& ins,
-                                         std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset) {
+                                         std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset,
+                                         const at::Tensor& state) {
   const Program p = decode(words, n_words, consts);
   TORCH_CHECK(static_cast<int>(ins.size()) == p.n_in, "nytorch.fuse: the program takes ", p.n_in, " inputs, got ",
               ins.size());
@@ -184,6 +186,12 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     }
   }
   TORCH_CHECK(offset >= 0, "nytorch.fuse: offset must be >= 0, got ", offset);
+  if (state.defined()) {
+    TORCH_CHECK(state.scalar_type() == at::kLong && state.dim() == 1 && state.size(0) == 2 && state.is_contiguous(),
+                "nytorch.fuse: a random state is a contiguous int64 tensor of shape [2] (seed, offset), as "
+                "nytorch.fuse.random_state makes; got ",
+                state.scalar_type(), " of shape ", state.sizes());
+  }
   // Check everything before writing anything.
   for (size_t g = 0; g < ng; ++g) {
     const at::Tensor& ref = ins[0][g];
@@ -201,6 +209,9 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                   " is not contiguous");
     };
     for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], "input", k);
+    TORCH_CHECK(!state.defined() || ref.numel() == 0 || state.device() == ref.device(),
+                "nytorch.fuse: the random state is on ", state.device(), ", group ", g, " on ", ref.device(),
+                " (it must be on the operands' device)");
     const auto dev = ref.device().type();
     TORCH_CHECK(dev == at::kCPU || (dev == at::kCUDA && cuda_runners().fuse), "nytorch.fuse: no kernel for device ",
                 ref.device(), dev == at::kCUDA ? " (nytorch was built without CUDA)" : "");
@@ -235,7 +246,15 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     }
   }
   uint64_t key = static_cast<uint64_t>(seed);
-  if (p.has_rand && seed < 0) {
+  uint64_t off = static_cast<uint64_t>(offset);
+  const int64_t* state_ptr = nullptr;  // CUDA: the kernels read it
+  if (state.defined() && state.is_cpu()) {
+    const int64_t* s = state.const_data_ptr<int64_t>();
+    key = static_cast<uint64_t>(s[0]);
+    off += static_cast<uint64_t>(s[1]);
+  } else if (state.defined()) {
+    state_ptr = state.const_data_ptr<int64_t>();
+  } else if (p.has_rand && seed < 0) {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     key = gen.get<at::CPUGeneratorImpl>()->random64();
@@ -246,7 +265,8 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     job.n = ins[0][g].numel();
     if (job.n == 0) continue;
     job.seed = key;
-    job.offset = static_cast<uint64_t>(offset);
+    job.offset = off;
+    job.state = state_ptr;
     job.group = static_cast<uint32_t>(g);
     job.device_index = ins[0][g].device().index();
     job.in.resize(p.n_in);
@@ -267,6 +287,15 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     else
       cuda_runners().fuse(p, job);
   }
+  if (state.defined() && p.has_rand) {  // the next call draws fresh numbers
+    const int64_t span = random_span(ins);
+    if (state.is_cpu()) {
+      state.mutable_data_ptr<int64_t>()[1] += span;
+      if (!state.is_inference()) state.unsafeGetTensorImpl()->bump_version();
+    } else {
+      state.narrow(0, 1, 1).add_(span);  // enqueued on the current stream: capturable, no host sync
+    }
+  }
   if (!alloc) {
     for (const auto& l : outs) {
       for (const auto& t : l) {
@@ -275,6 +304,14 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     }
   }
   return outs;
+}
+
+int64_t random_span(const std::vector<std::vector<at::Tensor>>& ins) {
+  int64_t n = 0;
+  if (!ins.empty()) {
+    for (const auto& t : ins[0]) n = std::max<int64_t>(n, t.numel());
+  }
+  return (n + 3) / 4 * 4;
 }
 
 namespace {

@@ -33,7 +33,19 @@ struct KArgs {
   void* out[kCudaMaxOut];
   int64_t n;
   uint64_t seed, offset;
+  const int64_t* state;  // a random-state tensor {seed, offset}, or null (GroupJob::state)
 };
+
+// The key and counter offset of a launch: from the random state's memory when
+// there is one (read at run time: a CUDA graph replay sees its current value).
+struct RandKey {
+  uint64_t seed, offset;
+  uint32_t group;
+};
+__device__ __forceinline__ RandKey rand_key(const KArgs& a) {
+  if (a.state == nullptr) return RandKey{a.seed, a.offset, a.group};
+  return RandKey{static_cast<uint64_t>(a.state[0]), a.offset + static_cast<uint64_t>(a.state[1]), a.group};
+}
 static_assert(sizeof(KArgs) <= 4000, "fuse kernel arguments over 4 KB");
 
 // One lane of a math instruction: FMath<op> (fops.def) on the operands it reads.
@@ -81,8 +93,8 @@ __device__ __forceinline__ void sincos2pi(float u, float* s, float* c) { sincosp
 __device__ __forceinline__ void sincos2pi(double u, double* s, double* c) { sincospi(2.0 * u, s, c); }
 
 // Random values of elements base..base+3 (see philox.h for the counter layout).
-template <class M>
-__device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const KArgs& a, M scale) {
+template <class M, class R>
+__device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const R& a, M scale) {
   constexpr int shift = RandShift<M>::value;
   const uint32_t k0 = static_cast<uint32_t>(a.seed), k1 = static_cast<uint32_t>(a.seed >> 32);
   uint64_t cur = ~uint64_t(0), cur_pair = ~uint64_t(0);
@@ -126,6 +138,7 @@ __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, cons
 template <class T, class M>
 __global__ void __launch_bounds__(kThreads) fuse_kernel(const __grid_constant__ KArgs a) {
   const int64_t nq = (a.n + 3) / 4;
+  const RandKey key = rand_key(a);
   M r[kCudaMaxVreg][4];
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < nq;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -153,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(const __grid_constant__ 
         case FOp::Randn:
         case FOp::Rands: {
           M v[4];
-          random4<M>(v, base, op == static_cast<int>(FOp::Randn), static_cast<uint32_t>(x), a,
+          random4<M>(v, base, op == static_cast<int>(FOp::Randn), static_cast<uint32_t>(x), key,
                      op == static_cast<int>(FOp::Rands) ? static_cast<M>(a.sval[-1 - y]) : M(1));
 #pragma unroll
           for (int l = 0; l < 4; ++l) r[d][l] = v[l];
@@ -206,6 +219,7 @@ void launch(const Program& p, const GroupJob& job) {
   a.n = job.n;
   a.seed = job.seed;
   a.offset = job.offset;
+  a.state = p.has_rand ? job.state : nullptr;
   a.group = job.group;
   c10::cuda::CUDAGuard guard(job.device_index);
   const c10::DeviceIndex dev = c10::cuda::current_device();

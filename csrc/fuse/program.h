@@ -69,7 +69,12 @@ struct GroupJob {
   Small<char> out_is_in;  // output j is also an input (else: written only, may bypass the caches)
   uint64_t seed = 0;      // Philox key
   uint64_t offset = 0;    // added to the element index (random counters)
-  uint32_t group = 0;     // group index (random counters)
+  // A random-state tensor's memory {seed, offset} (int64, on the group's
+  // device), or null. CUDA kernels read it at run time: the key is state[0],
+  // state[1] is added to `offset` (a CUDA graph replay reads the current
+  // value). CPU groups never see it: the front end reads it into seed/offset.
+  const int64_t* state = nullptr;
+  uint32_t group = 0;  // group index (random counters)
   c10::DeviceIndex device_index = -1;
 };
 
@@ -82,8 +87,18 @@ using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runne
 // allocates missing outputs, draws the seed (seed < 0: from torch's default
 // CPU generator), runs each group. ins[k][g]: input k of group g;
 // outs[j][g]: output j of group g (empty: allocated like ins[0][g]).
+// `state` (optional): a random-state tensor, int64 [2] = (seed, offset) on
+// the operands' device, used instead of `seed` (its offset added to
+// `offset`); a program that draws random numbers advances state[1] by
+// random_span(ins) after its launches (same stream, no host sync).
 std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, const std::vector<double>& consts,
                                          const std::vector<std::vector<at::Tensor>>& ins,
-                                         std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset);
+                                         std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset,
+                                         const at::Tensor& state = at::Tensor());
+
+// How far a call over `ins` moves a random state: the largest group's numel
+// rounded up to whole Philox counters (4 elements), so the next call's
+// counters never repeat this one's.
+int64_t random_span(const std::vector<std::vector<at::Tensor>>& ins);
 
 }  // namespace nyto::fuse

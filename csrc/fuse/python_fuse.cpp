@@ -63,7 +63,8 @@ PyObject* wrap(std::vector<std::vector<at::Tensor>>&& outs) {
 
 namespace nyto::py {
 // fuse_run(program: bytes, numbers: sequence[float], inputs: [[Tensor per group] per input],
-//          outs: [[Tensor per group] per output] | None, seed: int, offset: int)
+//          outs: [[Tensor per group] per output] | None, seed: int | Tensor, offset: int)
+// seed: a key (< 0: drawn), or a random-state tensor (int64 [2], see fuse::run)
 // -> None (outs given) | the new outputs, [[Tensor per group] per output]
 PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
@@ -76,10 +77,16 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     std::vector<std::vector<at::Tensor>> outs;
     const bool given = args[3] != Py_None;
     if (given) outs = fuse::unpack_groups(args[3], "nytorch._C.fuse_run: outs must be a sequence of lists");
-    const long long seed = PyLong_AsLongLong(args[4]);
+    at::Tensor state;
+    long long seed = 0;
+    if (THPVariable_Check(args[4])) {
+      state = THPVariable_Unpack(args[4]);
+    } else {
+      seed = PyLong_AsLongLong(args[4]);
+    }
     const long long offset = PyLong_AsLongLong(args[5]);
     if (PyErr_Occurred()) return nullptr;
-    auto res = fuse::run(words, n_words, consts, ins, std::move(outs), seed, offset);
+    auto res = fuse::run(words, n_words, consts, ins, std::move(outs), seed, offset, state);
     if (given) Py_RETURN_NONE;
     return fuse::wrap(std::move(res));
   });

@@ -112,7 +112,7 @@ def fuse_run(
     numbers: Sequence[Number],
     inputs: Sequence[Tensors],
     outs: Optional[Sequence[Tensors]],
-    seed: int,
+    seed: Union[int, torch.Tensor],
     offset: int,
     /,
 ) -> Optional[list[list[torch.Tensor]]]: ...

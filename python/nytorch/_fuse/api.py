@@ -57,6 +57,16 @@ Low level, on any flat buffers (no particles involved)::
   reproduces runs). ``offset``: added to the element index of the random
   counters, so a caller that splits one logical buffer into chunks gets the
   same numbers as one call over the whole buffer.
+- ``seed`` may also be a *random state*: an int64 tensor of shape [2] =
+  (seed, offset) on the operands' device (:func:`random_state` makes one).
+  The kernels read it at run time (on CUDA from device memory, so a CUDA
+  graph replay uses its current value): the call draws exactly what
+  ``seed=int(state[0]), offset=int(state[1]) + offset`` draws, then, when
+  the program draws random numbers, ``state[1]`` grows by the largest
+  group's numel rounded up to a multiple of 4 (whole Philox counters),
+  enqueued after the kernels on the same stream (no host sync), so the next
+  call draws fresh numbers. Not under ``torch.compile`` (the torch op takes
+  an int seed): there it raises.
 - Random streams: element ``e`` (index within its group's buffer, plus
   ``offset``) of the ``k``-th random call in ``fn`` (trace order) in group
   ``g`` uses Philox4x32-10 with key = seed and counter =
@@ -175,7 +185,7 @@ def run_flat(
     inputs: Sequence[Sequence[torch.Tensor]],
     numbers: Sequence[float] = (),
     out: Optional[Sequence[Sequence[torch.Tensor]]] = None,
-    seed: Optional[int] = None,
+    seed: Union[None, int, torch.Tensor] = None,
     offset: int = 0,
 ) -> Optional[List[List[torch.Tensor]]]:
     """Run ``prog`` on flat buffers: see the module docstring for the contract.
@@ -194,13 +204,26 @@ def run_flat(
             f"nytorch.fuse.run_flat: numbers must be a sequence of {prog.n_num} real numbers, "
             f"got {type(numbers).__name__}"
         )
-    for name, v in (("seed", seed), ("offset", offset)):
+    state = seed if isinstance(seed, torch.Tensor) else None
+    for name, v in (("seed", None if state is not None else seed), ("offset", offset)):
         if v is not None and (isinstance(v, bool) or not hasattr(type(v), "__index__")):
-            raise TypeError(f"nytorch.fuse.run_flat: {name} must be an int, got {type(v).__name__}")
+            raise TypeError(
+                f"nytorch.fuse.run_flat: {name} must be an int"
+                f"{' or a random-state tensor' if name == 'seed' else ''}, got {type(v).__name__}"
+            )
     if len(numbers) != prog.n_num:
         raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_num} numbers, got {len(numbers)}")
     if len(inputs) != prog.n_in:
         raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_in} inputs, got {len(inputs)}")
+    if state is not None:
+        _check_state(state, inputs)
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "nytorch.fuse.run_flat: a random-state tensor seed is not supported under torch.compile "
+                "(torch.ops.nytorch.fused takes an int seed); pass seed=int, or call run_flat outside "
+                "the compiled region"
+            )
+        return _run(prog, [*numbers, *prog.lits], inputs, out, state, offset)
     if seed is None:
         seed = -1
     elif seed < 0:
@@ -209,6 +232,43 @@ def run_flat(
     if torch.compiler.is_compiling():
         return _run_op(prog, inputs, consts, out, seed, offset)
     return _run(prog, consts, inputs, out, seed, offset)
+
+
+def _check_state(state: torch.Tensor, inputs: Sequence[Sequence[torch.Tensor]]) -> None:
+    """A random state is a contiguous int64 [2] tensor on the device of every
+    group with elements (empty groups are skipped, as the kernels skip them)."""
+    if state.dtype != torch.int64 or state.shape != (2,) or not state.is_contiguous():
+        raise TypeError(
+            "nytorch.fuse.run_flat: a random state is a contiguous int64 tensor of shape [2] (seed, offset), "
+            f"as nytorch.fuse.random_state makes; got {state.dtype} of shape {list(state.shape)}"
+        )
+    for g, t in enumerate(inputs[0] if inputs else ()):
+        if isinstance(t, torch.Tensor) and t.device != state.device and t.numel():
+            raise RuntimeError(
+                f"nytorch.fuse.run_flat: the random state is on {state.device}, group {g} on {t.device} "
+                "(it must be on the operands' device)"
+            )
+
+
+def random_state(seed: Optional[int] = None, device: Any = "cpu", offset: int = 0) -> torch.Tensor:
+    """A random state for :func:`run_flat`: ``tensor([seed, offset])`` (int64)
+    on ``device``; ``seed=None`` draws one from torch's default CPU generator.
+    Each ``run_flat(..., seed=state)`` that draws random numbers advances
+    ``state[1]`` on the device (see the module docstring).
+
+    >>> st = random_state(7); prog = program(lambda x: rand_like(x), "p")
+    >>> a = run_flat(prog, [[torch.zeros(5)]], seed=st); st.tolist()
+    [7, 8]
+    >>> b = run_flat(prog, [[torch.zeros(5)]], seed=7, offset=8)
+    >>> torch.equal(run_flat(prog, [[torch.zeros(5)]], seed=random_state(7, offset=8))[0][0], b[0][0])
+    True
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not hasattr(type(v), "__index__") or v < 0:
+            raise ValueError(f"nytorch.fuse.random_state: {name} must be an int >= 0, got {v!r}")
+    return torch.tensor([int(seed), int(offset)], dtype=torch.int64, device=device)
 
 
 # --- generated CUDA kernels (nytorch/_fuse/codegen.py): NYTO_FUSE_ENGINE=codegen
@@ -541,5 +601,6 @@ for _name, _value in (
     ("Program", Program),
     ("program", program),
     ("run_flat", run_flat),
+    ("random_state", random_state),
 ):
     setattr(fuse, _name, _value)

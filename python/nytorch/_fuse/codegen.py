@@ -37,7 +37,7 @@ import os
 import struct
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -451,7 +451,7 @@ def _elements_fn(prog: Any, device: bool) -> str:
 
 def _max_tensors(prog: Any, n_slots: int) -> int:
     per = 8 * (prog.n_in + prog.n_out) + 8 + 8 + 4 + 4
-    fixed = 8 * max(1, n_slots) + 8 + 8 + 8 + 8 + 8
+    fixed = 8 * max(1, n_slots) + 8 + 8 + 8 + 8 + 8 + 8
     return max(1, min(64, (ARG_BYTES - fixed) // per))
 
 
@@ -469,7 +469,7 @@ def _layout(prog: Any) -> Tuple[int, int]:
 
 def _args_size(prog: Any) -> int:
     n_slots, maxt = _layout(prog)
-    return 8 * max(1, n_slots) + 16 + 8 * maxt * (prog.n_in + prog.n_out) + 16 * maxt + 8 * maxt + 8
+    return 8 * max(1, n_slots) + 24 + 8 * maxt * (prog.n_in + prog.n_out) + 16 * maxt + 8 * maxt + 8
 
 
 def default_vec(dtype: torch.dtype) -> int:
@@ -494,6 +494,7 @@ def _kernel_parts(prog: Any, dtype: torch.dtype, vec: int, device: bool) -> List
         "  double s[kSlots];",
         "  uint64_t seed;",
         "  uint64_t offset;",
+        "  uint64_t state;  // a random-state tensor's address {seed, offset} (int64), or 0",
         "  uint64_t ptr[kMaxT][kIO];",
         "  int64_t numel[kMaxT];",
         "  int64_t chunk_start[kMaxT];",
@@ -515,10 +516,16 @@ def _kernel_parts(prog: Any, dtype: torch.dtype, vec: int, device: bool) -> List
         "  const int64_t start = (b - a.chunk_start[t]) * kChunk;",
         "  const int64_t end = start + kChunk < n ? start + kChunk : n;",
         "  const uint64_t* io = a.ptr[t];",
+        "  uint64_t seed = a.seed, offset = a.offset;",
+        "  if (a.state) {  // read at run time: a CUDA graph replay sees the current state",
+        "    const int64_t* st = reinterpret_cast<const int64_t*>(a.state);",
+        "    seed = static_cast<uint64_t>(st[0]);",
+        "    offset += static_cast<uint64_t>(st[1]);",
+        "  }",
         "  for (int64_t i = start + tid * kVec; i < end; i += kThreads * kVec) {",
         "    const int cnt = end - i < kVec ? static_cast<int>(end - i) : kVec;",
         f"    elements<T, M, kVec>(io, io + {prog.n_in}, a.s, i, cnt, a.aligned[t] && cnt == kVec,",
-        "                         static_cast<uint64_t>(i) + a.offset, a.group[t], a.seed);",
+        "                         static_cast<uint64_t>(i) + offset, a.group[t], seed);",
         "  }",
         "}",
     ]
@@ -695,6 +702,7 @@ def _pack(
     offset: int,
     tensors: List[Tuple[List[int], int, int, bool]],
     chunk: int,
+    state: int = 0,
 ) -> Tuple[bytes, int]:
     nio = prog.n_in + prog.n_out
     s = list(svals[:n_slots]) + [0.0] * (max(1, n_slots) - min(len(svals), n_slots))
@@ -715,10 +723,10 @@ def _pack(
         cstart[t] = total
     st = _STRUCTS.get(prog.words)
     if st is None:
-        st = struct.Struct(f"<{max(1, n_slots)}dQQ{maxt * nio}Q{maxt}q{maxt}q{maxt}I{maxt}Iq")
+        st = struct.Struct(f"<{max(1, n_slots)}dQQQ{maxt * nio}Q{maxt}q{maxt}q{maxt}I{maxt}Iq")
         assert st.size == _args_size(prog)
         _STRUCTS[prog.words] = st
-    return st.pack(*s, seed & (2**64 - 1), offset, *ptr, *numel, *cstart, *group, *aligned, len(tensors)), total
+    return st.pack(*s, seed & (2**64 - 1), offset, state, *ptr, *numel, *cstart, *group, *aligned, len(tensors)), total
 
 
 _STRUCTS: Dict[bytes, struct.Struct] = {}
@@ -741,9 +749,12 @@ def launches(
     seed: int,
     offset: int,
     vec: Optional[int] = None,
+    state: int = 0,
 ):
     """(packed kernel argument, blocks) of each launch over ``groups`` (all of
-    ``dtype``, none empty): up to the table's size of tensors per launch."""
+    ``dtype``, none empty): up to the table's size of tensors per launch.
+    ``state``: the address of a random-state tensor (int64 {seed, offset},
+    read by the kernel instead of ``seed`` and added to ``offset``), or 0."""
     n_slots, maxt = _layout(prog)
     vec = _check_vec(dtype, vec)
     chunk = THREADS * vec * ITERS
@@ -757,7 +768,7 @@ def launches(
             ]
             al = vbytes % 16 == 0 and all(p % 16 == 0 for p in ptrs)
             tensors.append((ptrs, inputs[0][g].numel(), g, al))
-        res.append(_pack(prog, n_slots, maxt, svals, seed, offset, tensors, chunk))
+        res.append(_pack(prog, n_slots, maxt, svals, seed, offset, tensors, chunk, state))
     return res
 
 
@@ -766,11 +777,12 @@ def run(
     inputs: Sequence[Sequence[torch.Tensor]],
     consts: Sequence[float],
     out: Optional[Sequence[Sequence[torch.Tensor]]],
-    seed: int,
+    seed: Union[int, torch.Tensor],
     offset: int,
 ):
     """Run ``prog`` with generated kernels on CUDA buffers (the contract of
-    ``nytorch.fuse.run_flat``; ``consts``: the numbers then ``prog.lits``).
+    ``nytorch.fuse.run_flat``; ``consts``: the numbers then ``prog.lits``;
+    ``seed``: a key, < 0 to draw one, or a checked random-state tensor).
     Returns the outputs (``outs[j][g]``) or None when ``out`` was given.
     Raises :class:`Fallback` (before writing anything) when generated kernels
     can't be used here: NVRTC or the headers missing, a compile error."""
@@ -797,9 +809,13 @@ def run(
             except (_nvrtc.NvrtcError, OSError) as e:
                 _FAILED[fkey] = f"compile error: {e}"
                 raise Fallback(_FAILED[fkey]) from None
-    if prog.has_rand and seed < 0:
+    state = seed if isinstance(seed, torch.Tensor) else None
+    st_ptr = state.data_ptr() if state is not None and prog.has_rand else 0
+    if state is not None:
+        seed = 0
+    elif prog.has_rand and seed < 0:
         seed = int(torch.randint(0, 2**62, ()).item())
-    seed = max(seed, 0)
+    seed = max(int(seed), 0)
     svals = _scalar_slots(prog, consts)
     by_key: Dict[Tuple[torch.dtype, int], List[int]] = {}
     for g in range(ng):
@@ -812,12 +828,23 @@ def run(
             key, cubin, name = compile_program(prog, dtype, _arch(dev))
             fn = drv.function(key, dev, cubin, name)
             stream = torch.cuda.current_stream(dev).cuda_stream
-            for args, blocks in launches(prog, inputs, out, groups, dtype, svals, seed, offset):
+            for args, blocks in launches(prog, inputs, out, groups, dtype, svals, seed, offset, state=st_ptr):
                 drv.launch(fn, blocks, THREADS, stream, args)
+    if st_ptr:  # the next call draws fresh numbers: on the stream, no host sync
+        assert state is not None
+        state.narrow(0, 1, 1).add_(random_span(inputs))
     if given:
         _bump(out)
         return None
     return [list(x) for x in out]
+
+
+def random_span(inputs: Sequence[Sequence[torch.Tensor]]) -> int:
+    """How far a call over ``inputs`` advances a random state: the largest
+    group's numel rounded up to whole Philox counters (4 elements), as
+    csrc/fuse/fuse.cpp's ``random_span``."""
+    n = max((t.numel() for t in inputs[0]), default=0) if inputs else 0
+    return (n + 3) // 4 * 4
 
 
 def _bump(out) -> None:

@@ -7,11 +7,14 @@
 - :class:`DE`: differential evolution on swarm rows;
 - :class:`CMAES`: CMA-ES with a dense covariance, for small problems (n <= 10k);
 - model averaging: :func:`uniform_soup`, :func:`weighted_soup`, :func:`greedy_soup`, :class:`EMA`;
-- :class:`History` (plots to a PNG), :class:`LogCallback`.
+- :class:`History` (plots to a PNG), :class:`LogCallback`;
+- ``cuda_graph=True`` (PSO, ES, EMA): one CUDA graph replay per step;
+  :class:`GraphCaptureError` when a step can't be captured.
 """
 
 from ._base import History, LogCallback, SwarmOptimizer
 from ._gaussian import GaussianStrategy, nes_utilities
+from ._graph import GraphCaptureError
 from .averaging import EMA, greedy_soup, uniform_soup, weighted_soup
 from .cem import CEM
 from .cma import CMAES
@@ -41,4 +44,5 @@ __all__ = [
     "LogCallback",
     "SwarmOptimizer",
     "GaussianStrategy",
+    "GraphCaptureError",
 ]

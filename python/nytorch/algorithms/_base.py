@@ -175,6 +175,7 @@ class SwarmOptimizer:
     sample_seed: Optional[int] = None  # this step's Philox seed (when the algorithm keeps one)
     _state_keys: Tuple[str, ...] = ()  # the algorithm's own state_dict keys
     _saves_best_fitness = True  # False where _best_value reads the algorithm's state
+    _graph: Optional[Any] = None  # cuda_graph mode (algorithms/_graph.py: GraphMode), where the algorithm has one
 
     # -- setup --------------------------------------------------------------------
     def _setup(
@@ -265,6 +266,8 @@ class SwarmOptimizer:
     def step(self, fitness_fn: Callable[[Any], Any]) -> torch.Tensor:
         """Evaluate ``fitness_fn(self.ask())`` (a [N] tensor) and ``tell`` it."""
         _checks.function(fitness_fn, f"{type(self).__name__}.step", "fitness_fn")
+        if self._graph is not None:
+            return self._graph.step(fitness_fn)
         population = self.ask()
         with torch.no_grad():
             fitness = fitness_fn(population)
@@ -292,6 +295,8 @@ class SwarmOptimizer:
         steps = _checks.integer(steps, where, "steps", minimum=0)
         if callback is not None:
             _checks.function(callback, where, "callback")
+        if self._graph is not None:
+            return self._graph.run(fitness_fn, steps, progress_bar, callback, desc or type(self).__name__)
         bar = progress(range(steps), progress_bar, desc or type(self).__name__, total=steps)
         for _ in bar:
             self.step(fitness_fn)
@@ -324,6 +329,8 @@ class SwarmOptimizer:
 
     def state_dict(self) -> Dict[str, Any]:
         """The algorithm's state (see its ``_own_state``), step, best, RNG states, history."""
+        if self._graph is not None:  # device-held records and values to the host
+            self._graph.sync()
         state = self._own_state()
         common = {
             "steps_done": self.steps_done,
@@ -356,3 +363,5 @@ class SwarmOptimizer:
         if self.sample_seed is not None:
             self.sample_seed = int(state["sample_seed"])
         self.history.load_state_dict(state["history"])
+        if self._graph is not None:  # captured again on the next step
+            self._graph.reload()

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -70,9 +70,20 @@ class EMA:
     ``average = decay * average + (1 - decay) * model`` per ``update(model)``,
     one fused pass (``nytorch.ops.lerp_``) over the stacked buffers. Floating
     buffers (BatchNorm statistics) are averaged alike unless ``buffers=False``
-    (then copied)."""
+    (then copied).
 
-    def __init__(self, model: Union[NytoModule, Swarm], decay: float = 0.999, *, buffers: bool = True) -> None:
+    ``cuda_graph=True`` (CUDA): an update is one replay of a CUDA graph (the
+    lerp and every buffer's lerp/copy), captured on the first update from a
+    given model's memory (and again when ``decay`` or that memory changes)."""
+
+    def __init__(
+        self,
+        model: Union[NytoModule, Swarm],
+        decay: float = 0.999,
+        *,
+        buffers: bool = True,
+        cuda_graph: bool = False,
+    ) -> None:
         if not isinstance(model, (NytoModule, Swarm)):
             raise TypeError(
                 f"EMA: model must be a particle (NytoModule) or a nytorch.Swarm, got {type(model).__name__}"
@@ -84,6 +95,13 @@ class EMA:
         self.buffers = buffers
         self.average = model.clone()
         self.updates = 0
+        if cuda_graph not in (True, False):
+            raise ValueError(f"EMA: cuda_graph must be True or False, got {cuda_graph!r}")
+        flats = self._tensors(self.average)[0]
+        if cuda_graph and not (flats and all(f.is_cuda for f in flats)):
+            raise ValueError("EMA(cuda_graph=True) needs a model on CUDA; use cuda_graph=False (eager)")
+        self.cuda_graph = cuda_graph
+        self._graph: Optional[Tuple[Any, Any]] = None  # (key, torch.cuda.CUDAGraph)
 
     def _tensors(self, m) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         if isinstance(m, Swarm):
@@ -108,6 +126,20 @@ class EMA:
                 raise SpeciesError("EMA.update: particle of a different species")
         af, ab = self._tensors(self.average)
         mf, mb = self._tensors(model)
+        if self.cuda_graph:
+            from ._graph import GraphCaptureError
+
+            try:
+                self._replay(af + ab, mf + mb, len(af))
+            except GraphCaptureError:
+                self.updates += 1  # the warm-up update was applied
+                raise
+        else:
+            self._lerp(af, ab, mf, mb)
+        self.updates += 1
+        return self.average
+
+    def _lerp(self, af: List[torch.Tensor], ab: List[torch.Tensor], mf: List[torch.Tensor], mb: List[torch.Tensor]):
         w = 1.0 - self.decay
         with torch.no_grad():
             ops.lerp_(af, mf, w)
@@ -116,8 +148,19 @@ class EMA:
                     a.lerp_(b, w)
                 else:
                     a.copy_(b)
-        self.updates += 1
-        return self.average
+
+    def _replay(self, mine: List[torch.Tensor], theirs: List[torch.Tensor], n_flats: int) -> None:
+        """The update as a CUDA graph, keyed by the memory it reads and writes."""
+        from ._graph import capture
+
+        key = (self.decay, self.buffers, *[(t.data_ptr(), t.shape, t.dtype) for t in mine + theirs])
+        if self._graph is not None and self._graph[0] == key:
+            self._graph[1].replay()
+            return
+        self._graph = None
+        args = (mine[:n_flats], mine[n_flats:], theirs[:n_flats], theirs[n_flats:])
+        _, g, _ = capture(lambda: self._lerp(*args), mine[0].device, "EMA(cuda_graph=True)", "Use cuda_graph=False.")
+        self._graph = (key, g)
 
     def state_dict(self) -> Dict[str, Any]:
         f, b = self._tensors(self.average)

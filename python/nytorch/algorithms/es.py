@@ -14,15 +14,19 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from .. import _checks, ops
+from .._fuse.api import random_state
 from ..particle import NytoModule
 from ..storage import flat_storage
 from ..swarm import Swarm
 from ._base import SwarmOptimizer, as_fitness
+from ._graph import centered_ranks as _graph_ranks
+from ._graph import diversity as _graph_diversity
+from ._graph import graph_mode
 from ._sampling import FusedSampler
 
 
@@ -62,6 +66,12 @@ class ES(SwarmOptimizer):
     float64). ``store_noise=None`` picks stored noise on the CPU (where the
     normals, not memory, bound the step: regenerating them costs a second
     draw) and regeneration elsewhere.
+
+    ``cuda_graph=True`` (CUDA, ``backend="fuse"``, stored noise): ``step`` /
+    ``run`` replay one CUDA graph per step (sampling from a device random
+    state, fitness, ranks, gradient, Adam/SGD with a device step counter,
+    records); ``ask``/``tell`` run the same code eagerly. ``"eager"``: that
+    step without a graph, on any device. See docs/swarm.md.
     """
 
     def __init__(
@@ -84,6 +94,7 @@ class ES(SwarmOptimizer):
         track_diversity: bool = False,
         backend: str = "ops",
         store_noise: Optional[bool] = None,
+        cuda_graph: Union[bool, str] = False,
     ) -> None:
         if not isinstance(center, NytoModule):
             raise TypeError(f"ES: center must be a particle (NytoModule), got {type(center).__name__}")
@@ -127,9 +138,12 @@ class ES(SwarmOptimizer):
         half = popsize // 2 if antithetic else popsize
         self.backend = backend
         self.sampler: Optional[FusedSampler] = None
+        graphed = cuda_graph not in (False, None)
+        if graphed and store_noise is False:
+            raise ValueError("ES(cuda_graph=...) reads the stored noise in tell; store_noise=False is not capturable")
         if backend == "fuse":
             if store_noise is None:
-                store_noise = dev.type == "cpu"
+                store_noise = dev.type == "cpu" or graphed
             if not store_noise and type(self).tell is not ES.tell:
                 # a subclass with its own tell (nytorch.distributed.ShardedES) reads es.noise
                 raise ValueError(
@@ -144,9 +158,22 @@ class ES(SwarmOptimizer):
             self.noise = [torch.empty((half, f.numel()), dtype=f.dtype, device=f.device) for f in flats]
         self.m = [torch.zeros_like(f) for f in flats]
         self.v = [torch.zeros_like(f) for f in flats]
+        self._graph = graph_mode(self, cuda_graph, dev, fused=backend == "fuse")
+        if self._graph is not None:  # the sampler's random state, step counter and best on the device
+            self._rng_state = random_state(int(torch.randint(0, 2**62, (), generator=self.seed_generator)), dev)
+            self._t = torch.zeros((), dtype=torch.float64, device=dev)
+            self._best_dev = torch.full((), float("inf"), dtype=torch.float64, device=dev)
+            self._state_keys = ES._state_keys + ("rng_state",)
 
     def ask(self) -> Swarm:
         """A new population around the center (the same Swarm object, refilled)."""
+        if self._graph is not None:  # the random state: read and advanced on the device
+            assert self.sampler is not None
+            seed: Any = self._rng_state
+            self.sampler.sample(
+                seed, [f.reshape(-1) for f in flat_storage(self.center).flats], self.sigma, self.population.flats
+            )
+            return self.population
         if self.sampler is not None:
             self.sampler.sample(
                 self._next_sample_seed(),
@@ -166,6 +193,8 @@ class ES(SwarmOptimizer):
         return self.population
 
     def tell(self, fitness: Any) -> None:
+        if self._graph is not None:
+            return self._graph.tell(fitness)
         self._update(as_fitness(fitness, self.popsize, self.device, f"{type(self).__name__}.tell"), self._gradient_sums)
 
     def _gradient_sums(self, u: torch.Tensor) -> List[torch.Tensor]:
@@ -205,8 +234,47 @@ class ES(SwarmOptimizer):
         self._observe(f)
         self._end_step(f, self.population)
 
+    def _graph_tell(self, f: torch.Tensor):
+        """The graph mode's update from the minimized fitness ``f``: device
+        tensors only (pairwise ranks, stored noise, Adam with a device step
+        counter). Returns (best, mean, diversity or None)."""
+        u = _graph_ranks(f) if self.rank_shaping else -(f - f.mean()) / (f.std() + 1e-12)
+        if self.antithetic:
+            h = self.popsize // 2
+            u = u[:h] - u[h:]
+        scale = -1.0 / (self.popsize * self.sigma)
+        self._t.add_(1)
+        b1, b2 = self.betas
+        step = -self.lr / (1 - torch.pow(b1, self._t))
+        bc2 = 1 - torch.pow(b2, self._t)
+        for cf, eps, m, v in zip(flat_storage(self.center).flats, self.noise, self.m, self.v):
+            g = (u.to(eps.dtype) @ eps) * scale
+            if self.weight_decay:
+                g.add_(cf, alpha=self.weight_decay)
+            if self.optimizer == "adam":
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v / bc2.to(v.dtype)).sqrt_().add_(self.eps)
+                cf.addcmul_(m / denom, step.to(cf.dtype))
+            else:
+                m.mul_(self.momentum).add_(g)
+                cf.add_(m, alpha=-self.lr)
+        torch.minimum(self._best_dev, f.min(), out=self._best_dev)
+        div = _graph_diversity(self.population.flats) if self.track_diversity else None
+        return self._best_dev, f.mean(), div
+
+    def _best_value(self) -> float:
+        return float(self._best_dev) if self._graph is not None else self.best_fitness_
+
+    def _graph_sync(self) -> None:
+        self.best_fitness_ = float(self._best_dev)
+
+    def _graph_reload(self) -> None:
+        self._t.fill_(float(self.steps_done))
+        self._best_dev.fill_(self.best_fitness_)
+
     # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
-    _state_keys = ("center", "center_buffers", "m", "v")
+    _state_keys: Tuple[str, ...] = ("center", "center_buffers", "m", "v")
 
     def _own_state(self) -> Dict[str, Any]:
         """Center (and its buffers), optimizer moments."""
@@ -215,6 +283,7 @@ class ES(SwarmOptimizer):
             "center_buffers": [b.clone() for b in flat_storage(self.center).buffers],
             "m": [t.clone() for t in self.m],
             "v": [t.clone() for t in self.v],
+            **({"rng_state": self._rng_state.clone()} if self._graph is not None else {}),
         }
 
     def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
@@ -228,3 +297,5 @@ class ES(SwarmOptimizer):
                 state["center"] + state["m"] + state["v"] + state["center_buffers"],
             ):
                 a.copy_(b)
+            if self._graph is not None:
+                self._rng_state.copy_(state["rng_state"])

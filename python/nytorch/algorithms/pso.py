@@ -16,7 +16,7 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -24,6 +24,8 @@ from .. import _checks, ops
 from ..particle import NytoModule
 from ..swarm import Swarm
 from ._base import SwarmOptimizer
+from ._graph import diversity as _graph_diversity
+from ._graph import graph_mode
 
 try:  # the functions of nytorch.fuse (nytorch._fuse.api)
     from .._fuse import api as _fuse
@@ -131,6 +133,13 @@ class PSO(SwarmOptimizer):
     ``"ops"``: ``nytorch.ops.uniform_`` for r1, r2, the fused
     ``nytorch.ops.pso_velocity_`` over row views (bests passed as views, no
     copies), then clamp and ``x += v``: four passes.
+
+    ``cuda_graph=True`` (CUDA, ``backend="fuse"``, constant ``inertia``,
+    ``cognitive``, ``social``): ``step``/``run`` replay one CUDA graph per
+    step (fitness, bests, the fused update, the records), with the random
+    numbers drawn from a device random state; ``tell`` runs the same update
+    eagerly. See ``nytorch.algorithms._graph`` and docs/swarm.md.
+    ``cuda_graph="eager"``: that step without a graph, on any device.
     """
 
     def __init__(
@@ -149,6 +158,7 @@ class PSO(SwarmOptimizer):
         generator: Optional[torch.Generator] = None,
         track_diversity: bool = True,
         backend: str = "auto",
+        cuda_graph: Union[bool, str] = False,
     ) -> None:
         if not isinstance(swarm, Swarm):
             raise TypeError(f"PSO: swarm must be a nytorch.Swarm, got {type(swarm).__name__}")
@@ -197,6 +207,15 @@ class PSO(SwarmOptimizer):
         self._best_rows = [torch.empty_like(f) for f in swarm.flats] if backend == "fuse" else None
         self._row_src = torch.full((n,), -1, dtype=torch.long, device=dev)  # pbest row each best row holds
         self._rows_cache: Optional[List] = None
+        if cuda_graph not in (False, None) and any(callable(x) for x in (inertia, cognitive, social)):
+            raise ValueError(
+                "PSO(cuda_graph=...): inertia, cognitive and social must be numbers (a graph replays the "
+                "numbers it captured); use cuda_graph=False for schedules"
+            )
+        self._graph = graph_mode(self, cuda_graph, dev, fused=backend == "fuse")
+        if self._graph is not None:  # the kernels' random state: read and advanced on the device
+            self._rng_state = _fuse.random_state(int(torch.randint(0, 2**62, (), generator=self.seed_generator)), dev)
+            self._state_keys = PSO._state_keys + ("rng_state",)
 
     # -- results ----------------------------------------------------------------
     _saves_best_fitness = False  # the global best's fitness is gbest_fitness (a device tensor: no sync per step)
@@ -224,6 +243,8 @@ class PSO(SwarmOptimizer):
     def tell(self, fitness: Any) -> None:
         """Update personal/neighbourhood bests with ``fitness`` of the current
         positions, then velocities and positions."""
+        if self._graph is not None:
+            return self._graph.tell(fitness)
         f = self._fitness(fitness, len(self.swarm))
         self._update_bests(f)
         step = self.steps_done
@@ -244,6 +265,38 @@ class PSO(SwarmOptimizer):
         self.gbest_fitness = torch.where(better, self.pbest_fitness[i], self.gbest_fitness)
         if self._best_rows is not None:
             self._refresh_best_rows(improved)
+
+    def _graph_tell(self, f: torch.Tensor):
+        """The graph mode's update: bests, neighbourhood-best rows and the fused
+        move on the device (every row rewritten, no ``nonzero``, no host sync).
+        Returns (best, mean, diversity or None) as device tensors."""
+        pf = self.pbest_fitness
+        improved = f < pf
+        for p, x in zip(self.pbest, self.swarm.flats):
+            torch.where(improved[:, None], x, p, out=p)
+        torch.where(improved, f, pf, out=pf)
+        i = torch.argmin(pf, 0, keepdim=True)  # [1]: indexing with a 0-dim tensor would sync
+        best = pf.index_select(0, i)
+        better = best < self.gbest_fitness
+        for g, p in zip(self.gbest, self.pbest):
+            torch.where(better, p.index_select(0, i)[0], g, out=g)
+        self.gbest_fitness.copy_(torch.where(better[0], best[0], self.gbest_fitness))
+        src = i.expand(len(self.swarm)) if self.topology == "global" else self.neighborhood_best()
+        assert self._best_rows is not None  # graph mode is fused
+        for b, p in zip(self._best_rows, self.pbest):
+            torch.index_select(p, 0, src, out=b)
+        w, c1, c2 = float(self.inertia), float(self.cognitive), float(self.social)  # type: ignore[arg-type]
+        clamp = [] if self.vmax is None else [-self.vmax, self.vmax]
+        flats = self.swarm.flats
+        _fuse.run_flat(
+            _program(self.vmax is not None),
+            [flats, self.velocity, self.pbest, self._best_rows],
+            [w, c1, c2, *clamp],
+            out=[flats, self.velocity],
+            seed=self._rng_state,
+        )
+        div = _graph_diversity(flats) if self.track_diversity else None
+        return self.gbest_fitness, f.mean(), div
 
     def _refresh_best_rows(self, improved: torch.Tensor) -> None:
         """Copy into ``_best_rows`` the rows whose neighbourhood best changed
@@ -317,7 +370,7 @@ class PSO(SwarmOptimizer):
         ops.add_(self.swarm.flats, self.velocity)
 
     # -- checkpoints (the common keys: SwarmOptimizer.state_dict) --------------------
-    _state_keys = ("swarm", "velocity", "pbest", "pbest_fitness", "gbest", "gbest_fitness")
+    _state_keys: Tuple[str, ...] = ("swarm", "velocity", "pbest", "pbest_fitness", "gbest", "gbest_fitness")
 
     def _own_state(self) -> Dict[str, Any]:
         """Positions, velocities, personal/global bests."""
@@ -330,6 +383,7 @@ class PSO(SwarmOptimizer):
             "pbest_fitness": self.pbest_fitness.clone(),
             "gbest": [t.clone() for t in self.gbest],
             "gbest_fitness": self.gbest_fitness.clone(),
+            **({"rng_state": self._rng_state.clone()} if self._graph is not None else {}),
         }
 
     def _load_own_state(self, state: Dict[str, Any], where: str) -> None:
@@ -344,6 +398,8 @@ class PSO(SwarmOptimizer):
                     a.copy_(b)
         self.pbest_fitness = state["pbest_fitness"].to(self.device).clone()
         self.gbest_fitness = state["gbest_fitness"].to(self.device).clone()
+        if self._graph is not None:
+            self._rng_state.copy_(state["rng_state"])
         if self._best_rows is not None:  # derived state: rebuild it from the personal bests
             self._row_src.fill_(-1)
             self._refresh_best_rows(torch.zeros(len(self.swarm), dtype=torch.bool, device=self.device))
