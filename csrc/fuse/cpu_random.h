@@ -9,10 +9,9 @@
 #include <cstdint>
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
-#include <sleef.h>
 #endif
-#include <cmath>
 #include "dispatch.h"  // cpu_avx512
+#include "fuse/normal_math.h"
 #include "fuse/philox.h"
 #include "fuse/program.h"
 
@@ -240,63 +239,27 @@ struct Random {
   static constexpr int64_t E = int64_t(1) << RandShift<M>::value;  // elements per counter
   static constexpr int64_t kStep = 8 * E;                          // elements per 8 counters
 
-  // Scalar pair (the DEFAULT build; float: same polynomials as AVX2).
-  static void pair_scalar(M u1, M u2, M* out) {
-    const M r = std::sqrt(M(-2) * std::log(u1));
-    M s, c;
-    sincospi2(u2, s, c);
-    out[0] = r * c;
-    out[1] = r * s;
-  }
-  // sin and cos of 2 pi u for u in [0, 1): 2u = q/2 + x exactly, |x| <= 1/4,
-  // polynomials in x (float: minimax, relative error < 1e-10 before rounding;
-  // double: std::sin/cos of pi * x), then the quadrant q by swaps and signs.
-  static void sincospi2(M u, M& s, M& c) {
-    const M y = u + u;
-    const M q = std::nearbyint(y + y);
-    const M x = y - q * M(0.5);
-    M S, C;
-    if constexpr (sizeof(M) == 4) {
-      const float t = x * x;
-      S = x * (kS0 + t * (kS1 + t * (kS2 + t * kS3)));
-      C = 1.0f + t * (kC1 + t * (kC2 + t * (kC3 + t * kC4)));
-    } else {
-      S = std::sin(M(3.141592653589793238462643383279502884) * x);
-      C = std::cos(M(3.141592653589793238462643383279502884) * x);
-    }
-    const int qi = static_cast<int>(q);
-    const M sw_s = (qi & 1) ? C : S, sw_c = (qi & 1) ? S : C;
-    s = (qi & 2) ? -sw_s : sw_s;
-    c = ((qi + 1) & 2) ? -sw_c : sw_c;
-  }
-  static constexpr float kS0 = 3.14159274101257324f, kS1 = -5.16770792007446289f, kS2 = 2.54976105690002441f,
-                         kS3 = -0.58901214599609375f;
-  static constexpr float kC1 = -4.93480205535888672f, kC2 = 4.05870676040649414f, kC3 = -1.33503592014312744f,
-                         kC4 = 0.231260910630226135f;
-  static constexpr float kL1 = 0.3333338797092438f, kL2 = 0.19988854229450226f, kL3 = 0.14934006333351135f;
-  static constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-
-  // Normals of the 8 counters' words (32 words in counter order) into out.
+  // Normals of the 8 counters' words (32 words in counter order) into out:
+  // the DEFAULT build, normal_math.h's scalar form.
   static void normals_of_words_scalar(const uint32_t* w, M* out) {
     for (int64_t p = 0; p < kStep / 2; ++p) {
       if constexpr (sizeof(M) == 8) {
-        pair_scalar(u53_open0(w[4 * p], w[4 * p + 1]), u53(w[4 * p + 2], w[4 * p + 3]), out + 2 * p);
+        normal::box_muller(w[4 * p], w[4 * p + 1], w[4 * p + 2], w[4 * p + 3], out[2 * p], out[2 * p + 1]);
       } else {
-        pair_scalar(u24_open0(w[2 * p]), u24(w[2 * p + 1]), out + 2 * p);
+        normal::box_muller(w[2 * p], w[2 * p + 1], out[2 * p], out[2 * p + 1]);
       }
     }
   }
 
 #if defined(CPU_CAPABILITY_AVX2)
-  // -2 log(k * 2^-24) for integers k in [1, 2^24] (u1 of a pair; no special
-  // cases): k = m * 2^e with m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(s)
-  // with s = (m - 1) / (m + 1), |s| < 0.172, a minimax polynomial in s^2
-  // (relative error 8e-10 before rounding); e * log(2) in two parts. About
-  // 1 ulp, and a short dependency chain (one division instead of a degree-8
-  // Horner chain: measured 15% faster per normal).
+  // The AVX2 forms of normal_math.h: the same operations lane for lane (so
+  // the same bits as the DEFAULT build, CUDA and generated kernels); the
+  // comments there say why each step is what it is.
+  // -2 log(k 2^-24) for integers k in [1, 2^24] (normal::neg2log_k24).
   static __m256 neg2log_ps(__m256i k) {
+    using namespace normal;
     const __m256i ui = _mm256_castps_si256(_mm256_cvtepi32_ps(k));  // exact
-    const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(ui, _mm256_set1_epi32(0x3f3504f3)), 23);
+    const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(ui, _mm256_set1_epi32(kSqrtHalfF)), 23);
     const __m256 f = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_sub_epi32(ui, _mm256_slli_epi32(e, 23))),
                                    _mm256_set1_ps(1.0f));  // m - 1, exact
     const __m256 ef = _mm256_cvtepi32_ps(_mm256_sub_epi32(e, _mm256_set1_epi32(24)));
@@ -308,8 +271,10 @@ struct Random {
     const __m256 b = _mm256_fmadd_ps(half_log_m, _mm256_set1_ps(-4.0f), _mm256_mul_ps(ef, _mm256_set1_ps(-2 * kLn2Lo)));
     return _mm256_fmadd_ps(ef, _mm256_set1_ps(-2 * kLn2Hi), b);
   }
-  // sin, cos of 2 pi u for u in [0, 1) (see sincospi2)
+  // sin, cos of 2 pi u for u in [0, 1) (normal::sincospi2; rounding 4u < 4
+  // with roundps equals adding and taking away 2^23)
   static void sincospi2_ps(__m256 u, __m256& s, __m256& c) {
+    using namespace normal;
     const __m256 y = _mm256_add_ps(u, u);
     const __m256 q = _mm256_round_ps(_mm256_add_ps(y, y), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 x = _mm256_fnmadd_ps(q, _mm256_set1_ps(0.5f), y);  // exact
@@ -328,7 +293,8 @@ struct Random {
     c = _mm256_xor_ps(cc, _mm256_castsi256_ps(
                               _mm256_slli_epi32(_mm256_srli_epi32(_mm256_add_epi32(qi, _mm256_set1_epi32(1)), 1), 31)));
   }
-  // 16 float normals of 4 counters (two vectors of their words) into out.
+  // 16 float normals of 4 counters (two vectors of their words) into out
+  // (normal::box_muller of each word pair).
   static void normals16_ps(__m256i a, __m256i b, float* out) {
     const __m256 af = _mm256_castsi256_ps(a), bf = _mm256_castsi256_ps(b);
     const __m256i w1 = _mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(2, 0, 2, 0)));  // u1 words
@@ -342,26 +308,76 @@ struct Random {
     _mm256_storeu_ps(out, _mm256_unpacklo_ps(ev, od));  // a's elements
     _mm256_storeu_ps(out + 8, _mm256_unpackhi_ps(ev, od));
   }
-  // 53-bit uniforms of 4 (hi, lo) word pairs held as 64-bit lanes (lo word
-  // in the upper half): exactly static_cast<double>(bits) * 2^-53 (+ 2^-53).
-  static __m256d u53_pd(__m256i lanes, bool open0) {
+  // The 53-bit integers (hi << 32 | lo) >> 11 of 4 (hi, lo) word pairs held as
+  // 64-bit lanes (lo word in the upper half), as exact doubles.
+  static __m256d k53_pd(__m256i lanes) {
     const __m256i x = _mm256_srli_epi64(_mm256_shuffle_epi32(lanes, 0xB1), 11);  // (hi << 32 | lo) >> 11
     const __m256i magic = _mm256_set1_epi64x(0x4330000000000000LL);              // 2^52
     const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
     const __m256d hi = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(x, 32), magic)), two52);
     const __m256d lo = _mm256_sub_pd(
         _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi64x(0xFFFFFFFFLL)), magic)), two52);
-    __m256d v = _mm256_fmadd_pd(hi, _mm256_set1_pd(4294967296.0), lo);  // exact: below 2^53
-    if (open0) v = _mm256_add_pd(v, _mm256_set1_pd(1.0));
-    return _mm256_mul_pd(v, _mm256_set1_pd(1.1102230246251565e-16));
+    return _mm256_fmadd_pd(hi, _mm256_set1_pd(4294967296.0), lo);  // exact: below 2^53
   }
-  // 8 double normals of 4 counters (two vectors of their words) into out.
+  // -2 log(k 2^-53) for integers k in [1, 2^53] held as doubles
+  // (normal::neg2log_k53; e in [0, 53] turns into a double through 2^52).
+  static __m256d neg2log_pd(__m256d k) {
+    using namespace normal;
+    const __m256i ui = _mm256_castpd_si256(k);
+    const __m256i e = _mm256_srli_epi64(_mm256_sub_epi64(ui, _mm256_set1_epi64x(kSqrtHalfD)), 52);
+    const __m256d f = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_sub_epi64(ui, _mm256_slli_epi64(e, 52))),
+                                    _mm256_set1_pd(1.0));  // m - 1, exact
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+    const __m256d ef =
+        _mm256_sub_pd(_mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(e, _mm256_castpd_si256(two52))), two52),
+                      _mm256_set1_pd(53.0));  // exact
+    const __m256d s = _mm256_div_pd(f, _mm256_add_pd(f, _mm256_set1_pd(2.0)));
+    const __m256d z = _mm256_mul_pd(s, s), w = _mm256_mul_pd(z, z);
+    auto mad = [](__m256d x, __m256d y, double c) {  // c + x * y, two roundings (no fma in the double forms)
+      return _mm256_add_pd(_mm256_set1_pd(c), _mm256_mul_pd(x, y));
+    };
+    const __m256d t1 = _mm256_mul_pd(w, mad(w, mad(w, _mm256_set1_pd(kLg6), kLg4), kLg2));
+    const __m256d t2 = _mm256_mul_pd(z, mad(w, mad(w, mad(w, _mm256_set1_pd(kLg7), kLg5), kLg3), kLg1));
+    const __m256d hfsq = _mm256_mul_pd(_mm256_mul_pd(_mm256_set1_pd(0.5), f), f);
+    const __m256d a = _mm256_add_pd(_mm256_mul_pd(s, _mm256_add_pd(hfsq, _mm256_add_pd(t2, t1))),
+                                    _mm256_mul_pd(ef, _mm256_set1_pd(kLn2LoD)));
+    const __m256d log_u =
+        _mm256_sub_pd(_mm256_mul_pd(ef, _mm256_set1_pd(kLn2HiD)), _mm256_sub_pd(_mm256_sub_pd(hfsq, a), f));
+    return _mm256_mul_pd(_mm256_set1_pd(-2.0), log_u);
+  }
+  // sin, cos of 2 pi u for u in [0, 1) (normal::sincospi2): 4u + 2^52 holds
+  // the quadrant q in its low bits.
+  static void sincospi2_pd(__m256d u, __m256d& s, __m256d& c) {
+    using namespace normal;
+    const __m256d y = _mm256_add_pd(u, u);
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+    const __m256d n = _mm256_add_pd(_mm256_add_pd(y, y), two52);
+    const __m256d q = _mm256_sub_pd(n, two52);
+    const __m256d x = _mm256_sub_pd(y, _mm256_mul_pd(q, _mm256_set1_pd(0.5)));  // exact
+    const __m256d t = _mm256_mul_pd(x, x);
+    auto mad = [&t](__m256d p, double c) { return _mm256_add_pd(_mm256_set1_pd(c), _mm256_mul_pd(t, p)); };
+    __m256d S = mad(_mm256_set1_pd(kSd6), kSd5);
+    S = mad(mad(mad(mad(mad(S, kSd4), kSd3), kSd2), kSd1), kSd0);
+    S = _mm256_mul_pd(x, mad(S, kPi));
+    __m256d C = mad(_mm256_set1_pd(kCd6), kCd5);
+    C = mad(mad(mad(mad(mad(mad(C, kCd4), kCd3), kCd2), kCd1), kCd0), 1.0);
+    const __m256i qi = _mm256_castpd_si256(n);
+    const __m256d swap = _mm256_castsi256_pd(_mm256_slli_epi64(qi, 63));  // sign bit = q & 1
+    const __m256d ss = _mm256_blendv_pd(S, C, swap), cc = _mm256_blendv_pd(C, S, swap);
+    s = _mm256_xor_pd(ss, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_srli_epi64(qi, 1), 63)));
+    c = _mm256_xor_pd(cc, _mm256_castsi256_pd(_mm256_slli_epi64(
+                              _mm256_srli_epi64(_mm256_add_epi64(qi, _mm256_set1_epi64x(1)), 1), 63)));
+  }
+  // 8 double normals of 4 counters (two vectors of their words) into out
+  // (normal::box_muller of each counter).
   static void normals8_pd(__m256i a, __m256i b, double* out) {
     // 64-bit lanes: (w0, w1) (w2, w3) of each counter
-    const __m256d u1 = u53_pd(_mm256_unpacklo_epi64(a, b), true), u2 = u53_pd(_mm256_unpackhi_epi64(a, b), false);
-    const __m256d r = _mm256_sqrt_pd(_mm256_mul_pd(_mm256_set1_pd(-2.0), Sleef_logd4_u10(u1)));
-    const Sleef___m256d_2 sc = Sleef_sincospid4_u05(_mm256_add_pd(u2, u2));
-    const __m256d ev = _mm256_mul_pd(r, sc.y), od = _mm256_mul_pd(r, sc.x);
+    const __m256d k1 = _mm256_add_pd(k53_pd(_mm256_unpacklo_epi64(a, b)), _mm256_set1_pd(1.0));  // exact
+    const __m256d u2 = _mm256_mul_pd(k53_pd(_mm256_unpackhi_epi64(a, b)), _mm256_set1_pd(1.1102230246251565e-16));
+    const __m256d r = _mm256_sqrt_pd(neg2log_pd(k1));
+    __m256d s, c;
+    sincospi2_pd(u2, s, c);
+    const __m256d ev = _mm256_mul_pd(r, c), od = _mm256_mul_pd(r, s);
     _mm256_storeu_pd(out, _mm256_unpacklo_pd(ev, od));
     _mm256_storeu_pd(out + 4, _mm256_unpackhi_pd(ev, od));
   }

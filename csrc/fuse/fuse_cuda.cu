@@ -16,6 +16,7 @@
 #include <cstdint>
 #include "dispatch.h"
 #include "fuse/fop_math.h"
+#include "fuse/normal_math.h"
 #include "fuse/philox.h"
 #include "fuse/program.h"
 
@@ -89,17 +90,14 @@ __device__ __forceinline__ void math_instr(M (&r)[kCudaMaxVreg][4], int d, int x
   for (int l = 0; l < 4; ++l) r[d][l] = lanes<FMath<E>>(get, x, y, z, l);
 }
 
-__device__ __forceinline__ void sincos2pi(float u, float* s, float* c) { sincospif(2.0f * u, s, c); }
-__device__ __forceinline__ void sincos2pi(double u, double* s, double* c) { sincospi(2.0 * u, s, c); }
-
 // Random values of elements base..base+3 (see philox.h for the counter layout).
 template <class M, class R>
-__device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, const R& a, M scale) {
+__device__ void random4(M* dst, int64_t base, bool is_normal, uint32_t stream, const R& a, M scale) {
   constexpr int shift = RandShift<M>::value;
   const uint32_t k0 = static_cast<uint32_t>(a.seed), k1 = static_cast<uint32_t>(a.seed >> 32);
   uint64_t cur = ~uint64_t(0), cur_pair = ~uint64_t(0);
   Philox4 w{};
-  M r = M(0), s = M(0), co = M(0);  // the Box-Muller pair (elements 2p, 2p + 1) last computed
+  M even = M(0), odd = M(0);  // the Box-Muller pair (elements 2p, 2p + 1) last computed
 #pragma unroll
   for (int l = 0; l < 4; ++l) {
     const uint64_t e = static_cast<uint64_t>(base + l) + a.offset;
@@ -109,7 +107,7 @@ __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, cons
       cur = c;
     }
     const int k = static_cast<int>(e - (c << shift));
-    if (!normal) {  // (bits * 2^-n) * scale == bits * (2^-n * scale) exactly
+    if (!is_normal) {  // (bits * 2^-n) * scale == bits * (2^-n * scale) exactly
       if constexpr (sizeof(M) == 8) {
         dst[l] = static_cast<M>(((static_cast<uint64_t>(w.w[2 * k]) << 32) | w.w[2 * k + 1]) >> 11) *
                  (scale * M(1.1102230246251565e-16));
@@ -117,20 +115,15 @@ __device__ void random4(M* dst, int64_t base, bool normal, uint32_t stream, cons
         dst[l] = static_cast<M>(w.w[k] >> 8) * (scale * M(5.9604644775390625e-08));
       }
     } else {
-      if ((e >> 1) != cur_pair) {  // one log, sqrt and sincos per pair (the pair's other element reuses them)
-        M u1, u2;
+      if ((e >> 1) != cur_pair) {  // one log, sqrt and sincos per pair (fuse/normal_math.h, as every engine)
         if constexpr (sizeof(M) == 8) {
-          u1 = u53_open0(w.w[0], w.w[1]);
-          u2 = u53(w.w[2], w.w[3]);
+          normal::box_muller(w.w[0], w.w[1], w.w[2], w.w[3], even, odd);
         } else {
-          u1 = u24_open0(w.w[2 * (k >> 1)]);
-          u2 = u24(w.w[2 * (k >> 1) + 1]);
+          normal::box_muller(w.w[2 * (k >> 1)], w.w[2 * (k >> 1) + 1], even, odd);
         }
-        sincos2pi(u2, &s, &co);
-        r = ::sqrt(M(-2) * ::log(u1));
         cur_pair = e >> 1;
       }
-      dst[l] = r * ((k & 1) ? s : co);
+      dst[l] = (k & 1) ? odd : even;
     }
   }
 }

@@ -38,13 +38,6 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE float u24(uint32_t w) { return static_cast<flo
 C10_HOST_DEVICE C10_ALWAYS_INLINE double u53(uint32_t hi, uint32_t lo) {
   return static_cast<double>(((static_cast<uint64_t>(hi) << 32) | lo) >> 11) * 1.1102230246251565e-16;
 }
-// Uniform in (0, 1]: the radius argument of Box-Muller (log never sees 0).
-C10_HOST_DEVICE C10_ALWAYS_INLINE float u24_open0(uint32_t w) {
-  return static_cast<float>((w >> 8) + 1) * 5.9604644775390625e-08f;
-}
-C10_HOST_DEVICE C10_ALWAYS_INLINE double u53_open0(uint32_t hi, uint32_t lo) {
-  return static_cast<double>((((static_cast<uint64_t>(hi) << 32) | lo) >> 11) + 1) * 1.1102230246251565e-16;
-}
 
 // Which Philox counter feeds element e (index + offset): float streams take 4
 // elements per counter, double streams 2. The counter is (e >> shift) in words

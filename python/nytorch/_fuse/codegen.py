@@ -15,8 +15,9 @@ table).
 The math is not spelled here: the generated code includes ``nyto_math.h`` and
 instantiates one function per row of ``fuse/fops.def`` (the op table the CPU
 and CUDA interpreters and the scalar instructions read), and its random
-numbers call ``fuse/philox.h`` (Philox4x32-10 and the uniform conversions),
-with the interpreter's counter layout: the same streams as the CPU engine.
+numbers call ``fuse/philox.h`` (Philox4x32-10 and the uniform conversions)
+and ``fuse/normal_math.h`` (Box-Muller), with the interpreter's counter
+layout: the same streams as the CPU engine, uniforms and normals.
 Kernels compile with ``--fmad=false`` (only an explicit ``fma`` or ``lerp``
 contracts), like the interpreter kernel.
 
@@ -71,10 +72,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ---------------------------------------------------------------------------
-# Headers: the shared math header, the op table and Philox, read from the
+# Headers: the shared math header, the op table, Philox and the normals, read from the
 # package (wheel: nytorch/_include), the source tree (editable installs) or
 # NYTO_FUSE_INCLUDE (a folder laid out like csrc/).
-_NEEDED = ("nyto_math.h", "fuse/fops.def", "fuse/philox.h")
+_NEEDED = ("nyto_math.h", "fuse/fops.def", "fuse/philox.h", "fuse/normal_math.h")
 
 
 def include_dirs() -> List[str]:
@@ -131,6 +132,7 @@ _PRELUDE = r"""
 #include <cstdint>
 #include "nyto_math.h"
 #include "fuse/philox.h"
+#include "fuse/normal_math.h"
 #ifdef __CUDACC__
 #define NYTO_GEN_FN __device__ __forceinline__
 #else
@@ -240,18 +242,16 @@ NYTO_GEN_FN void uniform(M* dst, uint64_t e0, uint32_t stream, uint32_t group, u
   }
 }
 
-#ifdef __CUDA_ARCH__
-__device__ __forceinline__ void sincos2pi(float u, float* s, float* c) { sincospif(2.0f * u, s, c); }
-__device__ __forceinline__ void sincos2pi(double u, double* s, double* c) { sincospi(2.0 * u, s, c); }
-// Normals: Box-Muller of the stream's uniforms (u1 in (0, 1], u2 in [0, 1)),
-// one log, sqrt and sincos per pair, as the CUDA interpreter computes them.
+// Normals: Box-Muller of the stream's pairs (fuse/normal_math.h, the math of
+// every engine), one log, sqrt and sincos per pair, with the interpreters'
+// counters and pairing. Host and device.
 template <class M, int N>
-__device__ __forceinline__ void normal(M* dst, uint64_t e0, uint32_t stream, uint32_t group, uint64_t seed) {
+NYTO_GEN_FN void normal(M* dst, uint64_t e0, uint32_t stream, uint32_t group, uint64_t seed) {
   constexpr int shift = nyto::fuse::RandShift<M>::value;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   uint64_t cur = ~uint64_t(0), cur_pair = ~uint64_t(0);
   nyto::fuse::Philox4 w{};
-  M r = M(0), s = M(0), co = M(0);
+  M even = M(0), odd = M(0);
 #pragma unroll
   for (int l = 0; l < N; ++l) {
     const uint64_t e = e0 + l;
@@ -262,22 +262,16 @@ __device__ __forceinline__ void normal(M* dst, uint64_t e0, uint32_t stream, uin
     }
     const int k = static_cast<int>(e - (c << shift));
     if ((e >> 1) != cur_pair) {
-      M u1, u2;
       if constexpr (sizeof(M) == 8) {
-        u1 = nyto::fuse::u53_open0(w.w[0], w.w[1]);
-        u2 = nyto::fuse::u53(w.w[2], w.w[3]);
+        nyto::fuse::normal::box_muller(w.w[0], w.w[1], w.w[2], w.w[3], even, odd);
       } else {
-        u1 = nyto::fuse::u24_open0(w.w[2 * (k >> 1)]);
-        u2 = nyto::fuse::u24(w.w[2 * (k >> 1) + 1]);
+        nyto::fuse::normal::box_muller(w.w[2 * (k >> 1)], w.w[2 * (k >> 1) + 1], even, odd);
       }
-      sincos2pi(u2, &s, &co);
-      r = ::sqrt(M(-2) * ::log(u1));
       cur_pair = e >> 1;
     }
-    dst[l] = r * ((k & 1) ? s : co);
+    dst[l] = (k & 1) ? odd : even;
   }
 }
-#endif
 }  // namespace gen
 }  // namespace nyto
 """
@@ -389,8 +383,6 @@ def _body(prog: Any, device: bool) -> Tuple[List[str], List[int], List[int]]:
             pre.append(f"M r{i}[VEC]; uniform<M, VEC>(r{i}, e0, {a}u, group, seed, {scale});")
             lines.append(f"const M {v} = r{i}[l];")
         elif name == "randn":
-            if not device:
-                raise NotImplementedError("randn has no host form (CUDA's sincospi)")
             pre.append(f"M r{i}[VEC]; normal<M, VEC>(r{i}, e0, {a}u, group, seed);")
             lines.append(f"const M {v} = r{i}[l];")
         elif name == "div" and b < 0 and a >= 0:
