@@ -6,7 +6,8 @@ Runnable without a GPU:
   found: set NYTO_NVRTC to its path; .ci/run points it into the CUDA venv);
 - the generated element function compiles as host C++ (g++, against the
   shared math header) and matches the CPU interpreter bit for bit on random
-  inputs with NaN, inf and -0.0 (float32, float64, bfloat16);
+  inputs with NaN, inf and -0.0 (float32, float64, bfloat16), random
+  streams (rand_like, randn_like) included;
 - the disk cache hits in a second process; a corrupted file is rebuilt.
 CUDA cases (generated vs interpreter values, aliasing, streams) skip without a GPU.
 """
@@ -96,6 +97,7 @@ def op_programs():
     out["clamp"] = (fuse.program(lambda x, lo, hi: nyto.clamp(x, lo, hi), "pnn"), [-0.5, 0.5], False)
     out["rand"] = (fuse.program(lambda x: x + nyto.rand_like(x), "p"), [], False)
     out["rands"] = (fuse.program(lambda x, s: s * nyto.rand_like(x), "pn"), [1.7], False)
+    out["randn"] = (fuse.program(lambda x: (nyto.randn_like(x), x * nyto.randn_like(x)), "p"), [], False)
     out["scalar_instr"] = (fuse.program(lambda x, d: (1 - d) * x + d / 3, "pn"), [0.9], False)
     out["store_number"] = (fuse.program(lambda x, s: (x * 2, s + 1), "pn"), [0.5], False)
     out["multi_out"] = (fuse.program(lambda x, y: (y - x, x * y, x), "pp"), [], False)
@@ -270,9 +272,8 @@ def host_lib(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     cases = []
-    for name, (prog, nums, transc) in {**op_programs(), **algorithm_programs()}.items():
-        if any(OPS[i[0]] == "randn" for i in prog.instr):
-            continue  # normals use CUDA's sincospi: no host form
+    algos = {k: (prog, nums, False) for k, (prog, nums, _randn) in algorithm_programs().items()}  # all exact
+    for name, (prog, nums, transc) in {**op_programs(), **algos}.items():
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             cases.append((name, prog, nums, transc, dtype))
     src = cg.host_source([(c[1], c[4]) for c in cases])
@@ -337,6 +338,8 @@ LAUNCH_CASES = (
     "de_trial",
     "multi_out",
     "rands",
+    "randn",
+    "es_ask",
     "store_number",
     "div_number",
     "lerp_ppn",
@@ -521,7 +524,7 @@ def test_cuda_generated_equals_interpreter(dtype):
             k: v
             for k, v in cases.items()
             if k in algorithm_programs()
-            or k in ("add_pp", "div_number", "pow_special_2.0", "lerp_ppp", "rand", "rands", "min_pp", "sign")
+            or k in ("add_pp", "div_number", "pow_special_2.0", "lerp_ppp", "rand", "rands", "randn", "min_pp", "sign")
         }
     for name, (prog, nums, _transc) in cases.items():
         for n in (1, 5, 4099, 70001):
