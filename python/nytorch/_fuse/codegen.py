@@ -347,7 +347,7 @@ def _scalar(code: int, name: str, args: List[float]) -> float:
 
 # ---------------------------------------------------------------------------
 # The per-element function
-def _body(prog: Any, device: bool) -> Tuple[List[str], List[int], List[int]]:
+def _body(prog: Any) -> Tuple[List[str], List[int], List[int]]:
     """Lines of the element function's body; the inputs it loads; the scalar
     slots it reads."""
     ops = _op_names()
@@ -403,11 +403,11 @@ def _body(prog: Any, device: bool) -> Tuple[List[str], List[int], List[int]]:
     return pre + ["#pragma unroll", "for (int l = 0; l < VEC; ++l) {"] + ["  " + x for x in lines] + ["}"], loads, slots
 
 
-def _elements_fn(prog: Any, device: bool) -> str:
+def _elements_fn(prog: Any) -> str:
     """``elements<T, M, VEC>(...)``: the program on VEC consecutive elements
     (loads, math, stores). ``vec_ok``: full and 16-byte aligned (one vector
     access per buffer), else per-element accesses of the first ``cnt``."""
-    body, loads, slots = _body(prog, device)
+    body, loads, slots = _body(prog)
     used_in = sorted(loads)
     out = [
         "template <class T, class M, int VEC>",
@@ -468,14 +468,14 @@ def default_vec(dtype: torch.dtype) -> int:
     return 16 // DTYPES[dtype][2]
 
 
-def _kernel_parts(prog: Any, dtype: torch.dtype, vec: int, device: bool) -> List[str]:
+def _kernel_parts(prog: Any, dtype: torch.dtype, vec: int) -> List[str]:
     """The element function, the launch argument and ``block<T, M>(a, b, tid)``
     (what CUDA thread ``tid`` of block ``b`` does), inside namespace nyto::gen."""
     n_slots, maxt = _layout(prog)
     nio = prog.n_in + prog.n_out
     chunk = THREADS * vec * ITERS
     return [
-        _elements_fn(prog, device=device),
+        _elements_fn(prog),
         "",
         f"constexpr int kIO = {nio}, kSlots = {max(1, n_slots)}, kMaxT = {maxt};",
         f"constexpr int kVec = {vec}, kThreads = {THREADS};",
@@ -546,7 +546,7 @@ def cuda_source(prog: Any, dtype: torch.dtype = torch.float32, vec: Optional[int
             *["//   " + line for line in repr(prog).splitlines()[1:]],
             _PRELUDE,
             "namespace nyto {\nnamespace gen {",
-            *_kernel_parts(prog, dtype, vec, device=True),
+            *_kernel_parts(prog, dtype, vec),
             "}  // namespace gen\n}  // namespace nyto",
             "",
             'extern "C" __global__ void __launch_bounds__(256) nyto_fused(const __grid_constant__ nyto::gen::Args a) {',
@@ -586,7 +586,7 @@ def host_source(progs: Sequence[Tuple[Any, torch.dtype]], vec: Optional[int] = N
         TT = "nyto::gen::" + T if T.startswith("nyto") else T
         parts += [
             f"namespace nyto {{\nnamespace gen {{\nnamespace p{i} {{",
-            *_kernel_parts(prog, dtype, v, device=False),
+            *_kernel_parts(prog, dtype, v),
             "}  // namespace p" + str(i) + "\n}  // namespace gen\n}  // namespace nyto",
             f'extern "C" void nyto_host_launch_{i}(const void* args, int64_t blocks) {{',
             f"  const auto& a = *static_cast<const nyto::gen::p{i}::Args*>(args);",
