@@ -402,13 +402,25 @@ struct Random {
     const uint32_t k0 = static_cast<uint32_t>(job.seed), k1 = static_cast<uint32_t>(job.seed >> 32);
     alignas(32) uint32_t wb[32];
     alignas(32) M tmp[kStep];
+#if defined(CPU_CAPABILITY_AVX2)
+    const bool avx512 = cpu_avx512();  // Philox words of 32 counters at a time
+    alignas(64) uint32_t big[128];
+    int64_t big_from = -32;
+#endif
     for (int64_t j = 0; j < nc; j += 8) {
       const uint64_t c = c_first + j;
       const int64_t lo = j * E - skip;  // d's index of the step's first element
       M* out = lo >= 0 && lo + kStep <= n ? d + lo : tmp;
 #if defined(CPU_CAPABILITY_AVX2)
       __m256i w[4];
-      if (static_cast<uint32_t>(c) <= 0xFFFFFFF8u) {
+      if (avx512 && j >= big_from + 32 && j + 32 <= nc && static_cast<uint32_t>(c) <= 0xFFFFFFFFu - 31) {
+        philox32_avx512(c, stream, job.group, k0, k1, big);  // this step and the next three
+        big_from = j;
+      }
+      if (j < big_from + 32) {
+        for (int q = 0; q < 4; ++q)
+          w[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(big + 4 * (j - big_from) + 8 * q));
+      } else if (static_cast<uint32_t>(c) <= 0xFFFFFFF8u) {
         philox8(c, stream, job.group, k0, k1, w);
       } else {  // the low counter word wraps inside the step
         for (int i = 0; i < 8; ++i) {
