@@ -315,12 +315,39 @@ struct Interp {
     return a_scalar ? chain_k<false, true>(K, d, pa, pb, c0, nw, nt) : chain_k<false, false>(K, d, pa, pb, c0, nw, nt);
   }
 
+  // The aliasing of one group's operands: for each input, the output that is
+  // the same memory (or -1). Groups with the same aliasing share a plan.
+  static Small<int> aliasing(const Program& p, const GroupJob& job) {
+    Small<int> sig(p.n_in, -1);
+    for (int k = 0; k < p.n_in; ++k) {
+      if (!job.in_is_out[k]) continue;
+      for (int j = 0; j < p.n_out; ++j) {
+        if (job.out[j] == job.in[k]) sig[k] = j;
+      }
+    }
+    return sig;
+  }
+
+  // What the block loop needs of one group: plan_direct's result (shared by
+  // the groups with the same aliasing), its non-temporal outputs, its blocks.
+  struct GroupPlan {
+    const GroupJob* job;
+    int shared;         // index of the group whose direct/skip/alias_ok this one uses
+    Small<int> sig;     // aliasing (its own)
+    Small<int> direct;  // plan_direct (on the sharing group only)
+    Small<char> skip, alias_ok;
+    Small<char> out_nt;
+    int64_t nblocks = 0;
+    int64_t first_item = 0;  // its first work item (runs of kChunk blocks) in the call
+  };
+
+  // Every group of one call (one dtype): program-level planning once, then
+  // one pool of workers over the runs of blocks of all groups (many small
+  // groups -- a population's rows -- cost no per-group setup or thread
+  // start, and run in parallel with each other).
   template <class T>
-  static void run(const Program& p, const GroupJob& job) {
+  static void run(const Program& p, const GroupJob* const* jobs, int64_t njobs) {
     constexpr bool native = std::is_same_v<T, M>;
-    Small<char> skip_store, alias_ok;
-    Small<int> direct;
-    if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
     const Small<int> chain = chains(p);
     // A chain whose every product has one number operand (up to 6 terms)
     // keeps those numbers in registers; other chains read numbers as blocks.
@@ -344,24 +371,43 @@ struct Interp {
       const FOp op = static_cast<FOp>(in.op);
       n_rand += op == FOp::Rand || op == FOp::Randn || op == FOp::Rands;
     }
-    // Outputs written around the caches: those no input shares, when the
-    // call's memory is well past the caches (else a reader soon after would
-    // find them in cache) and blocks start 32-byte aligned.
-    int64_t call_bytes = 0;
-    for (int j = 0; j < p.n_out; ++j) call_bytes += job.out_is_in[j] ? 0 : 1;
-    call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
-    Small<char> out_nt(p.n_out, 0);
-    for (int j = 0; j < p.n_out; ++j) {
-      out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes &&
-                  reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
-    }
-    const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
     // a worker descheduled by other load (shared machines) delays nobody.
     constexpr int64_t kChunk = std::max<int64_t>(1, kGrain / B);
-    const int64_t nchunks = (nblocks + kChunk - 1) / kChunk;
+    std::vector<GroupPlan> plans(njobs);
+    int64_t items = 0, max_n = 0;
+    for (int64_t g = 0; g < njobs; ++g) {
+      const GroupJob& job = *jobs[g];
+      GroupPlan& gp = plans[g];
+      gp.job = &job;
+      gp.shared = static_cast<int>(g);
+      if constexpr (native) {
+        gp.sig = aliasing(p, job);
+        if (g > 0 && plans[plans[g - 1].shared].sig == gp.sig) {
+          gp.shared = plans[g - 1].shared;
+        } else {
+          gp.direct = plan_direct(p, job, gp.skip, gp.alias_ok);
+        }
+      }
+      // Outputs written around the caches: those no input shares, when the
+      // group's memory is well past the caches (else a reader soon after
+      // would find them in cache) and blocks start 32-byte aligned.
+      int64_t call_bytes = 0;
+      for (int j = 0; j < p.n_out; ++j) call_bytes += job.out_is_in[j] ? 0 : 1;
+      call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
+      gp.out_nt.assign(p.n_out, 0);
+      for (int j = 0; j < p.n_out; ++j) {
+        gp.out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes &&
+                       reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
+      }
+      gp.nblocks = (job.n + B - 1) / B;
+      gp.first_item = items;
+      items += (gp.nblocks + kChunk - 1) / kChunk;
+      max_n = std::max(max_n, job.n);
+    }
+    if (items == 0) return;
     std::atomic<int64_t> next{0};
-    const int64_t workers = std::min<int64_t>(nchunks, at::get_num_threads());
+    const int64_t workers = std::min<int64_t>(items, at::get_num_threads());
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
       // Registers, scalar broadcasts and random scratch of this task.
       // Register k starts k * (B + pad) elements in: register strides that
@@ -369,8 +415,8 @@ struct Interp {
       // Scalars: one value each (register operands read *sptr), or a
       // broadcast block where an instruction reads them as a vector.
       const int nv = p.n_vreg, ns = p.n_sreg;
-      // Blocks of a small group are as small as the group.
-      const int64_t Bk = std::min<int64_t>(B, (job.n + W - 1) / W * W);
+      // Blocks of small groups are as small as the largest group.
+      const int64_t Bk = std::min<int64_t>(B, (max_n + W - 1) / W * W);
       const int64_t R = Bk + 64 / sizeof(M);
       int nfull = 0;
       for (int s = 0; s < ns; ++s) nfull += s_block[s];
@@ -394,8 +440,44 @@ struct Interp {
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (Bk + 8)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
       LinePrefetcher pf;
-      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
-        const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
+      // Prefetching for random programs: pf (Random::fill steps it) takes the
+      // first LinePrefetcher::kMax streams of the next block, pf_more the rest
+      // (a population's rows: 2 inputs and up to 3 K outputs), stepped here
+      // after each random instruction.
+      LinePrefetcher pf_more;
+      auto plan_prefetch = [&](const GroupJob& nj, int64_t nblk) {
+        const int64_t at = nblk * B * static_cast<int64_t>(sizeof(T));
+        const int64_t bytes = B * static_cast<int64_t>(sizeof(T));
+        int streams = 0;
+        auto add = [&](const void* base, bool w) {
+          (streams++ < LinePrefetcher::kMax ? pf : pf_more).add(static_cast<const char*>(base) + at, w);
+        };
+        for (int k = 0; k < p.n_in; ++k) add(nj.in[k], false);
+        for (int j = 0; j < p.n_out; ++j) {
+          if (!nj.out_is_in[j]) add(nj.out[j], true);
+        }
+        pf.bytes = pf_more.bytes = bytes;
+        const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
+        pf.per_call = (pf.n * bytes / 64 + calls - 1) / calls;
+        pf_more.per_call = (pf_more.n * bytes / 64 + n_rand - 1) / n_rand;  // per random instruction
+      };
+      int64_t g = 0;  // this worker's items come in increasing order: its group only moves forward
+      auto group_of = [&](int64_t item, int64_t from) {
+        while (from + 1 < njobs && plans[from + 1].first_item <= item) ++from;
+        return from;
+      };
+      for (int64_t it = next.fetch_add(1); it < items;) {
+        g = group_of(it, g);
+        const GroupPlan& gp = plans[g];
+        const GroupPlan& shared = plans[gp.shared];
+        const GroupJob& job = *gp.job;
+        const Small<int>& direct = shared.direct;
+        const Small<char>& skip_store = shared.skip;
+        const Small<char>& alias_ok = shared.alias_ok;
+        const Small<char>& out_nt = gp.out_nt;
+        const int64_t c = it - gp.first_item;
+        const int64_t b0 = c * kChunk, b1 = std::min(gp.nblocks, b0 + kChunk);
+        int64_t claimed = -1;  // the next item, claimed during this one's last block (random programs)
 
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t g0 = blk * B;
@@ -404,15 +486,31 @@ struct Interp {
           const bool full = native && n == B;
           pf.n = pf.s = 0;
           pf.off = 0;
+          pf_more.n = pf_more.s = 0;
+          pf_more.off = 0;
           if (n_rand > 0 && blk + 1 < b1) {  // the next block's inputs and outputs
-            const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
-            for (int k = 0; k < p.n_in; ++k) pf.add(static_cast<const char*>(job.in[k]) + at, false);
-            for (int j = 0; j < p.n_out; ++j) {
-              if (!job.out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
+            plan_prefetch(job, blk + 1);
+          } else if (n_rand > 0) {
+            // The last block: claim the next item now and prefetch its first
+            // block (small groups -- a population's rows of a few blocks --
+            // would otherwise start every group cold).
+            claimed = next.fetch_add(1);
+            if (claimed < items) {
+              const GroupPlan& np = plans[group_of(claimed, g)];
+              plan_prefetch(*np.job, (claimed - np.first_item) * kChunk);
             }
-            pf.bytes = B * static_cast<int64_t>(sizeof(T));
-            const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
-            pf.per_call = (pf.n * pf.bytes / 64 + calls - 1) / calls;
+          } else if (n_rand == 0 && blk + 1 < b1) {
+            // No random rounds to hide it behind: the next block's inputs in one
+            // burst. A block of each input is a new 4 KiB page, where the
+            // hardware's stream prefetchers stop: a program reading several
+            // inputs (weighted sums of noise rows) otherwise waits for memory.
+            const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
+            const int64_t bytes = std::min(B, job.n - g0 - B) * static_cast<int64_t>(sizeof(T));
+            for (int k = 0; k < p.n_in; ++k) {
+              if (job.in_is_out[k]) continue;  // an accumulator: read and written, cache-hot
+              const char* q = static_cast<const char*>(job.in[k]) + at;
+              for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(q + o, 0, 2);
+            }
           }
           for (size_t ii = 0; ii < p.vec.size(); ++ii) {
             const Instr& ins = p.vec[ii];
@@ -471,10 +569,12 @@ struct Interp {
               case FOp::Randn:
                 Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, op == FOp::Randn,
                                 static_cast<uint32_t>(ins.a), job, words.get(), scratch, pf);
+                pf_more.step();
                 break;
               case FOp::Rands:
                 Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
                                 words.get(), scratch, pf, static_cast<M>(p.sval[-1 - ins.b]));
+                pf_more.step();
                 break;
                 // Every math op: the expr column of fuse/fops.def (see math_op).
 #define NYTO_FOP(E, ...)                 \
@@ -491,6 +591,7 @@ struct Interp {
             vptr[ins.dst] = d;
           }
         }
+        it = claimed >= 0 ? claimed : next.fetch_add(1);
       }
 #if defined(CPU_CAPABILITY_AVX2)
       _mm_sfence();  // order this worker's non-temporal stores before the join
@@ -501,11 +602,17 @@ struct Interp {
 
 }  // namespace
 
-void run_group(const Program& p, const GroupJob& job) {
-  dispatch_fast(job.dtype, "nytorch.fuse: the CPU kernel", [&](auto t) {
-    using T = decltype(t);
-    Interp<typename OpMath<T>::type>::template run<T>(p, job);
-  });
+void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n) {
+  // runs of groups of one dtype (usually all of them)
+  for (int64_t a = 0; a < n;) {
+    int64_t b = a + 1;
+    while (b < n && jobs[b]->dtype == jobs[a]->dtype) ++b;
+    dispatch_fast(jobs[a]->dtype, "nytorch.fuse: the CPU kernel", [&](auto t) {
+      using T = decltype(t);
+      Interp<typename OpMath<T>::type>::template run<T>(p, jobs + a, b - a);
+    });
+    a = b;
+  }
 }
 
 // A math op on numbers: one lane of the float64 vector instruction (see
