@@ -340,6 +340,47 @@ def test_sampler_sums_match_the_drawn_noise():
         normal_checks(eps[0])
 
 
+def test_stored_sums_equal_the_regenerated_ones_bitwise():
+    """Stored float32/float64 CPU noise is summed by one _C.fuse_row_sums call
+    per group, regenerated noise by the chunked programs: bitwise the same
+    sums (rows not a multiple of 8 or of a chunk, several column tiles and a
+    partial vector at the end)."""
+    like = [torch.randn(2 * 1024 + 45), torch.randn(3 * 512 + 3, dtype=torch.float64)]
+    for rows in (1, 13, 2 * CPU_ROWS + 3):
+        for antithetic in (False, True):
+            sums = []
+            w = torch.randn(rows, dtype=torch.float64)
+            for store in (True, False):
+                s = FusedSampler(like, rows, antithetic=antithetic, store_noise=store)
+                assert s._row_sums == store
+                pop = [torch.empty((2 if antithetic else 1) * rows, t.numel(), dtype=t.dtype) for t in like]
+                s.sample(5, like, 0.5, pop)
+                sums.append((s.sums(5, w, w.exp(), like=like), s.sums(5, w, like=like)))
+            (a, a1), (b, b1) = sums
+            for x, y in zip(a[0] + a[1] + a1[0], b[0] + b[1] + b1[0]):
+                assert torch.equal(x, y)
+            assert a1[1] is None and b1[1] is None
+
+
+def test_row_sums_checks_its_operands():
+    rows, acc = torch.randn(4, 10), torch.zeros(10)
+    w = [1.0, 2.0, 3.0, 4.0]
+    nyto._C.fuse_row_sums(rows, w, None, acc, None)
+    assert torch.allclose(acc, torch.tensor(w) @ rows)
+    bad = [
+        ((rows.double(), w, None, acc, None), "dtype"),
+        ((rows, w[:3], None, acc, None), "one weight per row"),
+        ((rows, w, w, acc, None), "both given"),
+        ((rows, w, None, rows[1], None), "overlaps"),
+        ((rows, w, w, acc, acc), "overlap"),
+        ((rows.t(), w, None, acc, None), "contiguous"),
+        ((rows, w, None, torch.zeros(9), None), "one element per column"),
+    ]
+    for args, msg in bad:
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=msg):
+            nyto._C.fuse_row_sums(*args)
+
+
 def test_sampler_plan_follows_its_tensors():
     """sample() keeps its call lists while the same tensors come back and
     rebuilds them for new ones (another population, center or scale)."""

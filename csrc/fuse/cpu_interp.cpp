@@ -600,6 +600,95 @@ struct Interp {
   }
 };
 
+// Weighted sums of the rows of a stored [h, n] buffer (see row_sums below).
+template <class M>
+struct RowSums {
+  using Vec = at::vec::Vectorized<M>;
+  static constexpr int64_t W = Vec::size();
+  static constexpr int64_t T = kBlockBytes / sizeof(M);  // columns per tile: one page of each row
+  static constexpr int RB = 8;                           // rows per pass over a tile
+
+  // Rows r0 .. r0+K-1 into the tile's accumulators a1 (and a2), one row after
+  // the other: a1 = w_r * e + a1, a2 = v_r * (e * e) + a2 (each product and
+  // sum rounded: the fuse program's mul and muladd, -ffp-contract=off).
+  // Meanwhile the tiles of the next pf rows (pnext) are prefetched, a line of
+  // each per line read: each row's tile is a page of its own, where the
+  // hardware's stream prefetchers stop.
+  template <int K, bool Sq>
+  static void pass(M* a1, M* a2, const M* rows, int64_t stride, const M* w, const M* v, int64_t m, const M* pnext,
+                   int pf) {
+    Vec wv[K], vv[K];
+    for (int q = 0; q < K; ++q) {
+      wv[q] = Vec(w[q]);
+      if constexpr (Sq) vv[q] = Vec(v[q]);
+    }
+    constexpr int64_t kLine = 64 / sizeof(M);  // elements per cache line (a whole number of vectors)
+    int64_t i = 0;
+    for (; i + W <= m; i += W) {
+      if (i % kLine == 0) {
+        for (int q = 0; q < pf; ++q) __builtin_prefetch(pnext + q * stride + i, 0, 2);
+      }
+      Vec s1 = Vec::loadu(a1 + i);
+      Vec s2 = Sq ? Vec::loadu(a2 + i) : Vec(M(0));
+#pragma GCC unroll 8
+      for (int q = 0; q < K; ++q) {
+        const Vec e = Vec::loadu(rows + q * stride + i);
+        s1 = wv[q] * e + s1;
+        if constexpr (Sq) s2 = vv[q] * (e * e) + s2;
+      }
+      s1.store(a1 + i);
+      if constexpr (Sq) s2.store(a2 + i);
+    }
+    if (i < m) {  // the tile's tail: partial vectors (lanes past m are zeros and never stored)
+      const int64_t r = m - i;
+      if (i % kLine == 0) {
+        for (int q = 0; q < pf; ++q) __builtin_prefetch(pnext + q * stride + i, 0, 2);
+      }
+      Vec s1 = Vec::loadu(a1 + i, r);
+      Vec s2 = Sq ? Vec::loadu(a2 + i, r) : Vec(M(0));
+      for (int q = 0; q < K; ++q) {
+        const Vec e = Vec::loadu(rows + q * stride + i, r);
+        s1 = wv[q] * e + s1;
+        if constexpr (Sq) s2 = vv[q] * (e * e) + s2;
+      }
+      s1.store(a1 + i, r);
+      if constexpr (Sq) s2.store(a2 + i, r);
+    }
+  }
+
+  template <bool Sq>
+  static void run(const RowSumJob& job) {
+    const M* rows = static_cast<const M*>(job.rows);
+    M* acc1 = static_cast<M*>(job.acc1);
+    M* acc2 = static_cast<M*>(job.acc2);
+    std::vector<M> w(job.h), v(Sq ? job.h : 0);  // the numbers in M, as a program's scalar slots hold them
+    for (int64_t r = 0; r < job.h; ++r) {
+      w[r] = static_cast<M>(job.w[r]);
+      if constexpr (Sq) v[r] = static_cast<M>(job.v[r]);
+    }
+    const int64_t ntiles = (job.n + T - 1) / T;
+    const int64_t st = job.stride;
+    // Tiles are independent (each element's sum runs over the rows in order): threads take tiles.
+    const int64_t grain = std::max<int64_t>(1, kGrain / (T * std::max<int64_t>(job.h, 1)));
+    at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = t * T, m = std::min(T, job.n - c0);
+        M* a1 = acc1 + c0;
+        M* a2 = Sq ? acc2 + c0 : nullptr;
+        int64_t r = 0;
+        for (; r + RB <= job.h; r += RB) {
+          const M* base = rows + r * st + c0;
+          const int pf = static_cast<int>(std::min<int64_t>(RB, job.h - r - RB));  // the next pass's rows
+          pass<RB, Sq>(a1, a2, base, st, w.data() + r, Sq ? v.data() + r : nullptr, m, base + RB * st, pf);
+        }
+        for (; r < job.h; ++r) {
+          pass<1, Sq>(a1, a2, rows + r * st + c0, st, w.data() + r, Sq ? v.data() + r : nullptr, m, nullptr, 0);
+        }
+      }
+    });
+  }
+};
+
 }  // namespace
 
 void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n) {
@@ -612,6 +701,17 @@ void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n) {
       Interp<typename OpMath<T>::type>::template run<T>(p, jobs + a, b - a);
     });
     a = b;
+  }
+}
+
+void row_sums(const RowSumJob& job) {
+  if (job.h == 0 || job.n == 0) return;
+  const bool sq = job.acc2 != nullptr;
+  if (job.dtype == at::kFloat) {
+    sq ? RowSums<float>::run<true>(job) : RowSums<float>::run<false>(job);
+  } else {
+    TORCH_CHECK(job.dtype == at::kDouble, "nytorch.fuse: row sums take float32 or float64 rows, got ", job.dtype);
+    sq ? RowSums<double>::run<true>(job) : RowSums<double>::run<false>(job);
   }
 }
 

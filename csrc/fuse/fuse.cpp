@@ -14,10 +14,12 @@
 namespace nyto::fuse {
 namespace DEFAULT {
 void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n);
+void row_sums(const RowSumJob& job);
 double scalar_math(FOp op, double a, double b, double c);
 }  // namespace DEFAULT
 namespace AVX2 {
 void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n);
+void row_sums(const RowSumJob& job);
 double scalar_math(FOp op, double a, double b, double c);
 }  // namespace AVX2
 
@@ -73,6 +75,12 @@ double scalar_op(FOp op, double a, double b, double c) {
   TORCH_CHECK(i >= 0 && i < static_cast<int>(FOp::NumOps) && arity(op) > 0 && op != FOp::Store,
               "nytorch.fuse: ", op_name(op), " has no scalar form");
   return fn(op, a, b, c);
+}
+
+void row_sums(const RowSumJob& job) {
+  using Fn = void (*)(const RowSumJob&);
+  static const Fn fn = by_isa<Fn>(&DEFAULT::row_sums, &AVX2::row_sums);
+  fn(job);
 }
 
 Program decode(const int32_t* w, size_t n_words, const std::vector<double>& consts) {

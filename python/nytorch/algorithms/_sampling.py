@@ -6,9 +6,10 @@ ONE :mod:`nytorch.fuse` call: the normals are drawn in the kernel (Philox) and
 never stored unless ``store_noise``. ``FusedSampler.sums`` gives the weighted
 sums ``sum_i w_i eps_i`` (and ``sum_i v_i eps_i**2``) that every Gaussian
 strategy's update needs, by regenerating eps from the same (seed, counters)
-chunk by chunk, or by reading the stored noise: both routes run the same
-arithmetic in the same order, so they give bitwise the same sums (float32 and
-float64; half dtypes store rounded noise).
+chunk by chunk, or by reading the stored noise (float32/float64 on the CPU:
+``nytorch._C.fuse_row_sums``, one pass over all rows, row after row): both
+routes run the same arithmetic in the same order, so they give bitwise the
+same sums (float32 and float64; half dtypes store rounded noise).
 
 Counter layout: noise row ``i`` (``0 <= i < h``, h = the rows drawn: N, or
 N/2 when antithetic) of parameter group ``j`` is Philox stream ``i % K`` of
@@ -26,11 +27,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import _C
 from .._fuse import api as _fuse
 
 ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <= 16 outputs
 CPU_ROWS = 8  # on the CPU (16 measured 10-20% slower in ask: a block's 16 draws + 48 outputs thrash L1)
 _PROGRAMS: Dict[Tuple, object] = {}
+_row_sums = _C.fuse_row_sums
 
 
 def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
@@ -97,6 +100,11 @@ class FusedSampler:
             [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers] if store_noise else None
         )
         self._empties = [torch.empty(0) for _ in range(3 * self.k)]  # distinct: outputs may not overlap
+        # sums() over stored float32/float64 CPU noise: one nytorch._C.fuse_row_sums call per group (the
+        # chunked programs, 8 rows a call, cost a call and a pass over the accumulators per chunk)
+        self._row_sums = self.noise is not None and all(
+            n.device.type == "cpu" and n.dtype in (torch.float32, torch.float64) for n in self.noise
+        )
         # row views, built once: indexing a tensor row by row costs about a microsecond a row, which on
         # small rows (P=1024 x D=5k) was a tenth of the step
         self._noise_rows = [list(n.unbind(0)) for n in self.noise] if self.noise is not None else None
@@ -168,6 +176,11 @@ class FusedSampler:
         acc1 = [torch.zeros(t.numel(), dtype=t.dtype, device=t.device) for t in like]
         acc2 = [torch.zeros_like(a) for a in acc1] if v is not None else None
         stored = self.store_noise
+        if stored and self._row_sums:
+            # one pass over each group's stored rows (row order, the same roundings as the programs)
+            for j, rows in enumerate(self.noise or ()):
+                _row_sums(rows, wl, vl, acc1[j], acc2[j] if acc2 is not None else None)
+            return acc1, acc2
         stored_rows: List = []
         if stored:
             if self._stored_rows is None:  # the chunks' noise rows, listed once
