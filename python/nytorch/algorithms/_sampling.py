@@ -42,15 +42,19 @@ def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
     if prog is None:
 
         def fn(c, s):
-            plus, minus, noise = [], [], []
+            # Outputs row by row (plus_r, minus_r, noise_r): the program computes each row's values
+            # right after its draw, so a draw dies young (K live 4 KiB blocks thrashed L1). The
+            # scalar-scale minus is c + (-s) * e, one muladd, bitwise c - s * e (negation is exact).
+            neg = -s if not vector else None
+            out = []
             for _ in range(k):
                 e = _fuse.randn_like(c)
-                plus.append(c + s * e)
+                out.append(c + s * e)
                 if antithetic:
-                    minus.append(c - s * e)
+                    out.append(c - s * e if neg is None else c + neg * e)
                 if store:
-                    noise.append(e)
-            return tuple(plus + minus + noise)
+                    out.append(e)
+            return tuple(out)
 
         prog = _PROGRAMS[key] = _fuse.program(fn, "pp" if vector else "pn")
     return prog
@@ -155,11 +159,13 @@ class FusedSampler:
             ins = [pad + [centers[j] for _, j in gids]]
             if vector:
                 ins.append(pad + [scale[j] for _, j in gids])
-            outs = [[rows[j][c * K + r] for c, j in gids] for r in range(k)]
-            if self.antithetic:
-                outs += [[rows[j][h + c * K + r] for c, j in gids] for r in range(k)]
-            if self.store_noise:
-                outs += [[noise_rows[j][c * K + r] for c, j in gids] for r in range(k)]
+            outs = []
+            for r in range(k):  # the program's outputs: plus_r, minus_r, noise_r
+                outs.append([rows[j][c * K + r] for c, j in gids])
+                if self.antithetic:
+                    outs.append([rows[j][h + c * K + r] for c, j in gids])
+                if self.store_noise:
+                    outs.append([noise_rows[j][c * K + r] for c, j in gids])
             outs = [self._pad(n_pad, o) + out for o, out in enumerate(outs)]
             calls.append((_ask_program(k, self.antithetic, vector, self.store_noise), ins, outs))
         return calls
