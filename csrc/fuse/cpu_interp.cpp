@@ -6,8 +6,8 @@
 // blocks. For one block, every instruction is one tight at::vec loop over
 // per-thread register arrays (L1-resident), so each input element is read
 // from memory once and each output element written once. A float32/float64
-// LOAD of a full block reads the input in place (no copy) unless the input
-// is also an output. Scalar operands are broadcast into a register once per
+// LOAD of a block of whole vectors reads the input in place (no copy) unless
+// the input is also an output. Scalar operands are broadcast into a register once per
 // task, so every instruction is a plain vector-vector loop.
 #define NYTO_CPU_KERNEL  // csrc/nyto_math.h: at::vec overloads
 #include <ATen/Parallel.h>
@@ -129,7 +129,9 @@ struct Interp {
     }
   }
 
-  // Full float32/float64 blocks read inputs in place, and an instruction whose
+  // Float32/float64 blocks of whole vectors (full blocks, and shorter ones
+  // of a multiple of the vector width: a population row of 1000 elements)
+  // read inputs in place, and an instruction whose
   // value feeds one STORE writes the output directly (no copy) when no later
   // instruction reads that output's memory as an input. Returns, per
   // instruction, the output it writes directly or -1; skip: stores so covered.
@@ -483,7 +485,9 @@ struct Interp {
           const int64_t g0 = blk * B;
           const int64_t n = std::min(B, job.n - g0);
           const int64_t nw = (n + W - 1) / W * W;
-          const bool full = native && n == B;
+          // whole vectors: instructions write exactly n elements, so inputs are read in place and
+          // outputs written directly (a short block -- a group's tail, a small group -- too)
+          const bool full = native && n == nw;
           pf.n = pf.s = 0;
           pf.off = 0;
           pf_more.n = pf_more.s = 0;

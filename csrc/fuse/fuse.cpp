@@ -227,9 +227,9 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     // answer for such tensors, without its cost: a call checks outputs x
     // (inputs + outputs) pairs per group, and a population's rows are many groups).
     const int64_t nbytes = ref.numel() * static_cast<int64_t>(ref.element_size());
-    auto overlap = [&](const at::Tensor& a, const at::Tensor& b) {
-      const char* pa = static_cast<const char*>(a.const_data_ptr());
-      const char* pb = static_cast<const char*>(b.const_data_ptr());
+    Small<const char*> in_at(ins.size()), out_at(outs.size());
+    for (size_t k = 0; k < ins.size(); ++k) in_at[k] = static_cast<const char*>(ins[k][g].const_data_ptr());
+    auto overlap = [&](const char* pa, const at::Tensor& a, const char* pb, const at::Tensor& b) {
       if (nbytes == 0) return at::MemOverlapStatus::No;
       if (pa == pb) return a.strides() == b.strides() ? at::MemOverlapStatus::Full : at::MemOverlapStatus::Partial;
       return pa < pb + nbytes && pb < pa + nbytes ? at::MemOverlapStatus::Partial : at::MemOverlapStatus::No;
@@ -237,13 +237,15 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     for (size_t j = 0; j < outs.size(); ++j) {
       const at::Tensor& o = outs[j][g];
       check(o, "output", j);
+      out_at[j] = static_cast<const char*>(o.const_data_ptr());
       for (size_t k = 0; k < ins.size(); ++k) {
-        TORCH_CHECK(overlap(o, ins[k][g]) != at::MemOverlapStatus::Partial, "nytorch.fuse: output ", j, " and input ",
-                    k, " of group ", g, " partially overlap (an output may only be an input itself)");
+        TORCH_CHECK(overlap(out_at[j], o, in_at[k], ins[k][g]) != at::MemOverlapStatus::Partial,
+                    "nytorch.fuse: output ", j, " and input ", k, " of group ", g,
+                    " partially overlap (an output may only be an input itself)");
       }
       for (size_t j2 = 0; j2 < j; ++j2) {
-        TORCH_CHECK(overlap(o, outs[j2][g]) == at::MemOverlapStatus::No, "nytorch.fuse: outputs ", j2, " and ", j,
-                    " of group ", g, " overlap");
+        TORCH_CHECK(overlap(out_at[j], o, out_at[j2], outs[j2][g]) == at::MemOverlapStatus::No,
+                    "nytorch.fuse: outputs ", j2, " and ", j, " of group ", g, " overlap");
       }
     }
   }
