@@ -381,6 +381,27 @@ def test_row_sums_checks_its_operands():
             nyto._C.fuse_row_sums(*args)
 
 
+def test_sepcma_scale_follows_sigma_and_C():
+    """sep-CMA-ES's update writes the next scale sigma * sqrt(C) in its fused
+    pass; scale() recomputes it when C or sigma changed otherwise."""
+    o = SepCMAES(Mixed() + 1.5, 8, sigma_init=0.3, seed=0)
+
+    def expect():
+        return [torch.sqrt(c) * o.sigma for c in o.C]
+
+    for _ in range(3):
+        o.step(rastrigin)
+        assert all(torch.allclose(a, b, rtol=1e-6) for a, b in zip(o.scale(), expect()))
+    o.sigma = 2.0
+    assert all(torch.allclose(a, b) for a, b in zip(o.scale(), expect()))
+    o.C[0].mul_(4.0)
+    assert all(torch.allclose(a, b) for a, b in zip(o.scale(), expect()))
+    state = o.state_dict()
+    o.step(rastrigin)
+    o.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(o.scale(), expect()))
+
+
 def test_sampler_plan_follows_its_tensors():
     """sample() keeps its call lists while the same tensors come back and
     rebuilds them for new ones (another population, center or scale)."""

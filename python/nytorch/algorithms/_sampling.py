@@ -34,6 +34,20 @@ ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <=
 CPU_ROWS = 8  # on the CPU (16 measured 10-20% slower in ask: a block's 16 draws + 48 outputs thrash L1)
 _PROGRAMS: Dict[Tuple, object] = {}
 _row_sums = _C.fuse_row_sums
+_fuse_run = _C.fuse_run
+
+
+def run(prog, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[float], out, seed: int = 0) -> None:
+    """``nytorch.fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)`` for
+    the algorithms' own programs and buffers: CPU calls go straight to the
+    kernel's entry (run_flat's argument checks cost a few microseconds a call,
+    a tenth of a small step); CUDA ones (the generated-kernel engine) and
+    torch.compile take run_flat."""
+    first = inputs[0][0] if inputs and inputs[0] else None
+    if first is not None and first.device.type == "cpu" and not torch.compiler.is_compiling():
+        _fuse_run(prog.words, [*numbers, *prog.lits] if prog.lits else numbers, inputs, out, seed, 0)
+    else:
+        _fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)
 
 
 def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
@@ -142,7 +156,7 @@ class FusedSampler:
             self._plan = (key, self._sample_calls(*tensors, vector), tensors)
         numbers = [float(scale)] if isinstance(scale, (int, float)) else []
         for prog, ins, outs in self._plan[1]:
-            _fuse.run_flat(prog, ins, numbers, out=outs, seed=seed)
+            run(prog, ins, numbers, outs, seed)
 
     def _sample_calls(self, centers, scale, population, vector: bool):
         h, G, K = self.rows, self.groups, self.k
@@ -171,14 +185,19 @@ class FusedSampler:
         return calls
 
     def sums(
-        self, seed: int, w: torch.Tensor, v: Optional[torch.Tensor] = None, like: Sequence[torch.Tensor] = ()
+        self,
+        seed: int,
+        w: Union[torch.Tensor, List[float]],
+        v: Union[None, torch.Tensor, List[float]] = None,
+        like: Sequence[torch.Tensor] = (),
     ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
         """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` per group (the second None
         without ``v``) over the noise rows of the step drawn with ``seed``;
-        ``like``: the center's flats (shapes, dtypes, devices)."""
+        ``w``, ``v``: tensors or lists of floats; ``like``: the center's flats
+        (shapes, dtypes, devices)."""
         G = self.groups
-        wl = w.tolist()
-        vl = v.tolist() if v is not None else None
+        wl = w.tolist() if isinstance(w, torch.Tensor) else w
+        vl = (v.tolist() if isinstance(v, torch.Tensor) else v) if v is not None else None
         acc1 = [torch.zeros(t.numel(), dtype=t.dtype, device=t.device) for t in like]
         acc2 = [torch.zeros_like(a) for a in acc1] if v is not None else None
         stored = self.store_noise
@@ -207,7 +226,7 @@ class FusedSampler:
                 ins += stored_rows[c]
             nums = wl[a : a + k] + (vl[a : a + k] if vl is not None else [])
             outs = [pad + acc1] + ([self._pad(n_pad, 1) + acc2] if acc2 is not None else [])
-            _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs, seed=seed)
+            run(_sum_program(k, acc2 is not None, stored), ins, nums, outs, seed)
         return acc1, acc2
 
     def draw(self, seed: int, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
