@@ -46,6 +46,28 @@ namespace nyto::fuse {
 namespace CPU_CAPABILITY {
 namespace {
 
+// Read prefetches into L2 spread over calls of step(): the streams of a
+// block that LinePrefetcher (cpu_random.h, into L1, 16 streams) has no room for.
+struct L2Prefetcher {
+  static constexpr int kMax = 64;
+  const char* base[kMax];
+  int n = 0, s = 0;
+  int64_t bytes = 0, off = 0, per_call = 0;
+  void add(const void* p) {
+    if (n < kMax) base[n++] = static_cast<const char*>(p);
+  }
+  void step() {
+    for (int64_t k = 0; k < per_call && s < n; ++k) {
+      __builtin_prefetch(base[s] + off, 0, 2);
+      off += 64;
+      if (off >= bytes) {
+        off = 0;
+        ++s;
+      }
+    }
+  }
+};
+
 template <class M>
 struct Interp {
   using Vec = at::vec::Vectorized<M>;
@@ -442,17 +464,22 @@ struct Interp {
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (Bk + 8)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
       LinePrefetcher pf;
-      // Prefetching for random programs: pf (Random::fill steps it) takes the
-      // first LinePrefetcher::kMax streams of the next block, pf_more the rest
-      // (a population's rows: 2 inputs and up to 3 K outputs), stepped here
-      // after each random instruction.
-      LinePrefetcher pf_more;
+      // Prefetching for random programs: pf (Random::fill steps it, into L1)
+      // takes the first LinePrefetcher::kMax streams of the next block,
+      // pf_more the rest (a population's rows: up to 2 inputs and 3 K
+      // outputs), into L2 (L1 cannot hold a block of each: prefetching them
+      // there too was measured slower), stepped after each random instruction.
+      L2Prefetcher pf_more;
       auto plan_prefetch = [&](const GroupJob& nj, int64_t nblk) {
         const int64_t at = nblk * B * static_cast<int64_t>(sizeof(T));
         const int64_t bytes = B * static_cast<int64_t>(sizeof(T));
         int streams = 0;
         auto add = [&](const void* base, bool w) {
-          (streams++ < LinePrefetcher::kMax ? pf : pf_more).add(static_cast<const char*>(base) + at, w);
+          if (streams++ < LinePrefetcher::kMax) {
+            pf.add(static_cast<const char*>(base) + at, w);
+          } else {
+            pf_more.add(static_cast<const char*>(base) + at);
+          }
         };
         for (int k = 0; k < p.n_in; ++k) add(nj.in[k], false);
         for (int j = 0; j < p.n_out; ++j) {
