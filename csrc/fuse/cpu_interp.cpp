@@ -530,18 +530,6 @@ struct Interp {
               const GroupPlan& np = plans[group_of(claimed, g)];
               plan_prefetch(*np.job, (claimed - np.first_item) * kChunk);
             }
-          } else if (n_rand == 0 && blk + 1 < b1) {
-            // No random rounds to hide it behind: the next block's inputs in one
-            // burst. A block of each input is a new 4 KiB page, where the
-            // hardware's stream prefetchers stop: a program reading several
-            // inputs (weighted sums of noise rows) otherwise waits for memory.
-            const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
-            const int64_t bytes = std::min(B, job.n - g0 - B) * static_cast<int64_t>(sizeof(T));
-            for (int k = 0; k < p.n_in; ++k) {
-              if (job.in_is_out[k]) continue;  // an accumulator: read and written, cache-hot
-              const char* q = static_cast<const char*>(job.in[k]) + at;
-              for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(q + o, 0, 2);
-            }
           }
           for (size_t ii = 0; ii < p.vec.size(); ++ii) {
             const Instr& ins = p.vec[ii];
