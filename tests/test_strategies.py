@@ -346,20 +346,25 @@ def test_stored_sums_equal_the_regenerated_ones_bitwise():
     sums (rows not a multiple of 8 or of a chunk, several column tiles and a
     partial vector at the end)."""
     like = [torch.randn(2 * 1024 + 45), torch.randn(3 * 512 + 3, dtype=torch.float64)]
-    for rows in (1, 13, 2 * CPU_ROWS + 3):
-        for antithetic in (False, True):
-            sums = []
-            w = torch.randn(rows, dtype=torch.float64)
-            for store in (True, False):
-                s = FusedSampler(like, rows, antithetic=antithetic, store_noise=store)
-                assert s._row_sums == store
-                pop = [torch.empty((2 if antithetic else 1) * rows, t.numel(), dtype=t.dtype) for t in like]
-                s.sample(5, like, 0.5, pop)
-                sums.append((s.sums(5, w, w.exp(), like=like), s.sums(5, w, like=like)))
-            (a, a1), (b, b1) = sums
-            for x, y in zip(a[0] + a[1] + a1[0], b[0] + b[1] + b1[0]):
-                assert torch.equal(x, y)
-            assert a1[1] is None and b1[1] is None
+    cases = [(r, a, z) for r in (1, 13, 2 * CPU_ROWS + 3) for a in (False, True) for z in range(3)]
+    for rows, antithetic, zeros in cases:
+        sums = []
+        w = torch.randn(rows, dtype=torch.float64)
+        v = w.exp()
+        if zeros:  # rows whose weights are both 0 (CEM's, sep-CMA-ES's non-elites) are skipped
+            w[::2] = 0.0
+            v[::2] = 0.0 if zeros == 1 else v[::2]
+            w[1::4] = -0.0
+        for store in (True, False):
+            s = FusedSampler(like, rows, antithetic=antithetic, store_noise=store)
+            assert s._row_sums == store
+            pop = [torch.empty((2 if antithetic else 1) * rows, t.numel(), dtype=t.dtype) for t in like]
+            s.sample(5, like, 0.5, pop)
+            sums.append((s.sums(5, w, v, like=like), s.sums(5, w, like=like)))
+        (a, a1), (b, b1) = sums
+        for x, y in zip(a[0] + a[1] + a1[0], b[0] + b[1] + b1[0]):
+            assert torch.equal(x, y) and torch.equal(x.signbit(), y.signbit())
+        assert a1[1] is None and b1[1] is None
 
 
 def test_row_sums_checks_its_operands():

@@ -627,31 +627,35 @@ struct RowSums {
   static constexpr int64_t T = kBlockBytes / sizeof(M);  // columns per tile: one page of each row
   static constexpr int RB = 8;                           // rows per pass over a tile
 
-  // Rows r0 .. r0+K-1 into the tile's accumulators a1 (and a2), one row after
-  // the other: a1 = w_r * e + a1, a2 = v_r * (e * e) + a2 (each product and
-  // sum rounded: the fuse program's mul and muladd, -ffp-contract=off).
-  // Meanwhile the tiles of the next pf rows (pnext) are prefetched, a line of
-  // each per line read: each row's tile is a page of its own, where the
-  // hardware's stream prefetchers stop.
+  // K rows (at base + off[q]) into the tile's accumulators a1 (and a2), one
+  // row after the other: a1 = w_q * e + a1, a2 = v_q * (e * e) + a2 (each
+  // product and sum rounded: the fuse program's mul and muladd,
+  // -ffp-contract=off). Meanwhile the tiles of the next pf rows (at base +
+  // poff[q]) are prefetched, a line of each per line read: each row's tile is
+  // a page of its own, where the hardware's stream prefetchers stop.
   template <int K, bool Sq>
-  static void pass(M* a1, M* a2, const M* rows, int64_t stride, const M* w, const M* v, int64_t m, const M* pnext,
-                   int pf) {
+  static void pass(M* a1, M* a2, const M* base, const int64_t* off, const M* w, const M* v, int64_t m,
+                   const int64_t* poff, int pf) {
     Vec wv[K], vv[K];
+    const M* rp[K];
     for (int q = 0; q < K; ++q) {
+      rp[q] = base + off[q];
       wv[q] = Vec(w[q]);
       if constexpr (Sq) vv[q] = Vec(v[q]);
     }
+    const M* pp[K];
+    for (int q = 0; q < pf; ++q) pp[q] = base + poff[q];
     constexpr int64_t kLine = 64 / sizeof(M);  // elements per cache line (a whole number of vectors)
     int64_t i = 0;
     for (; i + W <= m; i += W) {
       if (i % kLine == 0) {
-        for (int q = 0; q < pf; ++q) __builtin_prefetch(pnext + q * stride + i, 0, 2);
+        for (int q = 0; q < pf; ++q) __builtin_prefetch(pp[q] + i, 0, 2);
       }
       Vec s1 = Vec::loadu(a1 + i);
       Vec s2 = Sq ? Vec::loadu(a2 + i) : Vec(M(0));
 #pragma GCC unroll 8
       for (int q = 0; q < K; ++q) {
-        const Vec e = Vec::loadu(rows + q * stride + i);
+        const Vec e = Vec::loadu(rp[q] + i);
         s1 = wv[q] * e + s1;
         if constexpr (Sq) s2 = vv[q] * (e * e) + s2;
       }
@@ -661,12 +665,12 @@ struct RowSums {
     if (i < m) {  // the tile's tail: partial vectors (lanes past m are zeros and never stored)
       const int64_t r = m - i;
       if (i % kLine == 0) {
-        for (int q = 0; q < pf; ++q) __builtin_prefetch(pnext + q * stride + i, 0, 2);
+        for (int q = 0; q < pf; ++q) __builtin_prefetch(pp[q] + i, 0, 2);
       }
       Vec s1 = Vec::loadu(a1 + i, r);
       Vec s2 = Sq ? Vec::loadu(a2 + i, r) : Vec(M(0));
       for (int q = 0; q < K; ++q) {
-        const Vec e = Vec::loadu(rows + q * stride + i, r);
+        const Vec e = Vec::loadu(rp[q] + i, r);
         s1 = wv[q] * e + s1;
         if constexpr (Sq) s2 = vv[q] * (e * e) + s2;
       }
@@ -680,28 +684,39 @@ struct RowSums {
     const M* rows = static_cast<const M*>(job.rows);
     M* acc1 = static_cast<M*>(job.acc1);
     M* acc2 = static_cast<M*>(job.acc2);
-    std::vector<M> w(job.h), v(Sq ? job.h : 0);  // the numbers in M, as a program's scalar slots hold them
+    // The numbers in M, as a program's scalar slots hold them. A row whose
+    // weights are both zero is skipped: it adds +-0 (the noise is finite) to
+    // sums that start at +0, and x + +-0 == x for any x but -0, which such a
+    // sum never is (+0 + -0 == +0). CEM's and sep-CMA-ES's non-elite half.
+    std::vector<M> w, v;
+    std::vector<int64_t> off;  // the kept rows' element offsets
     for (int64_t r = 0; r < job.h; ++r) {
-      w[r] = static_cast<M>(job.w[r]);
-      if constexpr (Sq) v[r] = static_cast<M>(job.v[r]);
+      const M wr = static_cast<M>(job.w[r]);
+      const M vr = Sq ? static_cast<M>(job.v[r]) : M(0);
+      if (wr == M(0) && vr == M(0)) continue;
+      w.push_back(wr);
+      if constexpr (Sq) v.push_back(vr);
+      off.push_back(r * job.stride);
     }
+    const int64_t h = static_cast<int64_t>(off.size());
+    if (h == 0) return;
     const int64_t ntiles = (job.n + T - 1) / T;
-    const int64_t st = job.stride;
     // Tiles are independent (each element's sum runs over the rows in order): threads take tiles.
-    const int64_t grain = std::max<int64_t>(1, kGrain / (T * std::max<int64_t>(job.h, 1)));
+    const int64_t grain = std::max<int64_t>(1, kGrain / (T * h));
     at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * T, m = std::min(T, job.n - c0);
         M* a1 = acc1 + c0;
         M* a2 = Sq ? acc2 + c0 : nullptr;
+        const M* base = rows + c0;
         int64_t r = 0;
-        for (; r + RB <= job.h; r += RB) {
-          const M* base = rows + r * st + c0;
-          const int pf = static_cast<int>(std::min<int64_t>(RB, job.h - r - RB));  // the next pass's rows
-          pass<RB, Sq>(a1, a2, base, st, w.data() + r, Sq ? v.data() + r : nullptr, m, base + RB * st, pf);
+        for (; r + RB <= h; r += RB) {
+          const int pf = static_cast<int>(std::min<int64_t>(RB, h - r - RB));  // the next pass's rows
+          const int64_t* poff = pf > 0 ? off.data() + r + RB : nullptr;
+          pass<RB, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m, poff, pf);
         }
-        for (; r < job.h; ++r) {
-          pass<1, Sq>(a1, a2, rows + r * st + c0, st, w.data() + r, Sq ? v.data() + r : nullptr, m, nullptr, 0);
+        for (; r < h; ++r) {
+          pass<1, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m, nullptr, 0);
         }
       }
     });
