@@ -153,6 +153,8 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);     /
 PyObject* py_fuse_call(PyObject*, PyObject* const* args, Py_ssize_t nargs);    // csrc/particle_fastpath.cpp
 PyObject* py_fuse_op_table(PyObject*, PyObject*);                              // csrc/fuse/python_fuse.cpp
 PyObject* py_fuse_scalar(PyObject*, PyObject* const* args, Py_ssize_t nargs);  // csrc/fuse/python_fuse.cpp
+// The stored noise rows' weighted sums (csrc/fuse/python_fuse.cpp).
+PyObject* py_fuse_row_sums(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 // Lazily made parameters of result particles (csrc/lazy_params.cpp).
 // A lazy result's record, shared by its LazyParams and its State.
 struct LazyRecord {

@@ -770,6 +770,8 @@ PyMethodDef methods[] = {
      "fuse_op_table(): ((name, code, arity, is_math), ...) of csrc/fuse/fops.def."},
     {"fuse_scalar", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_scalar)), METH_FASTCALL,
      "fuse_scalar(code, *numbers): a fuse math op on numbers, in double (as in a fused program)."},
+    {"fuse_row_sums", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_fuse_row_sums)), METH_FASTCALL,
+     "fuse_row_sums(rows, w, v, acc1, acc2): weighted sums of a [h, n] buffer's rows (and squares), in row order."},
     {"torch_version", py_torch_version, METH_NOARGS, "The torch version this extension was built against."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel build chosen at load time (DEFAULT or AVX2)."},
     {"cpu_avx512", py_cpu_avx512, METH_NOARGS, "Whether the AVX2 build runs its Philox rounds with AVX-512."},

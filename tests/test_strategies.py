@@ -340,6 +340,73 @@ def test_sampler_sums_match_the_drawn_noise():
         normal_checks(eps[0])
 
 
+def test_stored_sums_equal_the_regenerated_ones_bitwise():
+    """Stored float32/float64 CPU noise is summed by one _C.fuse_row_sums call
+    per group, regenerated noise by the chunked programs: bitwise the same
+    sums (rows not a multiple of 8 or of a chunk, several column tiles and a
+    partial vector at the end)."""
+    like = [torch.randn(2 * 1024 + 45), torch.randn(3 * 512 + 3, dtype=torch.float64)]
+    cases = [(r, a, z) for r in (1, 13, 2 * CPU_ROWS + 3) for a in (False, True) for z in range(3)]
+    for rows, antithetic, zeros in cases:
+        sums = []
+        w = torch.randn(rows, dtype=torch.float64)
+        v = w.exp()
+        if zeros:  # rows whose weights are both 0 (CEM's, sep-CMA-ES's non-elites) are skipped
+            w[::2] = 0.0
+            v[::2] = 0.0 if zeros == 1 else v[::2]
+            w[1::4] = -0.0
+        for store in (True, False):
+            s = FusedSampler(like, rows, antithetic=antithetic, store_noise=store)
+            assert s._row_sums == store
+            pop = [torch.empty((2 if antithetic else 1) * rows, t.numel(), dtype=t.dtype) for t in like]
+            s.sample(5, like, 0.5, pop)
+            sums.append((s.sums(5, w, v, like=like), s.sums(5, w, like=like)))
+        (a, a1), (b, b1) = sums
+        for x, y in zip(a[0] + a[1] + a1[0], b[0] + b[1] + b1[0]):
+            assert torch.equal(x, y) and torch.equal(x.signbit(), y.signbit())
+        assert a1[1] is None and b1[1] is None
+
+
+def test_row_sums_checks_its_operands():
+    rows, acc = torch.randn(4, 10), torch.zeros(10)
+    w = [1.0, 2.0, 3.0, 4.0]
+    nyto._C.fuse_row_sums(rows, w, None, acc, None)
+    assert torch.allclose(acc, torch.tensor(w) @ rows)
+    bad = [
+        ((rows.double(), w, None, acc, None), "dtype"),
+        ((rows, w[:3], None, acc, None), "one weight per row"),
+        ((rows, w, w, acc, None), "both given"),
+        ((rows, w, None, rows[1], None), "overlaps"),
+        ((rows, w, w, acc, acc), "overlap"),
+        ((rows.t(), w, None, acc, None), "contiguous"),
+        ((rows, w, None, torch.zeros(9), None), "one element per column"),
+    ]
+    for args, msg in bad:
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=msg):
+            nyto._C.fuse_row_sums(*args)
+
+
+def test_sepcma_scale_follows_sigma_and_C():
+    """sep-CMA-ES's update writes the next scale sigma * sqrt(C) in its fused
+    pass; scale() recomputes it when C or sigma changed otherwise."""
+    o = SepCMAES(Mixed() + 1.5, 8, sigma_init=0.3, seed=0)
+
+    def expect():
+        return [torch.sqrt(c) * o.sigma for c in o.C]
+
+    for _ in range(3):
+        o.step(rastrigin)
+        assert all(torch.allclose(a, b, rtol=1e-6) for a, b in zip(o.scale(), expect()))
+    o.sigma = 2.0
+    assert all(torch.allclose(a, b) for a, b in zip(o.scale(), expect()))
+    o.C[0].mul_(4.0)
+    assert all(torch.allclose(a, b) for a, b in zip(o.scale(), expect()))
+    state = o.state_dict()
+    o.step(rastrigin)
+    o.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(o.scale(), expect()))
+
+
 def test_sampler_plan_follows_its_tensors():
     """sample() keeps its call lists while the same tensors come back and
     rebuilds them for new ones (another population, center or scale)."""

@@ -6,8 +6,8 @@
 // blocks. For one block, every instruction is one tight at::vec loop over
 // per-thread register arrays (L1-resident), so each input element is read
 // from memory once and each output element written once. A float32/float64
-// LOAD of a full block reads the input in place (no copy) unless the input
-// is also an output. Scalar operands are broadcast into a register once per
+// LOAD of a block of whole vectors reads the input in place (no copy) unless
+// the input is also an output. Scalar operands are broadcast into a register once per
 // task, so every instruction is a plain vector-vector loop.
 #define NYTO_CPU_KERNEL  // csrc/nyto_math.h: at::vec overloads
 #include <ATen/Parallel.h>
@@ -45,6 +45,28 @@ constexpr int64_t kStreamBytes = 64 << 20;  // calls touching more: non-temporal
 namespace nyto::fuse {
 namespace CPU_CAPABILITY {
 namespace {
+
+// Read prefetches into L2 spread over calls of step(): the streams of a
+// block that LinePrefetcher (cpu_random.h, into L1, 16 streams) has no room for.
+struct L2Prefetcher {
+  static constexpr int kMax = 64;
+  const char* base[kMax];
+  int n = 0, s = 0;
+  int64_t bytes = 0, off = 0, per_call = 0;
+  void add(const void* p) {
+    if (n < kMax) base[n++] = static_cast<const char*>(p);
+  }
+  void step() {
+    for (int64_t k = 0; k < per_call && s < n; ++k) {
+      __builtin_prefetch(base[s] + off, 0, 2);
+      off += 64;
+      if (off >= bytes) {
+        off = 0;
+        ++s;
+      }
+    }
+  }
+};
 
 template <class M>
 struct Interp {
@@ -129,7 +151,9 @@ struct Interp {
     }
   }
 
-  // Full float32/float64 blocks read inputs in place, and an instruction whose
+  // Float32/float64 blocks of whole vectors (full blocks, and shorter ones
+  // of a multiple of the vector width: a population row of 1000 elements)
+  // read inputs in place, and an instruction whose
   // value feeds one STORE writes the output directly (no copy) when no later
   // instruction reads that output's memory as an input. Returns, per
   // instruction, the output it writes directly or -1; skip: stores so covered.
@@ -315,12 +339,39 @@ struct Interp {
     return a_scalar ? chain_k<false, true>(K, d, pa, pb, c0, nw, nt) : chain_k<false, false>(K, d, pa, pb, c0, nw, nt);
   }
 
+  // The aliasing of one group's operands: for each input, the output that is
+  // the same memory (or -1). Groups with the same aliasing share a plan.
+  static Small<int> aliasing(const Program& p, const GroupJob& job) {
+    Small<int> sig(p.n_in, -1);
+    for (int k = 0; k < p.n_in; ++k) {
+      if (!job.in_is_out[k]) continue;
+      for (int j = 0; j < p.n_out; ++j) {
+        if (job.out[j] == job.in[k]) sig[k] = j;
+      }
+    }
+    return sig;
+  }
+
+  // What the block loop needs of one group: plan_direct's result (shared by
+  // the groups with the same aliasing), its non-temporal outputs, its blocks.
+  struct GroupPlan {
+    const GroupJob* job;
+    int shared;         // index of the group whose direct/skip/alias_ok this one uses
+    Small<int> sig;     // aliasing (its own)
+    Small<int> direct;  // plan_direct (on the sharing group only)
+    Small<char> skip, alias_ok;
+    Small<char> out_nt;
+    int64_t nblocks = 0;
+    int64_t first_item = 0;  // its first work item (runs of kChunk blocks) in the call
+  };
+
+  // Every group of one call (one dtype): program-level planning once, then
+  // one pool of workers over the runs of blocks of all groups (many small
+  // groups -- a population's rows -- cost no per-group setup or thread
+  // start, and run in parallel with each other).
   template <class T>
-  static void run(const Program& p, const GroupJob& job) {
+  static void run(const Program& p, const GroupJob* const* jobs, int64_t njobs) {
     constexpr bool native = std::is_same_v<T, M>;
-    Small<char> skip_store, alias_ok;
-    Small<int> direct;
-    if constexpr (native) direct = plan_direct(p, job, skip_store, alias_ok);
     const Small<int> chain = chains(p);
     // A chain whose every product has one number operand (up to 6 terms)
     // keeps those numbers in registers; other chains read numbers as blocks.
@@ -344,24 +395,43 @@ struct Interp {
       const FOp op = static_cast<FOp>(in.op);
       n_rand += op == FOp::Rand || op == FOp::Randn || op == FOp::Rands;
     }
-    // Outputs written around the caches: those no input shares, when the
-    // call's memory is well past the caches (else a reader soon after would
-    // find them in cache) and blocks start 32-byte aligned.
-    int64_t call_bytes = 0;
-    for (int j = 0; j < p.n_out; ++j) call_bytes += job.out_is_in[j] ? 0 : 1;
-    call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
-    Small<char> out_nt(p.n_out, 0);
-    for (int j = 0; j < p.n_out; ++j) {
-      out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes &&
-                  reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
-    }
-    const int64_t nblocks = (job.n + B - 1) / B;
     // Dynamic scheduling: each worker takes the next run of kChunk blocks, so
     // a worker descheduled by other load (shared machines) delays nobody.
     constexpr int64_t kChunk = std::max<int64_t>(1, kGrain / B);
-    const int64_t nchunks = (nblocks + kChunk - 1) / kChunk;
+    std::vector<GroupPlan> plans(njobs);
+    int64_t items = 0, max_n = 0;
+    for (int64_t g = 0; g < njobs; ++g) {
+      const GroupJob& job = *jobs[g];
+      GroupPlan& gp = plans[g];
+      gp.job = &job;
+      gp.shared = static_cast<int>(g);
+      if constexpr (native) {
+        gp.sig = aliasing(p, job);
+        if (g > 0 && plans[plans[g - 1].shared].sig == gp.sig) {
+          gp.shared = plans[g - 1].shared;
+        } else {
+          gp.direct = plan_direct(p, job, gp.skip, gp.alias_ok);
+        }
+      }
+      // Outputs written around the caches: those no input shares, when the
+      // group's memory is well past the caches (else a reader soon after
+      // would find them in cache) and blocks start 32-byte aligned.
+      int64_t call_bytes = 0;
+      for (int j = 0; j < p.n_out; ++j) call_bytes += job.out_is_in[j] ? 0 : 1;
+      call_bytes = (call_bytes + p.n_in) * job.n * static_cast<int64_t>(sizeof(T));
+      gp.out_nt.assign(p.n_out, 0);
+      for (int j = 0; j < p.n_out; ++j) {
+        gp.out_nt[j] = native && !job.out_is_in[j] && call_bytes >= kStreamBytes &&
+                       reinterpret_cast<uintptr_t>(job.out[j]) % 32 == 0;
+      }
+      gp.nblocks = (job.n + B - 1) / B;
+      gp.first_item = items;
+      items += (gp.nblocks + kChunk - 1) / kChunk;
+      max_n = std::max(max_n, job.n);
+    }
+    if (items == 0) return;
     std::atomic<int64_t> next{0};
-    const int64_t workers = std::min<int64_t>(nchunks, at::get_num_threads());
+    const int64_t workers = std::min<int64_t>(items, at::get_num_threads());
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
       // Registers, scalar broadcasts and random scratch of this task.
       // Register k starts k * (B + pad) elements in: register strides that
@@ -369,8 +439,8 @@ struct Interp {
       // Scalars: one value each (register operands read *sptr), or a
       // broadcast block where an instruction reads them as a vector.
       const int nv = p.n_vreg, ns = p.n_sreg;
-      // Blocks of a small group are as small as the group.
-      const int64_t Bk = std::min<int64_t>(B, (job.n + W - 1) / W * W);
+      // Blocks of small groups are as small as the largest group.
+      const int64_t Bk = std::min<int64_t>(B, (max_n + W - 1) / W * W);
       const int64_t R = Bk + 64 / sizeof(M);
       int nfull = 0;
       for (int s = 0; s < ns; ++s) nfull += s_block[s];
@@ -394,25 +464,72 @@ struct Interp {
       std::unique_ptr<uint32_t[]> words(p.has_rand ? new uint32_t[4 * (Bk + 8)] : nullptr);
       auto src = [&](int32_t o) -> const M* { return o >= 0 ? vptr[o] : sptr[-1 - o]; };
       LinePrefetcher pf;
-      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
-        const int64_t b0 = c * kChunk, b1 = std::min(nblocks, b0 + kChunk);
+      // Prefetching for random programs: pf (Random::fill steps it, into L1)
+      // takes the first LinePrefetcher::kMax streams of the next block,
+      // pf_more the rest (a population's rows: up to 2 inputs and 3 K
+      // outputs), into L2 (L1 cannot hold a block of each: prefetching them
+      // there too was measured slower), stepped after each random instruction.
+      L2Prefetcher pf_more;
+      auto plan_prefetch = [&](const GroupJob& nj, int64_t nblk) {
+        const int64_t at = nblk * B * static_cast<int64_t>(sizeof(T));
+        const int64_t bytes = B * static_cast<int64_t>(sizeof(T));
+        int streams = 0;
+        auto add = [&](const void* base, bool w) {
+          if (streams++ < LinePrefetcher::kMax) {
+            pf.add(static_cast<const char*>(base) + at, w);
+          } else {
+            pf_more.add(static_cast<const char*>(base) + at);
+          }
+        };
+        for (int k = 0; k < p.n_in; ++k) add(nj.in[k], false);
+        for (int j = 0; j < p.n_out; ++j) {
+          if (!nj.out_is_in[j]) add(nj.out[j], true);
+        }
+        pf.bytes = pf_more.bytes = bytes;
+        const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
+        pf.per_call = (pf.n * bytes / 64 + calls - 1) / calls;
+        pf_more.per_call = (pf_more.n * bytes / 64 + n_rand - 1) / n_rand;  // per random instruction
+      };
+      int64_t g = 0;  // this worker's items come in increasing order: its group only moves forward
+      auto group_of = [&](int64_t item, int64_t from) {
+        while (from + 1 < njobs && plans[from + 1].first_item <= item) ++from;
+        return from;
+      };
+      for (int64_t it = next.fetch_add(1); it < items;) {
+        g = group_of(it, g);
+        const GroupPlan& gp = plans[g];
+        const GroupPlan& shared = plans[gp.shared];
+        const GroupJob& job = *gp.job;
+        const Small<int>& direct = shared.direct;
+        const Small<char>& skip_store = shared.skip;
+        const Small<char>& alias_ok = shared.alias_ok;
+        const Small<char>& out_nt = gp.out_nt;
+        const int64_t c = it - gp.first_item;
+        const int64_t b0 = c * kChunk, b1 = std::min(gp.nblocks, b0 + kChunk);
+        int64_t claimed = -1;  // the next item, claimed during this one's last block (random programs)
 
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t g0 = blk * B;
           const int64_t n = std::min(B, job.n - g0);
           const int64_t nw = (n + W - 1) / W * W;
-          const bool full = native && n == B;
+          // whole vectors: instructions write exactly n elements, so inputs are read in place and
+          // outputs written directly (a short block -- a group's tail, a small group -- too)
+          const bool full = native && n == nw;
           pf.n = pf.s = 0;
           pf.off = 0;
+          pf_more.n = pf_more.s = 0;
+          pf_more.off = 0;
           if (n_rand > 0 && blk + 1 < b1) {  // the next block's inputs and outputs
-            const int64_t at = (g0 + B) * static_cast<int64_t>(sizeof(T));
-            for (int k = 0; k < p.n_in; ++k) pf.add(static_cast<const char*>(job.in[k]) + at, false);
-            for (int j = 0; j < p.n_out; ++j) {
-              if (!job.out_is_in[j]) pf.add(static_cast<const char*>(job.out[j]) + at, true);
+            plan_prefetch(job, blk + 1);
+          } else if (n_rand > 0) {
+            // The last block: claim the next item now and prefetch its first
+            // block (small groups -- a population's rows of a few blocks --
+            // would otherwise start every group cold).
+            claimed = next.fetch_add(1);
+            if (claimed < items) {
+              const GroupPlan& np = plans[group_of(claimed, g)];
+              plan_prefetch(*np.job, (claimed - np.first_item) * kChunk);
             }
-            pf.bytes = B * static_cast<int64_t>(sizeof(T));
-            const int64_t calls = n_rand * (B >> RandShift<M>::value) / 8;  // philox8 calls per block
-            pf.per_call = (pf.n * pf.bytes / 64 + calls - 1) / calls;
           }
           for (size_t ii = 0; ii < p.vec.size(); ++ii) {
             const Instr& ins = p.vec[ii];
@@ -471,10 +588,12 @@ struct Interp {
               case FOp::Randn:
                 Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, op == FOp::Randn,
                                 static_cast<uint32_t>(ins.a), job, words.get(), scratch, pf);
+                pf_more.step();
                 break;
               case FOp::Rands:
                 Random<M>::fill(d, static_cast<uint64_t>(g0) + job.offset, nw, false, static_cast<uint32_t>(ins.a), job,
                                 words.get(), scratch, pf, static_cast<M>(p.sval[-1 - ins.b]));
+                pf_more.step();
                 break;
                 // Every math op: the expr column of fuse/fops.def (see math_op).
 #define NYTO_FOP(E, ...)                 \
@@ -491,6 +610,7 @@ struct Interp {
             vptr[ins.dst] = d;
           }
         }
+        it = claimed >= 0 ? claimed : next.fetch_add(1);
       }
 #if defined(CPU_CAPABILITY_AVX2)
       _mm_sfence();  // order this worker's non-temporal stores before the join
@@ -499,13 +619,134 @@ struct Interp {
   }
 };
 
+// Weighted sums of the rows of a stored [h, n] buffer (see row_sums below).
+template <class M>
+struct RowSums {
+  using Vec = at::vec::Vectorized<M>;
+  static constexpr int64_t W = Vec::size();
+  static constexpr int64_t T = kBlockBytes / sizeof(M);  // columns per tile: one page of each row
+  static constexpr int RB = 8;                           // rows per pass over a tile
+
+  // K rows (at base + off[q]) into the tile's accumulators a1 (and a2), one
+  // row after the other: a1 = w_q * e + a1, a2 = v_q * (e * e) + a2 (each
+  // product and sum rounded: the fuse program's mul and muladd,
+  // -ffp-contract=off). Meanwhile the tiles of the next pf rows (at base +
+  // poff[q]) are prefetched, a line of each per line read: each row's tile is
+  // a page of its own, where the hardware's stream prefetchers stop.
+  template <int K, bool Sq>
+  static void pass(M* a1, M* a2, const M* base, const int64_t* off, const M* w, const M* v, int64_t m,
+                   const int64_t* poff, int pf) {
+    Vec wv[K], vv[K];
+    const M* rp[K];
+    for (int q = 0; q < K; ++q) {
+      rp[q] = base + off[q];
+      wv[q] = Vec(w[q]);
+      if constexpr (Sq) vv[q] = Vec(v[q]);
+    }
+    const M* pp[K];
+    for (int q = 0; q < pf; ++q) pp[q] = base + poff[q];
+    constexpr int64_t kLine = 64 / sizeof(M);  // elements per cache line (a whole number of vectors)
+    int64_t i = 0;
+    for (; i + W <= m; i += W) {
+      if (i % kLine == 0) {
+        for (int q = 0; q < pf; ++q) __builtin_prefetch(pp[q] + i, 0, 2);
+      }
+      Vec s1 = Vec::loadu(a1 + i);
+      Vec s2 = Sq ? Vec::loadu(a2 + i) : Vec(M(0));
+#pragma GCC unroll 8
+      for (int q = 0; q < K; ++q) {
+        const Vec e = Vec::loadu(rp[q] + i);
+        s1 = wv[q] * e + s1;
+        if constexpr (Sq) s2 = vv[q] * (e * e) + s2;
+      }
+      s1.store(a1 + i);
+      if constexpr (Sq) s2.store(a2 + i);
+    }
+    if (i < m) {  // the tile's tail: partial vectors (lanes past m are zeros and never stored)
+      const int64_t r = m - i;
+      if (i % kLine == 0) {
+        for (int q = 0; q < pf; ++q) __builtin_prefetch(pp[q] + i, 0, 2);
+      }
+      Vec s1 = Vec::loadu(a1 + i, r);
+      Vec s2 = Sq ? Vec::loadu(a2 + i, r) : Vec(M(0));
+      for (int q = 0; q < K; ++q) {
+        const Vec e = Vec::loadu(rp[q] + i, r);
+        s1 = wv[q] * e + s1;
+        if constexpr (Sq) s2 = vv[q] * (e * e) + s2;
+      }
+      s1.store(a1 + i, r);
+      if constexpr (Sq) s2.store(a2 + i, r);
+    }
+  }
+
+  template <bool Sq>
+  static void run(const RowSumJob& job) {
+    const M* rows = static_cast<const M*>(job.rows);
+    M* acc1 = static_cast<M*>(job.acc1);
+    M* acc2 = static_cast<M*>(job.acc2);
+    // The numbers in M, as a program's scalar slots hold them. A row whose
+    // weights are both zero is skipped: it adds +-0 (the noise is finite) to
+    // sums that start at +0, and x + +-0 == x for any x but -0, which such a
+    // sum never is (+0 + -0 == +0). CEM's and sep-CMA-ES's non-elite half.
+    std::vector<M> w, v;
+    std::vector<int64_t> off;  // the kept rows' element offsets
+    for (int64_t r = 0; r < job.h; ++r) {
+      const M wr = static_cast<M>(job.w[r]);
+      const M vr = Sq ? static_cast<M>(job.v[r]) : M(0);
+      if (wr == M(0) && vr == M(0)) continue;
+      w.push_back(wr);
+      if constexpr (Sq) v.push_back(vr);
+      off.push_back(r * job.stride);
+    }
+    const int64_t h = static_cast<int64_t>(off.size());
+    if (h == 0) return;
+    const int64_t ntiles = (job.n + T - 1) / T;
+    // Tiles are independent (each element's sum runs over the rows in order): threads take tiles.
+    const int64_t grain = std::max<int64_t>(1, kGrain / (T * h));
+    at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = t * T, m = std::min(T, job.n - c0);
+        M* a1 = acc1 + c0;
+        M* a2 = Sq ? acc2 + c0 : nullptr;
+        const M* base = rows + c0;
+        int64_t r = 0;
+        for (; r + RB <= h; r += RB) {
+          const int pf = static_cast<int>(std::min<int64_t>(RB, h - r - RB));  // the next pass's rows
+          const int64_t* poff = pf > 0 ? off.data() + r + RB : nullptr;
+          pass<RB, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m, poff, pf);
+        }
+        for (; r < h; ++r) {
+          pass<1, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m, nullptr, 0);
+        }
+      }
+    });
+  }
+};
+
 }  // namespace
 
-void run_group(const Program& p, const GroupJob& job) {
-  dispatch_fast(job.dtype, "nytorch.fuse: the CPU kernel", [&](auto t) {
-    using T = decltype(t);
-    Interp<typename OpMath<T>::type>::template run<T>(p, job);
-  });
+void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n) {
+  // runs of groups of one dtype (usually all of them)
+  for (int64_t a = 0; a < n;) {
+    int64_t b = a + 1;
+    while (b < n && jobs[b]->dtype == jobs[a]->dtype) ++b;
+    dispatch_fast(jobs[a]->dtype, "nytorch.fuse: the CPU kernel", [&](auto t) {
+      using T = decltype(t);
+      Interp<typename OpMath<T>::type>::template run<T>(p, jobs + a, b - a);
+    });
+    a = b;
+  }
+}
+
+void row_sums(const RowSumJob& job) {
+  if (job.h == 0 || job.n == 0) return;
+  const bool sq = job.acc2 != nullptr;
+  if (job.dtype == at::kFloat) {
+    sq ? RowSums<float>::run<true>(job) : RowSums<float>::run<false>(job);
+  } else {
+    TORCH_CHECK(job.dtype == at::kDouble, "nytorch.fuse: row sums take float32 or float64 rows, got ", job.dtype);
+    sq ? RowSums<double>::run<true>(job) : RowSums<double>::run<false>(job);
+  }
 }
 
 // A math op on numbers: one lane of the float64 vector instruction (see

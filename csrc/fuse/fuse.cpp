@@ -14,18 +14,22 @@
 
 namespace nyto::fuse {
 namespace DEFAULT {
-void run_group(const Program& p, const GroupJob& job);
+void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n);
+void row_sums(const RowSumJob& job);
 double scalar_math(FOp op, double a, double b, double c);
 }  // namespace DEFAULT
 namespace AVX2 {
-void run_group(const Program& p, const GroupJob& job);
+void run_groups(const Program& p, const GroupJob* const* jobs, int64_t n);
+void row_sums(const RowSumJob& job);
 double scalar_math(FOp op, double a, double b, double c);
 }  // namespace AVX2
 
 namespace {
 // The op library's instruction-set choice (csrc/dispatch.h), made on first use.
-Runner cpu_runner() {
-  static const Runner r = by_isa<Runner>(&DEFAULT::run_group, &AVX2::run_group);
+// The CPU kernel takes all of a call's CPU groups at once (one pool of workers).
+using CpuRunner = void (*)(const Program&, const GroupJob* const*, int64_t);
+CpuRunner cpu_runner() {
+  static const CpuRunner r = by_isa<CpuRunner>(&DEFAULT::run_groups, &AVX2::run_groups);
   return r;
 }
 
@@ -72,6 +76,12 @@ double scalar_op(FOp op, double a, double b, double c) {
   TORCH_CHECK(i >= 0 && i < static_cast<int>(FOp::NumOps) && arity(op) > 0 && op != FOp::Store,
               "nytorch.fuse: ", op_name(op), " has no scalar form");
   return fn(op, a, b, c);
+}
+
+void row_sums(const RowSumJob& job) {
+  using Fn = void (*)(const RowSumJob&);
+  static const Fn fn = by_isa<Fn>(&DEFAULT::row_sums, &AVX2::row_sums);
+  fn(job);
 }
 
 Program decode(const int32_t* w, size_t n_words, const std::vector<double>& consts) {
@@ -223,19 +233,30 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                   kCudaMaxInstr, ", ", kCudaMaxVreg, ", ", kCudaMaxSreg, ", ", kCudaMaxIn, ", ", kCudaMaxOut, ")");
     }
     if (alloc) continue;
+    // Every operand is contiguous (checked above) with the same numel and
+    // dtype, so overlap is a comparison of byte ranges (at::get_overlap_status's
+    // answer for such tensors, without its cost: a call checks outputs x
+    // (inputs + outputs) pairs per group, and a population's rows are many groups).
+    const int64_t nbytes = ref.numel() * static_cast<int64_t>(ref.element_size());
+    Small<const char*> in_at(ins.size()), out_at(outs.size());
+    for (size_t k = 0; k < ins.size(); ++k) in_at[k] = static_cast<const char*>(ins[k][g].const_data_ptr());
+    auto overlap = [&](const char* pa, const at::Tensor& a, const char* pb, const at::Tensor& b) {
+      if (nbytes == 0) return at::MemOverlapStatus::No;
+      if (pa == pb) return a.strides() == b.strides() ? at::MemOverlapStatus::Full : at::MemOverlapStatus::Partial;
+      return pa < pb + nbytes && pb < pa + nbytes ? at::MemOverlapStatus::Partial : at::MemOverlapStatus::No;
+    };
     for (size_t j = 0; j < outs.size(); ++j) {
       const at::Tensor& o = outs[j][g];
       check(o, "output", j);
-      TORCH_CHECK(at::has_internal_overlap(o) != at::MemOverlap::Yes, "nytorch.fuse: output ", j, " of group ", g,
-                  " has internal overlap");
+      out_at[j] = static_cast<const char*>(o.const_data_ptr());
       for (size_t k = 0; k < ins.size(); ++k) {
-        const auto st = at::get_overlap_status(o, ins[k][g]);
-        TORCH_CHECK(st != at::MemOverlapStatus::Partial, "nytorch.fuse: output ", j, " and input ", k, " of group ", g,
+        TORCH_CHECK(overlap(out_at[j], o, in_at[k], ins[k][g]) != at::MemOverlapStatus::Partial,
+                    "nytorch.fuse: output ", j, " and input ", k, " of group ", g,
                     " partially overlap (an output may only be an input itself)");
       }
       for (size_t j2 = 0; j2 < j; ++j2) {
-        TORCH_CHECK(at::get_overlap_status(o, outs[j2][g]) == at::MemOverlapStatus::No, "nytorch.fuse: outputs ", j2,
-                    " and ", j, " of group ", g, " overlap");
+        TORCH_CHECK(overlap(out_at[j], o, out_at[j2], outs[j2][g]) == at::MemOverlapStatus::No,
+                    "nytorch.fuse: outputs ", j2, " and ", j, " of group ", g, " overlap");
       }
     }
   }
@@ -259,8 +280,10 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     std::lock_guard<std::mutex> lock(gen.mutex());
     key = gen.get<at::CPUGeneratorImpl>()->random64();
   }
+  std::vector<GroupJob> jobs(ng);
+  std::vector<const GroupJob*> cpu_jobs;
   for (size_t g = 0; g < ng; ++g) {
-    GroupJob job;
+    GroupJob& job = jobs[g];
     job.dtype = ins[0][g].scalar_type();
     job.n = ins[0][g].numel();
     if (job.n == 0) continue;
@@ -283,10 +306,11 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
       }
     }
     if (ins[0][g].device().is_cpu())
-      cpu_runner()(p, job);
+      cpu_jobs.push_back(&job);
     else
       cuda_runners().fuse(p, job);
   }
+  if (!cpu_jobs.empty()) cpu_runner()(p, cpu_jobs.data(), static_cast<int64_t>(cpu_jobs.size()));
   if (state.defined() && p.has_rand) {  // the next call draws fresh numbers
     const int64_t span = random_span(ins);
     if (state.is_cpu()) {

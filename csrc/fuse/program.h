@@ -78,6 +78,22 @@ struct GroupJob {
   c10::DeviceIndex device_index = -1;
 };
 
+// Weighted sums of the rows of a stored [h, n] buffer (the noise of the
+// Gaussian strategies, nytorch/algorithms/_sampling.py), CPU, float32 or
+// float64: acc1 = w_r * row_r + acc1 (and acc2 = v_r * row_r**2 + acc2),
+// r = 0 .. h-1 in order, each product and sum rounded in the dtype: bitwise
+// what a fuse program of muladds over the same rows gives, in one call.
+struct RowSumJob {
+  at::ScalarType dtype;
+  const void* rows = nullptr;  // row r at rows + r * stride elements
+  int64_t h = 0, n = 0, stride = 0;
+  const double* w = nullptr;  // h weights
+  const double* v = nullptr;  // h weights of the squares (with acc2)
+  void* acc1 = nullptr;
+  void* acc2 = nullptr;  // null: no squares
+};
+void row_sums(const RowSumJob& job);  // the per-ISA kernel (operands checked by the caller)
+
 // The CUDA kernel takes the program by value in its launch arguments.
 constexpr int kCudaMaxInstr = 160, kCudaMaxVreg = 24, kCudaMaxSreg = 48, kCudaMaxIn = 16, kCudaMaxOut = 16;
 

@@ -92,6 +92,76 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
+// fuse_row_sums(rows, w, v, acc1, acc2) -> None: acc1 += sum_r w[r] * rows[r]
+// and, when v is not None, acc2 += sum_r v[r] * rows[r]**2, over the rows of
+// a contiguous [h, n] CPU float32/float64 tensor, in row order with each
+// product and sum rounded (fuse::row_sums): what a fuse program of muladds
+// over chunks of the rows gives, bitwise, in one call. acc1 / acc2: contiguous
+// [n]-element tensors of the rows' dtype (updated in place).
+PyObject* py_fuse_row_sums(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return guarded([&]() -> PyObject* {
+    if (nargs != 5) throw std::invalid_argument("nytorch._C.fuse_row_sums: expected 5 arguments");
+    auto tensor = [&](int i, const char* name) -> at::Tensor {
+      if (!THPVariable_Check(args[i])) {
+        throw std::invalid_argument(std::string("nytorch._C.fuse_row_sums: ") + name + " must be a tensor");
+      }
+      return THPVariable_Unpack(args[i]);
+    };
+    const at::Tensor rows = tensor(0, "rows");
+    at::Tensor acc1 = tensor(3, "acc1");
+    const bool sq = args[2] != Py_None;
+    if (sq != (args[4] != Py_None)) {
+      throw std::invalid_argument("nytorch._C.fuse_row_sums: v and acc2 are both given or both None");
+    }
+    at::Tensor acc2;
+    if (sq) acc2 = tensor(4, "acc2");
+    TORCH_CHECK(rows.dim() == 2 && rows.is_contiguous() && rows.device().is_cpu() &&
+                    (rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble),
+                "nytorch._C.fuse_row_sums: rows must be a contiguous 2-D float32/float64 CPU tensor");
+    const int64_t h = rows.size(0), n = rows.size(1);
+    const auto w = fuse::unpack_numbers(args[1]);
+    std::vector<double> v;
+    if (sq) v = fuse::unpack_numbers(args[2]);
+    TORCH_CHECK(static_cast<int64_t>(w.size()) == h && (!sq || static_cast<int64_t>(v.size()) == h),
+                "nytorch._C.fuse_row_sums: one weight per row (", h, " rows)");
+    const char* rb = static_cast<const char*>(rows.const_data_ptr());
+    const int64_t rbytes = rows.numel() * rows.element_size();
+    for (const at::Tensor* a : {&acc1, &acc2}) {
+      if (!a->defined()) continue;
+      TORCH_CHECK(
+          a->is_contiguous() && a->device().is_cpu() && a->scalar_type() == rows.scalar_type() && a->numel() == n,
+          "nytorch._C.fuse_row_sums: the accumulators must be contiguous CPU tensors of the rows' dtype "
+          "with one element per column (",
+          n, ")");
+      const char* ab = static_cast<const char*>(a->const_data_ptr());
+      const int64_t abytes = n * a->element_size();
+      TORCH_CHECK(n == 0 || ab + abytes <= rb || rb + rbytes <= ab,
+                  "nytorch._C.fuse_row_sums: an accumulator overlaps the rows");
+    }
+    if (sq && n > 0) {
+      const char* p1 = static_cast<const char*>(acc1.const_data_ptr());
+      const char* p2 = static_cast<const char*>(acc2.const_data_ptr());
+      const int64_t ab = n * acc1.element_size();
+      TORCH_CHECK(p1 + ab <= p2 || p2 + ab <= p1, "nytorch._C.fuse_row_sums: acc1 and acc2 overlap");
+    }
+    fuse::RowSumJob job;
+    job.dtype = rows.scalar_type();
+    job.rows = rows.const_data_ptr();
+    job.h = h;
+    job.n = n;
+    job.stride = n;
+    job.w = w.data();
+    job.v = sq ? v.data() : nullptr;
+    job.acc1 = acc1.data_ptr();
+    job.acc2 = sq ? acc2.data_ptr() : nullptr;
+    fuse::row_sums(job);
+    for (const at::Tensor* a : {&acc1, &acc2}) {
+      if (a->defined() && !a->is_inference()) a->unsafeGetTensorImpl()->bump_version();
+    }
+    Py_RETURN_NONE;
+  });
+}
+
 // fuse_op_table() -> ((name, code, arity, is_math), ...): csrc/fuse/fops.def.
 PyObject* py_fuse_op_table(PyObject*, PyObject*) {
   static const struct {

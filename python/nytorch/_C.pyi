@@ -119,6 +119,14 @@ def fuse_run(
 def fuse_call(programs: Any, args: Sequence[Any], out: Any, /) -> Any: ...
 def fuse_op_table() -> Tuple[Tuple[str, int, int, bool], ...]: ...
 def fuse_scalar(code: int, /, *numbers: float) -> float: ...
+def fuse_row_sums(
+    rows: torch.Tensor,
+    w: Sequence[float],
+    v: Optional[Sequence[float]],
+    acc1: torch.Tensor,
+    acc2: Optional[torch.Tensor],
+    /,
+) -> None: ...
 
 # -- the op table (csrc/ops.def) ------------------------------------------------
 

@@ -47,7 +47,9 @@ Low level, on any flat buffers (no particles involved)::
   particle, ``state.flats``). Within a group every input and output has the
   same dtype (float32, float64, bfloat16, float16), the same device and the
   same numel, and is contiguous (any shape: a stacked ``[N, numel]`` buffer is
-  fine). Groups are independent (one kernel each).
+  fine). Groups are independent: the CPU runs a call's groups in one pool
+  of workers, in parallel (an output of one group may not be an operand of
+  another).
 - ``numbers``: one real number per 'n' argument, in argument order.
 - ``out``: ``None`` (new tensors, returned as ``outs[output][group]``) or
   ``outs[output][group]`` tensors written in place; an output may be one of

@@ -7,7 +7,7 @@ bitwise-resumable checkpoints. A subclass sets the scale and implements
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -17,6 +17,8 @@ from ..storage import flat_storage
 from ..swarm import Swarm
 from ._base import SwarmOptimizer
 from ._sampling import FusedSampler
+
+Weights = Union[torch.Tensor, List[float]]
 
 
 def check_positive(x: Any, where: str, name: str, strict: bool = True) -> float:
@@ -99,8 +101,9 @@ class GaussianStrategy(SwarmOptimizer):
     def _update(self, f: torch.Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _sums(self, w: torch.Tensor, v: Optional[torch.Tensor] = None):
-        """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` over this step's noise rows."""
+    def _sums(self, w: Weights, v: Optional[Weights] = None):
+        """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` over this step's noise rows
+        (weights: a tensor or a list of floats)."""
         assert self.sample_seed is not None  # set in __init__
         return self.sampler.sums(self.sample_seed, w, v, like=self.flats)
 

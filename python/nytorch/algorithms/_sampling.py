@@ -6,9 +6,10 @@ ONE :mod:`nytorch.fuse` call: the normals are drawn in the kernel (Philox) and
 never stored unless ``store_noise``. ``FusedSampler.sums`` gives the weighted
 sums ``sum_i w_i eps_i`` (and ``sum_i v_i eps_i**2``) that every Gaussian
 strategy's update needs, by regenerating eps from the same (seed, counters)
-chunk by chunk, or by reading the stored noise: both routes run the same
-arithmetic in the same order, so they give bitwise the same sums (float32 and
-float64; half dtypes store rounded noise).
+chunk by chunk, or by reading the stored noise (float32/float64 on the CPU:
+``nytorch._C.fuse_row_sums``, one pass over all rows, row after row): both
+routes run the same arithmetic in the same order, so they give bitwise the
+same sums (float32 and float64; half dtypes store rounded noise).
 
 Counter layout: noise row ``i`` (``0 <= i < h``, h = the rows drawn: N, or
 N/2 when antithetic) of parameter group ``j`` is Philox stream ``i % K`` of
@@ -26,11 +27,27 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import _C
 from .._fuse import api as _fuse
 
 ROWS = 4  # noise rows per program (random streams 0..ROWS-1) on CUDA: 3*ROWS <= 16 outputs
 CPU_ROWS = 8  # on the CPU (16 measured 10-20% slower in ask: a block's 16 draws + 48 outputs thrash L1)
 _PROGRAMS: Dict[Tuple, object] = {}
+_row_sums = _C.fuse_row_sums
+_fuse_run = _C.fuse_run
+
+
+def run(prog, inputs: Sequence[Sequence[torch.Tensor]], numbers: Sequence[float], out, seed: int = 0) -> None:
+    """``nytorch.fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)`` for
+    the algorithms' own programs and buffers: CPU calls go straight to the
+    kernel's entry (run_flat's argument checks cost a few microseconds a call,
+    a tenth of a small step); CUDA ones (the generated-kernel engine) and
+    torch.compile take run_flat."""
+    first = inputs[0][0] if inputs and inputs[0] else None
+    if first is not None and first.device.type == "cpu" and not torch.compiler.is_compiling():
+        _fuse_run(prog.words, [*numbers, *prog.lits] if prog.lits else numbers, inputs, out, seed, 0)
+    else:
+        _fuse.run_flat(prog, inputs, numbers, out=out, seed=seed)
 
 
 def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
@@ -39,15 +56,19 @@ def _ask_program(k: int, antithetic: bool, vector: bool, store: bool):
     if prog is None:
 
         def fn(c, s):
-            plus, minus, noise = [], [], []
+            # Outputs row by row (plus_r, minus_r, noise_r): the program computes each row's values
+            # right after its draw, so a draw dies young (K live 4 KiB blocks thrashed L1). The
+            # scalar-scale minus is c + (-s) * e, one muladd, bitwise c - s * e (negation is exact).
+            neg = -s if not vector else None
+            out = []
             for _ in range(k):
                 e = _fuse.randn_like(c)
-                plus.append(c + s * e)
+                out.append(c + s * e)
                 if antithetic:
-                    minus.append(c - s * e)
+                    out.append(c - s * e if neg is None else c + neg * e)
                 if store:
-                    noise.append(e)
-            return tuple(plus + minus + noise)
+                    out.append(e)
+            return tuple(out)
 
         prog = _PROGRAMS[key] = _fuse.program(fn, "pp" if vector else "pn")
     return prog
@@ -97,6 +118,11 @@ class FusedSampler:
             [torch.empty((rows, c.numel()), dtype=c.dtype, device=c.device) for c in centers] if store_noise else None
         )
         self._empties = [torch.empty(0) for _ in range(3 * self.k)]  # distinct: outputs may not overlap
+        # sums() over stored float32/float64 CPU noise: one nytorch._C.fuse_row_sums call per group (the
+        # chunked programs, 8 rows a call, cost a call and a pass over the accumulators per chunk)
+        self._row_sums = self.noise is not None and all(
+            n.device.type == "cpu" and n.dtype in (torch.float32, torch.float64) for n in self.noise
+        )
         # row views, built once: indexing a tensor row by row costs about a microsecond a row, which on
         # small rows (P=1024 x D=5k) was a tenth of the step
         self._noise_rows = [list(n.unbind(0)) for n in self.noise] if self.noise is not None else None
@@ -130,7 +156,7 @@ class FusedSampler:
             self._plan = (key, self._sample_calls(*tensors, vector), tensors)
         numbers = [float(scale)] if isinstance(scale, (int, float)) else []
         for prog, ins, outs in self._plan[1]:
-            _fuse.run_flat(prog, ins, numbers, out=outs, seed=seed)
+            run(prog, ins, numbers, outs, seed)
 
     def _sample_calls(self, centers, scale, population, vector: bool):
         h, G, K = self.rows, self.groups, self.k
@@ -147,27 +173,39 @@ class FusedSampler:
             ins = [pad + [centers[j] for _, j in gids]]
             if vector:
                 ins.append(pad + [scale[j] for _, j in gids])
-            outs = [[rows[j][c * K + r] for c, j in gids] for r in range(k)]
-            if self.antithetic:
-                outs += [[rows[j][h + c * K + r] for c, j in gids] for r in range(k)]
-            if self.store_noise:
-                outs += [[noise_rows[j][c * K + r] for c, j in gids] for r in range(k)]
+            outs = []
+            for r in range(k):  # the program's outputs: plus_r, minus_r, noise_r
+                outs.append([rows[j][c * K + r] for c, j in gids])
+                if self.antithetic:
+                    outs.append([rows[j][h + c * K + r] for c, j in gids])
+                if self.store_noise:
+                    outs.append([noise_rows[j][c * K + r] for c, j in gids])
             outs = [self._pad(n_pad, o) + out for o, out in enumerate(outs)]
             calls.append((_ask_program(k, self.antithetic, vector, self.store_noise), ins, outs))
         return calls
 
     def sums(
-        self, seed: int, w: torch.Tensor, v: Optional[torch.Tensor] = None, like: Sequence[torch.Tensor] = ()
+        self,
+        seed: int,
+        w: Union[torch.Tensor, List[float]],
+        v: Union[None, torch.Tensor, List[float]] = None,
+        like: Sequence[torch.Tensor] = (),
     ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
         """``(sum_i w_i eps_i, sum_i v_i eps_i**2)`` per group (the second None
         without ``v``) over the noise rows of the step drawn with ``seed``;
-        ``like``: the center's flats (shapes, dtypes, devices)."""
+        ``w``, ``v``: tensors or lists of floats; ``like``: the center's flats
+        (shapes, dtypes, devices)."""
         G = self.groups
-        wl = w.tolist()
-        vl = v.tolist() if v is not None else None
+        wl = w.tolist() if isinstance(w, torch.Tensor) else w
+        vl = (v.tolist() if isinstance(v, torch.Tensor) else v) if v is not None else None
         acc1 = [torch.zeros(t.numel(), dtype=t.dtype, device=t.device) for t in like]
         acc2 = [torch.zeros_like(a) for a in acc1] if v is not None else None
         stored = self.store_noise
+        if stored and self._row_sums:
+            # one pass over each group's stored rows (row order, the same roundings as the programs)
+            for j, rows in enumerate(self.noise or ()):
+                _row_sums(rows, wl, vl, acc1[j], acc2[j] if acc2 is not None else None)
+            return acc1, acc2
         stored_rows: List = []
         if stored:
             if self._stored_rows is None:  # the chunks' noise rows, listed once
@@ -188,7 +226,7 @@ class FusedSampler:
                 ins += stored_rows[c]
             nums = wl[a : a + k] + (vl[a : a + k] if vl is not None else [])
             outs = [pad + acc1] + ([self._pad(n_pad, 1) + acc2] if acc2 is not None else [])
-            _fuse.run_flat(_sum_program(k, acc2 is not None, stored), ins, nums, out=outs, seed=seed)
+            run(_sum_program(k, acc2 is not None, stored), ins, nums, outs, seed)
         return acc1, acc2
 
     def draw(self, seed: int, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -21,13 +21,48 @@ from typing import Optional
 
 import torch
 
+from .._fuse import api as _fuse
 from ..particle import NytoModule
-from ._gaussian import GaussianStrategy, check_positive
+from ._gaussian import GaussianStrategy, Weights, check_positive
+from ._sampling import run
 from .snes import default_popsize
 
 
 def _norm(xs) -> float:
-    return math.sqrt(sum(float(x.double().square().sum()) for x in xs))
+    """The Euclidean norm of the tensors together, in float64."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2 for x in xs))
+
+
+# The update's elementwise parts as two fused passes (one each before and after
+# the norm of p_sigma that decides h_sig); built on first use.
+_PROGRAMS: dict = {}
+
+
+def _mean_program():
+    """m + sigma * sqrt(C) * zw and the p_sigma path ks * ps + as * zw."""
+    prog = _PROGRAMS.get("mean")
+    if prog is None:
+
+        def fn(m, c, zw, ps, sigma, ks, a_s):
+            return m + sigma * (_fuse.sqrt(c) * zw), ks * ps + a_s * zw
+
+        prog = _PROGRAMS["mean"] = _fuse.program(fn, "ppppnnn")
+    return prog
+
+
+def _cov_program(h_sig: bool):
+    """The p_c path, C (rank-one and rank-mu updates) and the next step's
+    scale sigma * sqrt(C)."""
+    prog = _PROGRAMS.get(("cov", h_sig))
+    if prog is None:
+
+        def fn(pc, c, zw, zw2, kc, a_c, keep, cmu, c1, sigma):
+            pc = kc * pc + a_c * (_fuse.sqrt(c) * zw) if h_sig else kc * pc
+            c = c * (keep + cmu * zw2) + c1 * (pc * pc)
+            return pc, c, _fuse.sqrt(c) * sigma
+
+        prog = _PROGRAMS[("cov", h_sig)] = _fuse.program(fn, "ppppnnnnnn")
+    return prog
 
 
 class SepCMAES(GaussianStrategy):
@@ -88,29 +123,70 @@ class SepCMAES(GaussianStrategy):
         self.p_c = [torch.zeros_like(f) for f in self.flats]
 
     def scale(self):
-        # the same buffers every step (the sampler keeps its call plan while its tensors stay)
-        if getattr(self, "_scale_bufs", None) is None or len(self._scale_bufs) != len(self.C):
-            self._scale_bufs = [torch.empty_like(c) for c in self.C]
-        return [torch.sqrt(c, out=b).mul_(self.sigma) for c, b in zip(self.C, self._scale_bufs)]
+        # sigma * sqrt(C) in the same buffers every step (the sampler keeps its call plan while its
+        # tensors stay): written by the update's second pass, recomputed when C or sigma changed
+        # otherwise (a loaded checkpoint, the caller's edits)
+        bufs = self._scale_buffers()
+        key = self._scale_of()
+        if self._scale_key != key:
+            for c, b in zip(self.C, bufs):
+                torch.sqrt(c, out=b).mul_(self.sigma)
+            self._scale_key = self._scale_of()
+        return bufs
+
+    _scale_key: object = None
+
+    def _scale_buffers(self):
+        bufs = getattr(self, "_scale_bufs", None)
+        if bufs is None or len(bufs) != len(self.C):
+            bufs = self._scale_bufs = [torch.empty_like(c) for c in self.C]
+            self._scale_key = None
+        return bufs
+
+    def _scale_of(self) -> object:
+        """What the scale is a function of: sigma and C (in-place writes bump a tensor's version;
+        inference tensors keep none: then a key equal to nothing)."""
+        if any(c.is_inference() for c in self.C):
+            return object()
+        return (self.sigma, [(c.data_ptr(), c._version) for c in self.C])
+
+    def _recombination(self, f: torch.Tensor) -> Weights:
+        """The recombination weights of the population's rows: ``weights[k]`` for
+        the k-th best of the ``mu`` best, 0 for the rest (a list when the
+        population is small: a few list writes instead of three tensor ops)."""
+        order = torch.argsort(f, stable=True)
+        if self.popsize <= 4096:
+            if getattr(self, "_weight_list", None) is None:
+                self._weight_list = self.weights.tolist()
+            wl = [0.0] * self.popsize
+            for i, x in zip(order[: self.mu].tolist(), self._weight_list):
+                wl[i] = x
+            return wl
+        w = torch.zeros_like(f)
+        w[order[: self.mu]] = self.weights
+        return w
 
     def _update(self, f: torch.Tensor) -> None:
-        w = torch.zeros_like(f)
-        w[torch.argsort(f, stable=True)[: self.mu]] = self.weights
-        zw, zw2 = self._pop_sums(w, w)
+        w = self._recombination(f)
+        zw, zw2 = self._sums(w, w)  # never antithetic: the rows are the population's
         cs, cc, c1, cmu = self.cs, self.cc, self.c1, self.cmu
-        yw = [c.sqrt() * z for c, z in zip(self.C, zw)]
-        for m, y in zip(self.flats, yw):
-            m.add_(y, alpha=self.sigma)
-        for ps, z in zip(self.p_sigma, zw):
-            ps.mul_(1 - cs).add_(z, alpha=math.sqrt(cs * (2 - cs) * self.mueff))
+        flats = self.flats
+        run(
+            _mean_program(),
+            [flats, self.C, zw, self.p_sigma],
+            [self.sigma, 1 - cs, math.sqrt(cs * (2 - cs) * self.mueff)],
+            [flats, self.p_sigma],
+        )
         ps_norm = _norm(self.p_sigma)
         gen = self.steps_done + 1
         h_sig = ps_norm / math.sqrt(1 - (1 - cs) ** (2 * gen)) < (1.4 + 2 / (self.n + 1)) * self.chi_n
-        for pc, y in zip(self.p_c, yw):
-            pc.mul_(1 - cc)
-            if h_sig:
-                pc.add_(y, alpha=math.sqrt(cc * (2 - cc) * self.mueff))
         keep = 1 - c1 - cmu + (0.0 if h_sig else c1 * cc * (2 - cc))
-        for c, pc, z2 in zip(self.C, self.p_c, zw2):
-            c.mul_(keep + cmu * z2).addcmul_(pc, pc, value=c1)
         self.sigma *= math.exp(min(1.0, (cs / self.ds) * (ps_norm / self.chi_n - 1)))
+        bufs = self._scale_buffers()
+        run(
+            _cov_program(h_sig),
+            [self.p_c, self.C, zw, zw2],
+            [1 - cc, math.sqrt(cc * (2 - cc) * self.mueff), keep, cmu, c1, self.sigma],
+            [self.p_c, self.C, bufs],
+        )
+        self._scale_key = self._scale_of()
