@@ -308,7 +308,13 @@ class PSO(SwarmOptimizer):
         changed = (src != self._row_src) | improved[src]
         rows = changed.nonzero().squeeze(1)
         assert self._best_rows is not None  # the fuse backend's
-        if rows.numel():
+        n = rows.numel()
+        if n == len(self.swarm) and self.topology == "global":  # one row everywhere: one broadcast copy
+            i = int(src[0])
+            for b, p in zip(self._best_rows, self.pbest):
+                b.copy_(p[i].expand_as(b))
+            self._row_src = src.clone()
+        elif n:
             take = src.index_select(0, rows)
             for b, p in zip(self._best_rows, self.pbest):
                 b.index_copy_(0, rows, p.index_select(0, take))
