@@ -50,6 +50,14 @@ def _mean_program():
     return prog
 
 
+def _scale_program():
+    """sigma * sqrt(C), as the update's second pass computes it."""
+    prog = _PROGRAMS.get("scale")
+    if prog is None:
+        prog = _PROGRAMS["scale"] = _fuse.program(lambda c, sigma: _fuse.sqrt(c) * sigma, "pn")
+    return prog
+
+
 def _cov_program(h_sig: bool):
     """The p_c path, C (rank-one and rank-mu updates) and the next step's
     scale sigma * sqrt(C)."""
@@ -128,9 +136,8 @@ class SepCMAES(GaussianStrategy):
         # otherwise (a loaded checkpoint, the caller's edits)
         bufs = self._scale_buffers()
         key = self._scale_of()
-        if self._scale_key != key:
-            for c, b in zip(self.C, bufs):
-                torch.sqrt(c, out=b).mul_(self.sigma)
+        if self._scale_key != key:  # the update's own arithmetic (fused sqrt and product): a resumed run
+            run(_scale_program(), [self.C], [self.sigma], [bufs])  # samples bitwise as the uninterrupted one
             self._scale_key = self._scale_of()
         return bufs
 
