@@ -624,18 +624,20 @@ template <class M>
 struct RowSums {
   using Vec = at::vec::Vectorized<M>;
   static constexpr int64_t W = Vec::size();
-  static constexpr int64_t T = kBlockBytes / sizeof(M);  // columns per tile: one page of each row
-  static constexpr int RB = 8;                           // rows per pass over a tile
+  // Columns per tile: 64 KiB of each row (rows of up to 16k floats in one
+  // tile: the accumulators stay in L2 and every row is read as one stream;
+  // tiles of one 4 KiB page per row read 1.5x slower at P=1024 x D=5k).
+  static constexpr int64_t T = (int64_t(64) << 10) / sizeof(M);
+  static constexpr int RB = 8;                         // rows per pass over a tile
+  static constexpr int64_t kAhead = 2048 / sizeof(M);  // prefetch distance along a row
 
   // K rows (at base + off[q]) into the tile's accumulators a1 (and a2), one
   // row after the other: a1 = w_q * e + a1, a2 = v_q * (e * e) + a2 (each
   // product and sum rounded: the fuse program's mul and muladd,
-  // -ffp-contract=off). Meanwhile the tiles of the next pf rows (at base +
-  // poff[q]) are prefetched, a line of each per line read: each row's tile is
-  // a page of its own, where the hardware's stream prefetchers stop.
+  // -ffp-contract=off), prefetching the rows 2 KiB ahead (across pages, where
+  // the hardware's stream prefetchers stop).
   template <int K, bool Sq>
-  static void pass(M* a1, M* a2, const M* base, const int64_t* off, const M* w, const M* v, int64_t m,
-                   const int64_t* poff, int pf) {
+  static void pass(M* a1, M* a2, const M* base, const int64_t* off, const M* w, const M* v, int64_t m) {
     Vec wv[K], vv[K];
     const M* rp[K];
     for (int q = 0; q < K; ++q) {
@@ -643,13 +645,11 @@ struct RowSums {
       wv[q] = Vec(w[q]);
       if constexpr (Sq) vv[q] = Vec(v[q]);
     }
-    const M* pp[K];
-    for (int q = 0; q < pf; ++q) pp[q] = base + poff[q];
     constexpr int64_t kLine = 64 / sizeof(M);  // elements per cache line (a whole number of vectors)
     int64_t i = 0;
     for (; i + W <= m; i += W) {
-      if (i % kLine == 0) {
-        for (int q = 0; q < pf; ++q) __builtin_prefetch(pp[q] + i, 0, 2);
+      if (i % kLine == 0 && i + kAhead < m) {
+        for (int q = 0; q < K; ++q) __builtin_prefetch(rp[q] + i + kAhead, 0, 2);
       }
       Vec s1 = Vec::loadu(a1 + i);
       Vec s2 = Sq ? Vec::loadu(a2 + i) : Vec(M(0));
@@ -664,9 +664,6 @@ struct RowSums {
     }
     if (i < m) {  // the tile's tail: partial vectors (lanes past m are zeros and never stored)
       const int64_t r = m - i;
-      if (i % kLine == 0) {
-        for (int q = 0; q < pf; ++q) __builtin_prefetch(pp[q] + i, 0, 2);
-      }
       Vec s1 = Vec::loadu(a1 + i, r);
       Vec s2 = Sq ? Vec::loadu(a2 + i, r) : Vec(M(0));
       for (int q = 0; q < K; ++q) {
@@ -700,24 +697,24 @@ struct RowSums {
     }
     const int64_t h = static_cast<int64_t>(off.size());
     if (h == 0) return;
-    const int64_t ntiles = (job.n + T - 1) / T;
-    // Tiles are independent (each element's sum runs over the rows in order): threads take tiles.
-    const int64_t grain = std::max<int64_t>(1, kGrain / (T * h));
-    at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
+    // Tiles are independent (each element's sum runs over the rows in order):
+    // threads take tiles, narrower ones when there are fewer than threads.
+    constexpr int64_t kLine = 64 / sizeof(M);
+    int64_t tile = T;
+    const int64_t nt = at::get_num_threads();
+    if (nt > 1 && h * job.n >= kGrain * 8) tile = std::min(T, ((job.n + nt - 1) / nt + kLine - 1) / kLine * kLine);
+    const int64_t ntiles = (job.n + tile - 1) / tile;
+    at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t c0 = t * T, m = std::min(T, job.n - c0);
+        const int64_t c0 = t * tile, m = std::min(tile, job.n - c0);
         M* a1 = acc1 + c0;
         M* a2 = Sq ? acc2 + c0 : nullptr;
         const M* base = rows + c0;
         int64_t r = 0;
         for (; r + RB <= h; r += RB) {
-          const int pf = static_cast<int>(std::min<int64_t>(RB, h - r - RB));  // the next pass's rows
-          const int64_t* poff = pf > 0 ? off.data() + r + RB : nullptr;
-          pass<RB, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m, poff, pf);
+          pass<RB, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m);
         }
-        for (; r < h; ++r) {
-          pass<1, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m, nullptr, 0);
-        }
+        for (; r < h; ++r) pass<1, Sq>(a1, a2, base, off.data() + r, w.data() + r, Sq ? v.data() + r : nullptr, m);
       }
     });
   }

@@ -107,11 +107,34 @@ class GaussianStrategy(SwarmOptimizer):
         assert self.sample_seed is not None  # set in __init__
         return self.sampler.sums(self.sample_seed, w, v, like=self.flats)
 
-    def _pop_sums(self, w: torch.Tensor, v: Optional[torch.Tensor] = None):
+    def _rank_weights(self, f: torch.Tensor, table: torch.Tensor) -> Weights:
+        """Per population row, ``table[k]`` for the k-th best (lowest ``f``,
+        ties by position) of the ``len(table)`` best, 0 for the rest: a list
+        for populations up to 4096 (an argsort and a few list writes: after
+        ``ask`` has flushed the caches every tensor op costs tens of
+        microseconds), else a tensor."""
+        order = torch.argsort(f, stable=True)[: table.numel()]
+        if self.popsize <= 4096:
+            wl = [0.0] * self.popsize
+            for i, x in zip(order.tolist(), table.tolist()):
+                wl[i] = x
+            return wl
+        w = torch.zeros_like(f)
+        w[order] = table.to(f.dtype)
+        return w
+
+    def _pop_sums(self, w: Weights, v: Optional[Weights] = None):
         """As ``_sums`` with one weight per population row (row ``h + i`` of an
         antithetic population holds ``-eps_i``)."""
         if self.antithetic:
             h = self.rows
+            if isinstance(w, list):  # the same float64 arithmetic as the tensors'
+                wl, vl = w, v if isinstance(v, list) or v is None else v.tolist()
+                return self._sums(
+                    [a - b for a, b in zip(wl[:h], wl[h:])],
+                    None if vl is None else [a + b for a, b in zip(vl[:h], vl[h:])],
+                )
+            assert v is None or isinstance(v, torch.Tensor)
             return self._sums(w[:h] - w[h:], None if v is None else v[:h] + v[h:])
         return self._sums(w, v)
 

@@ -18,8 +18,28 @@ from typing import Optional
 
 import torch
 
+from .._fuse import api as _fuse
 from ..particle import NytoModule
 from ._gaussian import GaussianStrategy, check_positive
+from ._sampling import run
+
+_PROGRAMS: dict = {}
+
+
+def _refit_program(bounded: bool):
+    """center + stdev * m1 (one rounding: torch's addcmul) and
+    max(stdev * clamp(sqrt(max(m2 - m1**2, 0)), lo, hi), stdev_min)."""
+    prog = _PROGRAMS.get(bounded)
+    if prog is None:
+
+        def fn(c, sd, a, b, lo, hi, sd_min):
+            ratio = _fuse.sqrt(_fuse.maximum(b - a * a, 0.0))
+            if bounded:
+                ratio = _fuse.clamp(ratio, lo, hi)
+            return _fuse.fma(sd, a, c), _fuse.maximum(sd * ratio, sd_min)
+
+        prog = _PROGRAMS[bounded] = _fuse.program(fn, "ppppnnn")
+    return prog
 
 
 class CEM(GaussianStrategy):
@@ -77,12 +97,15 @@ class CEM(GaussianStrategy):
         return self.stdev
 
     def _update(self, f: torch.Tensor) -> None:
-        w = torch.zeros_like(f)
-        w[torch.argsort(f, stable=True)[: self.elites]] = 1.0 / self.elites
+        if getattr(self, "_elite_weights", None) is None:
+            self._elite_weights = torch.full((self.elites,), 1.0 / self.elites, dtype=torch.float64)
+        w = self._rank_weights(f, self._elite_weights)
         m1, m2 = self._pop_sums(w, w)
-        for c, sd, a, b in zip(self.flats, self.stdev, m1, m2):
-            c.addcmul_(sd, a)
-            ratio = (b - a * a).clamp_(min=0).sqrt_()
-            if self.stdev_max_change is not None:
-                ratio.clamp_(1 - self.stdev_max_change, 1 + self.stdev_max_change)
-            sd.mul_(ratio).clamp_(min=self.stdev_min)
+        change = self.stdev_max_change
+        flats = self.flats
+        run(
+            _refit_program(change is not None),
+            [flats, self.stdev, m1, m2],
+            [1 - (change or 0.0), 1 + (change or 0.0), self.stdev_min],
+            [flats, self.stdev],
+        )

@@ -23,7 +23,7 @@ import torch
 
 from .._fuse import api as _fuse
 from ..particle import NytoModule
-from ._gaussian import GaussianStrategy, Weights, check_positive
+from ._gaussian import GaussianStrategy, check_positive
 from ._sampling import run
 from .snes import default_popsize
 
@@ -47,6 +47,14 @@ def _mean_program():
             return m + sigma * (_fuse.sqrt(c) * zw), ks * ps + a_s * zw
 
         prog = _PROGRAMS["mean"] = _fuse.program(fn, "ppppnnn")
+    return prog
+
+
+def _scale_program():
+    """sigma * sqrt(C), as the update's second pass computes it."""
+    prog = _PROGRAMS.get("scale")
+    if prog is None:
+        prog = _PROGRAMS["scale"] = _fuse.program(lambda c, sigma: _fuse.sqrt(c) * sigma, "pn")
     return prog
 
 
@@ -128,9 +136,8 @@ class SepCMAES(GaussianStrategy):
         # otherwise (a loaded checkpoint, the caller's edits)
         bufs = self._scale_buffers()
         key = self._scale_of()
-        if self._scale_key != key:
-            for c, b in zip(self.C, bufs):
-                torch.sqrt(c, out=b).mul_(self.sigma)
+        if self._scale_key != key:  # the update's own arithmetic (fused sqrt and product): a resumed run
+            run(_scale_program(), [self.C], [self.sigma], [bufs])  # samples bitwise as the uninterrupted one
             self._scale_key = self._scale_of()
         return bufs
 
@@ -150,24 +157,8 @@ class SepCMAES(GaussianStrategy):
             return object()
         return (self.sigma, [(c.data_ptr(), c._version) for c in self.C])
 
-    def _recombination(self, f: torch.Tensor) -> Weights:
-        """The recombination weights of the population's rows: ``weights[k]`` for
-        the k-th best of the ``mu`` best, 0 for the rest (a list when the
-        population is small: a few list writes instead of three tensor ops)."""
-        order = torch.argsort(f, stable=True)
-        if self.popsize <= 4096:
-            if getattr(self, "_weight_list", None) is None:
-                self._weight_list = self.weights.tolist()
-            wl = [0.0] * self.popsize
-            for i, x in zip(order[: self.mu].tolist(), self._weight_list):
-                wl[i] = x
-            return wl
-        w = torch.zeros_like(f)
-        w[order[: self.mu]] = self.weights
-        return w
-
     def _update(self, f: torch.Tensor) -> None:
-        w = self._recombination(f)
+        w = self._rank_weights(f, self.weights)  # the mu best, log-decreasing weights
         zw, zw2 = self._sums(w, w)  # never antithetic: the rows are the population's
         cs, cc, c1, cmu = self.cs, self.cc, self.c1, self.cmu
         flats = self.flats
