@@ -115,7 +115,8 @@ def _rows(guard_error: Optional[str]) -> List[Tuple[str, Any]]:
     rows.append(
         (
             "CPU kernels",
-            f"{c.cpu_isa()}{' + AVX-512 Philox' if c.cpu_avx512() else ''} (ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
+            f"{c.cpu_isa()}{' + AVX-512 Philox' if c.cpu_avx512() else ''} "
+            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
             f"torch's CPU capability {torch.backends.cpu.get_cpu_capability()})"
             if c is not None
             else "unknown (compiled module not loaded)",
