@@ -657,74 +657,65 @@ PORTABLE_DRAWS = [
 ]
 
 
+# The uniform draws both CPU-build comparisons make: one source, run in this
+# process and in a subprocess under another ATEN_CPU_CAPABILITY.
+_DRAWS_FN = (
+    "import torch, nytorch as nyto\n"
+    "def uniform_draws(items):\n"
+    "    progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
+    "             'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
+    "    return [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]],\n"
+    "                               [1.7] if k == 'rands' else [], seed=3, offset=o)[0][0] for k, dt, n, o in items]\n"
+)
+
+
+def _uniform_draws(items):
+    ns: dict = {}
+    exec(_DRAWS_FN, ns)
+    return ns["uniform_draws"](items)
+
+
+def _draws_under(capability, items, extra=""):
+    """(stdout, uniform draws) of a subprocess with ATEN_CPU_CAPABILITY=capability."""
+    code = _DRAWS_FN + extra + "import sys\ntorch.save(uniform_draws(eval(sys.argv[2])), sys.argv[1])\n"
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "u.pt")
+        out = subprocess.run(
+            [sys.executable, "-c", code, path, repr(items)], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        draws = torch.load(path)
+    assert len(draws) == len(items)
+    return out, draws
+
+
 def test_portable_cpu_build_agrees():
     # the DEFAULT build (scalar Philox, std:: math) against this one (AVX2 here)
-    code = (
-        "import torch, nytorch as nyto, sys\n"
+    extra = (
         "assert nyto._C.cpu_isa() == 'DEFAULT'\n"
         "p = nyto.fuse.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + "
         "nyto.randn_like(x), 'ppn')\n"
         "g = torch.Generator().manual_seed(0); x = torch.randn(5000, generator=g); y = torch.randn(5000, generator=g)\n"
         "print(repr(nyto.fuse.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()))\n"
-        "progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
-        "         'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
-        f"draws = {PORTABLE_DRAWS!r}\n"
-        "outs = [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == 'rands' "
-        "else [], seed=3, offset=o)[0][0] for k, dt, n, o in draws]\n"
-        "torch.save(outs, sys.argv[1])\n"
     )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "u.pt")
-        out = subprocess.run(
-            [sys.executable, "-c", code, path], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        portable = torch.load(path)
+    out, portable = _draws_under("default", PORTABLE_DRAWS, extra)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(5000, generator=g), torch.randn(5000, generator=g)
     p = F.program(lambda x, y, s: nyto.where(x > 0, x * s + y, nyto.lerp(x, y, 0.3)) + nyto.randn_like(x), "ppn")
     mine = F.run_flat(p, [[x], [y]], [0.5], seed=3)[0][0].sum().item()
     assert abs(float(out) - mine) < 1e-3
-    progs = {
-        "rand": F.program(lambda x: nyto.rand_like(x), "p"),
-        "rands": F.program(lambda x, c: c * nyto.rand_like(x), "pn"),
-    }
-    for (k, dt, n, o), theirs in zip(PORTABLE_DRAWS, portable):
-        ours = F.run_flat(
-            progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == "rands" else [], seed=3, offset=o
-        )[0][0]
+    for (k, dt, n, o), ours, theirs in zip(PORTABLE_DRAWS, _uniform_draws(PORTABLE_DRAWS), portable):
         assert torch.equal(ours, theirs), (k, dt, n, o)  # same Philox bits, same scaling
         assert 0 <= ours.min() and ours.max() < (1.7 if k == "rands" else 1.0)
-
-
-_DRAWS_CODE = (
-    "import torch, nytorch as nyto, sys\n"
-    "progs = {'rand': nyto.fuse.program(lambda x: nyto.rand_like(x), 'p'),\n"
-    "         'rands': nyto.fuse.program(lambda x, c: c * nyto.rand_like(x), 'pn')}\n"
-    "outs = [nyto.fuse.run_flat(progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == 'rands' "
-    "else [], seed=3, offset=o)[0][0] for k, dt, n, o in eval(sys.argv[2])]\n"
-    "torch.save(outs, sys.argv[1])\n"
-)
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the CPU has no AVX-512")
 def test_avx512_philox_agrees_with_avx2():
     # this process runs the AVX2 build's AVX-512 Philox rounds; ATEN_CPU_CAPABILITY=avx2 keeps them off
     draws = PORTABLE_DRAWS + [("rand", "float32", 100003, 0), ("rand", "float32", 70001, 2**32 - 40)]
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "u.pt")
-        subprocess.run([sys.executable, "-c", _DRAWS_CODE, path, repr(draws)], env=env, check=True)
-        avx2 = torch.load(path)
-    progs = {
-        "rand": F.program(lambda x: nyto.rand_like(x), "p"),
-        "rands": F.program(lambda x, c: c * nyto.rand_like(x), "pn"),
-    }
-    for (k, dt, n, o), theirs in zip(draws, avx2):
-        ours = F.run_flat(
-            progs[k], [[torch.zeros(n, dtype=getattr(torch, dt))]], [1.7] if k == "rands" else [], seed=3, offset=o
-        )[0][0]
-        assert torch.equal(ours, theirs), (k, dt, n, o)
+    _, avx2 = _draws_under("avx2", draws)
+    for case, ours, theirs in zip(draws, _uniform_draws(draws), avx2):
+        assert torch.equal(ours, theirs), case
 
 
 def test_big_call_streams_outputs():
