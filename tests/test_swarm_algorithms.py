@@ -123,6 +123,34 @@ def test_pso_update_matches_reference(topology, backend, device):
     assert pso.velocity[0].abs().max() <= 0.8
 
 
+@pytest.mark.parametrize("vmax", [None, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_pso_row_calls_equal_the_best_row_buffer_bitwise(dtype, vmax):
+    # CPU, global topology: the move runs as two nytorch.fuse.run_rows calls (new personal bests,
+    # written by the call without r1; the rest) reading one global-best row. It must be bitwise the
+    # older route: a [N, numel] buffer of best rows and one run_flat over the stacked swarm.
+    def make(by_rows):
+        pso = PSO(point_swarm(n=9, dim=11, dtype=dtype), vmax=vmax, velocity_scale=0.2, seed=4, backend="fuse")
+        assert pso._by_rows and pso._best_rows is None
+        if not by_rows:
+            pso._by_rows = False
+            pso._best_rows = [torch.empty_like(f) for f in pso.swarm.flats]
+        return pso
+
+    a, b = make(True), make(False)
+    both_calls = 0
+    for _ in range(12):
+        fa, fb = rastrigin(a.swarm), rastrigin(b.swarm)
+        both_calls += 0 < int((fa.double() < a.pbest_fitness).sum()) < 9
+        a.tell(fa)
+        b.tell(fb)
+    assert both_calls > 3  # steps where both row subsets were non-empty
+    for x, y in zip(tensors(a), tensors(b)):
+        assert torch.equal(x, y)
+    assert a.history.best == b.history.best
+    assert not PSO(point_swarm(), topology="ring", seed=0)._by_rows
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_pso_auto_backend_is_fused_on_cpu(dtype):
     # the CPU kernels are always built: "auto" never falls back there
@@ -140,11 +168,13 @@ def test_pso_auto_falls_back_only_without_a_kernel(monkeypatch):
 
     # any other failure of the fused step is an error, never a silent fallback
     monkeypatch.setattr(pso_module._fuse, "run_flat", broken)
+    monkeypatch.setattr(pso_module._fuse, "run_rows", broken)
     monkeypatch.setattr(pso_module, "_WORKS", {})
-    pso = PSO(point_swarm(n=5), seed=0)
-    assert pso.backend == "fuse"
-    with pytest.raises(RuntimeError, match="a broken kernel"):
-        pso.step(sphere)
+    for topology in ("global", "ring"):  # run_rows / run_flat
+        pso = PSO(point_swarm(n=5), seed=0, topology=topology)
+        assert pso.backend == "fuse"
+        with pytest.raises(RuntimeError, match="a broken kernel"):
+            pso.step(sphere)
     with pytest.raises(RuntimeError, match="a broken kernel"):  # the probe on other devices too
         pso_module._fuse_works(torch.device("meta"), torch.float32)
 

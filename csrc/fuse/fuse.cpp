@@ -176,7 +176,7 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
 std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, const std::vector<double>& consts,
                                          const std::vector<std::vector<at::Tensor>>& ins,
                                          std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset,
-                                         const at::Tensor& state) {
+                                         const at::Tensor& state, const RowSplit* split) {
   const Program p = decode(words, n_words, consts);
   TORCH_CHECK(static_cast<int>(ins.size()) == p.n_in, "nytorch.fuse: the program takes ", p.n_in, " inputs, got ",
               ins.size());
@@ -202,9 +202,28 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                 "nytorch.fuse.random_state makes; got ",
                 state.scalar_type(), " of shape ", state.sizes());
   }
+  if (split) {
+    TORCH_CHECK(split->n_rows >= 0, "nytorch.fuse.run_rows: the number of rows must be >= 0");
+    for (size_t i = 0; i < split->rows.size(); ++i) {
+      const int64_t r = split->rows[i];
+      TORCH_CHECK(r >= 0 && r < split->n_rows, "nytorch.fuse.run_rows: row ", r, " is out of range for ", split->n_rows,
+                  " rows");
+      TORCH_CHECK(i == 0 || r > split->rows[i - 1],
+                  "nytorch.fuse.run_rows: rows must be ascending without repeats, got ", split->rows[i - 1], " before ",
+                  r);
+    }
+  }
+  // Row mode: which inputs of which group are one row read by every row.
+  std::vector<std::vector<char>> one_row(split ? ins.size() : 0, std::vector<char>(ng, 0));
   // Check everything before writing anything.
   for (size_t g = 0; g < ng; ++g) {
     const at::Tensor& ref = ins[0][g];
+    int64_t row_numel = ref.numel();  // row mode: the elements of one row
+    if (split) {
+      TORCH_CHECK(ref.dim() >= 1 && ref.size(0) == split->n_rows, "nytorch.fuse.run_rows: input 0 of group ", g,
+                  " has shape ", ref.sizes(), "; it must be a stacked buffer of ", split->n_rows, " rows (dim 0)");
+      row_numel = split->n_rows ? ref.numel() / split->n_rows : 0;
+    }
     auto check = [&](const at::Tensor& t, const char* what, size_t k) {
       TORCH_CHECK(t.defined(), "nytorch.fuse: ", what, " ", k, " of group ", g, " is undefined");
       TORCH_CHECK(is_fast_dtype(t.scalar_type()), "nytorch.fuse: ", what, " ", k, " of group ", g, " has dtype ",
@@ -213,8 +232,11 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                   " is ", t.scalar_type(), ", input 0 is ", ref.scalar_type());
       TORCH_CHECK(t.device() == ref.device(), "nytorch.fuse: device mismatch in group ", g, ": ", what, " ", k,
                   " is on ", t.device(), ", input 0 is on ", ref.device());
-      TORCH_CHECK(t.numel() == ref.numel(), "nytorch.fuse: size mismatch in group ", g, ": ", what, " ", k, " has ",
-                  t.numel(), " elements, input 0 has ", ref.numel());
+      const bool row = split && what[0] == 'i' && t.numel() != ref.numel() && t.numel() == row_numel;
+      TORCH_CHECK(t.numel() == ref.numel() || row, "nytorch.fuse: size mismatch in group ", g, ": ", what, " ", k,
+                  " has ", t.numel(), " elements, input 0 has ", ref.numel(),
+                  split && what[0] == 'i' ? " (and one row of it " + std::to_string(row_numel) + ")" : std::string());
+      if (row) one_row[k][g] = 1;
       TORCH_CHECK(t.is_contiguous() && !t.is_neg() && !t.is_conj(), "nytorch.fuse: ", what, " ", k, " of group ", g,
                   " is not contiguous");
     };
@@ -250,6 +272,13 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
       check(o, "output", j);
       out_at[j] = static_cast<const char*>(o.const_data_ptr());
       for (size_t k = 0; k < ins.size(); ++k) {
+        if (split && one_row[k][g]) {  // read by every row: never written by the call
+          const int64_t rb = row_numel * static_cast<int64_t>(ref.element_size());
+          TORCH_CHECK(nbytes == 0 || rb == 0 || !(out_at[j] < in_at[k] + rb && in_at[k] < out_at[j] + nbytes),
+                      "nytorch.fuse.run_rows: input ", k, " of group ", g,
+                      " is one row read by every row; it may not overlap output ", j);
+          continue;
+        }
         TORCH_CHECK(overlap(out_at[j], o, in_at[k], ins[k][g]) != at::MemOverlapStatus::Partial,
                     "nytorch.fuse: output ", j, " and input ", k, " of group ", g,
                     " partially overlap (an output may only be an input itself)");
@@ -280,15 +309,21 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     std::lock_guard<std::mutex> lock(gen.mutex());
     key = gen.get<at::CPUGeneratorImpl>()->random64();
   }
-  std::vector<GroupJob> jobs(ng);
+  // One job per group, or (row mode) per listed row of each group.
+  const int64_t n_rows = split ? split->n_rows : 1;
+  const size_t n_listed = !split ? 1 : split->all ? static_cast<size_t>(n_rows) : split->rows.size();
+  std::vector<GroupJob> jobs(n_listed * ng);
   std::vector<const GroupJob*> cpu_jobs;
-  for (size_t g = 0; g < ng; ++g) {
-    GroupJob& job = jobs[g];
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const size_t g = i % ng;
+    const int64_t r = !split ? 0 : split->all ? static_cast<int64_t>(i / ng) : split->rows[i / ng];
+    GroupJob& job = jobs[i];
     job.dtype = ins[0][g].scalar_type();
-    job.n = ins[0][g].numel();
+    job.n = ins[0][g].numel() / std::max<int64_t>(n_rows, 1);
     if (job.n == 0) continue;
+    const int64_t at_byte = r * job.n * static_cast<int64_t>(ins[0][g].element_size());
     job.seed = key;
-    job.offset = off;
+    job.offset = off + static_cast<uint64_t>(r * job.n);
     job.state = state_ptr;
     job.group = static_cast<uint32_t>(g);
     job.device_index = ins[0][g].device().index();
@@ -296,9 +331,10 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     job.in_is_out.assign(p.n_in, 0);
     job.out_is_in.assign(p.n_out, 0);
     job.out.resize(p.n_out);
-    for (int j = 0; j < p.n_out; ++j) job.out[j] = outs[j][g].data_ptr();
+    for (int j = 0; j < p.n_out; ++j) job.out[j] = static_cast<char*>(outs[j][g].data_ptr()) + at_byte;
     for (int k = 0; k < p.n_in; ++k) {
-      job.in[k] = ins[k][g].const_data_ptr();
+      const bool shared_row = split && one_row[k][g];
+      job.in[k] = static_cast<const char*>(ins[k][g].const_data_ptr()) + (shared_row ? 0 : at_byte);
       for (int j = 0; j < p.n_out; ++j) {
         const bool same = job.out[j] == job.in[k];
         job.in_is_out[k] |= same;

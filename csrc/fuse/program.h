@@ -99,6 +99,19 @@ constexpr int kCudaMaxInstr = 160, kCudaMaxVreg = 24, kCudaMaxSreg = 48, kCudaMa
 
 using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runners().fuse (csrc/dispatch.h)
 
+// Row mode (nytorch.fuse.run_rows): every group's input 0 is a stacked
+// [n_rows, ...] buffer of n_rows rows of D elements; an input is either
+// stacked like it or ONE row of D elements, read by every row (it may not
+// overlap an output); outputs are stacked. Only the rows listed (ascending,
+// no repeats) run, each row r of group g as its own job over D elements with
+// the random counters of element r * D + e of group g: bitwise what run()
+// draws and computes over whole stacked buffers (one rows expanded).
+struct RowSplit {
+  int64_t n_rows = 0;
+  std::vector<int64_t> rows;  // empty: every row
+  bool all = true;
+};
+
 // The front end: checks every operand (raising before anything is written),
 // allocates missing outputs, draws the seed (seed < 0: from torch's default
 // CPU generator), runs each group. ins[k][g]: input k of group g;
@@ -110,7 +123,7 @@ using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runne
 std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, const std::vector<double>& consts,
                                          const std::vector<std::vector<at::Tensor>>& ins,
                                          std::vector<std::vector<at::Tensor>> outs, int64_t seed, int64_t offset,
-                                         const at::Tensor& state = at::Tensor());
+                                         const at::Tensor& state = at::Tensor(), const RowSplit* split = nullptr);
 
 // How far a call over `ins` moves a random state: the largest group's numel
 // rounded up to whole Philox counters (4 elements), so the next call's

@@ -63,12 +63,15 @@ PyObject* wrap(std::vector<std::vector<at::Tensor>>&& outs) {
 
 namespace nyto::py {
 // fuse_run(program: bytes, numbers: sequence[float], inputs: [[Tensor per group] per input],
-//          outs: [[Tensor per group] per output] | None, seed: int | Tensor, offset: int)
-// seed: a key (< 0: drawn), or a random-state tensor (int64 [2], see fuse::run)
+//          outs: [[Tensor per group] per output] | None, seed: int | Tensor, offset: int
+//          [, n_rows: int, rows: sequence[int] | None])
+// seed: a key (< 0: drawn), or a random-state tensor (int64 [2], see fuse::run);
+// n_rows (row mode, fuse::RowSplit): the stacked buffers' rows, `rows` the
+// ones to run (None: all)
 // -> None (outs given) | the new outputs, [[Tensor per group] per output]
 PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return guarded([&]() -> PyObject* {
-    if (nargs != 6) throw std::invalid_argument("nytorch._C.fuse_run: expected 6 arguments");
+    if (nargs != 6 && nargs != 8) throw std::invalid_argument("nytorch._C.fuse_run: expected 6 or 8 arguments");
     if (!PyBytes_Check(args[0])) throw std::invalid_argument("nytorch._C.fuse_run: program must be bytes");
     const auto* words = reinterpret_cast<const int32_t*>(PyBytes_AS_STRING(args[0]));
     const size_t n_words = static_cast<size_t>(PyBytes_GET_SIZE(args[0])) / sizeof(int32_t);
@@ -86,7 +89,23 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     const long long offset = PyLong_AsLongLong(args[5]);
     if (PyErr_Occurred()) return nullptr;
-    auto res = fuse::run(words, n_words, consts, ins, std::move(outs), seed, offset, state);
+    fuse::RowSplit split;
+    if (nargs == 8) {
+      split.n_rows = PyLong_AsLongLong(args[6]);
+      if (PyErr_Occurred()) return nullptr;
+      split.all = args[7] == Py_None;
+      if (!split.all) {
+        PyObject* fast = PySequence_Fast(args[7], "nytorch._C.fuse_run: rows must be a sequence of ints or None");
+        if (!fast) return nullptr;
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+        split.rows.resize(n);
+        for (Py_ssize_t i = 0; i < n; ++i) split.rows[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        Py_DECREF(fast);
+        if (PyErr_Occurred()) return nullptr;
+      }
+    }
+    auto res =
+        fuse::run(words, n_words, consts, ins, std::move(outs), seed, offset, state, nargs == 8 ? &split : nullptr);
     if (given) Py_RETURN_NONE;
     return fuse::wrap(std::move(res));
   });

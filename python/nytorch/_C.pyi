@@ -114,6 +114,8 @@ def fuse_run(
     outs: Optional[Sequence[Tensors]],
     seed: Union[int, torch.Tensor],
     offset: int,
+    n_rows: int = ...,
+    rows: Optional[Sequence[int]] = ...,
     /,
 ) -> Optional[list[list[torch.Tensor]]]: ...
 def fuse_call(programs: Any, args: Sequence[Any], out: Any, /) -> Any: ...

@@ -29,6 +29,7 @@ from ._fuse.api import (  # noqa: E402,A004
     rand_like,
     randn_like,
     run_flat,
+    run_rows,
     sign,
     sqrt,
     where,

@@ -74,8 +74,11 @@ Low level, on any flat buffers (no particles involved)::
   ``g`` uses Philox4x32-10 with key = seed and counter =
   (e >> 2 (float math) or e >> 1 (float64), stream k, group g): independent
   of threads, block sizes and device (CPU and CUDA draw the same uniforms).
-- Not supported (yet): broadcasting a buffer against a bigger one (e.g. one
-  particle against a stacked swarm): expand it first.
+- Rows: :func:`run_rows` runs a program over stacked ``[N, ...]`` buffers
+  where an input may be ONE row (e.g. the best particle against a stacked
+  swarm) read by every row, on all rows or a listed subset; it draws and
+  computes exactly what ``run_flat`` does over the buffers with that row
+  expanded. Other broadcasts are not supported: expand first.
 
 Errors: an unsupported operation raises :class:`FuseError` (a TypeError)
 while tracing, naming it; mismatched species raise nytorch.SpeciesError, an AssertionError (like
@@ -105,6 +108,7 @@ __all__ = [
     "Program",
     "program",
     "run_flat",
+    "run_rows",
     "rand_like",
     "randn_like",
     "where",
@@ -234,6 +238,59 @@ def run_flat(
     if torch.compiler.is_compiling():
         return _run_op(prog, inputs, consts, out, seed, offset)
     return _run(prog, consts, inputs, out, seed, offset)
+
+
+def run_rows(
+    prog: Program,
+    inputs: Sequence[Sequence[torch.Tensor]],
+    numbers: Sequence[float] = (),
+    out: Optional[Sequence[Sequence[torch.Tensor]]] = None,
+    seed: Union[None, int, torch.Tensor] = None,
+    offset: int = 0,
+    *,
+    rows: Optional[Sequence[int]] = None,
+) -> Optional[List[List[torch.Tensor]]]:
+    """:func:`run_flat` over stacked rows, where an input may be one row.
+
+    Input 0 of every group is a stacked buffer of ``N`` rows (dim 0; ``N``
+    the same in every group); every other input is stacked like it or ONE
+    row (``numel / N`` elements), which every row reads (it may not overlap
+    an output); outputs are stacked. ``rows``: the rows to run (ascending,
+    no repeats; ``None``: all), the others are left alone. Random numbers and
+    results are bitwise those of ``run_flat`` over the stacked buffers with
+    the one-row inputs expanded: row ``r`` draws the counters of elements
+    ``r * numel/N + e``. On CUDA each row is its own launch (the CPU runs all
+    rows in one pool): prefer ``run_flat`` over expanded buffers there.
+
+    >>> prog = program(lambda x, g, a: x + a * (g - x), "ppn")
+    >>> x, g = torch.zeros(3, 2), torch.tensor([1.0, 2.0])
+    >>> run_rows(prog, [[x], [g]], [0.5], out=[[x]], rows=[0, 2]); x
+    tensor([[0.5000, 1.0000],
+            [0.0000, 0.0000],
+            [0.5000, 1.0000]])
+    """
+    _check_lists(inputs, "inputs", "input")
+    if out is not None:
+        _check_lists(out, "out", "output")
+    if len(inputs) != prog.n_in or not inputs[0]:
+        raise TypeError(f"nytorch.fuse.run_rows: the program takes {prog.n_in} inputs, got {len(inputs)}")
+    if len(numbers) != prog.n_num:
+        raise TypeError(f"nytorch.fuse.run_rows: the program takes {prog.n_num} numbers, got {len(numbers)}")
+    first = inputs[0][0]
+    if not isinstance(first, torch.Tensor) or first.dim() < 1:
+        raise TypeError("nytorch.fuse.run_rows: input 0 must be stacked buffers of rows (a tensor with dim >= 1)")
+    if rows is not None:
+        rows = [int(r) for r in rows]
+    if torch.compiler.is_compiling():
+        raise RuntimeError("nytorch.fuse.run_rows is not supported under torch.compile: use run_flat")
+    if seed is None:
+        seed = -1
+    elif not isinstance(seed, torch.Tensor):
+        if isinstance(seed, bool) or not hasattr(type(seed), "__index__") or seed < 0:
+            raise ValueError(f"nytorch.fuse.run_rows: seed must be an int >= 0 or a random state, got {seed!r}")
+    else:
+        _check_state(seed, inputs)
+    return _fuse_run(prog.words, [*numbers, *prog.lits], inputs, out, seed, offset, first.shape[0], rows)
 
 
 def _check_state(state: torch.Tensor, inputs: Sequence[Sequence[torch.Tensor]]) -> None:
@@ -603,6 +660,7 @@ for _name, _value in (
     ("Program", Program),
     ("program", program),
     ("run_flat", run_flat),
+    ("run_rows", run_rows),
     ("random_state", random_state),
 ):
     setattr(fuse, _name, _value)

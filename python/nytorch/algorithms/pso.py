@@ -48,17 +48,40 @@ def _pso_step_clamped(x, v, p, g, w, c1, c2, lo, hi):
     return x + v, v
 
 
-_PROGRAMS: Dict[bool, Any] = {}
+def _pso_step_new_best(x, v, g, w, c1, c2):
+    """The update of a particle whose position is its new personal best
+    (``p == x``: the cognitive term is 0), which also writes ``p = x``.
+    Bitwise ``_pso_step`` with ``p = x`` for finite values: stream 0 (r1) is
+    left undrawn, r2 keeps its stream (1), ``w*v + 0 + t == w*v + t``."""
+    rand_like = _fuse.rand_like
+    rand_like(x)  # r1: numbered (stream 0), never drawn
+    v = w * v + c2 * rand_like(x) * (g - x)
+    return x + v, v, x
 
 
-def _program(clamped: bool):
-    prog = _PROGRAMS.get(clamped)
+def _pso_step_new_best_clamped(x, v, g, w, c1, c2, lo, hi):
+    clamp, rand_like = _fuse.clamp, _fuse.rand_like
+    rand_like(x)
+    v = clamp(w * v + c2 * rand_like(x) * (g - x), lo, hi)
+    return x + v, v, x
+
+
+_PROGRAMS: Dict[Tuple[bool, bool], Any] = {}
+_STEPS: Dict[Tuple[bool, bool], Tuple[Callable[..., Any], str]] = {
+    (False, False): (_pso_step, "ppppnnn"),
+    (True, False): (_pso_step_clamped, "ppppnnnnn"),
+    (False, True): (_pso_step_new_best, "pppnnn"),
+    (True, True): (_pso_step_new_best_clamped, "pppnnnnn"),
+}
+
+
+def _program(clamped: bool, new_best: bool = False):
+    """The fused update (``new_best``: for particles at their new personal best)."""
+    prog = _PROGRAMS.get((clamped, new_best))
     if prog is None:
         if _fuse is None:
             raise RuntimeError("PSO(backend='fuse') needs nytorch.fuse; use backend='ops'")
-        prog = _PROGRAMS[clamped] = (
-            _fuse.program(_pso_step_clamped, "ppppnnnnn") if clamped else _fuse.program(_pso_step, "ppppnnn")
-        )
+        prog = _PROGRAMS[clamped, new_best] = _fuse.program(*_STEPS[clamped, new_best])
     return prog
 
 
@@ -127,9 +150,13 @@ class PSO(SwarmOptimizer):
     on the swarm's devices and dtypes, else ``"ops"``. ``"fuse"``: velocity, clamp and position update in
     ONE pass of :mod:`nytorch.fuse` over the stacked buffers, random numbers
     generated in the kernel (Philox, seeded per step from the optimizer's
-    generator). The neighbourhood best is read from a ``[N, numel]`` buffer
-    kept up to date row by row (only rows whose best changed are copied),
-    because fused programs do not broadcast one row against the swarm yet.
+    generator). Global topology on the CPU: two ``nytorch.fuse.run_rows``
+    calls that read the global-best row against every row, one over the
+    particles at a new personal best (the call writes ``pbest = x`` and
+    draws no r1: their cognitive term is 0), one over the others; bitwise
+    the single-pass update. Otherwise the neighbourhood best is read from a
+    ``[N, numel]`` buffer kept up to date row by row (only rows whose best
+    changed are copied).
     ``"ops"``: ``nytorch.ops.uniform_`` for r1, r2, the fused
     ``nytorch.ops.pso_velocity_`` over row views (bests passed as views, no
     copies), then clamp and ``x += v``: four passes.
@@ -203,9 +230,6 @@ class PSO(SwarmOptimizer):
         self.gbest = [f[0].clone() for f in swarm.flats]
         self.gbest_fitness = torch.full((), float("inf"), dtype=torch.float64, device=dev)
         self._r = [[torch.empty_like(f) for f in swarm.flats] for _ in range(2)] if backend == "ops" else None
-        # fuse backend: each particle's neighbourhood best, one row per particle
-        self._best_rows = [torch.empty_like(f) for f in swarm.flats] if backend == "fuse" else None
-        self._row_src = torch.full((n,), -1, dtype=torch.long, device=dev)  # pbest row each best row holds
         self._rows_cache: Optional[List] = None
         if cuda_graph not in (False, None) and any(callable(x) for x in (inertia, cognitive, social)):
             raise ValueError(
@@ -213,6 +237,19 @@ class PSO(SwarmOptimizer):
                 "numbers it captured); use cuda_graph=False for schedules"
             )
         self._graph = graph_mode(self, cuda_graph, dev, fused=backend == "fuse")
+        # fuse, global topology, CPU: the global best row is read by every row
+        # (nytorch.fuse.run_rows) and new personal bests are written by the move
+        self._by_rows = (
+            backend == "fuse"
+            and topology == "global"
+            and self._graph is None
+            and all(f.device.type == "cpu" for f in swarm.flats)
+        )
+        # else (fuse): each particle's neighbourhood best, one row per particle
+        self._best_rows = (
+            [torch.empty_like(f) for f in swarm.flats] if backend == "fuse" and not self._by_rows else None
+        )
+        self._row_src = torch.full((n,), -1, dtype=torch.long, device=dev)  # pbest row each best row holds
         if self._graph is not None:  # the kernels' random state: read and advanced on the device
             self._rng_state = _fuse.random_state(int(torch.randint(0, 2**62, (), generator=self.seed_generator)), dev)
             self._state_keys = PSO._state_keys + ("rng_state",)
@@ -246,10 +283,52 @@ class PSO(SwarmOptimizer):
         if self._graph is not None:
             return self._graph.tell(fitness)
         f = self._fitness(fitness, len(self.swarm))
-        self._update_bests(f)
         step = self.steps_done
-        self._move(_value(self.inertia, step), _value(self.cognitive, step), _value(self.social, step))
+        w, c1, c2 = _value(self.inertia, step), _value(self.cognitive, step), _value(self.social, step)
+        if self._by_rows:
+            self._tell_by_rows(f, w, c1, c2)
+        else:
+            self._update_bests(f)
+            self._move(w, c1, c2)
         self._end_step(f, self.swarm)
+
+    def _tell_by_rows(self, f: torch.Tensor, w: float, c1: float, c2: float) -> None:
+        """Bests and move in two fused calls over row subsets (CPU, global
+        topology): particles at a new personal best (p = x, written by the
+        call, no r1 drawn) and the others; every row reads the global best
+        row. Bitwise the update of ``_update_bests`` + ``_move``."""
+        pf = self.pbest_fitness
+        improved = f < pf
+        new = improved.tolist()
+        torch.where(improved, f, pf, out=pf)
+        i = int(torch.argmin(pf))
+        best = float(pf[i])
+        if best < float(self.gbest_fitness):
+            for g, src in zip(self.gbest, self.swarm.flats if new[i] else self.pbest):
+                g.copy_(src[i])
+            self.gbest_fitness = pf[i].clone()
+        seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
+        clamp = [] if self.vmax is None else [-self.vmax, self.vmax]
+        flats, clamped = self.swarm.flats, self.vmax is not None
+        at_best = [r for r, b in enumerate(new) if b]
+        if at_best:
+            _fuse.run_rows(
+                _program(clamped, True),
+                [flats, self.velocity, self.gbest],
+                [w, c1, c2, *clamp],
+                out=[flats, self.velocity, self.pbest],
+                seed=seed,
+                rows=at_best,
+            )
+        if len(at_best) < len(new):
+            _fuse.run_rows(
+                _program(clamped),
+                [flats, self.velocity, self.pbest, self.gbest],
+                [w, c1, c2, *clamp],
+                out=[flats, self.velocity],
+                seed=seed,
+                rows=[r for r, b in enumerate(new) if not b] if at_best else None,
+            )
 
     def _update_bests(self, f: torch.Tensor) -> None:
         improved = f < self.pbest_fitness
