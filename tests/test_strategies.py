@@ -329,6 +329,36 @@ def test_per_element_scale_statistics():
     assert torch.allclose(x[:h], -x[h:], atol=0)
 
 
+class Wide(nyto.NytoModule):
+    """A float32 group (full blocks and a ragged tail) and a float64 one."""
+
+    def __init__(self, n=2 * 1024 + 5):
+        super().__init__()
+        self.a = nn.Parameter(torch.linspace(-1, 1, n))
+        self.b = nn.Parameter(torch.linspace(0, 2, 1500, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["scalar sigma (ES)", "per-element stdev (PGPE)"])
+def test_population_is_center_plus_minus_scale_times_the_noise_bitwise(kind):
+    # ask() draws each row's normals and writes center + scale * e and center - scale * e in the
+    # same pass (on the CPU, 32 elements after each step of the draw): bitwise the torch expression
+    # over the stored noise, on whole blocks and ragged tails, for both program shapes
+    if kind.startswith("scalar"):
+        o = ES(Wide(), 2 * CPU_ROWS + 6, sigma=0.3, backend="fuse", store_noise=True, seed=4)
+        scale = [torch.tensor(0.3, dtype=f.dtype) for f in o.sampler.noise]
+    else:
+        o = PGPE(Wide(), 2 * CPU_ROWS + 6, stdev_init=0.3, store_noise=True, seed=4)
+        for s in o.stdev:
+            s.mul_(torch.linspace(0.5, 1.5, s.numel(), dtype=s.dtype))
+        scale = o.stdev
+    x = o.ask().flats
+    h = len(x[0]) // 2
+    for flat, noise, c, sc in zip(x, o.sampler.noise, nyto.flat_storage(o.center).flats, scale):
+        c = c.reshape(-1)
+        assert torch.equal(flat[:h], c + sc * noise)
+        assert torch.equal(flat[h:], c - sc * noise)
+
+
 def test_sampler_sums_match_the_drawn_noise():
     like = [torch.randn(1003), torch.randn(7, dtype=torch.float64)]
     for rows in (CPU_ROWS, 2 * CPU_ROWS + 3, 5):
