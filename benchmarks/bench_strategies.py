@@ -29,6 +29,12 @@ Rows:
                                           [--only es,pgpe,snes,cem,sepcma,cmaes,de,pso] [--no-evotorch]
                                           [--no-pyswarms]
 
+PSO: ours over 50 ms blocks of consecutive steps; pyswarms as it runs,
+``optimize(f, iters=10)`` a call (its per-call set-up spread over the steps),
+its history (every step's positions and velocities) dropped before each call
+so memory does not grow over the benchmark (that growth slowed its later steps
+2-3x and flattered our ratio).
+
 EvoTorch (needs ray) and pyswarms are optional: ``pip install evotorch
 pyswarms``; without them their columns print n/a.
 Targets (informational): ES ask within 1.5x of max(write floor, generator);
