@@ -102,6 +102,7 @@ def test_new_outputs_are_stacked():
         ("rows differ between groups", RuntimeError, "stacked buffer of 4 rows"),
         ("input 0 is a number", TypeError, "stacked"),
         ("numbers", TypeError, "numbers"),
+        ("rows without out", ValueError, "needs out"),
     ],
 )
 def test_bad_calls_raise_and_change_nothing(case, err, match):
@@ -126,8 +127,11 @@ def test_bad_calls_raise_and_change_nothing(case, err, match):
         ins = [[torch.tensor(1.0)], [torch.tensor(1.0)], [torch.tensor(1.0)]]
     elif case == "numbers":
         nums = [0.7]
+    out = None if case == "rows without out" else [xs, vs]
+    if out is None:
+        rows = [0]
     with pytest.raises(err, match=match):
-        F.run_rows(PULL, ins, nums, out=[xs, vs], seed=0, rows=rows)
+        F.run_rows(PULL, ins, nums, out=out, seed=0, rows=rows)
     assert all(torch.equal(a, b) for a, b in zip(xs + vs + gs, snap))
 
 

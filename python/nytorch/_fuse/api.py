@@ -256,7 +256,8 @@ def run_rows(
     the same in every group); every other input is stacked like it or ONE
     row (``numel / N`` elements), which every row reads (it may not overlap
     an output); outputs are stacked. ``rows``: the rows to run (ascending,
-    no repeats; ``None``: all), the others are left alone. Random numbers and
+    no repeats; ``None``: all), the others are left alone (so ``rows`` needs
+    ``out``). Random numbers and
     results are bitwise those of ``run_flat`` over the stacked buffers with
     the one-row inputs expanded: row ``r`` draws the counters of elements
     ``r * numel/N + e``. On CUDA each row is its own launch (the CPU runs all
@@ -280,6 +281,8 @@ def run_rows(
     if not isinstance(first, torch.Tensor) or first.dim() < 1:
         raise TypeError("nytorch.fuse.run_rows: input 0 must be stacked buffers of rows (a tensor with dim >= 1)")
     if rows is not None:
+        if out is None:
+            raise ValueError("nytorch.fuse.run_rows: rows= needs out= (the rows not run keep the outputs' values)")
         rows = [int(r) for r in rows]
     if torch.compiler.is_compiling():
         raise RuntimeError("nytorch.fuse.run_rows is not supported under torch.compile: use run_flat")
