@@ -238,12 +238,15 @@ class PSO(SwarmOptimizer):
             )
         self._graph = graph_mode(self, cuda_graph, dev, fused=backend == "fuse")
         # fuse, global topology, CPU: the global best row is read by every row
-        # (nytorch.fuse.run_rows) and new personal bests are written by the move
+        # (nytorch.fuse.run_rows) and new personal bests are written by the move;
+        # not for a subclass with its own _update_bests / _move (ShardedPSO)
         self._by_rows = (
             backend == "fuse"
             and topology == "global"
             and self._graph is None
             and all(f.device.type == "cpu" for f in swarm.flats)
+            and type(self)._update_bests is PSO._update_bests
+            and type(self)._move is PSO._move
         )
         # else (fuse): each particle's neighbourhood best, one row per particle
         self._best_rows = (
