@@ -224,7 +224,9 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                   " has shape ", ref.sizes(), "; it must be a stacked buffer of ", split->n_rows, " rows (dim 0)");
       row_numel = split->n_rows ? ref.numel() / split->n_rows : 0;
     }
-    auto check = [&](const at::Tensor& t, const char* what, size_t k) {
+    // input: an input (in row mode it may be one row); else an output
+    auto check = [&](const at::Tensor& t, bool input, size_t k) {
+      const char* what = input ? "input" : "output";
       TORCH_CHECK(t.defined(), "nytorch.fuse: ", what, " ", k, " of group ", g, " is undefined");
       TORCH_CHECK(is_fast_dtype(t.scalar_type()), "nytorch.fuse: ", what, " ", k, " of group ", g, " has dtype ",
                   t.scalar_type(), "; fuse supports float32, float64, bfloat16 and float16");
@@ -232,15 +234,15 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
                   " is ", t.scalar_type(), ", input 0 is ", ref.scalar_type());
       TORCH_CHECK(t.device() == ref.device(), "nytorch.fuse: device mismatch in group ", g, ": ", what, " ", k,
                   " is on ", t.device(), ", input 0 is on ", ref.device());
-      const bool row = split && what[0] == 'i' && t.numel() != ref.numel() && t.numel() == row_numel;
+      const bool row = split && input && t.numel() != ref.numel() && t.numel() == row_numel;
       TORCH_CHECK(t.numel() == ref.numel() || row, "nytorch.fuse: size mismatch in group ", g, ": ", what, " ", k,
                   " has ", t.numel(), " elements, input 0 has ", ref.numel(),
-                  split && what[0] == 'i' ? " (and one row of it " + std::to_string(row_numel) + ")" : std::string());
+                  split && input ? " (and one row of it " + std::to_string(row_numel) + ")" : std::string());
       if (row) one_row[k][g] = 1;
       TORCH_CHECK(t.is_contiguous() && !t.is_neg() && !t.is_conj(), "nytorch.fuse: ", what, " ", k, " of group ", g,
                   " is not contiguous");
     };
-    for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], "input", k);
+    for (size_t k = 0; k < ins.size(); ++k) check(ins[k][g], true, k);
     TORCH_CHECK(!state.defined() || ref.numel() == 0 || state.device() == ref.device(),
                 "nytorch.fuse: the random state is on ", state.device(), ", group ", g, " on ", ref.device(),
                 " (it must be on the operands' device)");
@@ -269,7 +271,7 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     };
     for (size_t j = 0; j < outs.size(); ++j) {
       const at::Tensor& o = outs[j][g];
-      check(o, "output", j);
+      check(o, false, j);
       out_at[j] = static_cast<const char*>(o.const_data_ptr());
       for (size_t k = 0; k < ins.size(); ++k) {
         if (split && one_row[k][g]) {  // read by every row: never written by the call

@@ -178,12 +178,53 @@ def program(fn: Callable, kinds: str) -> Program:
     return _trace(fn, kinds)
 
 
-def _check_lists(x: Any, name: str, what: str) -> None:
+def _check_lists(x: Any, name: str, what: str, where: str) -> None:
     if not isinstance(x, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in x):
         raise TypeError(
-            f"nytorch.fuse.run_flat: {name} must be a list with one list of tensors per {what} "
+            f"nytorch.fuse.{where}: {name} must be a list with one list of tensors per {what} "
             f"({name}[k][g]: group g), got {type(x).__name__}"
         )
+
+
+def _check_call(
+    where: str,
+    prog: Program,
+    inputs: Sequence[Sequence[torch.Tensor]],
+    numbers: Sequence[float],
+    out: Optional[Sequence[Sequence[torch.Tensor]]],
+    seed: Union[None, int, torch.Tensor],
+    offset: int,
+) -> Union[int, torch.Tensor]:
+    """The argument checks of run_flat and run_rows (``where``); returns the
+    seed for the kernel: a random-state tensor (checked), or an int key (-1:
+    drawn from torch's generator)."""
+    _check_lists(inputs, "inputs", "input", where)
+    if out is not None:
+        _check_lists(out, "out", "output", where)
+    if not hasattr(numbers, "__len__"):
+        raise TypeError(
+            f"nytorch.fuse.{where}: numbers must be a sequence of {prog.n_num} real numbers, "
+            f"got {type(numbers).__name__}"
+        )
+    state = seed if isinstance(seed, torch.Tensor) else None
+    for name, v in (("seed", None if state is not None else seed), ("offset", offset)):
+        if v is not None and (isinstance(v, bool) or not hasattr(type(v), "__index__")):
+            raise TypeError(
+                f"nytorch.fuse.{where}: {name} must be an int"
+                f"{' or a random-state tensor' if name == 'seed' else ''}, got {type(v).__name__}"
+            )
+    if len(numbers) != prog.n_num:
+        raise TypeError(f"nytorch.fuse.{where}: the program takes {prog.n_num} numbers, got {len(numbers)}")
+    if len(inputs) != prog.n_in:
+        raise TypeError(f"nytorch.fuse.{where}: the program takes {prog.n_in} inputs, got {len(inputs)}")
+    if state is not None:
+        _check_state(state, inputs)
+        return state
+    if seed is None:
+        return -1
+    if seed < 0:
+        raise ValueError(f"nytorch.fuse.{where}: seed must be >= 0")
+    return int(seed)
 
 
 def run_flat(
@@ -202,42 +243,19 @@ def run_flat(
     >>> x = torch.ones(3); run_flat(prog, [[x], [x]], [3.0], out=[[x]]); x
     tensor([4., 4., 4.])
     """
-    _check_lists(inputs, "inputs", "input")
-    if out is not None:
-        _check_lists(out, "out", "output")
-    if not hasattr(numbers, "__len__"):
-        raise TypeError(
-            f"nytorch.fuse.run_flat: numbers must be a sequence of {prog.n_num} real numbers, "
-            f"got {type(numbers).__name__}"
-        )
-    state = seed if isinstance(seed, torch.Tensor) else None
-    for name, v in (("seed", None if state is not None else seed), ("offset", offset)):
-        if v is not None and (isinstance(v, bool) or not hasattr(type(v), "__index__")):
-            raise TypeError(
-                f"nytorch.fuse.run_flat: {name} must be an int"
-                f"{' or a random-state tensor' if name == 'seed' else ''}, got {type(v).__name__}"
-            )
-    if len(numbers) != prog.n_num:
-        raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_num} numbers, got {len(numbers)}")
-    if len(inputs) != prog.n_in:
-        raise TypeError(f"nytorch.fuse.run_flat: the program takes {prog.n_in} inputs, got {len(inputs)}")
-    if state is not None:
-        _check_state(state, inputs)
+    key = _check_call("run_flat", prog, inputs, numbers, out, seed, offset)
+    consts = [*numbers, *prog.lits]
+    if isinstance(key, torch.Tensor):
         if torch.compiler.is_compiling():
             raise RuntimeError(
                 "nytorch.fuse.run_flat: a random-state tensor seed is not supported under torch.compile "
                 "(torch.ops.nytorch.fused takes an int seed); pass seed=int, or call run_flat outside "
                 "the compiled region"
             )
-        return _run(prog, [*numbers, *prog.lits], inputs, out, state, offset)
-    if seed is None:
-        seed = -1
-    elif seed < 0:
-        raise ValueError("nytorch.fuse.run_flat: seed must be >= 0")
-    consts = [*numbers, *prog.lits]
+        return _run(prog, consts, inputs, out, key, offset)
     if torch.compiler.is_compiling():
-        return _run_op(prog, inputs, consts, out, seed, offset)
-    return _run(prog, consts, inputs, out, seed, offset)
+        return _run_op(prog, inputs, consts, out, key, offset)
+    return _run(prog, consts, inputs, out, key, offset)
 
 
 def run_rows(
@@ -270,14 +288,8 @@ def run_rows(
             [0.0000, 0.0000],
             [0.5000, 1.0000]])
     """
-    _check_lists(inputs, "inputs", "input")
-    if out is not None:
-        _check_lists(out, "out", "output")
-    if len(inputs) != prog.n_in or not inputs[0]:
-        raise TypeError(f"nytorch.fuse.run_rows: the program takes {prog.n_in} inputs, got {len(inputs)}")
-    if len(numbers) != prog.n_num:
-        raise TypeError(f"nytorch.fuse.run_rows: the program takes {prog.n_num} numbers, got {len(numbers)}")
-    first = inputs[0][0]
+    key = _check_call("run_rows", prog, inputs, numbers, out, seed, offset)
+    first = inputs[0][0] if inputs[0] else None
     if not isinstance(first, torch.Tensor) or first.dim() < 1:
         raise TypeError("nytorch.fuse.run_rows: input 0 must be stacked buffers of rows (a tensor with dim >= 1)")
     if rows is not None:
@@ -286,14 +298,7 @@ def run_rows(
         rows = [int(r) for r in rows]
     if torch.compiler.is_compiling():
         raise RuntimeError("nytorch.fuse.run_rows is not supported under torch.compile: use run_flat")
-    if seed is None:
-        seed = -1
-    elif not isinstance(seed, torch.Tensor):
-        if isinstance(seed, bool) or not hasattr(type(seed), "__index__") or seed < 0:
-            raise ValueError(f"nytorch.fuse.run_rows: seed must be an int >= 0 or a random state, got {seed!r}")
-    else:
-        _check_state(seed, inputs)
-    return _fuse_run(prog.words, [*numbers, *prog.lits], inputs, out, seed, offset, first.shape[0], rows)
+    return _fuse_run(prog.words, [*numbers, *prog.lits], inputs, out, key, offset, first.shape[0], rows)
 
 
 def _check_state(state: torch.Tensor, inputs: Sequence[Sequence[torch.Tensor]]) -> None:
