@@ -153,6 +153,7 @@ def all_ops_program():
             nyto.randn_like(x) + nyto.rand_like(x),
             x**2.0,
             x / s,
+            nyto.clamp(x, s, y),  # the clamp op (maximum then minimum, fused)
         ]
         if "hypot" in OPS:
             outs.append(nyto.hypot(x, y))
@@ -166,7 +167,7 @@ def test_every_op_has_a_program():
         {"load", "store", "rand", "randn", "rands", "muladd"}
         | set(UNARY)
         | set(BINARY)
-        | {"where", "lerp", "fma", "hypot"}
+        | {"where", "lerp", "fma", "hypot", "clamp"}
     )
     assert set(OPS) <= covered, f"ops without a codegen test: {set(OPS) - covered}"
 

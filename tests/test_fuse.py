@@ -279,6 +279,11 @@ LINEAR_COMBINATIONS = {
     "constant_head": lambda a, b, c, s, t: 1.0 + s * a + b * t,
     "mixed": lambda a, b, c, s, t: (a - b) * s + c * (a + b) + t * b * c,
     "reused_product": lambda a, b, c, s, t: (lambda m: (m + c, m * 2))(a * s),
+    # a sub read only by a chain's product runs inside it (CPU): PSO's and DE's forms
+    "deferred_subs": lambda a, b, c, s, t: t * b + s * (a - b) + (c - a) * b,
+    "lone_muladd_sub": lambda a, b, c, s, t: a + s * (b - c),
+    "shared_sub": lambda a, b, c, s, t: (lambda d: (d * s + c * d, d))(a - b),
+    "sub_operand_reused": lambda a, b, c, s, t: (a - b) * c + (b * 2) * a - (c - b) * t,
 }
 
 

@@ -124,8 +124,8 @@ struct Interp {
   }
 
   // One math instruction over a block: FMath<E> (fops.def) on vectors, with
-  // a number operand kept in a register (map2), pow's special exponents and
-  // muladd's number factor as their own loops.
+  // a number operand kept in a register (map2), pow's special exponents,
+  // muladd's number factor and clamp's number bounds as their own loops.
   template <FOp E, class Src>
   static void math_op(M* d, const Instr& ins, const Program& p, const Src& src, int64_t nw) {
     using F = FMath<E>;
@@ -141,6 +141,13 @@ struct Interp {
         return;
       }
     }
+    if constexpr (E == FOp::Clamp) {  // number bounds in registers
+      if (ins.a >= 0 && ins.b < 0 && ins.c < 0) {
+        const Vec lo(*src(ins.b)), hi(*src(ins.c));
+        map1(d, src(ins.a), nw, [&](Vec a) { return F::f(a, lo, hi); });
+        return;
+      }
+    }
     if constexpr (F::nin == 1) {
       map1(d, src(ins.a), nw, [](Vec a) { return F::f(a, a, a); });
     } else if constexpr (F::nin == 2) {
@@ -151,27 +158,122 @@ struct Interp {
     }
   }
 
+  // Runs of `mul`/`muladd` then `muladd`s accumulating into one register
+  // (a*b + c*d + ...: soups, EMA, PSO's velocity) run as one loop with the
+  // sum in CPU registers, in the same order and roundings. A `sub` whose
+  // value only one product of a chain reads (PSO's p - x, DE's x_b - x_c) is
+  // deferred into it: that term computes a * (b - c) in the loop and the
+  // sub's own pass is skipped (the same roundings: the difference, then the
+  // product, then the sum). A lone mul/muladd with such a sub is a chain of 1.
+  static constexpr int kMaxChain = 16;
+  struct Term {
+    int32_t a = 0, b = 0, c = 0;  // the product a * b, or a * (b - c) when sub (a: the number, if one is)
+    bool sub = false;
+  };
+  struct Chains {
+    Small<int> len;        // per instruction: the run starting there (0: none; else its instructions)
+    Small<char> deferred;  // per instruction: a sub computed inside a chain's term
+    Small<Term> term;      // per instruction of a run: its product
+  };
+  static Chains chains(const Program& p) {
+    const int ni = static_cast<int>(p.vec.size());
+    Chains ch;
+    ch.len.assign(ni, 0);
+    ch.deferred.assign(ni, 0);
+    ch.term.assign(ni, Term{});
+    auto writes = [&](int k, int32_t r) {
+      const Instr& q = p.vec[k];
+      return static_cast<FOp>(q.op) != FOp::Store && q.dst == r;
+    };
+    // the sub defining register r for instruction j, if only j reads it (once)
+    // and its operands still hold their values at j: its index, else -1
+    auto deferrable = [&](int j, int32_t r) {
+      if (r < 0) return -1;
+      int s = j - 1;
+      while (s >= 0 && !writes(s, r)) --s;
+      if (s < 0) return -1;
+      const Instr& sub = p.vec[s];
+      if (static_cast<FOp>(sub.op) != FOp::Sub || sub.a < 0 || sub.b < 0 || ch.deferred[s]) return -1;
+      for (int k = s + 1; k < ni; ++k) {
+        const Instr& q = p.vec[k];
+        const int32_t o[3] = {q.a, q.b, q.c};
+        const int na = static_cast<FOp>(q.op) == FOp::Store ? 1 : arity(static_cast<FOp>(q.op));
+        int n = 0;
+        for (int m = 0; m < na; ++m) n += o[m] == r;
+        if (n != (k == j ? 1 : 0)) return -1;
+        if (k > j && writes(k, r)) break;  // overwritten: no later reader of this value
+        if (k < j && (writes(k, sub.a) || writes(k, sub.b) || writes(k, r))) return -1;
+      }
+      return s;
+    };
+    for (int i = 0; i < ni; ++i) {
+      const FOp op = static_cast<FOp>(p.vec[i].op);
+      if (op != FOp::Mul && op != FOp::MulAdd) continue;
+      int k = i;
+      while (k + 1 < ni && k + 1 - i < kMaxChain) {
+        const Instr& cur = p.vec[k];
+        const Instr& nx = p.vec[k + 1];
+        if (static_cast<FOp>(nx.op) != FOp::MulAdd || nx.c != cur.dst || nx.dst != cur.dst || nx.a == cur.dst ||
+            nx.b == cur.dst)
+          break;
+        ++k;
+      }
+      bool ok = true, any_sub = false;
+      for (int t = i; t <= k && ok; ++t) {
+        const Instr& q = p.vec[t];
+        Term& tm = ch.term[t];
+        tm.a = q.a;
+        tm.b = q.b;
+        if (tm.b < 0) std::swap(tm.a, tm.b);  // the number first (a * b == b * a exactly)
+        ok = tm.b >= 0;                       // (two numbers: not a vector product)
+      }
+      if (ok) {
+        for (int t = i; t <= k; ++t) {
+          Term& tm = ch.term[t];
+          int s = deferrable(t, tm.b);
+          if (s < 0 && tm.a >= 0 && (s = deferrable(t, tm.a)) >= 0) std::swap(tm.a, tm.b);
+          if (s < 0) continue;
+          tm.b = p.vec[s].a;
+          tm.c = p.vec[s].b;
+          tm.sub = true;
+          ch.deferred[s] = 1;
+          any_sub = true;
+        }
+      }
+      if (ok && (k > i || any_sub)) ch.len[i] = k - i + 1;
+      i = k;
+    }
+    return ch;
+  }
+
   // Float32/float64 blocks of whole vectors (full blocks, and shorter ones
   // of a multiple of the vector width: a population row of 1000 elements)
   // read inputs in place, and an instruction whose
   // value feeds one STORE writes the output directly (no copy) when no later
   // instruction reads that output's memory as an input. Returns, per
   // instruction, the output it writes directly or -1; skip: stores so covered.
-  static Small<int> plan_direct(const Program& p, const GroupJob& job, Small<char>& skip, Small<char>& alias_ok) {
+  static Small<int> plan_direct(const Program& p, const Chains& ch, const GroupJob& job, Small<char>& skip,
+                                Small<char>& alias_ok) {
     const int ni = static_cast<int>(p.vec.size());
     Small<int> direct(ni, -1);
     skip.assign(ni, 0);
     Small<int> origin(p.n_vreg, -1);      // input whose memory a register holds
-    Small<std::array<int, 4>> reads(ni);  // inputs whose memory each instruction reads
+    Small<std::array<int, 5>> reads(ni);  // inputs whose memory each instruction reads
     for (int i = 0; i < ni; ++i) {
       const Instr& in = p.vec[i];
       const FOp op = static_cast<FOp>(in.op);
-      const int32_t o[3] = {in.a, in.b, in.c};
-      reads[i] = {-1, -1, -1, -1};
+      const Term& tm = ch.term[i];
+      // a chain term with a deferred sub reads the sub's operands (still
+      // holding the same memory: see chains) instead of its result
+      const int32_t o[4] = {in.a, in.b, in.c, tm.sub ? tm.c : -1};
+      const int32_t ob = tm.sub ? tm.b : o[1];
+      reads[i] = {-1, -1, -1, -1, -1};
       const int na = arity(op);
       for (int k = 0; k < na; ++k) {
-        if (o[k] >= 0) reads[i][k] = origin[o[k]];
+        const int32_t r = tm.sub && k < 2 ? (k == 0 ? tm.a : ob) : o[k];
+        if (r >= 0) reads[i][k] = origin[r];
       }
+      if (o[3] >= 0) reads[i][4] = origin[o[3]];
       if (op == FOp::Load) {
         reads[i][3] = in.a;
         origin[in.dst] = in.a;
@@ -201,7 +303,7 @@ struct Interp {
       const int j = p.vec[store].dst;
       bool ok = true;
       for (int k = i + 1; k < ni && ok; ++k) {
-        for (int m = 0; m < 4; ++m) {
+        for (int m = 0; m < 5; ++m) {
           if (reads[k][m] >= 0 && job.in[reads[k][m]] == job.out[j]) ok = false;
         }
       }
@@ -220,8 +322,8 @@ struct Interp {
         const Instr& in = p.vec[i];
         const int j = static_cast<FOp>(in.op) == FOp::Store ? (skip[i] ? -1 : in.dst) : direct[i];
         if (j >= 0 && job.out[j] == job.in[k]) first_write = std::min(first_write, i);
-        for (int m = 0; m < 3; ++m) {
-          if (reads[i][m] == k) last_read = i;
+        for (int m = 0; m < 5; ++m) {
+          if (m != 3 && reads[i][m] == k) last_read = i;  // (3: a load's in-place read, made by its readers)
         }
       }
       alias_ok[k] = last_read <= first_write;  // an instruction reads each element before writing it
@@ -229,35 +331,6 @@ struct Interp {
     return direct;
   }
 
-  // Runs of `mul`/`muladd` then `muladd`s accumulating into one register
-  // (a*b + c*d + ...: soups, EMA, PSO's velocity) run as one loop with the
-  // sum in a CPU register, in the same order and roundings. chain[i]: the
-  // length of the run starting at instruction i (1: none).
-  static constexpr int kMaxChain = 16;
-  static Small<int> chains(const Program& p) {
-    const int ni = static_cast<int>(p.vec.size());
-    Small<int> chain(ni, 1);
-    for (int i = 0; i < ni; ++i) {
-      const FOp op = static_cast<FOp>(p.vec[i].op);
-      if (op != FOp::Mul && op != FOp::MulAdd) continue;
-      int k = i;
-      while (k + 1 < ni && k + 1 - i < kMaxChain) {
-        const Instr& cur = p.vec[k];
-        const Instr& nx = p.vec[k + 1];
-        if (static_cast<FOp>(nx.op) != FOp::MulAdd || nx.c != cur.dst || nx.dst != cur.dst || nx.a == cur.dst ||
-            nx.b == cur.dst)
-          break;
-        ++k;
-      }
-      chain[i] = k - i + 1;
-      i = k;
-    }
-    return chain;
-  }
-
-  // acc = a0*b0 (+ c0); acc = a_t*b_t + acc for t < K, the sum in a register.
-  // A: the a_t operands, either blocks (scalars as broadcast blocks) or, when
-  // every a_t is a number (soups, EMA), values held in registers (sa).
   // Non-temporal store (AVX2; d 32-byte aligned): writes an output that is
   // not read in this call around the caches, so the store costs no read.
   static void store_nt(const Vec& v, M* d) {
@@ -275,14 +348,22 @@ struct Interp {
     for (int64_t i = 0; i < n; i += W) store_nt(Vec::loadu(s + i), d + i);
   }
 
-  template <int K, bool HasC, bool AScalar>
-  static void chain_loop(M* d, const M* const* pa_, const M* const* pb_, const M* c0, int64_t nw, bool nt) {
+  // acc = a0*b0 (+ c0); acc = a_t*b_t + acc for t < K, the sum in a register.
+  // A: the a_t operands, either blocks (numbers as broadcast blocks) or, when
+  // every a_t is a number (soups, EMA), values held in registers (sa). Sub:
+  // b_t is pb[t] - pc[t] (a deferred sub; pc[t] a block of zeros for the
+  // other terms: b - (+0) == b exactly, -0 and NaN included).
+  template <int K, bool HasC, bool AScalar, bool Sub>
+  static void chain_loop(M* d, const M* const* pa_, const M* const* pb_, const M* const* pc_, const M* c0, int64_t nw,
+                         bool nt) {
     const M* pa[K];
     const M* pb[K];
+    const M* pc[K];
     Vec sa[K];
     for (int t = 0; t < K; ++t) {
       pa[t] = pa_[t];
       pb[t] = pb_[t];
+      pc[t] = pc_[t];
       if constexpr (AScalar) sa[t] = Vec(*pa_[t]);
     }
     auto a_at = [&](int t, int64_t i) {
@@ -292,12 +373,19 @@ struct Interp {
         return Vec::loadu(pa[t] + i);
       }
     };
+    auto b_at = [&](int t, int64_t i) {
+      if constexpr (Sub) {
+        return Vec::loadu(pb[t] + i) - Vec::loadu(pc[t] + i);
+      } else {
+        return Vec::loadu(pb[t] + i);
+      }
+    };
     auto loop = [&](auto put) {
       for (int64_t i = 0; i < nw; i += W) {
-        Vec acc = a_at(0, i) * Vec::loadu(pb[0] + i);
+        Vec acc = a_at(0, i) * b_at(0, i);
         if constexpr (HasC) acc = acc + Vec::loadu(c0 + i);
 #pragma GCC unroll 16
-        for (int t = 1; t < K; ++t) acc = a_at(t, i) * Vec::loadu(pb[t] + i) + acc;
+        for (int t = 1; t < K; ++t) acc = a_at(t, i) * b_at(t, i) + acc;
         put(acc, d + i);
       }
     };
@@ -307,36 +395,52 @@ struct Interp {
       loop([](const Vec& v, M* q) { v.store(q); });
     }
   }
-  template <bool HasC, bool AScalar>
-  static void chain_k(int K, M* d, const M* const* pa, const M* const* pb, const M* c0, int64_t nw, bool nt) {
+  template <bool HasC, bool AScalar, bool Sub>
+  static void chain_k(int K, M* d, const M* const* pa, const M* const* pb, const M* const* pc, const M* c0, int64_t nw,
+                      bool nt) {
     switch (K) {
+      case 1:
+        return chain_loop<1, HasC, AScalar, Sub>(d, pa, pb, pc, c0, nw, nt);
       case 2:
-        return chain_loop<2, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+        return chain_loop<2, HasC, AScalar, Sub>(d, pa, pb, pc, c0, nw, nt);
       case 3:
-        return chain_loop<3, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+        return chain_loop<3, HasC, AScalar, Sub>(d, pa, pb, pc, c0, nw, nt);
       case 4:
-        return chain_loop<4, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+        return chain_loop<4, HasC, AScalar, Sub>(d, pa, pb, pc, c0, nw, nt);
       case 5:
-        return chain_loop<5, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+        return chain_loop<5, HasC, AScalar, Sub>(d, pa, pb, pc, c0, nw, nt);
       case 6:
-        return chain_loop<6, HasC, AScalar>(d, pa, pb, c0, nw, nt);
+        return chain_loop<6, HasC, AScalar, Sub>(d, pa, pb, pc, c0, nw, nt);
       default:
         for (int64_t i = 0; i < nw; i += W) {
-          Vec acc = Vec::loadu(pa[0] + i) * Vec::loadu(pb[0] + i);
+          auto b_at = [&](int t) {
+            return Sub ? Vec::loadu(pb[t] + i) - Vec::loadu(pc[t] + i) : Vec::loadu(pb[t] + i);
+          };
+          Vec acc = Vec::loadu(pa[0] + i) * b_at(0);
           if constexpr (HasC) acc = acc + Vec::loadu(c0 + i);
-          for (int t = 1; t < K; ++t) acc = Vec::loadu(pa[t] + i) * Vec::loadu(pb[t] + i) + acc;
+          for (int t = 1; t < K; ++t) acc = Vec::loadu(pa[t] + i) * b_at(t) + acc;
           acc.store(d + i);
         }
     }
   }
   // a_scalar: every a_t is a number (then pa[t] points at its value; only up
   // to 6 terms, the general loop reads broadcast blocks).
-  static void chain_any(int K, bool has_c, bool a_scalar, M* d, const M* const* pa, const M* const* pb, const M* c0,
-                        int64_t nw, bool nt) {
-    if (has_c) {
-      return a_scalar ? chain_k<true, true>(K, d, pa, pb, c0, nw, nt) : chain_k<true, false>(K, d, pa, pb, c0, nw, nt);
+  static void run_chain(int K, bool has_c, bool a_scalar, bool sub, M* d, const M* const* pa, const M* const* pb,
+                        const M* const* pc, const M* c0, int64_t nw, bool nt) {
+    if (sub) {
+      if (has_c) {
+        return a_scalar ? chain_k<true, true, true>(K, d, pa, pb, pc, c0, nw, nt)
+                        : chain_k<true, false, true>(K, d, pa, pb, pc, c0, nw, nt);
+      }
+      return a_scalar ? chain_k<false, true, true>(K, d, pa, pb, pc, c0, nw, nt)
+                      : chain_k<false, false, true>(K, d, pa, pb, pc, c0, nw, nt);
     }
-    return a_scalar ? chain_k<false, true>(K, d, pa, pb, c0, nw, nt) : chain_k<false, false>(K, d, pa, pb, c0, nw, nt);
+    if (has_c) {
+      return a_scalar ? chain_k<true, true, false>(K, d, pa, pb, pc, c0, nw, nt)
+                      : chain_k<true, false, false>(K, d, pa, pb, pc, c0, nw, nt);
+    }
+    return a_scalar ? chain_k<false, true, false>(K, d, pa, pb, pc, c0, nw, nt)
+                    : chain_k<false, false, false>(K, d, pa, pb, pc, c0, nw, nt);
   }
 
   // The aliasing of one group's operands: for each input, the output that is
@@ -372,15 +476,20 @@ struct Interp {
   template <class T>
   static void run(const Program& p, const GroupJob* const* jobs, int64_t njobs) {
     constexpr bool native = std::is_same_v<T, M>;
-    const Small<int> chain = chains(p);
+    const Chains ch = chains(p);
+    const Small<int>& chain = ch.len;
+    const Small<char>& deferred = ch.deferred;
     // A chain whose every product has one number operand (up to 6 terms)
     // keeps those numbers in registers; other chains read numbers as blocks.
-    Small<char> chain_scalar(chain.size(), 0);
+    Small<char> chain_scalar(chain.size(), 0), chain_sub(chain.size(), 0);
     Small<char> s_block = p.s_used;  // numbers read as broadcast blocks
     for (size_t i = 0; i < chain.size(); ++i) {
-      if (chain[i] < 2) continue;
+      if (chain[i] < 1) continue;
       bool sc = chain[i] <= 6;
-      for (int t = 0; t < chain[i]; ++t) sc = sc && ((p.vec[i + t].a < 0) != (p.vec[i + t].b < 0));
+      for (int t = 0; t < chain[i]; ++t) {
+        sc = sc && ch.term[i + t].a < 0;
+        chain_sub[i] |= ch.term[i + t].sub;
+      }
       chain_scalar[i] = sc;
       for (int t = 0; t < chain[i]; ++t) {
         const Instr& q = p.vec[i + t];
@@ -410,7 +519,7 @@ struct Interp {
         if (g > 0 && plans[plans[g - 1].shared].sig == gp.sig) {
           gp.shared = plans[g - 1].shared;
         } else {
-          gp.direct = plan_direct(p, job, gp.skip, gp.alias_ok);
+          gp.direct = plan_direct(p, ch, job, gp.skip, gp.alias_ok);
         }
       }
       // Outputs written around the caches: those no input shares, when the
@@ -444,14 +553,17 @@ struct Interp {
       const int64_t R = Bk + 64 / sizeof(M);
       int nfull = 0;
       for (int s = 0; s < ns; ++s) nfull += s_block[s];
-      const int64_t elems = (nv + nfull + (p.has_rand ? 4 : 0)) * R + ns + 64 / sizeof(M);
+      const int nzero = std::any_of(chain_sub.begin(), chain_sub.end(), [](char c) { return c != 0; }) ? 1 : 0;
+      const int64_t elems = (nv + nfull + (p.has_rand ? 4 : 0) + nzero) * R + ns + 64 / sizeof(M);
       std::unique_ptr<M[]> mem(new M[elems]);
       M* base = reinterpret_cast<M*>((reinterpret_cast<uintptr_t>(mem.get()) + 63) & ~uintptr_t(63));
       Small<M*> vbuf(nv);
       Small<const M*> vptr(nv, nullptr);
       Small<const M*> sptr(ns, nullptr);
       for (int r = 0; r < nv; ++r) vbuf[r] = base + r * R;
-      M* one = base + (nv + nfull + (p.has_rand ? 4 : 0)) * R;
+      M* zeros = base + (nv + nfull + (p.has_rand ? 4 : 0)) * R;  // chains with a deferred sub: b - 0 elsewhere
+      std::fill(zeros, zeros + nzero * R, M(0));
+      M* one = zeros + nzero * R;
       for (int s = 0, f = 0; s < ns; ++s) {
         one[s] = static_cast<M>(p.sval[s]);
         sptr[s] = one + s;
@@ -481,7 +593,9 @@ struct Interp {
             pf_more.add(static_cast<const char*>(base) + at);
           }
         };
-        for (int k = 0; k < p.n_in; ++k) add(nj.in[k], false);
+        for (int k = 0; k < p.n_in; ++k) {
+          if (nj.period.empty() || nj.period[k] == 0) add(nj.in[k], false);  // (one row read cyclically: cache-hot)
+        }
         for (int j = 0; j < p.n_out; ++j) {
           if (!nj.out_is_in[j]) add(nj.out[j], true);
         }
@@ -549,21 +663,23 @@ struct Interp {
               }
               continue;
             }
-            if (chain[ii] > 1) {
+            if (deferred[ii]) continue;  // computed inside a chain's term
+            if (chain[ii] > 0) {
               const int K = chain[ii];
               const size_t last = ii + K - 1;
               M* d = full && direct[last] >= 0 ? static_cast<M*>(job.out[direct[last]]) + g0 : vbuf[p.vec[last].dst];
               const M* pa[kMaxChain];
               const M* pb[kMaxChain];
+              const M* pc[kMaxChain];
               for (int t = 0; t < K; ++t) {
-                const Instr& q = p.vec[ii + t];
-                const bool swap = chain_scalar[ii] && q.b < 0;  // the number first (a * b == b * a)
-                pa[t] = src(swap ? q.b : q.a);
-                pb[t] = src(swap ? q.a : q.b);
+                const Term& tm = ch.term[ii + t];
+                pa[t] = src(tm.a);
+                pb[t] = src(tm.b);
+                pc[t] = tm.sub ? src(tm.c) : zeros;
               }
               const bool nt = full && direct[last] >= 0 && out_nt[direct[last]];
-              chain_any(K, op == FOp::MulAdd, chain_scalar[ii], d, pa, pb, op == FOp::MulAdd ? src(ins.c) : nullptr, nw,
-                        nt);
+              run_chain(K, op == FOp::MulAdd, chain_scalar[ii], chain_sub[ii], d, pa, pb, pc,
+                        op == FOp::MulAdd ? src(ins.c) : nullptr, nw, nt);
               vptr[p.vec[last].dst] = d;
               ii = last;
               continue;
@@ -571,15 +687,31 @@ struct Interp {
             M* d = full && direct[ii] >= 0 ? static_cast<M*>(job.out[direct[ii]]) + g0 : vbuf[ins.dst];
             switch (op) {
               case FOp::Load: {
-                const T* in = static_cast<const T*>(job.in[ins.a]) + g0;
-                if constexpr (std::is_same_v<T, M>) {
-                  if (full && alias_ok[ins.a]) {
-                    vptr[ins.dst] = in;  // read in place (see plan_direct)
-                    continue;
+                // an input read cyclically (GroupJob::period) starts at g0 % P
+                const int64_t P = job.period.empty() ? 0 : job.period[ins.a];
+                const int64_t e0 = P ? g0 % P : g0;
+                const T* in = static_cast<const T*>(job.in[ins.a]) + e0;
+                if (P == 0 || e0 + n <= P) {
+                  if constexpr (std::is_same_v<T, M>) {
+                    if (full && alias_ok[ins.a]) {
+                      vptr[ins.dst] = in;  // read in place (see plan_direct)
+                      continue;
+                    }
+                    std::memcpy(d, in, n * sizeof(T));
+                  } else {
+                    at::vec::convert(in, d, n);
                   }
-                  std::memcpy(d, in, n * sizeof(T));
-                } else {
-                  at::vec::convert(in, d, n);
+                } else {  // the block wraps around the row: copied piece by piece
+                  const T* row = static_cast<const T*>(job.in[ins.a]);
+                  for (int64_t i = 0, e = e0; i < n; e = 0) {
+                    const int64_t m = std::min(n - i, P - e);
+                    if constexpr (std::is_same_v<T, M>) {
+                      std::memcpy(d + i, row + e, m * sizeof(T));
+                    } else {
+                      at::vec::convert(row + e, d + i, m);
+                    }
+                    i += m;
+                  }
                 }
                 std::fill(d + n, d + nw, M(0));
                 break;

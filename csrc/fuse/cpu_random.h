@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
@@ -103,9 +104,8 @@ struct Random {
   // them: no spills) and one vpternlog per double xor. Measured 1.9x the
   // uniforms per second of philox8 on Zen 4. Written as 128 words in counter
   // order, bitwise equal to philox4x32_10; called only when cpu_avx512().
-  __attribute__((target("avx512f,avx512vl,avx512dq"))) static void philox32_avx512(uint64_t c, uint32_t stream,
-                                                                                   uint32_t group, uint32_t k0s,
-                                                                                   uint32_t k1s, uint32_t* out) {
+  __attribute__((target("avx512f,avx512vl,avx512dq"), always_inline)) static inline void philox32_rounds(
+      uint64_t c, uint32_t stream, uint32_t group, uint32_t k0s, uint32_t k1s, __m512i (&w)[8]) {
     constexpr int G = 4;
     const __m512i lo_c = _mm512_set1_epi64(static_cast<uint32_t>(c));
     __m512i x0[G], x1[G], x2[G], x3[G];
@@ -142,8 +142,28 @@ struct Random {
       const __m512i w01 = _mm512_mask_blend_epi32(0xAAAA, x0[h], _mm512_slli_epi64(x1[h], 32));
       const __m512i w23 = _mm512_mask_blend_epi32(0xAAAA, x2[h], _mm512_slli_epi64(x3[h], 32));
       const __m512i even = _mm512_unpacklo_epi64(w01, w23), odd = _mm512_unpackhi_epi64(w01, w23);
-      _mm512_store_si512(out + 32 * h, _mm512_permutex2var_epi64(even, first, odd));
-      _mm512_store_si512(out + 32 * h + 16, _mm512_permutex2var_epi64(even, second, odd));
+      w[2 * h] = _mm512_permutex2var_epi64(even, first, odd);
+      w[2 * h + 1] = _mm512_permutex2var_epi64(even, second, odd);
+    }
+  }
+  __attribute__((target("avx512f,avx512vl,avx512dq"))) static void philox32_avx512(uint64_t c, uint32_t stream,
+                                                                                   uint32_t group, uint32_t k0s,
+                                                                                   uint32_t k1s, uint32_t* out) {
+    __m512i w[8];
+    philox32_rounds(c, stream, group, k0s, k1s, w);
+    for (int q = 0; q < 8; ++q) _mm512_store_si512(out + 16 * q, w[q]);
+  }
+  // The same 32 counters as 128 float uniforms (bits >> 8) * scale, scale =
+  // s * 2^-24, straight from the registers to d (the AVX2 conversion's values).
+  __attribute__((target("avx512f,avx512vl,avx512dq"))) static void uniform32_avx512(uint64_t c, uint32_t stream,
+                                                                                    uint32_t group, uint32_t k0s,
+                                                                                    uint32_t k1s, float scale,
+                                                                                    float* d) {
+    __m512i w[8];
+    philox32_rounds(c, stream, group, k0s, k1s, w);
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int q = 0; q < 8; ++q) {
+      _mm512_storeu_ps(d + 16 * q, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(w[q], 8)), sc));
     }
   }
 
@@ -189,7 +209,22 @@ struct Random {
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (sizeof(M) == 4) {
       if (skip == 0) {  // float uniforms straight from the registers
-        const __m256 sc = _mm256_set1_ps(scale * 5.9604644775390625e-08f);
+        const float scf = scale * 5.9604644775390625e-08f;
+        const __m256 sc = _mm256_set1_ps(scf);
+        if (cpu_avx512()) {  // 32 counters (128 uniforms) a call
+          const int64_t lim = std::min<int64_t>(nc, n / 4);
+          for (; j0 + 32 <= lim && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFFFu - 31; j0 += 32) {
+            uniform32_avx512(c_first + j0, stream, job.group, k0, k1, scf, reinterpret_cast<float*>(d) + 4 * j0);
+            for (int s = 0; s < 4; ++s) pf.step();
+          }
+          // the tail (under 32 counters: a job's last block) from one more call, through a buffer
+          if (j0 < nc && static_cast<uint32_t>(c_first + j0) <= 0xFFFFFFFFu - 31) {
+            alignas(64) float tail[128];
+            uniform32_avx512(c_first + j0, stream, job.group, k0, k1, scf, tail);
+            std::memcpy(reinterpret_cast<float*>(d) + 4 * j0, tail, (n - 4 * j0) * sizeof(float));
+            return;
+          }
+        }
         philox_steps(c_first, std::min<int64_t>(nc, n / 4), j0, stream, job, pf, [&](int64_t j, const __m256i* w) {
           for (int q = 0; q < 4; ++q) {
             const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w[q], 8)), sc);

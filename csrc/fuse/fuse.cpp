@@ -158,9 +158,10 @@ Program decode(const int32_t* w, size_t n_words, const std::vector<double>& cons
       p.has_rand = true;
     } else {
       for (int k = 0; k < na; ++k) {
-        // Binary ops and muladd's scalar factor keep a scalar in a register;
-        // other scalar operands are read from a broadcast block.
-        const bool in_register = na == 2 || (op == FOp::MulAdd && k == 0 && opnd[1] >= 0 && opnd[2] >= 0);
+        // Binary ops, muladd's scalar factor and clamp's number bounds keep a
+        // scalar in a register; other scalar operands are read from a broadcast block.
+        const bool in_register = na == 2 || (op == FOp::MulAdd && k == 0 && opnd[1] >= 0 && opnd[2] >= 0) ||
+                                 (op == FOp::Clamp && k > 0 && opnd[0] >= 0 && opnd[1] < 0 && opnd[2] < 0);
         if (opnd[k] < 0 && !in_register) p.s_used[-1 - opnd[k]] = 1;
       }
     }
@@ -311,42 +312,69 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
     std::lock_guard<std::mutex> lock(gen.mutex());
     key = gen.get<at::CPUGeneratorImpl>()->random64();
   }
-  // One job per group, or (row mode) per listed row of each group.
+  // One job per group, or (row mode) per run of consecutive listed rows of
+  // each group on the CPU (per listed row on CUDA).
   const int64_t n_rows = split ? split->n_rows : 1;
-  const size_t n_listed = !split ? 1 : split->all ? static_cast<size_t>(n_rows) : split->rows.size();
-  std::vector<GroupJob> jobs(n_listed * ng);
-  std::vector<const GroupJob*> cpu_jobs;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const size_t g = i % ng;
-    const int64_t r = !split ? 0 : split->all ? static_cast<int64_t>(i / ng) : split->rows[i / ng];
-    GroupJob& job = jobs[i];
-    job.dtype = ins[0][g].scalar_type();
-    job.n = ins[0][g].numel() / std::max<int64_t>(n_rows, 1);
-    if (job.n == 0) continue;
-    const int64_t at_byte = r * job.n * static_cast<int64_t>(ins[0][g].element_size());
-    job.seed = key;
-    job.offset = off + static_cast<uint64_t>(r * job.n);
-    job.state = state_ptr;
-    job.group = static_cast<uint32_t>(g);
-    job.device_index = ins[0][g].device().index();
-    job.in.resize(p.n_in);
-    job.in_is_out.assign(p.n_in, 0);
-    job.out_is_in.assign(p.n_out, 0);
-    job.out.resize(p.n_out);
-    for (int j = 0; j < p.n_out; ++j) job.out[j] = static_cast<char*>(outs[j][g].data_ptr()) + at_byte;
-    for (int k = 0; k < p.n_in; ++k) {
-      const bool shared_row = split && one_row[k][g];
-      job.in[k] = static_cast<const char*>(ins[k][g].const_data_ptr()) + (shared_row ? 0 : at_byte);
-      for (int j = 0; j < p.n_out; ++j) {
-        const bool same = job.out[j] == job.in[k];
-        job.in_is_out[k] |= same;
-        job.out_is_in[j] |= same;
+  std::vector<std::pair<int64_t, int64_t>> runs;  // [first row, end row)
+  if (!split || split->all) {
+    if (n_rows > 0) runs.emplace_back(0, n_rows);
+  } else {
+    for (int64_t r : split->rows) {
+      if (!runs.empty() && runs.back().second == r) {
+        ++runs.back().second;
+      } else {
+        runs.emplace_back(r, r + 1);
       }
     }
-    if (ins[0][g].device().is_cpu())
-      cpu_jobs.push_back(&job);
-    else
-      cuda_runners().fuse(p, job);
+  }
+  std::vector<std::pair<int64_t, int64_t>> cuda_rows;  // row mode on CUDA: one row a job
+  for (const auto& [r0, r1] : runs) {
+    for (int64_t r = r0; split && r < r1; ++r) cuda_rows.emplace_back(r, r + 1);
+  }
+  size_t n_jobs = 0;
+  for (size_t g = 0; g < ng; ++g) n_jobs += ins[0][g].device().is_cpu() || !split ? runs.size() : cuda_rows.size();
+  std::vector<GroupJob> jobs(n_jobs);
+  std::vector<const GroupJob*> cpu_jobs;
+  size_t next_job = 0;
+  for (size_t g = 0; g < ng; ++g) {
+    const at::Tensor& ref = ins[0][g];
+    const bool cpu = ref.device().is_cpu();
+    const int64_t row_n = ref.numel() / std::max<int64_t>(n_rows, 1);
+    if (row_n == 0) continue;
+    const int64_t esize = static_cast<int64_t>(ref.element_size());
+    for (const auto& [r0, r1] : cpu || !split ? runs : cuda_rows) {
+      GroupJob& job = jobs[next_job++];
+      job.dtype = ref.scalar_type();
+      job.n = (r1 - r0) * row_n;
+      const int64_t at_byte = r0 * row_n * esize;
+      job.seed = key;
+      job.offset = off + static_cast<uint64_t>(r0 * row_n);
+      job.state = state_ptr;
+      job.group = static_cast<uint32_t>(g);
+      job.device_index = ref.device().index();
+      job.in.resize(p.n_in);
+      job.in_is_out.assign(p.n_in, 0);
+      job.out_is_in.assign(p.n_out, 0);
+      job.out.resize(p.n_out);
+      for (int j = 0; j < p.n_out; ++j) job.out[j] = static_cast<char*>(outs[j][g].data_ptr()) + at_byte;
+      for (int k = 0; k < p.n_in; ++k) {
+        const bool shared_row = split && one_row[k][g];
+        job.in[k] = static_cast<const char*>(ins[k][g].const_data_ptr()) + (shared_row ? 0 : at_byte);
+        if (shared_row && r1 - r0 > 1) {  // (CPU: a run of rows reads it cyclically)
+          if (job.period.empty()) job.period.assign(p.n_in, 0);
+          job.period[k] = row_n;
+        }
+        for (int j = 0; j < p.n_out; ++j) {
+          const bool same = job.out[j] == job.in[k];
+          job.in_is_out[k] |= same;
+          job.out_is_in[j] |= same;
+        }
+      }
+      if (cpu)
+        cpu_jobs.push_back(&job);
+      else
+        cuda_runners().fuse(p, job);
+    }
   }
   if (!cpu_jobs.empty()) cpu_runner()(p, cpu_jobs.data(), static_cast<int64_t>(cpu_jobs.size()));
   if (state.defined() && p.has_rand) {  // the next call draws fresh numbers

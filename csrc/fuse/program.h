@@ -64,6 +64,10 @@ struct GroupJob {
   at::ScalarType dtype;
   int64_t n = 0;
   Small<const void*> in;
+  // CPU row mode only: input k is one row of period[k] elements that element
+  // e reads at e % period[k] (a run of consecutive rows as one job); empty or
+  // 0: a whole buffer. Such an input never overlaps an output.
+  Small<int64_t> period;
   Small<void*> out;
   Small<char> in_is_out;  // input k is also an output: never read it in place
   Small<char> out_is_in;  // output j is also an input (else: written only, may bypass the caches)
@@ -105,7 +109,9 @@ using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runne
 // overlap an output); outputs are stacked. Only the rows listed (ascending,
 // no repeats) run, each row r of group g as its own job over D elements with
 // the random counters of element r * D + e of group g: bitwise what run()
-// draws and computes over whole stacked buffers (one rows expanded).
+// draws and computes over whole stacked buffers (one rows expanded). On the
+// CPU a run of consecutive listed rows is one job (the one rows read
+// cyclically, GroupJob::period); on CUDA each row is its own launch.
 struct RowSplit {
   int64_t n_rows = 0;
   std::vector<int64_t> rows;  // empty: every row

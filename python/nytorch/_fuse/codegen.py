@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .program import OPS, Program
+from .trace import ARITY
 
 __all__ = [
     "cuda_source",
@@ -296,25 +297,12 @@ def _scalar_slots(prog: Any, consts: Sequence[float]) -> List[float]:
     vals += [0.0] * (n_s - len(vals))
     for op, d, a, b, c in scalar:
         name = ops[op]
-        args = [vals[-1 - o] for o in (a, b, c)[: _ARITY.get(name, 2)]]
+        args = [vals[-1 - o] for o in (a, b, c)[: ARITY[name]]]
         vals[-1 - d] = _scalar(op, name, args)
     return vals
 
 
 _SCALAR_INSTR: Dict[bytes, List[Any]] = {}
-_ARITY = {
-    "neg": 1,
-    "pos": 1,
-    "abs": 1,
-    "sqrt": 1,
-    "exp": 1,
-    "log": 1,
-    "sign": 1,
-    "where": 3,
-    "lerp": 3,
-    "fma": 3,
-    "muladd": 3,
-}
 
 
 def _scalar(code: int, name: str, args: List[float]) -> float:
@@ -396,7 +384,7 @@ def _body(prog: Any) -> Tuple[List[str], List[int], List[int]]:
             s_of(b)
             lines.append(f"const M {v} = nyto::math::pow_special({val(a)}, s{k}, kind{k});")
         else:
-            n = _ARITY.get(name, 2)
+            n = ARITY[name]
             opnd = [val(o) for o in (a, b, c)[:n]] + ["M(0)"] * (3 - n)
             lines.append(f"const M {v} = op_{name}<M>({', '.join(opnd)});")
         reg[d] = v

@@ -89,7 +89,10 @@ def _postorder(outputs: Sequence[Node]) -> List[Node]:
 
 def _peephole(outputs: Sequence[Node]) -> List[Node]:
     """``x + a*b`` (either order) -> ``muladd(a, b, x)`` where the product has
-    no other use: one pass over the block instead of two, same roundings."""
+    no other use, and ``minimum(maximum(x, lo), hi)`` (``clamp``) ->
+    ``clamp(x, lo, hi)`` where the maximum has no other use: one pass over
+    the block instead of two, the same value (``s * rand_like`` -> ``rands``:
+    the scale folded into the conversion, also the same value)."""
     order = _postorder(outputs)
     uses: Dict[int, int] = {}
     for node in order:
@@ -115,6 +118,11 @@ def _peephole(outputs: Sequence[Node]) -> List[Node]:
             )
             if r is not None and k is not None:  # s * rand_like(x): the scale folds into the conversion, same value
                 new[id(n)] = Node("rands", (k,), r.value, False)
+                continue
+        if n.op == "min" and not n.scalar:
+            inner = n.args[0]
+            if inner.op == "max" and not inner.scalar and uses.get(id(inner), 0) == 1:
+                new[id(n)] = Node("clamp", (new[id(inner.args[0])], new[id(inner.args[1])], args[1]), None, False)
                 continue
         if n.op == "add" and not n.scalar:
             x, y = n.args
@@ -156,6 +164,22 @@ def compile_nodes(outputs: Sequence[Node], n_in: int, n_num: int, single: bool =
             last_use[id(a)] = i
     for node in outputs:
         last_use[id(node)] = len(order)  # outputs live until the stores
+    # A vector sub read only by one product (mul/muladd) keeps its operands'
+    # registers until that product: the CPU interpreter then computes the
+    # difference inside the product's loop (one pass less, the same value).
+    readers: Dict[int, List[int]] = {}
+    for i, node in enumerate(order):
+        for a in node.args:
+            readers.setdefault(id(a), []).append(i)
+    out_ids = {id(o) for o in outputs}
+    for node in order:
+        at = readers.get(id(node), [])
+        if node.op == "sub" and not node.scalar and len(at) == 1 and id(node) not in out_ids:
+            user = order[at[0]]
+            if user.op in ("mul", "muladd") and not user.scalar and sum(a is node for a in user.args[:2]) == 1:
+                for a in node.args:
+                    if not a.scalar:
+                        last_use[id(a)] = max(last_use[id(a)], at[0])
     instr: List[Tuple[int, ...]] = []
     reg: Dict[int, int] = {}
     free: List[int] = []
