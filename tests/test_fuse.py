@@ -12,6 +12,7 @@ import nytorch as nyto
 import pytest
 import torch
 from nytorch import fuse as F
+from nytorch._fuse.program import OPS
 
 HAS_CUDA = torch.cuda.is_available() and nyto._C.has_cuda()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device/kernels"))]
@@ -141,6 +142,8 @@ TORCH_OPS = {
     "clamp": (lambda x, y, s: nyto.clamp(x, -s, s), lambda x, y, s: x.clamp(-s, s), "exact", False),
     "clamp_min": (lambda x, y, s: x.clamp(min=s), lambda x, y, s: x.clamp(min=s), "exact", False),
     "clamp_max": (lambda x, y, s: nyto.clamp(x, max=s), lambda x, y, s: x.clamp(max=s), "exact", False),
+    # particle bounds, lo > hi where y > y * s (torch: hi wins), NaN bounds propagate
+    "clamp_pp": (lambda x, y, s: nyto.clamp(x, y, y * s), lambda x, y, s: torch.clamp(x, y, y * s), "exact", False),
     "minimum_pp": (lambda x, y, s: nyto.minimum(x, y), lambda x, y, s: torch.minimum(x, y), "exact", False),
     "maximum_pp": (lambda x, y, s: nyto.maximum(x, y), lambda x, y, s: torch.maximum(x, y), "exact", False),
     "minimum_pn": (lambda x, y, s: nyto.minimum(x, s), lambda x, y, s: x.clamp(max=s), "exact", False),
@@ -202,6 +205,7 @@ TIES_AND_NANS = {
     "clamp",
     "clamp_min",
     "clamp_max",
+    "clamp_pp",
     "sign",
     "abs",
     "nyto_abs",
@@ -228,6 +232,15 @@ def test_op_fused_vs_unfused(op, dtype, device):
     assert got._nyto_species is x._nyto_species
     for p, b in zip((x, y), before):  # operands unchanged
         close(params(p), b, dtype)
+
+
+def test_clamp_compiles_to_one_instruction():
+    # both bounds: maximum then minimum fused into one pass (the same values: clamp_* above)
+    names = [OPS[i[0]] for i in F.program(lambda x, lo, hi: nyto.clamp(x, lo, hi), "pnn").instr]
+    assert names.count("clamp") == 1 and "min" not in names and "max" not in names
+    # a maximum read elsewhere too stays separate
+    names = [OPS[i[0]] for i in F.program(lambda x, lo, hi: (lambda m: (m.minimum(hi), m))(x.maximum(lo)), "pnn").instr]
+    assert "clamp" not in names and "min" in names and "max" in names
 
 
 @pytest.mark.parametrize("exponent", [2, 3, 0.5, -1, -0.5, -2, 2.7, 0])

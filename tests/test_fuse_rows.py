@@ -64,6 +64,19 @@ def test_listed_rows_only_and_in_place(rows, device):
                 assert torch.equal(t[r], want), (j, g, r)
 
 
+def test_rows_as_an_int64_tensor_equal_the_list():
+    xs, vs, gs = operands(7, [(300,)], torch.float32, "cpu", seed=4)
+    a = [t.clone() for t in xs], [t.clone() for t in vs]
+    F.run_rows(PULL, [a[0], a[1], gs], [0.7, 1.5], out=[a[0], a[1]], seed=5, rows=[1, 2, 3, 6])
+    mask = torch.tensor([False, True, True, True, False, False, True])
+    F.run_rows(PULL, [xs, vs, gs], [0.7, 1.5], out=[xs, vs], seed=5, rows=mask.nonzero()[:, 0])
+    assert torch.equal(xs[0], a[0][0]) and torch.equal(vs[0], a[1][0])
+    before = xs[0].clone()
+    with pytest.raises(RuntimeError, match="1-D int64"):
+        F.run_rows(PULL, [xs, vs, gs], [0.7, 1.5], out=[xs, vs], seed=5, rows=torch.tensor([1.0, 2.0]))
+    assert torch.equal(xs[0], before)
+
+
 def test_two_subsets_make_one_call():
     # the split PSO uses: disjoint row subsets, one seed, are one call over all rows
     xs, vs, gs = operands(9, [(100,)], torch.float32, "cpu", seed=2)

@@ -64,7 +64,7 @@ PyObject* wrap(std::vector<std::vector<at::Tensor>>&& outs) {
 namespace nyto::py {
 // fuse_run(program: bytes, numbers: sequence[float], inputs: [[Tensor per group] per input],
 //          outs: [[Tensor per group] per output] | None, seed: int | Tensor, offset: int
-//          [, n_rows: int, rows: sequence[int] | None])
+//          [, n_rows: int, rows: sequence[int] | int64 CPU tensor | None])
 // seed: a key (< 0: drawn), or a random-state tensor (int64 [2], see fuse::run);
 // n_rows (row mode, fuse::RowSplit): the stacked buffers' rows, `rows` the
 // ones to run (None: all)
@@ -94,7 +94,15 @@ PyObject* py_fuse_run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       split.n_rows = PyLong_AsLongLong(args[6]);
       if (PyErr_Occurred()) return nullptr;
       split.all = args[7] == Py_None;
-      if (!split.all) {
+      if (!split.all && THPVariable_Check(args[7])) {  // a 1-D int64 CPU tensor
+        const at::Tensor r = THPVariable_Unpack(args[7]);
+        TORCH_CHECK(r.dim() == 1 && r.scalar_type() == at::kLong && r.device().is_cpu(),
+                    "nytorch.fuse.run_rows: rows as a tensor must be 1-D int64 on the CPU, got ", r.scalar_type(),
+                    " of shape ", r.sizes(), " on ", r.device());
+        const at::Tensor rc = r.contiguous();
+        const int64_t* rp = rc.const_data_ptr<int64_t>();
+        split.rows.assign(rp, rp + rc.numel());
+      } else if (!split.all) {
         PyObject* fast = PySequence_Fast(args[7], "nytorch._C.fuse_run: rows must be a sequence of ints or None");
         if (!fast) return nullptr;
         const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);

@@ -115,7 +115,7 @@ def fuse_run(
     seed: Union[int, torch.Tensor],
     offset: int,
     n_rows: int = ...,
-    rows: Optional[Sequence[int]] = ...,
+    rows: Union[None, Sequence[int], torch.Tensor] = ...,
     /,
 ) -> Optional[list[list[torch.Tensor]]]: ...
 def fuse_call(programs: Any, args: Sequence[Any], out: Any, /) -> Any: ...

@@ -266,7 +266,7 @@ def run_rows(
     seed: Union[None, int, torch.Tensor] = None,
     offset: int = 0,
     *,
-    rows: Optional[Sequence[int]] = None,
+    rows: Union[None, Sequence[int], torch.Tensor] = None,
 ) -> Optional[List[List[torch.Tensor]]]:
     """:func:`run_flat` over stacked rows, where an input may be one row.
 
@@ -274,8 +274,9 @@ def run_rows(
     the same in every group); every other input is stacked like it or ONE
     row (``numel / N`` elements), which every row reads (it may not overlap
     an output); outputs are stacked. ``rows``: the rows to run (ascending,
-    no repeats; ``None``: all), the others are left alone (so ``rows`` needs
-    ``out``). Random numbers and
+    no repeats; ints or a 1-D int64 CPU tensor such as ``mask.nonzero()[:, 0]``;
+    ``None``: all), the others are left alone (so ``rows`` needs ``out``).
+    Random numbers and
     results are bitwise those of ``run_flat`` over the stacked buffers with
     the one-row inputs expanded: row ``r`` draws the counters of elements
     ``r * numel/N + e``. On CUDA each row is its own launch (the CPU runs all
@@ -295,7 +296,8 @@ def run_rows(
     if rows is not None:
         if out is None:
             raise ValueError("nytorch.fuse.run_rows: rows= needs out= (the rows not run keep the outputs' values)")
-        rows = [int(r) for r in rows]
+        if not isinstance(rows, torch.Tensor):
+            rows = [int(r) for r in rows]
     if torch.compiler.is_compiling():
         raise RuntimeError("nytorch.fuse.run_rows is not supported under torch.compile: use run_flat")
     return _fuse_run(prog.words, [*numbers, *prog.lits], inputs, out, key, offset, first.shape[0], rows)

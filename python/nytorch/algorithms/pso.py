@@ -302,19 +302,19 @@ class PSO(SwarmOptimizer):
         row. Bitwise the update of ``_update_bests`` + ``_move``."""
         pf = self.pbest_fitness
         improved = f < pf
-        new = improved.tolist()
         torch.where(improved, f, pf, out=pf)
         i = int(torch.argmin(pf))
         best = float(pf[i])
         if best < float(self.gbest_fitness):
-            for g, src in zip(self.gbest, self.swarm.flats if new[i] else self.pbest):
+            for g, src in zip(self.gbest, self.swarm.flats if bool(improved[i]) else self.pbest):
                 g.copy_(src[i])
             self.gbest_fitness = pf[i].clone()
         seed = int(torch.randint(0, 2**62, (), generator=self.seed_generator))
         clamp = [] if self.vmax is None else [-self.vmax, self.vmax]
         flats, clamped = self.swarm.flats, self.vmax is not None
-        at_best = [r for r, b in enumerate(new) if b]
-        if at_best:
+        at_best = improved.nonzero()[:, 0]  # rows as an int64 tensor (no Python list per step)
+        n_best, n = at_best.numel(), len(self.swarm)
+        if n_best:
             _fuse.run_rows(
                 _program(clamped, True),
                 [flats, self.velocity, self.gbest],
@@ -323,14 +323,14 @@ class PSO(SwarmOptimizer):
                 seed=seed,
                 rows=at_best,
             )
-        if len(at_best) < len(new):
+        if n_best < n:
             _fuse.run_rows(
                 _program(clamped),
                 [flats, self.velocity, self.pbest, self.gbest],
                 [w, c1, c2, *clamp],
                 out=[flats, self.velocity],
                 seed=seed,
-                rows=[r for r, b in enumerate(new) if not b] if at_best else None,
+                rows=improved.logical_not().nonzero()[:, 0] if n_best else None,
             )
 
     def _update_bests(self, f: torch.Tensor) -> None:
