@@ -102,8 +102,9 @@ struct Random {
   // The same rounds on 32 counters c..c+31 (the low word must not wrap) with
   // AVX-512: 4 independent chains of 8 counters in zmm registers (32 of
   // them: no spills) and one vpternlog per double xor. Measured 1.9x the
-  // uniforms per second of philox8 on Zen 4. Written as 128 words in counter
-  // order, bitwise equal to philox4x32_10; called only when cpu_avx512().
+  // uniforms per second of philox8 on Zen 4. w: the 128 words in counter
+  // order (16 per register), bitwise philox4x32_10; philox32_avx512 stores
+  // them, uniform32_avx512 converts them. Called only when cpu_avx512().
   __attribute__((target("avx512f,avx512vl,avx512dq"), always_inline)) static inline void philox32_rounds(
       uint64_t c, uint32_t stream, uint32_t group, uint32_t k0s, uint32_t k1s, __m512i (&w)[8]) {
     constexpr int G = 4;

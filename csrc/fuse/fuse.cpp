@@ -327,9 +327,13 @@ std::vector<std::vector<at::Tensor>> run(const int32_t* words, size_t n_words, c
       }
     }
   }
-  std::vector<std::pair<int64_t, int64_t>> cuda_rows;  // row mode on CUDA: one row a job
-  for (const auto& [r0, r1] : runs) {
-    for (int64_t r = r0; split && r < r1; ++r) cuda_rows.emplace_back(r, r + 1);
+  std::vector<std::pair<int64_t, int64_t>> cuda_rows;  // row mode on CUDA: one row a job (built only there)
+  bool any_cuda = false;
+  for (size_t g = 0; g < ng; ++g) any_cuda |= !ins[0][g].device().is_cpu();
+  if (split && any_cuda) {
+    for (const auto& [r0, r1] : runs) {
+      for (int64_t r = r0; r < r1; ++r) cuda_rows.emplace_back(r, r + 1);
+    }
   }
   size_t n_jobs = 0;
   for (size_t g = 0; g < ng; ++g) n_jobs += ins[0][g].device().is_cpu() || !split ? runs.size() : cuda_rows.size();

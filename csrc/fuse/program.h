@@ -107,11 +107,11 @@ using Runner = void (*)(const Program&, const GroupJob&);  // CUDA's: cuda_runne
 // [n_rows, ...] buffer of n_rows rows of D elements; an input is either
 // stacked like it or ONE row of D elements, read by every row (it may not
 // overlap an output); outputs are stacked. Only the rows listed (ascending,
-// no repeats) run, each row r of group g as its own job over D elements with
-// the random counters of element r * D + e of group g: bitwise what run()
-// draws and computes over whole stacked buffers (one rows expanded). On the
-// CPU a run of consecutive listed rows is one job (the one rows read
-// cyclically, GroupJob::period); on CUDA each row is its own launch.
+// no repeats) run, row r of group g with the random counters of elements
+// r * D + e of group g: bitwise what run() draws and computes over whole
+// stacked buffers (one rows expanded). On the CPU a run of consecutive listed
+// rows is one job (the one rows read cyclically, GroupJob::period); on CUDA
+// each row is its own job (launch).
 struct RowSplit {
   int64_t n_rows = 0;
   std::vector<int64_t> rows;  // empty: every row

@@ -279,8 +279,9 @@ def run_rows(
     Random numbers and
     results are bitwise those of ``run_flat`` over the stacked buffers with
     the one-row inputs expanded: row ``r`` draws the counters of elements
-    ``r * numel/N + e``. On CUDA each row is its own launch (the CPU runs all
-    rows in one pool): prefer ``run_flat`` over expanded buffers there.
+    ``r * numel/N + e``. On the CPU a run of consecutive rows is one job
+    (all in one pool); on CUDA each row is its own launch: prefer
+    ``run_flat`` over expanded buffers there.
 
     >>> prog = program(lambda x, g, a: x + a * (g - x), "ppn")
     >>> x, g = torch.zeros(3, 2), torch.tensor([1.0, 2.0])
